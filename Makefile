@@ -1,0 +1,41 @@
+# RestMQ developer commands. Each target sets up what it needs on a machine that
+# has only Python 3.11+: uv is bootstrapped into .uv-bootstrap when it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+BOOTSTRAP := .uv-bootstrap
+UV := $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
+STAMP := $(VENV)/.restmq-installed
+ARGS ?=
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+$(BOOTSTRAP)/bin/uv:
+	$(PYTHON) -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): pyproject.toml uv.lock setup.py | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+run: install
+	exec $(VENV)/bin/twistd --nodaemon --pidfile= restmq $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(VENV)/bin/pytest $(ARGS)
+
+bench: install
+	$(VENV)/bin/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(BOOTSTRAP) restmq-data .pytest_cache .ruff_cache

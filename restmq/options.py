@@ -1,0 +1,136 @@
+"""Command-line options of ``twistd restmq``."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from restmq import __version__
+
+DEFAULT_PORT = 8888
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+def _positive_int(name: str):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} takes a whole number, not {value!r}") from None
+        if number <= 0:
+            raise usage.UsageError(f"--{name} must be greater than 0, not {number}")
+        return number
+
+    return parse
+
+
+def _port(name: str):
+    def parse(value: str) -> int:
+        number = _positive_int(name)(value)
+        if number > 65535:
+            raise usage.UsageError(f"--{name} must be a TCP port (1-65535), not {number}")
+        return number
+
+    return parse
+
+
+def _non_negative_int(name: str):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} takes a whole number, not {value!r}") from None
+        if number < 0:
+            raise usage.UsageError(f"--{name} cannot be negative")
+        return number
+
+    return parse
+
+
+def _positive_float(name: str):
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} takes a number of seconds, not {value!r}") from None
+        if not number > 0:
+            raise usage.UsageError(f"--{name} must be greater than 0")
+        return number
+
+    return parse
+
+
+class Options(usage.Options):
+    """Options of the ``restmq`` twistd plugin."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "RestMQ: a message broker over HTTP/JSON that keeps its queues in Redis. "
+        "With none of --redis-host, --redis-port or --redis-socket, RestMQ starts "
+        "an embedded Valkey server that stores its data under --data-dir; "
+        "otherwise it uses the Redis or Valkey server you name."
+    )
+
+    optParameters = [
+        ["acl", None, "acl.conf", "access control file for the endpoints (INI format)"],
+        ["redis-host", None, None, "hostname or IP address of an external Redis/Valkey server"],
+        [
+            "redis-port",
+            None,
+            None,
+            f"port of the external Redis/Valkey server [default: {DEFAULT_REDIS_PORT}]",
+            _port("redis-port"),
+        ],
+        ["redis-socket", None, None, "unix socket path of an external Redis/Valkey server"],
+        ["redis-password", None, None, "password for the Redis server (AUTH)"],
+        ["redis-pool", None, 10, "Redis connection pool size", _positive_int("redis-pool")],
+        ["redis-db", None, 0, "Redis database number", _non_negative_int("redis-db")],
+        [
+            "redis-timeout",
+            None,
+            1.5,
+            "seconds to wait for Redis before a request answers 503",
+            _positive_float("redis-timeout"),
+        ],
+        [
+            "data-dir",
+            None,
+            "./restmq-data",
+            "directory of the embedded Valkey server (append-only file, unix socket)",
+        ],
+        ["port", "p", DEFAULT_PORT, "TCP port to listen on", _port("port")],
+        ["listen", "l", "127.0.0.1", "interface (address) to listen on"],
+        [
+            "max-body",
+            None,
+            DEFAULT_MAX_BODY,
+            "largest request body accepted, in bytes (larger ones get 413)",
+            _positive_int("max-body"),
+        ],
+    ]
+
+    def opt_version(self) -> None:
+        """Print the RestMQ version and exit."""
+        print(f"RestMQ {__version__}")
+        raise SystemExit(0)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external Redis was named on the command line."""
+        return (
+            self["redis-host"] is None
+            and self["redis-port"] is None
+            and self["redis-socket"] is None
+        )
+
+    def postOptions(self) -> None:
+        if self["redis-socket"] and (self["redis-host"] or self["redis-port"]):
+            raise usage.UsageError(
+                "give either --redis-socket or --redis-host/--redis-port, not both"
+            )
+        if not self.embedded and not self["redis-socket"]:
+            self["redis-host"] = self["redis-host"] or "127.0.0.1"
+            self["redis-port"] = self["redis-port"] or DEFAULT_REDIS_PORT
+        self["data-dir"] = os.path.abspath(self["data-dir"])

@@ -1,0 +1,136 @@
+"""The broker as a Twisted service: storage first, then HTTP; stopped the other way round."""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+
+from restmq import __version__
+from restmq.core import QueueEngine
+from restmq.options import Options
+from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.embedded import DataDirError, EmbeddedValkey
+from restmq.web.app import BrokerApplication
+
+log = Logger(namespace="restmq")
+
+
+class Broker:
+    """What the handlers reach through ``application.broker``: engine and consumers."""
+
+    def __init__(self, redis: RedisClient, engine: QueueEngine) -> None:
+        self.redis = redis
+        self.engine = engine
+
+    def describe_storage(self) -> str:
+        """The ``redis`` field of /stats and /control."""
+        where = self.redis.address.describe()
+        if not self.redis.connected:
+            return f"<Redis Connection: {where} - not connected>"
+        return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
+
+    def consumer_count(self, queue: str) -> int:
+        return 0
+
+
+class BrokerService(service.Service):
+    """Starts storage, waits until it answers, then opens the HTTP port."""
+
+    name = "restmq"
+
+    def __init__(self, options: Options, reactor) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.valkey: EmbeddedValkey | None = None
+        if options.embedded:
+            self.valkey = EmbeddedValkey(options["data-dir"], reactor)
+            address = RedisAddress(socket=self.valkey.socket_path)
+        elif options["redis-socket"]:
+            address = RedisAddress(socket=options["redis-socket"])
+        else:
+            address = RedisAddress(host=options["redis-host"], port=options["redis-port"])
+        self.redis = RedisClient(
+            reactor,
+            address,
+            poolsize=options["redis-pool"],
+            dbid=options["redis-db"],
+            password=options["redis-password"],
+            call_timeout=options["redis-timeout"],
+        )
+        self.broker = Broker(self.redis, QueueEngine(self.redis))
+        self.application = BrokerApplication(self.broker, max_body=options["max-body"])
+        self.port = None
+        self._starting: defer.Deferred | None = None
+
+    def prepare(self) -> None:
+        """Checks that must pass before twistd goes on (run from makeService)."""
+        if self.valkey is not None:
+            self.valkey.prepare()
+
+    # -- start ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("RestMQ {version} starting", version=__version__)
+        if self.valkey is not None:
+            log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
+        else:
+            log.info("storage: external Redis at {where}", where=self.redis.address.describe())
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        if self.valkey is not None:
+            self.valkey.startService()
+            await self.valkey.wait_for_socket()
+        self.redis.connect()
+        await self.redis.wait_until_ready()
+        interface = self.options["listen"]
+        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
+        self.port = await endpoint.listen(self.application)
+        address = self.port.getHost()
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        log.info("RestMQ listening on http://{host}:{port}/", host=host, port=address.port)
+
+    def _start_failed(self, failure) -> None:
+        if failure.check(defer.CancelledError):
+            return
+        log.critical("RestMQ could not start: {error}", error=failure.getErrorMessage())
+        # twistd has no way to report a failed start in its exit status; do it here.
+        atexit.register(os._exit, 1)
+        self.reactor.stop()
+
+    # -- stop ----------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        if self.port is not None:
+            await self.port.stopListening()
+            log.info("HTTP port closed")
+        await self.redis.disconnect()
+        if self.valkey is not None:
+            await self.valkey.stop()
+        log.info("RestMQ stopped")
+
+
+def make_service(options: Options, reactor=None) -> BrokerService:
+    """Build the broker service; exits with a clear message when it cannot run."""
+    if reactor is None:
+        from twisted.internet import reactor
+    broker = BrokerService(options, reactor)
+    try:
+        broker.prepare()
+    except DataDirError as exc:
+        raise SystemExit(f"restmq: {exc}") from None
+    return broker

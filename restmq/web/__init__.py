@@ -1,0 +1,1 @@
+"""The HTTP side: a cyclone Application whose thin handlers call the engine."""

@@ -1,0 +1,166 @@
+"""BaseHandler: what every RestMQ HTTP handler shares.
+
+HTTP in (arguments, JSON bodies, the queue name from the path), engine call,
+HTTP out (JSON answers ending in CRLF, JSONP, errors as JSON bodies).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import unquote
+
+import cyclone.web
+from twisted.logger import Logger
+
+from restmq import __version__, validation
+from restmq.errors import InvalidArgument, StorageUnavailable
+from restmq.web import compat
+
+log = Logger(namespace="restmq.http")
+
+SERVER = f"RestMQ/{__version__}"
+
+
+class ApiError(cyclone.web.HTTPError):
+    """An answer other than 2xx, with the message the client gets as ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.message = message
+        self.headers = headers or {}
+
+
+def encode_json(obj: Any) -> str:
+    # The original's encoding: ", " and ": " separators, non-ASCII escaped.
+    return json.dumps(obj)
+
+
+class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
+    """Thin handlers: parse, call the engine, answer. Errors become JSON bodies."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
+
+    def initialize(self, route: re.Pattern | None = None, **kwargs: Any) -> None:
+        self.route = route
+
+    def clear(self) -> None:
+        super().clear()
+        self.set_header("Server", SERVER)
+
+    @property
+    def engine(self):
+        return self.application.broker.engine
+
+    @property
+    def broker(self):
+        return self.application.broker
+
+    # -- request parsing ----------------------------------------------------
+
+    def _execute(self, transforms, *args, **kwargs):
+        # D14: cyclone decodes "+" in path segments as a space; re-read them.
+        if args and self.route is not None and "+" in self.request.path:
+            match = self.route.match(self.request.path)
+            if match:
+                args = tuple(None if g is None else unquote(g) for g in match.groups())
+        return super()._execute(transforms, *args, **kwargs)
+
+    def decode_argument(self, value, name=None):
+        return value
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        """A query-string or form argument; ``default`` when it is absent."""
+        values = self.request.arguments.get(name)
+        if not values:
+            return default
+        value = values[-1]
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
+        return value
+
+    def is_json_body(self) -> bool:
+        content_type = self.request.headers.get("Content-Type", "")
+        return content_type.split(";")[0].strip().lower() == "application/json"
+
+    def json_body(self) -> Any:
+        """The request body parsed as JSON; 400 when it is not."""
+        try:
+            return json.loads(self.request.body or b"")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"malformed JSON body: {exc}") from None
+
+    def callback(self) -> str | None:
+        return validation.callback_name(self.arg("callback"))
+
+    # -- answers ------------------------------------------------------------
+
+    def answer(self, obj: Any, status: int = 200, callback: str | None = None) -> None:
+        """Finish with ``obj`` as JSON and CRLF, or as ``callback(obj);`` (JSONP)."""
+        self.set_status(status)
+        text = encode_json(obj)
+        if callback:
+            self.set_header("Content-Type", "application/javascript; charset=UTF-8")
+            self.finish(f"{callback}({text});\r\n")
+        else:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(text + "\r\n")
+
+    def answer_text(self, text: str, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(text)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = compat.exception_of(kwargs)
+        if isinstance(exc, ApiError):
+            message = exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif status_code == 405:
+            message = f"method {self.request.method} is not allowed on {self.request.path}"
+        elif status_code == 404:
+            message = f"no such route: {self.request.path}"
+        elif status_code >= 500:
+            message = "internal error; see the broker log"
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(encode_json({"error": message}) + "\r\n")
+
+    def _handle_request_exception(self, e):
+        # Map our own errors to answers before cyclone's generic handling.
+        value = getattr(e, "value", e)
+        if isinstance(value, InvalidArgument):
+            e = ApiError(400, str(value))
+        elif isinstance(value, StorageUnavailable):
+            log.warn(
+                "{method} {path}: {error}",
+                method=self.request.method,
+                path=self.request.path,
+                error=value,
+            )
+            e = ApiError(503, str(value), {"Retry-After": "1"})
+        return super()._handle_request_exception(e)
+
+    # -- streaming connections ---------------------------------------------
+
+    def on_connection_close(self, *args):
+        # D10: only a real disconnect counts; keep the shared Deferred's value.
+        if compat.client_is_gone(self):
+            self.on_client_gone()
+        return args[0] if args else None
+
+    def on_client_gone(self) -> None:
+        """Override in long-lived handlers to let go of resources."""
+
+
+class NotFoundHandler(BaseHandler):
+    """Every path no route matches: 404 with a JSON error."""
+
+    def prepare(self):
+        raise ApiError(404, f"no such route: {self.request.path}")

@@ -1,0 +1,229 @@
+"""Our workarounds for cyclone 1.3 on Python 3, in one place.
+
+Each piece names the defect it answers (the D-numbers of
+``shared/docs/cyclone-py3.md``) and has a test in ``tests/test_cyclone_compat.py``.
+cyclone itself is never patched: everything here is a subclass or a transform.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from email.utils import parsedate
+
+import cyclone.httpserver
+import cyclone.web
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger(namespace="restmq.http")
+
+_HANDLER_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
+
+
+class FixedChunked(cyclone.web.ChunkedTransferEncoding):
+    """D8: cyclone builds chunks with a str ``%`` format on bytes; frame them as bytes."""
+
+    def transform_chunk(self, block: bytes, finishing: bool) -> bytes:
+        if self._chunking:
+            if block:
+                block = b"%x\r\n" % len(block) + block + b"\r\n"
+            if finishing:
+                block += b"0\r\n\r\n"
+        return block
+
+
+def run_coroutine(fn: Callable) -> Callable:
+    """D11: cyclone ignores coroutines; hand them to Twisted as Deferreds."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return defer.ensureDeferred(fn(*args, **kwargs))
+
+    return wrapper
+
+
+class CoroutineHandlerMixin:
+    """D11: subclasses may write ``async def get(...)``; wrapped once, at class creation."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _HANDLER_METHODS:
+            method = cls.__dict__.get(name)
+            if inspect.iscoroutinefunction(method):
+                setattr(cls, name, run_coroutine(method))
+
+
+def exception_of(kwargs: dict) -> BaseException | None:
+    """D2: cyclone passes ``exception=`` (a Failure or an exception), never ``exc_info``."""
+    exc = kwargs.get("exception")
+    value = getattr(exc, "value", exc)  # a twisted Failure carries the exception in .value
+    return value if isinstance(value, BaseException) else None
+
+
+def client_is_gone(handler: cyclone.web.RequestHandler) -> bool:
+    """D10: cyclone's finish notice fires on normal completion too; tell a real disconnect."""
+    transport = handler.request.connection.transport
+    return not handler._finished and bool(getattr(transport, "disconnected", True))
+
+
+def drop_bad_if_modified_since(request) -> None:
+    """D13: an unparseable If-Modified-Since makes StaticFileHandler answer 500."""
+    value = request.headers.get("If-Modified-Since")
+    if value is not None and parsedate(value) is None:
+        del request.headers["If-Modified-Since"]
+
+
+def stream_without_keep_alive(handler: cyclone.web.RequestHandler) -> None:
+    """D9: an HTTP/1.0 stream has no length, so it must end by closing the connection."""
+    if not handler.request.supports_http_1_1():
+        handler.request.connection.no_keep_alive = True
+        handler.clear_header("Connection")
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode() + b"\r\n"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json; charset=UTF-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
+    """cyclone's HTTP/1.1 connection, made safe for a broker.
+
+    - D6: requests on one connection are served one after another (a pipelined
+      request waits until the one before it has finished), by pausing the parser,
+      not the socket, so disconnects are still seen.
+    - A body larger than ``max_body`` is refused with 413 as soon as its headers
+      arrive; it is read and thrown away, never kept, so the client sees the answer.
+    - D7: chunked request bodies, which cyclone cannot parse, get 411.
+    - D1: a body or request line that is not UTF-8 gets 400 instead of a dropped
+      connection.
+    - A client that does not finish sending its headers within
+      ``header_timeout`` seconds is disconnected (also idle keep-alive connections).
+    """
+
+    _idle_timer = None
+    _discard_left = 0
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.request_callback = self._serve_one
+        self._discard_left = 0
+        self._arm_idle_timer()
+
+    # -- timeouts -----------------------------------------------------------
+
+    def _arm_idle_timer(self):
+        timeout = self.factory.settings.get("header_timeout")
+        if not timeout:
+            return
+        from twisted.internet import reactor
+
+        self._cancel_idle_timer()
+        self._idle_timer = reactor.callLater(timeout, self._idle_timeout)
+
+    def _cancel_idle_timer(self):
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_timeout(self):
+        self._idle_timer = None
+        if self._headersbuffer:
+            log.info("dropping a client that did not finish its headers in time")
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self._cancel_idle_timer()
+        super().connectionLost(reason)
+
+    # -- requests -----------------------------------------------------------
+
+    def _serve_one(self, request):
+        self.paused = True  # stop parsing pipelined bytes until this request is done
+        self.factory(request)
+        if not self.line_mode:
+            self.paused = False  # a WebSocket took the socket over
+
+    def finish(self):
+        super().finish()
+        transport = self.transport
+        if not (transport.disconnecting or transport.disconnected):
+            self._arm_idle_timer()
+            if self.paused:
+                self.paused = False
+                self.dataReceived(b"")
+
+    def _refuse(self, status: int, reason: str, message: str, discard: int = 0) -> None:
+        self.transport.write(_raw_response(status, reason, message))
+        self._headersbuffer = []
+        if discard > 0:
+            # Read the body and drop it: closing with unread data would reset the
+            # connection and the client might never see the answer.
+            self._discard_left = discard
+            self.setRawMode()
+            from twisted.internet import reactor
+
+            reactor.callLater(10, self.transport.loseConnection)
+        else:
+            self.transport.loseConnection()
+
+    def rawDataReceived(self, data):
+        if self._discard_left:
+            self._discard_left -= len(data)
+            if self._discard_left <= 0:
+                self._discard_left = 0
+                self.transport.loseConnection()
+            return
+        super().rawDataReceived(data)
+
+    def _on_headers(self, data):
+        self._cancel_idle_timer()
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        lines = head.split(b"\r\n")
+        fields = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
+        encoding = fields.get(b"transfer-encoding", b"").strip()
+        if encoding and encoding != b"identity":
+            self._refuse(
+                411,
+                "Length Required",
+                "chunked request bodies are not supported: send a Content-Length",
+            )
+            return
+        length = fields.get(b"content-length", b"0").strip() or b"0"
+        if not length.isdigit():
+            self._refuse(400, "Bad Request", "Content-Length must be a whole number")
+            return
+        max_body = self.factory.settings.get("max_body")
+        if max_body and int(length) > max_body:
+            log.info(
+                "refused a {length}-byte request body (limit {limit})",
+                length=int(length),
+                limit=max_body,
+            )
+            self._refuse(
+                413,
+                "Payload Too Large",
+                f"request body of {int(length)} bytes is over the limit of {max_body} bytes",
+                discard=int(length) if b"100-continue" not in fields.get(b"expect", b"") else 0,
+            )
+            return
+        try:
+            lines[0].decode("utf-8")
+        except UnicodeDecodeError:
+            self._refuse(400, "Bad Request", "the request line is not valid UTF-8")
+            return
+        super()._on_headers(data)
+
+    def _on_request_body(self, data):
+        try:
+            super()._on_request_body(data)
+        except UnicodeDecodeError:
+            self._refuse(400, "Bad Request", "the form body is not valid UTF-8")

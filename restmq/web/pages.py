@@ -1,0 +1,35 @@
+"""HTML pages: the queue list (``/q/``), job info (``/j/<q>``) and static files."""
+
+from __future__ import annotations
+
+import cyclone.web
+
+from restmq import validation
+from restmq.web import compat
+from restmq.web.base import BaseHandler
+
+
+async def queue_list_page(handler: BaseHandler) -> None:
+    """``/q/``: every queue as a link to its REST route."""
+    queues = await handler.engine.queues()
+    handler.render("queues.html", queues=queues)
+
+
+class JobsHandler(BaseHandler):
+    """``/j/<queue>``: name, message counter, pending count and the 10 newest pending keys."""
+
+    async def get(self, queue: str) -> None:
+        queue = validation.queue_name(queue)
+        info = await self.engine.info(queue, newest=10)
+        self.render("jobs.html", queue=queue, info=info)
+
+
+class StaticHandler(cyclone.web.StaticFileHandler):
+    """cyclone's static files, minus its crash on a malformed If-Modified-Since (D13)."""
+
+    def prepare(self):
+        compat.drop_bad_if_modified_since(self.request)
+        return super().prepare()
+
+    def get_cache_time(self, path, modified, mime_type):
+        return 0  # D13: cyclone's Expires header for ?v= URLs is not an HTTP date

@@ -1,0 +1,118 @@
+"""The REST routes: ``/`` and ``/q/<queue>`` (produce, pop, batch pop, purge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from restmq import validation
+from restmq.core import Message
+from restmq.errors import InvalidArgument
+from restmq.web.base import ApiError, BaseHandler, encode_json
+from restmq.web.pages import queue_list_page
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {"key": message.key, "value": message.value, "count": message.count}
+
+
+class ProducerMixin:
+    """Reading one message (form ``value``/``msg``, or a JSON body) and answering its key."""
+
+    def form_value(self) -> str:
+        value = self.arg("value")
+        if value is None:
+            value = self.arg("msg")
+        if value is None or value == "":
+            raise InvalidArgument("a message is required: send it as value=... (or msg=...)")
+        return value
+
+    def answer_key(self, key: str, callback: str | None) -> None:
+        # The original answers the bare key (``test:1``); under JSONP it is quoted.
+        if callback:
+            self.answer(key, callback=callback)
+        else:
+            self.answer_text(key + "\r\n")
+
+
+class IndexHandler(ProducerMixin, BaseHandler):
+    """``/``: the original's all-in-one route. GET pops ``queue``; POST adds to it."""
+
+    async def get(self) -> None:
+        queue = self.arg("queue")
+        if queue is None:
+            self.redirect("/static/index.html")
+            return
+        callback = self.callback()
+        message = await self.engine.pop(validation.queue_name(queue))
+        if message is None:
+            raise ApiError(404, f"queue {queue!r} is empty")
+        self.answer(message_json(message), callback=callback)
+
+    async def post(self) -> None:
+        callback = self.callback()
+        queue = validation.queue_name(self.arg("queue"))
+        value = self.form_value()
+        ttl = validation.ttl_seconds(self.arg("ttl"))
+        self.answer_key(await self.engine.add(queue, value, ttl), callback)
+
+
+class QueueHandler(ProducerMixin, BaseHandler):
+    """``/q/<queue>``: GET pops (``?n=`` for a batch), POST adds, DELETE purges."""
+
+    async def get(self, queue: str) -> None:
+        if not queue:
+            await queue_list_page(self)
+            return
+        queue = validation.queue_name(queue)
+        callback = self.callback()
+        n = self.arg("n")
+        if n is not None:
+            messages = await self.engine.pop_many(queue, validation.batch_size(n))
+            self.answer([message_json(m) for m in messages], callback=callback)
+            return
+        message = await self.engine.pop(queue)
+        if message is None:
+            self.set_status(204)
+            self.clear_header("Content-Type")
+            self.finish()
+            return
+        self.answer(message_json(message), callback=callback)
+
+    async def post(self, queue: str) -> None:
+        queue = validation.queue_name(queue)
+        callback = self.callback()
+        if self.is_json_body():
+            keys = await self._post_json(queue)
+            if isinstance(keys, list):
+                self.answer(keys, callback=callback)
+                return
+        else:
+            ttl = validation.ttl_seconds(self.arg("ttl"))
+            keys = await self.engine.add(queue, self.form_value(), ttl)
+        self.answer_key(keys, callback)
+
+    async def _post_json(self, queue: str) -> str | list[str]:
+        body = self.json_body()
+        if not isinstance(body, dict) or ("value" in body) == ("values" in body):
+            raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
+        ttl = validation.ttl_seconds(body.get("ttl", self.arg("ttl")))
+        if "values" in body:
+            values = body["values"]
+            if not isinstance(values, list) or not values:
+                raise InvalidArgument('"values" must be a non-empty list')
+            return await self.engine.add_many(queue, [_as_text(v) for v in values], ttl)
+        return await self.engine.add(queue, _as_text(body["value"]), ttl)
+
+    async def delete(self, queue: str) -> None:
+        queue = validation.queue_name(queue)
+        callback = self.callback()
+        deleted = await self.engine.purge(queue)
+        self.answer({"queue": queue, "status": deleted}, callback=callback)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise InvalidArgument("a message value cannot be null")
+    return encode_json(value)

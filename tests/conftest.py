@@ -1,0 +1,59 @@
+"""Fixtures: real brokers and real Valkey servers, always stopped afterwards."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import pytest
+
+from tests.support import Broker, Valkey
+
+
+@pytest.fixture
+def broker_factory(tmp_path_factory):
+    """Start brokers (`twistd restmq` processes); all are stopped after the test."""
+    started: list[Broker] = []
+
+    def start(*args: str, workdir=None, wait: bool = True, env=None, port: int = 0) -> Broker:
+        workdir = workdir or tmp_path_factory.mktemp("broker")
+        broker = Broker(workdir, list(args), port=port, env=env)
+        started.append(broker)
+        return broker.start(wait=wait)
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def valkey_factory(tmp_path_factory):
+    """Start standalone Valkey servers on loopback; all are stopped after the test."""
+    started: list[Valkey] = []
+
+    def start(**kwargs) -> Valkey:
+        server = Valkey(tmp_path_factory.mktemp("valkey"), **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_broker(tmp_path_factory):
+    """One broker on the embedded Valkey for the tests that only need a broker."""
+    broker = Broker(tmp_path_factory.mktemp("shared-broker"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name no other test uses."""
+    return f"t{next(_names)}-{uuid.uuid4().hex[:8]}"
