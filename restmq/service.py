@@ -37,6 +37,9 @@ class Broker:
     def consumer_count(self, queue: str) -> int:
         return 0
 
+    def check_access(self, request, section: str) -> None:
+        """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``."""
+
 
 class BrokerService(service.Service):
     """Starts storage, waits until it answers, then opens the HTTP port."""

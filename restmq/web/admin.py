@@ -14,6 +14,8 @@ _POLICY_NUMBER = {name: int(number) for name, number in POLICIES.items()}
 class PolicyHandler(BaseHandler):
     """``/p/<queue>``: GET the delivery policy, POST ``policy=broadcast|roundrobin``."""
 
+    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+
     async def get(self, queue: str) -> None:
         queue = validation.queue_name(queue)
         callback = self.callback()
@@ -35,6 +37,8 @@ class PolicyHandler(BaseHandler):
 
 class ControlHandler(BaseHandler):
     """``/control/<queue>``: GET the status; POST ``status=start|stop``. ``/control/``: all."""
+
+    access = {"GET": "rest:consumer", "POST": "rest:producer"}
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
@@ -63,6 +67,8 @@ class ControlHandler(BaseHandler):
 
 class StatsHandler(BaseHandler):
     """``/stats/<queue>``: a queue's length. ``/stats/``: every queue, and readiness."""
+
+    access = {"GET": "rest:consumer"}
 
     async def get(self, queue: str) -> None:
         callback = self.callback()

@@ -42,6 +42,9 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
 
+    #: acl.conf section that guards each HTTP method of this route (see restmq.acl)
+    access: dict[str, str] = {}
+
     def initialize(self, route: re.Pattern | None = None, **kwargs: Any) -> None:
         self.route = route
 
@@ -56,6 +59,11 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
     @property
     def broker(self):
         return self.application.broker
+
+    def prepare(self):
+        section = self.access.get(self.request.method)
+        if section is not None:
+            self.broker.check_access(self.request, section)
 
     # -- request parsing ----------------------------------------------------
 

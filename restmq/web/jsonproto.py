@@ -13,6 +13,9 @@ from restmq.web.base import BaseHandler
 class JsonProtocolHandler(BaseHandler):
     """POST a command as form field ``body`` (or ``msg``), or as an ``application/json`` body."""
 
+    # The original left GET open; every command may produce, so POST needs producer rights.
+    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+
     def get(self, queue: str | None = None) -> None:
         self.redirect("/static/help.html")
 

@@ -18,6 +18,8 @@ async def queue_list_page(handler: BaseHandler) -> None:
 class JobsHandler(BaseHandler):
     """``/j/<queue>``: name, message counter, pending count and the 10 newest pending keys."""
 
+    access = {"GET": "rest:consumer"}  # the original left /j/ open
+
     async def get(self, queue: str) -> None:
         queue = validation.queue_name(queue)
         info = await self.engine.info(queue, newest=10)

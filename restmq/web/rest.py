@@ -37,6 +37,8 @@ class ProducerMixin:
 class IndexHandler(ProducerMixin, BaseHandler):
     """``/``: the original's all-in-one route. GET pops ``queue``; POST adds to it."""
 
+    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+
     async def get(self) -> None:
         queue = self.arg("queue")
         if queue is None:
@@ -58,6 +60,8 @@ class IndexHandler(ProducerMixin, BaseHandler):
 
 class QueueHandler(ProducerMixin, BaseHandler):
     """``/q/<queue>``: GET pops (``?n=`` for a batch), POST adds, DELETE purges."""
+
+    access = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
 
     async def get(self, queue: str) -> None:
         if not queue:
