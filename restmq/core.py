@@ -52,6 +52,8 @@ _PURGE = _script("purge")
 _SET_AND_NOTIFY = _script("set_and_notify")
 _STATS = _script("stats")
 _QUEUE_INFO = _script("queue_info")
+_TAKE_FOR_STREAMS = _script("take_for_streams")
+_REQUEUE = _script("requeue")
 
 
 def _text(value: Any) -> str:
@@ -76,6 +78,21 @@ class Message:
 
 
 @dataclass(frozen=True)
+class TakenMessage(Message):
+    ttl_ms: int = -1  # what was left of its ttl when taken; -1: none
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """What ``take_for_streams`` got: the queue's state and the messages taken."""
+
+    started: bool
+    policy: str
+    messages: list[TakenMessage]
+    published_to: int  # brokers the batch was published to (broadcast), this one included
+
+
+@dataclass(frozen=True)
 class QueueStats:
     name: str
     length: int
@@ -95,6 +112,7 @@ class QueueEngine:
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
+        self._channel_prefix = f"{NOTIFY_PREFIX}{redis.dbid}:"
 
     # -- key layout ---------------------------------------------------------
 
@@ -114,14 +132,17 @@ class QueueEngine:
     def _status_key(queue: str) -> str:
         return f"queuestat::{queue}"
 
-    @staticmethod
-    def channel(queue: str) -> str:
-        """The pub/sub channel on which changes to ``queue`` are announced."""
-        return NOTIFY_PREFIX + queue
+    def channel(self, queue: str) -> str:
+        """The pub/sub channel on which changes to ``queue`` are announced.
 
-    @staticmethod
-    def queue_of_channel(channel: str) -> str | None:
-        return channel[len(NOTIFY_PREFIX) :] if channel.startswith(NOTIFY_PREFIX) else None
+        Channels are server-wide, not per database, so the database number is
+        part of the name: brokers on other databases of the server never hear it.
+        """
+        return f"{self._channel_prefix}{queue}"
+
+    def queue_of_channel(self, channel: str) -> str | None:
+        prefix = self._channel_prefix
+        return channel[len(prefix) :] if channel.startswith(prefix) else None
 
     # -- producing ----------------------------------------------------------
 
@@ -178,7 +199,7 @@ class QueueEngine:
         return bool(await self.redis.run_script(_DELETE, [self._list(queue), key]))
 
     async def purge(self, queue: str) -> int:
-        """Delete every pending message of ``queue``; return how many keys went."""
+        """Delete every pending message of ``queue``; return how many there were."""
         validation.queue_name(queue)
         return _int(await self.redis.run_script(_PURGE, [self._list(queue)], [self.channel(queue)]))
 
@@ -262,3 +283,38 @@ class QueueEngine:
             policy=_POLICY_NAMES.get(_text(reply[2]), "broadcast"),
         )
         return QueueInfo(stats, _int(reply[3]), [_text(key) for key in reply[4:]])
+
+    # -- streaming consumers ------------------------------------------------
+
+    async def take_for_streams(
+        self, queue: str, *, roundrobin_batch: int, broadcast_batch: int, origin: str
+    ) -> StreamBatch:
+        """Take a batch for streaming consumers in one atomic step (none if stopped).
+
+        Under broadcast the batch is also published on the queue's channel as
+        ``{"o": origin, "m": [key, body, ...]}`` for the other brokers.
+        """
+        reply = await self.redis.run_script(
+            _TAKE_FOR_STREAMS,
+            [self._list(queue), self._status_key(queue), self._policy_key(queue)],
+            [roundrobin_batch, broadcast_batch, self.channel(queue), origin],
+        )
+        messages = [
+            TakenMessage(_text(reply[i]), _text(reply[i + 1]), 0, _int(reply[i + 2], -1))
+            for i in range(3, len(reply), 3)
+        ]
+        return StreamBatch(
+            started=_int(reply[0]) == STARTED,
+            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
+            messages=messages,
+            published_to=_int(reply[2]),
+        )
+
+    async def requeue(self, queue: str, messages: list[TakenMessage]) -> None:
+        """Put taken messages back at the head of ``queue``, in order, ttl kept."""
+        if not messages:
+            return
+        args: list[Any] = [self.channel(queue)]
+        for message in messages:
+            args += [message.key, message.value, message.ttl_ms]
+        await self.redis.run_script(_REQUEUE, [self._list(queue)], args)

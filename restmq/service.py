@@ -11,10 +11,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from restmq import __version__
+from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
+from restmq.storage.notify import Notifications
 from restmq.web.app import BrokerApplication
 
 log = Logger(namespace="restmq")
@@ -23,9 +25,12 @@ log = Logger(namespace="restmq")
 class Broker:
     """What the handlers reach through ``application.broker``: engine and consumers."""
 
-    def __init__(self, redis: RedisClient, engine: QueueEngine) -> None:
+    def __init__(
+        self, redis: RedisClient, engine: QueueEngine, consumers: ConsumerRegistry
+    ) -> None:
         self.redis = redis
         self.engine = engine
+        self.consumers = consumers
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -35,7 +40,7 @@ class Broker:
         return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
 
     def consumer_count(self, queue: str) -> int:
-        return 0
+        return self.consumers.count(queue)
 
     def check_access(self, request, section: str) -> None:
         """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``."""
@@ -65,7 +70,18 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             call_timeout=options["redis-timeout"],
         )
-        self.broker = Broker(self.redis, QueueEngine(self.redis))
+        engine = QueueEngine(self.redis)
+        self.consumers = ConsumerRegistry(
+            engine, reactor, max_consumers=options.get("max-consumers") or 10000
+        )
+        self.notifications = Notifications(
+            reactor,
+            address,
+            self.consumers.on_notice,
+            password=options["redis-password"],
+            on_reconnect=self.consumers.sweep,
+        )
+        self.broker = Broker(self.redis, engine, self.consumers)
         self.application = BrokerApplication(self.broker, max_body=options["max-body"])
         self.port = None
         self._starting: defer.Deferred | None = None
@@ -93,6 +109,8 @@ class BrokerService(service.Service):
             await self.valkey.wait_for_socket()
         self.redis.connect()
         await self.redis.wait_until_ready()
+        self.notifications.start()
+        self.consumers.start(self.notifications)
         interface = self.options["listen"]
         endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
@@ -121,6 +139,8 @@ class BrokerService(service.Service):
         if self.port is not None:
             await self.port.stopListening()
             log.info("HTTP port closed")
+        self.consumers.stop()
+        await self.notifications.stop()
         await self.redis.disconnect()
         if self.valkey is not None:
             await self.valkey.stop()

@@ -104,7 +104,7 @@ class RedisClient:
         self.address = address
         self.call_timeout = call_timeout
         self.poolsize = poolsize
-        self._dbid = dbid
+        self.dbid = dbid
         self._password = password
         self._slots = defer.DeferredSemaphore(max_inflight)
         self._factory: _ObservedFactory | None = None
@@ -117,7 +117,7 @@ class RedisClient:
     def connect(self) -> None:
         factory = _ObservedFactory(
             self.address.describe(),
-            self._dbid,
+            self.dbid,
             self.poolsize,
             isLazy=True,
             charset="utf-8",

@@ -9,7 +9,7 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq.web import admin, jsonproto, pages, rest
+from restmq.web import admin, jsonproto, pages, rest, streaming, websocket
 from restmq.web.base import NotFoundHandler
 from restmq.web.compat import BrokerHTTPConnection, FixedChunked
 
@@ -34,6 +34,8 @@ def routes() -> list:
         route(r"/control/(.*)", admin.ControlHandler),
         route(r"/stats/(.*)", admin.StatsHandler),
         route(r"/j/(.*)", pages.JobsHandler),
+        route(r"/c/(.*)", streaming.StreamHandler),
+        route(r"/ws/(.*)", websocket.WebSocketHandler),
         (r"/static/(.*)", pages.StaticHandler, {"path": str(PACKAGE.joinpath("static"))}),
     ]
 

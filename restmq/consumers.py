@@ -1,0 +1,362 @@
+"""ConsumerRegistry: this broker's live streaming consumers, per queue, and delivery.
+
+Delivery is pushed, never polled. The add script publishes a notice on the
+queue's channel; every broker with consumers of that queue hears it and takes
+a batch with one script call, then hands it out by the queue's policy:
+
+- **broadcast**: every consumer gets every message. The taking broker hands the
+  batch to its own consumers and the script publishes it for the other brokers,
+  so each consumer on each broker gets each message once.
+- **roundrobin**: each message goes to exactly one consumer, rotating; the other
+  brokers race for batches sized to their consumers, so no message goes twice.
+
+A slow periodic sweep only covers notices lost while pub/sub was reconnecting.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
+from restmq.errors import StorageUnavailable
+
+log = Logger(namespace="restmq.consumers")
+
+
+class TooManyConsumers(Exception):
+    """The broker already serves ``--max-consumers`` streaming consumers."""
+
+
+@implementer(IPushProducer)
+class StreamConsumer:
+    """One streaming consumer (COMET, SSE or WebSocket) with flow control.
+
+    It is registered as the push producer of its connection, so Twisted pauses it
+    when the socket's send buffer is full. While paused it takes no roundrobin
+    messages and buffers broadcast ones, up to ``max_backlog_bytes``; a consumer
+    that falls further behind is disconnected so that it holds nobody back.
+    """
+
+    kind = "stream"
+    max_backlog_bytes = 1 << 20
+
+    def __init__(self, queue: str, peer: str) -> None:
+        self.queue = queue
+        self.peer = peer
+        self.registry: ConsumerRegistry | None = None
+        self.gone = False
+        self._paused = False
+        self._backlog: deque[tuple[Message, bytes]] = deque()
+        self._backlog_bytes = 0
+
+    # -- what a transport implements ---------------------------------------
+
+    def encode(self, message: Message) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str) -> None:
+        """End the stream politely (queue purged, broker stopping)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        raise NotImplementedError
+
+    # -- delivery -----------------------------------------------------------
+
+    def can_take_more(self) -> bool:
+        return not self.gone and not self._paused and not self._backlog
+
+    def send(self, message: Message) -> bool:
+        """Deliver or buffer ``message``; False when the consumer is gone (not taken)."""
+        if self.gone:
+            return False
+        data = self.encode(message)
+        if self._paused or self._backlog:
+            self._backlog.append((message, data))
+            self._backlog_bytes += len(data)
+            if self._backlog_bytes > self.max_backlog_bytes:
+                self._too_slow()
+            return True
+        self.write(data)
+        return True
+
+    def _too_slow(self) -> None:
+        log.warn(
+            "{kind} consumer {peer} of queue {queue} fell {bytes} bytes behind; disconnecting it",
+            kind=self.kind,
+            peer=self.peer,
+            queue=self.queue,
+            bytes=self._backlog_bytes,
+        )
+        undelivered = [message for message, _ in self._backlog]
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self.gone = True
+        if self.registry is not None:
+            self.registry.remove(self, undelivered)
+        self.abort()
+
+    # -- IPushProducer ------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._backlog and not self._paused and not self.gone:
+            _, data = self._backlog.popleft()
+            self._backlog_bytes -= len(data)
+            self.write(data)
+        if not self._paused and not self.gone and self.registry is not None:
+            self.registry.wake(self.queue)
+
+    def stopProducing(self) -> None:
+        self.gone = True
+
+
+@dataclass
+class _QueueConsumers:
+    consumers: list[StreamConsumer] = field(default_factory=list)
+    next_index: int = 0
+    draining: bool = False
+    again: bool = False
+    policy: str = "broadcast"
+
+
+class ConsumerRegistry:
+    """Live streaming consumers per queue, and the delivery loop that feeds them."""
+
+    batch_size = 100
+    sweep_interval = 5.0
+    heartbeat_interval = 15.0
+
+    def __init__(self, engine: QueueEngine, reactor, max_consumers: int = 10000) -> None:
+        self.engine = engine
+        self.reactor = reactor
+        self.max_consumers = max_consumers
+        self.origin = uuid.uuid4().hex[:12]  # tells our own broadcast batches from others'
+        self.notifications = None
+        self._queues: dict[str, _QueueConsumers] = {}
+        self._total = 0
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = reactor
+        self._heart = task.LoopingCall(self._heartbeat)
+        self._heart.clock = reactor
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self, notifications) -> None:
+        self.notifications = notifications
+        self._sweeper.start(self.sweep_interval, now=False)
+        self._heart.start(self.heartbeat_interval, now=False)
+
+    def stop(self) -> None:
+        for loop in (self._sweeper, self._heart):
+            if loop.running:
+                loop.stop()
+        for state in list(self._queues.values()):
+            for consumer in list(state.consumers):
+                consumer.close("the broker is stopping")
+        self._queues.clear()
+        self._total = 0
+
+    # -- membership ---------------------------------------------------------
+
+    def add(self, consumer: StreamConsumer) -> None:
+        if self._total >= self.max_consumers:
+            raise TooManyConsumers(
+                f"this broker already serves its maximum of {self.max_consumers} streaming "
+                "consumers (--max-consumers); try again later or another broker"
+            )
+        state = self._queues.get(consumer.queue)
+        first = state is None
+        if first:
+            state = self._queues[consumer.queue] = _QueueConsumers()
+        consumer.registry = self
+        state.consumers.append(consumer)
+        self._total += 1
+        log.debug("{kind} consumer {peer} joined queue {queue}", kind=consumer.kind,
+                  peer=consumer.peer, queue=consumer.queue)  # fmt: skip
+        if first and self.notifications is not None:
+            # Wake only once subscribed, so no add notice can slip between.
+            d = self.notifications.subscribe(self.engine.channel(consumer.queue))
+            d.addBoth(lambda _: self.wake(consumer.queue))
+        else:
+            self.wake(consumer.queue)
+
+    def remove(self, consumer: StreamConsumer, undelivered: list[Message] = ()) -> None:
+        consumer.gone = True
+        state = self._queues.get(consumer.queue)
+        if state is None or consumer not in state.consumers:
+            return
+        state.consumers.remove(consumer)
+        self._total -= 1
+        if undelivered and state.policy == "roundrobin":
+            # Nobody else got these: they go back to the queue for the others.
+            taken = [m for m in undelivered if isinstance(m, TakenMessage)]
+            defer.ensureDeferred(self._requeue(consumer.queue, taken))
+        if not state.consumers:
+            del self._queues[consumer.queue]
+            if self.notifications is not None:
+                self.notifications.unsubscribe(self.engine.channel(consumer.queue))
+
+    def count(self, queue: str) -> int:
+        state = self._queues.get(queue)
+        return len(state.consumers) if state else 0
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    # -- notices ------------------------------------------------------------
+
+    def on_notice(self, channel: str, message: str) -> None:
+        """A message on a queue channel: a wake-up, a purge, or another broker's batch."""
+        queue = self.engine.queue_of_channel(channel)
+        if queue is None or queue not in self._queues:
+            return
+        if message.startswith("{"):
+            self._deliver_published(queue, message)
+        elif message in ("add", "start"):
+            self.wake(queue)
+        elif message == "purge":
+            self.end_streams(queue, "queue purged")
+
+    def end_streams(self, queue: str, reason: str) -> None:
+        state = self._queues.pop(queue, None)
+        if state is None:
+            return
+        for consumer in list(state.consumers):
+            self._total -= 1
+            consumer.gone = True
+            consumer.close(reason)
+        if self.notifications is not None:
+            self.notifications.unsubscribe(self.engine.channel(queue))
+        log.info("ended {n} stream(s) of queue {queue}: {reason}",
+                 n=len(state.consumers), queue=queue, reason=reason)  # fmt: skip
+
+    def sweep(self) -> None:
+        """The safety net: look at every queue with consumers here."""
+        for queue in list(self._queues):
+            self.wake(queue)
+
+    def _heartbeat(self) -> None:
+        for state in self._queues.values():
+            for consumer in state.consumers:
+                heartbeat = getattr(consumer, "heartbeat", None)
+                if heartbeat is not None and not consumer.gone:
+                    heartbeat()
+
+    # -- delivery -----------------------------------------------------------
+
+    def wake(self, queue: str) -> None:
+        state = self._queues.get(queue)
+        if state is None:
+            return
+        if state.draining:
+            state.again = True
+            return
+        defer.ensureDeferred(self._drain(queue, state))
+
+    async def _drain(self, queue: str, state: _QueueConsumers) -> None:
+        state.draining = True
+        try:
+            while state.consumers:
+                state.again = False
+                ready = sum(1 for c in state.consumers if c.can_take_more())
+                if not ready:
+                    return  # resumeProducing wakes us again
+                batch = await self.engine.take_for_streams(
+                    queue,
+                    roundrobin_batch=min(ready, self.batch_size),
+                    broadcast_batch=self.batch_size,
+                    origin=self.origin,
+                )
+                state.policy = batch.policy
+                if batch.messages:
+                    leftovers = self._hand_out(state, batch)
+                    if leftovers:
+                        await self._requeue(queue, leftovers)
+                full = len(batch.messages) >= (
+                    min(ready, self.batch_size) if batch.policy == "roundrobin" else self.batch_size
+                )
+                if not (full or state.again) or not batch.started:
+                    return
+        except StorageUnavailable as exc:
+            log.warn("could not feed the consumers of {queue}: {error}", queue=queue, error=exc)
+        except Exception:
+            log.failure("delivery to the consumers of {queue} failed", queue=queue)
+        finally:
+            state.draining = False
+
+    def _hand_out(self, state: _QueueConsumers, batch: StreamBatch) -> list[TakenMessage]:
+        """Give each message out by policy; return those no consumer could take."""
+        leftovers = []
+        if batch.policy == "roundrobin":
+            for message in batch.messages:
+                if not self._send_to_next(state, message):
+                    leftovers.append(message)
+            return leftovers
+        for message in batch.messages:
+            delivered = sum(1 for c in list(state.consumers) if c.send(message))
+            # Other brokers heard the batch too; only when nobody at all got it does it go back.
+            if delivered == 0 and batch.published_to <= 1:
+                leftovers.append(message)
+        return leftovers
+
+    def _send_to_next(self, state: _QueueConsumers, message: TakenMessage) -> bool:
+        consumers = state.consumers
+        for _ in range(len(consumers)):
+            if not consumers:
+                return False
+            index = state.next_index % len(consumers)
+            state.next_index = index + 1
+            consumer = consumers[index]
+            if consumer.can_take_more() and consumer.send(message):
+                return True
+        # Every consumer is busy: give it to a paused one rather than take it back.
+        return any(not consumer.gone and consumer.send(message) for consumer in consumers)
+
+    def _deliver_published(self, queue: str, payload: str) -> None:
+        try:
+            batch = json.loads(payload)
+            if batch.get("o") == self.origin:
+                return  # our own batch, handed out when we took it
+            flat = batch["m"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warn("ignored a malformed batch notice on queue {queue}", queue=queue)
+            return
+        state = self._queues.get(queue)
+        if state is None:
+            return
+        for i in range(0, len(flat) - 1, 2):
+            message = Message(str(flat[i]), str(flat[i + 1]))
+            for consumer in list(state.consumers):
+                consumer.send(message)
+
+    async def _requeue(self, queue: str, messages: list[TakenMessage]) -> None:
+        if not messages:
+            return
+        try:
+            await self.engine.requeue(queue, messages)
+            log.info("put {n} undelivered message(s) back on queue {queue}",
+                     n=len(messages), queue=queue)  # fmt: skip
+        except StorageUnavailable as exc:
+            log.error(
+                "could not put {n} undelivered message(s) back on queue {queue}: {error}",
+                n=len(messages),
+                queue=queue,
+                error=exc,
+            )

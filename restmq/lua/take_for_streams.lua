@@ -1,0 +1,36 @@
+-- Take a batch of live messages for this broker's streaming consumers.
+-- Nothing is taken from a stopped queue. Under the broadcast policy the batch is
+-- also published, so that every other broker sharing this Redis hands it to its
+-- own consumers; roundrobin batches go to this broker's consumers only.
+-- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy
+-- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
+--       3 wake-up channel, 4 id of the taking broker
+-- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers
+--          the batch was published to, then key, body, ms to live (-1 none), ...
+local policy = redis.call('GET', KEYS[3])
+if policy ~= '2' then policy = '1' end
+if redis.call('GET', KEYS[2]) == '0' then
+  return {0, policy, 0}
+end
+local wanted = tonumber(policy == '2' and ARGV[1] or ARGV[2])
+local out = {1, policy, 0}
+local published = {}
+local taken = 0
+while taken < wanted do
+  local key = redis.call('RPOP', KEYS[1])
+  if not key then break end
+  local body = redis.call('GET', key)
+  if body then
+    out[#out + 1] = key
+    out[#out + 1] = body
+    out[#out + 1] = redis.call('PTTL', key)
+    published[#published + 1] = key
+    published[#published + 1] = body
+    taken = taken + 1
+  end
+  redis.call('DEL', key, key .. ':refcount')
+end
+if policy == '1' and taken > 0 then
+  out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode({o = ARGV[4], m = published}))
+end
+return out

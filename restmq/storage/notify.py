@@ -1,0 +1,117 @@
+"""Redis pub/sub: how brokers sharing one Redis tell each other about their queues.
+
+One subscriber connection per broker. Channels are subscribed while this broker
+has streaming consumers of their queue, and subscribed again after a reconnect
+(txredisapi does not do that by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import txredisapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from restmq.storage.client import RedisAddress
+
+log = Logger(namespace="restmq.storage")
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    def connectionMade(self):
+        ready = super().connectionMade()
+        self.whenConnected().addCallback(self.factory.notifications._connected)
+        return ready
+
+    def connectionLost(self, why):
+        super().connectionLost(why)
+        self.factory.notifications._disconnected(self)
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.notifications._received(channel, message)
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    protocol = _SubscriberProtocol
+    initialDelay = 0.1
+    maxDelay = 1.0
+
+    def __init__(self, notifications: Notifications, uuid: str, password: str | None) -> None:
+        super().__init__(
+            uuid, None, 1, isLazy=True, password=password, charset="utf-8", convertNumbers=False
+        )
+        self.notifications = notifications
+
+
+class Notifications:
+    """Subscribe to channels; ``on_message(channel, message)`` hears what is published."""
+
+    def __init__(
+        self,
+        reactor,
+        address: RedisAddress,
+        on_message: Callable[[str, str], None],
+        *,
+        password: str | None = None,
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.on_message = on_message
+        self.on_reconnect = on_reconnect
+        self._password = password
+        self._channels: set[str] = set()
+        self._connection: _SubscriberProtocol | None = None
+        self._factory: _SubscriberFactory | None = None
+        self._ever_connected = False
+
+    def start(self) -> None:
+        self._factory = _SubscriberFactory(self, self.address.describe(), self._password)
+        self._factory.startConnecting(self.address.endpoint(self.reactor, timeout=2))
+
+    def stop(self) -> defer.Deferred:
+        factory, self._factory = self._factory, None
+        self._connection = None
+        return factory.disconnect() if factory is not None else defer.succeed(None)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def subscribe(self, channel: str) -> defer.Deferred:
+        """Listen on ``channel``; fires once the server confirmed (or at once when offline)."""
+        self._channels.add(channel)
+        if self._connection is None:
+            return defer.succeed(None)  # subscribed on (re)connect
+        return self._connection.subscribe(channel).addErrback(self._failed, "SUBSCRIBE")
+
+    def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        if self._connection is not None:
+            self._connection.unsubscribe(channel).addErrback(self._failed, "UNSUBSCRIBE")
+
+    def _failed(self, failure, command: str) -> None:
+        log.warn("pub/sub {command} failed: {error}", command=command,
+                 error=failure.getErrorMessage())  # fmt: skip
+
+    def _connected(self, connection: _SubscriberProtocol) -> None:
+        self._connection = connection
+        if self._channels:
+            connection.subscribe(sorted(self._channels)).addErrback(self._failed, "SUBSCRIBE")
+        if self._ever_connected:
+            log.info("pub/sub reconnected; {n} channel(s) subscribed again", n=len(self._channels))
+            # Notices published while we were away are gone: let the owner catch up.
+            self.on_reconnect()
+        self._ever_connected = True
+
+    def _disconnected(self, connection: _SubscriberProtocol) -> None:
+        if connection is self._connection:
+            self._connection = None
+
+    def _received(self, channel, message) -> None:
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        self.on_message(channel, message)

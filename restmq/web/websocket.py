@@ -1,0 +1,168 @@
+"""``/ws/<queue>``: a WebSocket consumer (RFC 6455), framed by wsproto.
+
+cyclone.websocket does not work on Python 3 (cyclone-py3.md D16), so this
+handler takes the connection over itself: it answers the upgrade, puts the
+HTTP connection in raw mode and feeds every byte to a wsproto Connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.utilities import RemoteProtocolError
+
+from restmq import validation
+from restmq.consumers import StreamConsumer, TooManyConsumers
+from restmq.core import Message
+from restmq.errors import InvalidArgument
+from restmq.web.base import ApiError, BaseHandler, encode_json
+
+log = Logger(namespace="restmq.websocket")
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_INCOMING_MESSAGE = 1 << 20
+
+
+class WebSocketConsumer(StreamConsumer):
+    kind = "websocket"
+
+    def __init__(self, queue: str, peer: str, transport, ws: Connection) -> None:
+        super().__init__(queue, peer)
+        self.transport = transport
+        self.ws = ws
+
+    def encode(self, message: Message) -> bytes:
+        text = encode_json({"key": message.key, "value": message.value})
+        return self.ws.send(TextMessage(data=text))
+
+    def write(self, data: bytes) -> None:
+        if not self.gone:
+            self.transport.write(data)
+
+    def close(self, reason: str) -> None:
+        self.gone = True
+        code = 1001 if "stopping" in reason else 1000
+        if self.ws.state == ConnectionState.OPEN:
+            self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self.gone = True
+        self.transport.abortConnection()
+
+
+def accept_token(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
+
+
+class WebSocketHandler(BaseHandler):
+    """Upgrades ``GET /ws/<queue>`` and streams the queue's messages as text frames."""
+
+    def _execute(self, transforms, *args, **kwargs):
+        self._transforms = transforms
+        try:
+            queue = self._check_upgrade()
+            self.broker.check_access(self.request, "websocket:consumer")
+        except ApiError as exc:
+            self.send_error(exc.status_code, exception=exc)
+            return
+        except InvalidArgument as exc:
+            self.send_error(400, exception=ApiError(400, str(exc)))
+            return
+        connection = self.request.connection
+        transport = connection.transport
+        ws = Connection(ConnectionType.SERVER)
+        consumer = WebSocketConsumer(queue, self.request.remote_ip, transport, ws)
+        try:
+            self.broker.consumers.add(consumer)
+        except TooManyConsumers as exc:
+            self.send_error(503, exception=ApiError(503, str(exc), {"Retry-After": "5"}))
+            return
+        self.consumer = consumer
+        self.ws = ws
+        self._incoming: list[str | bytes] = []
+        self._incoming_size = 0
+        key = self.request.headers["Sec-WebSocket-Key"].strip()
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_token(key).encode() + b"\r\n\r\n"
+        )
+        transport.registerProducer(consumer, True)
+        connection.notifyFinish().addBoth(self._connection_lost)
+        connection.rawDataReceived = self._data_received
+        connection.setRawMode()  # bytes already buffered after the handshake come next
+
+    def _check_upgrade(self) -> str:
+        headers = self.request.headers
+        raw = self.route.match(self.request.path).group(1) if self.route else ""
+        queue = validation.queue_name(unquote(raw))
+        if self.request.method != "GET" or headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(
+                400, "this is a WebSocket endpoint: connect with a WebSocket client (ws://)"
+            )
+        tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+        if "upgrade" not in tokens:
+            raise ApiError(400, "a WebSocket handshake needs Connection: Upgrade")
+        if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            raise ApiError(
+                426, "only WebSocket version 13 is supported", {"Sec-WebSocket-Version": "13"}
+            )
+        key = headers.get("Sec-WebSocket-Key", "").strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ApiError(400, "invalid Sec-WebSocket-Key")
+        return queue
+
+    def _data_received(self, data: bytes) -> None:
+        transport = self.consumer.transport
+        try:
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                self._on_event(event)
+        except RemoteProtocolError as exc:
+            log.info("WebSocket protocol error from {peer}: {error}",
+                     peer=self.consumer.peer, error=exc)  # fmt: skip
+            if exc.event_hint is not None and self.ws.state != ConnectionState.CLOSED:
+                transport.write(self.ws.send(exc.event_hint))
+            transport.loseConnection()
+
+    def _on_event(self, event) -> None:
+        transport = self.consumer.transport
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._incoming.append(event.data)
+            self._incoming_size += len(event.data)
+            if self._incoming_size > MAX_INCOMING_MESSAGE:
+                transport.write(self.ws.send(CloseConnection(code=1009, reason="too big")))
+                transport.loseConnection()
+                return
+            if event.message_finished:
+                whole = (
+                    "".join(self._incoming)
+                    if isinstance(event, TextMessage)
+                    else b"".join(self._incoming)
+                )
+                self._incoming, self._incoming_size = [], 0
+                # The original echoes what a consumer sends.
+                kind = TextMessage if isinstance(event, TextMessage) else BytesMessage
+                transport.write(self.ws.send(kind(data=whole)))
+        elif isinstance(event, Ping):
+            transport.write(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self.consumer.gone = True
+            self.broker.consumers.remove(self.consumer)
+            if self.ws.state != ConnectionState.CLOSED:
+                transport.write(self.ws.send(event.response()))
+            transport.loseConnection()
+
+    def _connection_lost(self, result):
+        self.broker.consumers.remove(self.consumer)
+        return result
