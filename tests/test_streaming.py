@@ -1,0 +1,290 @@
+"""Streaming consumers over real sockets: COMET (curl, HTTP/1.0), SSE, WebSocket; policies."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.stream_clients import HttpStream, WebSocketStream
+from tests.support import wait_for
+
+
+def wait_consumers(broker, queue: str, count: int, timeout: float = 10.0) -> None:
+    wait_for(
+        lambda: broker.get(f"/stats/{queue}").json()["consumers"] == count,
+        timeout,
+        what=f"{count} consumer(s) on {queue}",
+    )
+
+
+def post(broker, queue: str, value: str) -> str:
+    response = broker.post(f"/q/{queue}", value=value)
+    assert response.status == 200, response.text
+    return response.text.strip()
+
+
+def test_curl_comet_consumer_gets_each_message_as_a_line(shared_broker, queue):
+    curl = subprocess.Popen(
+        ["curl", "-sN", f"http://127.0.0.1:{shared_broker.port}/c/{queue}"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        wait_consumers(shared_broker, queue, 1)
+        keys = [post(shared_broker, queue, f"hello {i}") for i in range(3)]
+        lines = [curl.stdout.readline() for _ in range(3)]
+        assert lines == [
+            f'{{"key": "{key}", "value": "hello {i}"}}\r\n'.encode() for i, key in enumerate(keys)
+        ]
+    finally:
+        curl.kill()
+        curl.wait()
+    wait_consumers(shared_broker, queue, 0)
+
+
+def test_comet_jsonp_wraps_each_message(shared_broker, queue):
+    stream = HttpStream(shared_broker.port, queue, query="?callback=app.got").start()
+    wait_consumers(shared_broker, queue, 1)
+    key = post(shared_broker, queue, 'say "hi"')
+    assert stream.next() == f'app.got({{"key": "{key}", "value": "say \\"hi\\""}});\r\n'.encode()
+    assert stream.response.getheader("Content-Type").startswith("text/plain")
+    stream.close()
+
+
+def test_comet_bad_callback_is_refused(shared_broker, queue):
+    response = shared_broker.get(f"/c/{queue}?callback=alert(1)")
+    assert response.status == 400
+    assert "callback" in response.json()["error"]
+
+
+def test_http10_comet_client_streams_until_the_queue_is_purged(shared_broker, queue):
+    with socket.create_connection(("127.0.0.1", shared_broker.port), timeout=10) as sock:
+        sock.sendall(f"GET /c/{queue} HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".encode())
+        wait_consumers(shared_broker, queue, 1)
+        key = post(shared_broker, queue, "old client")
+        assert shared_broker.request("DELETE", f"/q/{queue}").status == 200
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk  # the server closes: an HTTP/1.0 stream ends that way
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"chunked" not in head.lower()
+    assert body == f'{{"key": "{key}", "value": "old client"}}\r\nnull\r\n'.encode()
+
+
+def test_backlog_waiting_before_the_consumer_binds_is_delivered_in_order(shared_broker, queue):
+    keys = [post(shared_broker, queue, f"early {i}") for i in range(5)]
+    stream = HttpStream(shared_broker.port, queue).start()
+    got = [json.loads(line) for line in stream.take(5)]
+    assert [m["key"] for m in got] == keys
+    assert [m["value"] for m in got] == [f"early {i}" for i in range(5)]
+    assert shared_broker.get(f"/stats/{queue}").json()["len"] == 0
+    stream.close()
+
+
+def test_consumer_binds_to_a_queue_that_does_not_exist_yet(shared_broker, queue):
+    stream = HttpStream(shared_broker.port, queue, sse=True).start()
+    wait_consumers(shared_broker, queue, 1)
+    assert queue not in shared_broker.get("/stats/").json()["queues"]
+    key = post(shared_broker, queue, "first ever")
+    assert stream.next_message() == {"key": key, "value": "first ever"}
+    stream.close()
+
+
+def test_sse_events_carry_the_key_as_id_and_the_message_as_data(shared_broker, queue):
+    stream = HttpStream(shared_broker.port, queue, sse=True).start()
+    assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+    assert stream.response.getheader("Cache-Control") == "no-cache"
+    wait_consumers(shared_broker, queue, 1)
+    value = "multi\nline \u00e9t\u00e9 \U0001f680"
+    key = post(shared_broker, queue, value)
+    event = stream.next()
+    assert event["id"] == key
+    assert json.loads(event["data"]) == {"key": key, "value": value}
+    stream.close()
+
+
+def test_websocket_delivery_echo_ping_and_close(shared_broker, queue):
+    ws = WebSocketStream(shared_broker.port, queue)
+    wait_consumers(shared_broker, queue, 1)
+    key = post(shared_broker, queue, "to the socket")
+    assert json.loads(ws.ws.recv(timeout=5)) == {"key": key, "value": "to the socket"}
+    ws.ws.send("echo this \u2603")
+    assert ws.ws.recv(timeout=5) == "echo this \u2603"
+    ws.ws.ping().wait(5)
+    ws.ws.close()
+    assert ws.ws.close_code == 1000
+    wait_consumers(shared_broker, queue, 0)
+
+
+def test_websocket_without_origin_header_and_plain_get_refused(shared_broker, queue):
+    ws = WebSocketStream(shared_broker.port, queue, origin=None)
+    wait_consumers(shared_broker, queue, 1)
+    ws.close()
+    plain = shared_broker.get(f"/ws/{queue}")
+    assert plain.status == 400
+    assert "WebSocket" in plain.json()["error"]
+    old = shared_broker.get(
+        f"/ws/{queue}",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "8",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert old.status == 426
+    assert old.headers["sec-websocket-version"] == "13"
+
+
+def test_abrupt_websocket_drop_leaves_the_registry_and_loses_nothing(shared_broker, queue):
+    ws = WebSocketStream(shared_broker.port, queue)
+    wait_consumers(shared_broker, queue, 1)
+    ws.ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the client just vanishes
+    ws.ws.socket.close()
+    wait_consumers(shared_broker, queue, 0)
+    key = post(shared_broker, queue, "kept for later")
+    assert shared_broker.get(f"/q/{queue}").json()["key"] == key
+
+
+def test_broadcast_sends_every_message_to_every_consumer_of_every_transport(shared_broker, queue):
+    comet = HttpStream(shared_broker.port, queue).start()
+    sse = HttpStream(shared_broker.port, queue, sse=True).start()
+    ws = WebSocketStream(shared_broker.port, queue).start()
+    wait_consumers(shared_broker, queue, 3)
+    keys = [post(shared_broker, queue, f"news {i}") for i in range(10)]
+    for reader in (comet, sse, ws):
+        got = [reader.next_message()["key"] for _ in range(10)]
+        assert got == keys
+        assert reader.drain(0.3) == []
+    for reader in (comet, sse, ws):
+        reader.close()
+
+
+def test_roundrobin_gives_each_message_to_exactly_one_consumer_in_turn(shared_broker, queue):
+    assert shared_broker.post(f"/p/{queue}", policy="roundrobin").status == 200
+    readers = [
+        HttpStream(shared_broker.port, queue).start(),
+        HttpStream(shared_broker.port, queue, sse=True).start(),
+        WebSocketStream(shared_broker.port, queue).start(),
+    ]
+    wait_consumers(shared_broker, queue, 3)
+    keys = [post(shared_broker, queue, f"job {i}") for i in range(30)]
+    time.sleep(1.0)
+    received = []
+    per_consumer = []
+    for reader in readers:
+        got = [json.loads(x["data"]) if isinstance(x, dict) else json.loads(x)
+               for x in reader.drain(0.5)]  # fmt: skip
+        per_consumer.append(len(got))
+        received += [m["key"] for m in got]
+    assert sorted(received) == sorted(keys)
+    assert len(received) == len(set(received)), "a message went to two consumers"
+    assert all(count >= 5 for count in per_consumer), per_consumer  # it rotates
+    for reader in readers:
+        reader.close()
+
+
+def test_policy_switch_applies_to_consumers_already_connected(shared_broker, queue):
+    a = HttpStream(shared_broker.port, queue).start()
+    b = HttpStream(shared_broker.port, queue).start()
+    wait_consumers(shared_broker, queue, 2)
+    first = post(shared_broker, queue, "to both")
+    assert a.next_message()["key"] == first
+    assert b.next_message()["key"] == first
+    shared_broker.post(f"/p/{queue}", policy="roundrobin")
+    keys = [post(shared_broker, queue, f"one of {i}") for i in range(6)]
+    time.sleep(0.8)
+    got = [json.loads(x)["key"] for x in a.drain(0.3) + b.drain(0.3)]
+    assert sorted(got) == sorted(keys)
+    shared_broker.post(f"/p/{queue}", policy="broadcast")
+    last = post(shared_broker, queue, "both again")
+    assert a.next_message()["key"] == last
+    assert b.next_message()["key"] == last
+    a.close()
+    b.close()
+
+
+def test_stopped_queue_delivers_nothing_until_started(shared_broker, queue):
+    stream = HttpStream(shared_broker.port, queue).start()
+    wait_consumers(shared_broker, queue, 1)
+    assert shared_broker.post(f"/control/{queue}", status="stop").status == 200
+    keys = [post(shared_broker, queue, f"held {i}") for i in range(3)]
+    assert stream.drain(0.8) == []
+    # plain GET pops still work on a stopped queue
+    assert shared_broker.get(f"/q/{queue}").json()["key"] == keys[0]
+    assert shared_broker.post(f"/control/{queue}", status="start").status == 200
+    assert [stream.next_message()["key"] for _ in range(2)] == keys[1:]
+    stream.close()
+
+
+def test_delete_purges_and_ends_every_stream(shared_broker, queue):
+    comet = HttpStream(shared_broker.port, queue).start()
+    sse = HttpStream(shared_broker.port, queue, sse=True).start()
+    ws = WebSocketStream(shared_broker.port, queue).start()
+    wait_consumers(shared_broker, queue, 3)
+    shared_broker.post(f"/control/{queue}", status="stop")
+    post(shared_broker, queue, "never delivered")
+    answer = shared_broker.request("DELETE", f"/q/{queue}")
+    assert answer.json() == {"queue": queue, "status": 1}  # one message was pending
+    for reader in (comet, sse, ws):
+        assert reader.ended.wait(5), "stream did not end"
+    assert comet.raw_lines == [b"null\r\n"]
+    assert ws.ws.close_code == 1000
+    assert shared_broker.get(f"/stats/{queue}").json() == {
+        "redis": shared_broker.get(f"/stats/{queue}").json()["redis"],
+        "queue": queue,
+        "len": 0,
+        "consumers": 0,
+    }
+
+
+@pytest.fixture
+def two_brokers(broker_factory, valkey_factory):
+    server = valkey_factory()
+    args = ("--redis-port", str(server.port))
+    return broker_factory(*args), broker_factory(*args)
+
+
+def test_two_daemons_broadcast_reaches_every_consumer_once_and_fast(two_brokers, queue):
+    a, b = two_brokers
+    on_a = [HttpStream(a.port, queue).start(), HttpStream(a.port, queue, sse=True).start()]
+    on_b = [WebSocketStream(b.port, queue).start()]
+    wait_consumers(a, queue, 2)
+    wait_consumers(b, queue, 1)
+    latencies = []
+    keys = []
+    for i in range(20):
+        started = time.monotonic()
+        keys.append(post(b, queue, f"cross {i}"))
+        assert on_a[0].next_message()["key"] == keys[-1]
+        latencies.append(time.monotonic() - started)
+    for reader in (on_a[1], *on_b):
+        assert [reader.next_message()["key"] for _ in range(20)] == keys
+    for reader in (*on_a, *on_b):
+        assert reader.drain(0.3) == [], "a consumer got a message twice"
+    latencies.sort()
+    assert latencies[len(latencies) // 2] <= 0.050, latencies
+
+
+def test_two_daemons_roundrobin_delivers_each_message_to_exactly_one_consumer(two_brokers, queue):
+    a, b = two_brokers
+    a.post(f"/p/{queue}", policy="roundrobin")
+    readers = [
+        HttpStream(a.port, queue).start(),
+        HttpStream(a.port, queue).start(),
+        HttpStream(b.port, queue).start(),
+        WebSocketStream(b.port, queue).start(),
+    ]
+    wait_consumers(a, queue, 2)
+    wait_consumers(b, queue, 2)
+    keys = [post(a if i % 2 else b, queue, f"task {i}") for i in range(40)]
+    time.sleep(1.5)
+    got = []
+    for reader in readers:
+        got += [json.loads(x)["key"] for x in reader.drain(0.3)]
+    assert sorted(got) == sorted(keys)
+    assert len(got) == len(set(got))
