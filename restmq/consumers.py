@@ -41,12 +41,11 @@ class StreamConsumer:
 
     It is registered as the push producer of its connection, so Twisted pauses it
     when the socket's send buffer is full. While paused it takes no roundrobin
-    messages and buffers broadcast ones, up to ``max_backlog_bytes``; a consumer
+    messages and buffers broadcast ones, up to the registry's ``max_backlog``; a consumer
     that falls further behind is disconnected so that it holds nobody back.
     """
 
     kind = "stream"
-    max_backlog_bytes = 1 << 20
 
     def __init__(self, queue: str, peer: str) -> None:
         self.queue = queue
@@ -86,7 +85,7 @@ class StreamConsumer:
         if self._paused or self._backlog:
             self._backlog.append((message, data))
             self._backlog_bytes += len(data)
-            if self._backlog_bytes > self.max_backlog_bytes:
+            if self.registry is not None and self._backlog_bytes > self.registry.max_backlog:
                 self._too_slow()
             return True
         self.write(data)
@@ -142,10 +141,17 @@ class ConsumerRegistry:
     sweep_interval = 5.0
     heartbeat_interval = 15.0
 
-    def __init__(self, engine: QueueEngine, reactor, max_consumers: int = 10000) -> None:
+    def __init__(
+        self,
+        engine: QueueEngine,
+        reactor,
+        max_consumers: int = 10000,
+        max_backlog: int = 4 * 1024 * 1024,
+    ) -> None:
         self.engine = engine
         self.reactor = reactor
         self.max_consumers = max_consumers
+        self.max_backlog = max_backlog  # bytes a paused consumer may hold before it is dropped
         self.origin = uuid.uuid4().hex[:12]  # tells our own broadcast batches from others'
         self.notifications = None
         self._queues: dict[str, _QueueConsumers] = {}

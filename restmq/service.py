@@ -7,17 +7,23 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+)
 from twisted.logger import Logger
 
-from restmq import __version__
+from restmq import __version__, acl
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
+from restmq.tls import TLSConfigError, server_options
 from restmq.web.app import BrokerApplication
+from restmq.web.base import ApiError
 
 log = Logger(namespace="restmq")
 
@@ -26,11 +32,16 @@ class Broker:
     """What the handlers reach through ``application.broker``: engine and consumers."""
 
     def __init__(
-        self, redis: RedisClient, engine: QueueEngine, consumers: ConsumerRegistry
+        self,
+        redis: RedisClient,
+        engine: QueueEngine,
+        consumers: ConsumerRegistry,
+        access: acl.AccessControl | None = None,
     ) -> None:
         self.redis = redis
         self.engine = engine
         self.consumers = consumers
+        self.access = access or acl.AccessControl(None)
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -43,7 +54,16 @@ class Broker:
         return self.consumers.count(queue)
 
     def check_access(self, request, section: str) -> None:
-        """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``."""
+        """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``.
+
+        403: the client address is refused; 401 (with a Basic challenge): the
+        credentials are missing or wrong. In ``websocket:consumer`` the original's
+        ``auth=user:password`` cookie counts as well as HTTP Basic.
+        """
+        try:
+            self.access.check(request, section)
+        except acl.Refused as refusal:
+            raise ApiError(refusal.status, refusal.message, refusal.headers) from None
 
 
 class BrokerService(service.Service):
@@ -72,7 +92,10 @@ class BrokerService(service.Service):
         )
         engine = QueueEngine(self.redis)
         self.consumers = ConsumerRegistry(
-            engine, reactor, max_consumers=options.get("max-consumers") or 10000
+            engine,
+            reactor,
+            max_consumers=options["max-consumers"],
+            max_backlog=options["consumer-buffer"],
         )
         self.notifications = Notifications(
             reactor,
@@ -81,13 +104,25 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             on_reconnect=self.consumers.sweep,
         )
-        self.broker = Broker(self.redis, engine, self.consumers)
-        self.application = BrokerApplication(self.broker, max_body=options["max-body"])
+        self.access = acl.AccessControl(
+            options["acl"] or None,
+            required=options["acl-given"],
+            trusted_proxies=options["trusted-proxies"],
+        )
+        self.broker = Broker(self.redis, engine, self.consumers, self.access)
+        self.application = BrokerApplication(
+            self.broker, max_body=options["max-body"], header_timeout=options["header-timeout"]
+        )
+        self.tls = None
         self.port = None
         self._starting: defer.Deferred | None = None
 
     def prepare(self) -> None:
         """Checks that must pass before twistd goes on (run from makeService)."""
+        # Configuration first: a broken acl.conf or certificate must not touch the data dir.
+        self.access.load()
+        if self.options["tls-cert"]:
+            self.tls = server_options(self.options["tls-cert"], self.options["tls-key"])
         if self.valkey is not None:
             self.valkey.prepare()
 
@@ -100,6 +135,7 @@ class BrokerService(service.Service):
             log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
+        self.access.start_watching(self.reactor)
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
 
@@ -112,12 +148,23 @@ class BrokerService(service.Service):
         self.notifications.start()
         self.consumers.start(self.notifications)
         interface = self.options["listen"]
-        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
+        if self.tls is not None:
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, self.options["port"], self.tls, interface=interface
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
         self.port = await endpoint.listen(self.application)
         address = self.port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
-        log.info("RestMQ listening on http://{host}:{port}/", host=host, port=address.port)
+        scheme = "https" if self.tls is not None else "http"
+        log.info(
+            "RestMQ listening on {scheme}://{host}:{port}/",
+            scheme=scheme,
+            host=host,
+            port=address.port,
+        )
 
     def _start_failed(self, failure) -> None:
         if failure.check(defer.CancelledError):
@@ -131,6 +178,7 @@ class BrokerService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        self.access.stop_watching()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -154,6 +202,6 @@ def make_service(options: Options, reactor=None) -> BrokerService:
     broker = BrokerService(options, reactor)
     try:
         broker.prepare()
-    except DataDirError as exc:
+    except (DataDirError, acl.AclError, TLSConfigError) as exc:
         raise SystemExit(f"restmq: {exc}") from None
     return broker

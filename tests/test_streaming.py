@@ -288,3 +288,51 @@ def test_two_daemons_roundrobin_delivers_each_message_to_exactly_one_consumer(tw
         got += [json.loads(x)["key"] for x in reader.drain(0.3)]
     assert sorted(got) == sorted(keys)
     assert len(got) == len(set(got))
+
+
+def test_slow_consumer_is_dropped_without_holding_back_a_fast_one(broker_factory, queue):
+    import psutil
+
+    broker = broker_factory("--consumer-buffer", str(2 * 1024 * 1024))
+    process = psutil.Process(broker.proc.pid)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", broker.port))
+    slow.sendall(f"GET /c/{queue} HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # and never reads
+    fast = HttpStream(broker.port, queue, sse=True).start()
+    wait_consumers(broker, queue, 2)
+    rss_before = process.memory_info().rss
+    value = "x" * 100_000
+    keys = []
+    for _ in range(30):  # 30 batches of 5 x 100 kB: 15 MB for each consumer
+        response = broker.request(
+            "POST",
+            f"/q/{queue}",
+            body=json.dumps({"values": [value] * 5}),
+            headers={"Content-Type": "application/json"},
+        )
+        keys += response.json()
+    got = [fast.next_message(timeout=20)["key"] for _ in range(len(keys))]
+    assert got == keys
+    wait_consumers(broker, queue, 1, timeout=20)
+    assert "fell" in broker.log() and "behind; disconnecting it" in broker.log()
+    growth = process.memory_info().rss - rss_before
+    assert growth < 64 * 1024 * 1024, f"broker grew by {growth / 1e6:.0f} MB"
+    fast.close()
+    slow.close()
+
+
+def test_max_consumers_answers_503_when_full(broker_factory, queue):
+    broker = broker_factory("--max-consumers", "2")
+    first = HttpStream(broker.port, queue).start()
+    second = WebSocketStream(broker.port, queue).start()
+    wait_consumers(broker, queue, 2)
+    third = broker.get(f"/c/{queue}")
+    assert third.status == 503
+    assert "--max-consumers" in third.json()["error"]
+    first.close()
+    wait_consumers(broker, queue, 1)
+    again = HttpStream(broker.port, queue).start()
+    wait_consumers(broker, queue, 2)
+    again.close()
+    second.close()
