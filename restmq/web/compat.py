@@ -12,6 +12,7 @@ import inspect
 import json
 from collections.abc import Callable
 from email.utils import parsedate
+from urllib.parse import parse_qsl
 
 import cyclone.httpserver
 import cyclone.web
@@ -24,7 +25,19 @@ _HANDLER_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
 class FixedChunked(cyclone.web.ChunkedTransferEncoding):
-    """D8: cyclone builds chunks with a str ``%`` format on bytes; frame them as bytes."""
+    """D8: cyclone builds chunks with a str ``%`` format on bytes; frame them as bytes.
+
+    Also: a 204 goes out bare, as HTTP requires (cyclone adds ``Content-Length: 0``).
+    """
+
+    def transform_first_chunk(self, status_code, headers, chunk, finishing):
+        if status_code == 204:
+            # A 204 has no body, hence neither Content-Length nor chunk framing (RFC 9110 8.6).
+            self._chunking = False
+            if "Content-Length" in headers:
+                del headers["Content-Length"]
+            return status_code, headers, b""
+        return super().transform_first_chunk(status_code, headers, chunk, finishing)
 
     def transform_chunk(self, block: bytes, finishing: bool) -> bytes:
         if self._chunking:
@@ -76,6 +89,29 @@ def drop_bad_if_modified_since(request) -> None:
         del request.headers["If-Modified-Since"]
 
 
+def undecodable_argument(request) -> str | None:
+    """D1: cyclone decodes %-escapes with errors="replace", so bytes that are not UTF-8
+    silently become U+FFFD. Name the first query or form argument that is not UTF-8."""
+    if not any(
+        "\ufffd" in (value if isinstance(value, str) else "")
+        for values in request.arguments.values()
+        for value in values
+    ):
+        return None  # the common case: nothing was replaced
+    sources = [request.query]
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith("application/x-www-form-urlencoded") and request.body:
+        sources.append(request.body.decode("utf-8"))  # raw bytes were checked on arrival
+    for source in sources:
+        for name, value in parse_qsl(source, keep_blank_values=True, encoding="latin-1"):
+            try:
+                name.encode("latin-1").decode("utf-8")
+                value.encode("latin-1").decode("utf-8")
+            except UnicodeDecodeError:
+                return name.encode("latin-1").decode("utf-8", "replace")
+    return None
+
+
 def stream_without_keep_alive(handler: cyclone.web.RequestHandler) -> None:
     """D9: an HTTP/1.0 stream has no length, so it must end by closing the connection."""
     if not handler.request.supports_http_1_1():
@@ -103,8 +139,8 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
     - A body larger than ``max_body`` is refused with 413 as soon as its headers
       arrive; it is read and thrown away, never kept, so the client sees the answer.
     - D7: chunked request bodies, which cyclone cannot parse, get 411.
-    - D1: a body or request line that is not UTF-8 gets 400 instead of a dropped
-      connection.
+    - D1: a body, request line or header that is not UTF-8, or a malformed
+      request line, gets 400 instead of a dropped connection.
     - A client that does not finish sending its headers within
       ``header_timeout`` seconds is disconnected (also idle keep-alive connections).
     """
@@ -148,9 +184,13 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
 
     def _serve_one(self, request):
         self.paused = True  # stop parsing pipelined bytes until this request is done
+        # A request with a body arrives while the parser is still in raw mode (cyclone
+        # goes back to line mode only after this call), so only a switch made by the
+        # handler itself means that a WebSocket took the socket over.
+        was_line_mode = self.line_mode
         self.factory(request)
-        if not self.line_mode:
-            self.paused = False  # a WebSocket took the socket over
+        if was_line_mode and not self.line_mode:
+            self.paused = False
 
     def finish(self):
         super().finish()
@@ -173,6 +213,7 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
 
             reactor.callLater(10, self.transport.loseConnection)
         else:
+            self.paused = True  # parse nothing more that came on this connection
             self.transport.loseConnection()
 
     def rawDataReceived(self, data):
@@ -185,6 +226,8 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
         super().rawDataReceived(data)
 
     def _on_headers(self, data):
+        if not data.strip():
+            return  # RFC 9112 2.2: empty lines before a request line are ignored
         self._cancel_idle_timer()
         head = data.split(b"\r\n\r\n", 1)[0].lower()
         lines = head.split(b"\r\n")
@@ -215,10 +258,20 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
                 discard=int(length) if b"100-continue" not in fields.get(b"expect", b"") else 0,
             )
             return
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"http/"):
+            # cyclone would drop the connection without a word
+            self._refuse(400, "Bad Request", "malformed HTTP request line")
+            return
         try:
             lines[0].decode("utf-8")
         except UnicodeDecodeError:
             self._refuse(400, "Bad Request", "the request line is not valid UTF-8")
+            return
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:  # D1: cyclone drops the connection silently
+            self._refuse(400, "Bad Request", "the request headers are not valid UTF-8")
             return
         super()._on_headers(data)
 

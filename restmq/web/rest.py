@@ -18,13 +18,15 @@ def message_json(message: Message) -> dict[str, Any]:
 class ProducerMixin:
     """Reading one message (form ``value``/``msg``, or a JSON body) and answering its key."""
 
+    #: which form field wins when a client sends both (the original's choice per route)
+    value_fields: tuple[str, ...] = ("value", "msg")
+
     def form_value(self) -> str:
-        value = self.arg("value")
-        if value is None:
-            value = self.arg("msg")
-        if value is None or value == "":
-            raise InvalidArgument("a message is required: send it as value=... (or msg=...)")
-        return value
+        for name in self.value_fields:
+            value = self.arg(name)
+            if value:  # an empty field counts as missing, as it did in the original
+                return value
+        raise InvalidArgument("a message is required: send it as value=... (or msg=...)")
 
     def answer_key(self, key: str, callback: str | None) -> None:
         # The original answers the bare key (``test:1``); under JSONP it is quoted.
@@ -62,6 +64,7 @@ class QueueHandler(ProducerMixin, BaseHandler):
     """``/q/<queue>``: GET pops (``?n=`` for a batch), POST adds, DELETE purges."""
 
     access = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
+    value_fields = ("msg", "value")  # the original stored ``msg or value`` here
 
     async def get(self, queue: str) -> None:
         if not queue:
@@ -110,8 +113,9 @@ class QueueHandler(ProducerMixin, BaseHandler):
     async def delete(self, queue: str) -> None:
         queue = validation.queue_name(queue)
         callback = self.callback()
-        deleted = await self.engine.purge(queue)
-        self.answer({"queue": queue, "status": deleted}, callback=callback)
+        purged = await self.engine.purge(queue)
+        # The original answered the DEL count of the list key: 1 if anything was pending.
+        self.answer({"queue": queue, "status": 1 if purged else 0}, callback=callback)
 
 
 def _as_text(value: Any) -> str:
