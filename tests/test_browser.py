@@ -47,3 +47,53 @@ def test_browser_consumer_receives_messages_as_they_arrive(
     browser.find_element(By.ID, "stop").click()
     wait.until(lambda b: shared_broker.get(f"/stats/{queue}").json()["consumers"] == 0)
     assert browser.find_element(By.ID, "state").text == "stopped"
+
+
+def test_dashboard_lists_queues_with_their_state_and_posts(browser, shared_broker, queue):
+    from tests.stream_clients import HttpStream
+
+    for i in range(3):
+        shared_broker.post(f"/q/{queue}", value=f"m{i}")
+    shared_broker.post(f"/p/{queue}", policy="roundrobin")
+    shared_broker.post(f"/control/{queue}", status="stop")
+    consumer = HttpStream(shared_broker.port, queue).start()
+    browser.get(f"http://127.0.0.1:{shared_broker.port}/static/index.html")
+    wait = WebDriverWait(browser, 15)
+    row = f'#queue-rows tr[data-queue="{queue}"]'
+
+    def cells(b):
+        found = b.find_elements(By.CSS_SELECTOR, row)
+        if not found:
+            return None
+        tr = found[0]
+        return {
+            name: tr.find_element(By.CSS_SELECTOR, f"td.{name}").text
+            for name in ("len", "status", "policy", "consumers")
+        }
+
+    wait.until(lambda b: cells(b) is not None and cells(b)["consumers"] == "1")
+    assert cells(browser) == {
+        "len": "3",
+        "status": "stopped",
+        "policy": "roundrobin",
+        "consumers": "1",
+    }
+    links = {
+        a.get_attribute("class"): a.get_attribute("href")
+        for a in browser.find_elements(By.CSS_SELECTOR, f"{row} td.routes a")
+    }
+    base = f"http://127.0.0.1:{shared_broker.port}"
+    assert links["route-q"] == f"{base}/q/{queue}"
+    assert links["route-c"] == f"{base}/c/{queue}"
+    assert links["route-watch"] == f"{base}/static/watch.html?queue={queue}"
+    # the post form adds a message; the table follows
+    field = browser.find_element(By.ID, "post-queue")
+    field.clear()
+    field.send_keys(queue)
+    value = browser.find_element(By.ID, "post-value")
+    value.clear()
+    value.send_keys("from the dashboard")
+    browser.find_element(By.ID, "post-send").click()
+    wait.until(lambda b: b.find_element(By.ID, "post-result").text == f"stored as {queue}:4")
+    wait.until(lambda b: cells(b)["len"] == "4")
+    consumer.close()

@@ -35,6 +35,12 @@
       a.textContent = prefix.slice(0, -1);
       td.appendChild(a);
     }
+    const watch = document.createElement("a");
+    watch.className = "route-watch";
+    watch.href = "/static/watch.html?queue=" + encodeURIComponent(name);
+    watch.title = "consume live in this browser";
+    watch.textContent = "watch";
+    td.appendChild(watch);
     return td;
   }
 
