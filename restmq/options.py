@@ -7,10 +7,17 @@ import os
 from twisted.python import usage
 
 from restmq import __version__
+from restmq.acl import AclError, parse_trusted_proxies
 
 DEFAULT_PORT = 8888
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_CONSUMERS = 10000
+DEFAULT_HEADER_TIMEOUT = 30.0
+
+
+class GivenPath(str):
+    """A path typed on the command line (a default stays a plain str)."""
 
 
 def _positive_int(name: str):
@@ -74,7 +81,22 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["acl", None, "acl.conf", "access control file for the endpoints (INI format)"],
+        [
+            "acl",
+            None,
+            "acl.conf",
+            "access control file for the endpoints (INI format); when the default file is "
+            "missing every route is open, a file named here must exist",
+            GivenPath,
+        ],
+        [
+            "trusted-proxies",
+            None,
+            None,
+            "addresses or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) of reverse "
+            "proxies whose X-Forwarded-For / X-Real-IP headers are believed "
+            "[default: none, the socket peer is the client]",
+        ],
         ["redis-host", None, None, "hostname or IP address of an external Redis/Valkey server"],
         [
             "redis-port",
@@ -109,6 +131,37 @@ class Options(usage.Options):
             "largest request body accepted, in bytes (larger ones get 413)",
             _positive_int("max-body"),
         ],
+        [
+            "max-consumers",
+            None,
+            DEFAULT_MAX_CONSUMERS,
+            "most streaming consumers (COMET, SSE, WebSocket) served at once; more get 503",
+            _positive_int("max-consumers"),
+        ],
+        [
+            "consumer-buffer",
+            None,
+            4 * 1024 * 1024,
+            "bytes a streaming consumer may fall behind (buffered in the broker) before it "
+            "is disconnected",
+            _positive_int("consumer-buffer"),
+        ],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "seconds a client has to send its request headers; slower (or idle "
+            "keep-alive) connections are dropped",
+            _positive_float("header-timeout"),
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate file (the server's certificate first, then its chain) to serve "
+            "HTTPS and wss:// on --port, with --tls-key [default: none, plain HTTP]",
+        ],
+        ["tls-key", None, None, "PEM private key file of --tls-cert"],
     ]
 
     def opt_version(self) -> None:
@@ -134,3 +187,10 @@ class Options(usage.Options):
             self["redis-host"] = self["redis-host"] or "127.0.0.1"
             self["redis-port"] = self["redis-port"] or DEFAULT_REDIS_PORT
         self["data-dir"] = os.path.abspath(self["data-dir"])
+        self["acl-given"] = isinstance(self["acl"], GivenPath)
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together: give both or neither")
+        try:
+            self["trusted-proxies"] = parse_trusted_proxies(self["trusted-proxies"])
+        except AclError as exc:
+            raise usage.UsageError(f"--trusted-proxies: {exc}") from None

@@ -64,6 +64,9 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
         section = self.access.get(self.request.method)
         if section is not None:
             self.broker.check_access(self.request, section)
+        name = compat.undecodable_argument(self.request)
+        if name is not None:
+            raise InvalidArgument(f"argument {name!r} is not valid UTF-8")
 
     # -- request parsing ----------------------------------------------------
 
@@ -77,6 +80,11 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
 
     def decode_argument(self, value, name=None):
         return value
+
+    def compute_etag(self):
+        # No ETag: a GET may pop a message, and a matching If-None-Match would turn
+        # the answer into a bodiless 304 after the message was already taken.
+        return None
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         """A query-string or form argument; ``default`` when it is absent."""

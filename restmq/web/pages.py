@@ -6,7 +6,7 @@ import cyclone.web
 
 from restmq import validation
 from restmq.web import compat
-from restmq.web.base import BaseHandler
+from restmq.web.base import SERVER, ApiError, BaseHandler, encode_json
 
 
 async def queue_list_page(handler: BaseHandler) -> None:
@@ -31,7 +31,27 @@ class StaticHandler(cyclone.web.StaticFileHandler):
 
     def prepare(self):
         compat.drop_bad_if_modified_since(self.request)
+        # The dashboard pages are consumer routes (acl.conf [rest:consumer]).
+        self.application.broker.check_access(self.request, "rest:consumer")
         return super().prepare()
 
     def get_cache_time(self, path, modified, mime_type):
         return 0  # D13: cyclone's Expires header for ?v= URLs is not an HTTP date
+
+    def clear(self) -> None:
+        super().clear()
+        self.set_header("Server", SERVER)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        # cyclone's default is an HTML page; every other route answers JSON
+        refusal = compat.exception_of(kwargs)
+        if isinstance(refusal, ApiError):  # acl.conf: 401 (with its challenge) or 403
+            message = refusal.message
+            for name, value in refusal.headers.items():
+                self.set_header(name, value)
+        elif status_code == 404:
+            message = f"no such file: {self.request.path}"
+        else:
+            message = f"{self._reason}: {self.request.path}"
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(encode_json({"error": message}) + "\r\n")

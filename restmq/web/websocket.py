@@ -49,6 +49,8 @@ class WebSocketConsumer(StreamConsumer):
         code = 1001 if "stopping" in reason else 1000
         if self.ws.state == ConnectionState.OPEN:
             self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
+        # A TLS transport only closes once its producer is gone.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def abort(self) -> None:
@@ -133,6 +135,7 @@ class WebSocketHandler(BaseHandler):
                      peer=self.consumer.peer, error=exc)  # fmt: skip
             if exc.event_hint is not None and self.ws.state != ConnectionState.CLOSED:
                 transport.write(self.ws.send(exc.event_hint))
+            transport.unregisterProducer()
             transport.loseConnection()
 
     def _on_event(self, event) -> None:
@@ -142,6 +145,7 @@ class WebSocketHandler(BaseHandler):
             self._incoming_size += len(event.data)
             if self._incoming_size > MAX_INCOMING_MESSAGE:
                 transport.write(self.ws.send(CloseConnection(code=1009, reason="too big")))
+                transport.unregisterProducer()
                 transport.loseConnection()
                 return
             if event.message_finished:
@@ -161,6 +165,7 @@ class WebSocketHandler(BaseHandler):
             self.broker.consumers.remove(self.consumer)
             if self.ws.state != ConnectionState.CLOSED:
                 transport.write(self.ws.send(event.response()))
+            transport.unregisterProducer()
             transport.loseConnection()
 
     def _connection_lost(self, result):

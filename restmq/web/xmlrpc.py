@@ -1,0 +1,375 @@
+"""XML-RPC at ``/xmlrpc`` and ``/RPC2``: the queue operations as methods, answered by the engine.
+
+Every method is one QueueEngine call, the same ones the REST and JSON routes
+make, so an ``add`` here wakes streaming consumers exactly like a POST. Errors
+are Faults with stable codes (see ``FAULTS``), always inside an HTTP 200 answer
+as XML-RPC wants. The standard library reads and writes the XML; cyclone's own
+XML-RPC handler is not used (cyclone-py3.md D19).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xmlrpc.client
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from restmq import validation
+from restmq.core import POLICIES
+from restmq.errors import InvalidArgument, StorageUnavailable
+from restmq.web.base import ApiError, BaseHandler
+
+log = Logger(namespace="restmq.xmlrpc")
+
+# Fault codes. The queue errors reuse the HTTP status a REST client would get.
+INVALID_ARGUMENT = 400
+UNAUTHORIZED = 401
+FORBIDDEN = 403
+EMPTY_QUEUE = 404
+STORAGE_UNAVAILABLE = 503
+PARSE_ERROR = -32700  # the body is not well-formed XML-RPC
+NOT_A_CALL = -32600  # well-formed, but not a <methodCall>
+UNKNOWN_METHOD = -32601
+INTERNAL_ERROR = -32603
+
+FAULTS = {
+    INVALID_ARGUMENT: "invalid argument: bad queue name, value, ttl, key or policy; wrong "
+    "number of arguments",
+    UNAUTHORIZED: "acl.conf wants a username and password (HTTP Basic) and got none or wrong",
+    FORBIDDEN: "acl.conf refuses the client address",
+    EMPTY_QUEUE: "the queue is empty (get, take)",
+    STORAGE_UNAVAILABLE: "Redis is unreachable; try again",
+    PARSE_ERROR: "the request body is not well-formed XML-RPC",
+    NOT_A_CALL: "the request is not a <methodCall>",
+    UNKNOWN_METHOD: "no such method (system.listMethods lists them)",
+    INTERNAL_ERROR: "internal error; see the broker log",
+}
+
+_POLICY_NUMBER = {name: int(number) for name, number in POLICIES.items()}
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def _queue(value: Any) -> str:
+    return validation.queue_name(value)
+
+
+def _message_text(value: Any) -> str:
+    """What to store: text as is; numbers, booleans, arrays and structs as JSON text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("a base64 value must hold UTF-8 text") from None
+    if isinstance(value, bool | int | float | list | dict):
+        return json.dumps(value)
+    raise InvalidArgument(f"cannot store a value of XML-RPC type {type(value).__name__}")
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    return value
+
+
+# -- methods -------------------------------------------------------------------
+
+Run = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: Run
+    section: str | None  # the acl.conf section a caller needs (None: each inner call checks)
+    signatures: tuple[tuple[str, ...], ...]  # (return type, argument types...)
+    help: str
+
+    def check_arguments(self, params: tuple) -> None:
+        counts = sorted({len(signature) - 1 for signature in self.signatures})
+        if len(params) not in counts:
+            wanted = " or ".join(str(n) for n in counts)
+            raise InvalidArgument(
+                f"{self.name} takes {wanted} argument(s), not {len(params)}: {self.help}"
+            )
+
+
+class EmptyQueue(Exception):
+    pass
+
+
+async def _set(handler: XmlRpcHandler, queue: Any, value: Any) -> str:
+    return await handler.engine.add(_queue(queue), _message_text(value))
+
+
+async def _get(handler: XmlRpcHandler, queue: Any) -> str:
+    message = await handler.engine.pop(_queue(queue))
+    if message is None:
+        raise EmptyQueue(queue)
+    return message.value
+
+
+async def _add(handler: XmlRpcHandler, queue: Any, value: Any, ttl: Any = None) -> str:
+    queue = _queue(queue)
+    text = _message_text(value)
+    return await handler.engine.add(queue, text, validation.ttl_seconds(ttl))
+
+
+async def _take(handler: XmlRpcHandler, queue: Any) -> dict:
+    queue = _queue(queue)
+    message = await handler.engine.pop(queue)
+    if message is None:
+        raise EmptyQueue(queue)
+    return {"queue": queue, "key": message.key, "value": message.value}
+
+
+async def _del(handler: XmlRpcHandler, queue: Any, key: Any) -> bool:
+    return await handler.engine.delete(_queue(queue), _text(key, "key"))
+
+
+async def _len(handler: XmlRpcHandler, queue: Any) -> int:
+    return await handler.engine.length(_queue(queue))
+
+
+async def _queues(handler: XmlRpcHandler) -> list[str]:
+    return await handler.engine.queues()
+
+
+async def _policy_get(handler: XmlRpcHandler, queue: Any) -> str:
+    return await handler.engine.get_policy(_queue(queue))
+
+
+async def _policy_set(handler: XmlRpcHandler, queue: Any, policy: Any) -> str:
+    return await handler.engine.set_policy(_queue(queue), _text(policy, "policy"))
+
+
+async def _status(handler: XmlRpcHandler, queue: Any) -> int:
+    return await handler.engine.get_status(_queue(queue))
+
+
+async def _start(handler: XmlRpcHandler, queue: Any) -> int:
+    return await handler.engine.set_status(_queue(queue), True)
+
+
+async def _stop(handler: XmlRpcHandler, queue: Any) -> int:
+    return await handler.engine.set_status(_queue(queue), False)
+
+
+async def _stats(handler: XmlRpcHandler, queue: Any = None) -> dict:
+    """The /stats answers: every queue, or one."""
+    broker = handler.broker
+    redis = broker.describe_storage()
+    if queue is None or queue == "":
+        queues = {
+            s.name: {
+                "name": s.name,
+                "len": s.length,
+                "status": s.status,
+                "policy": _POLICY_NUMBER[s.policy],
+                "consumers": broker.consumer_count(s.name),
+            }
+            for s in await handler.engine.stats()
+        }
+        return {"queues": queues, "redis": redis, "count": len(queues)}
+    queue = _queue(queue)
+    length = await handler.engine.length(queue)
+    return {
+        "redis": redis,
+        "queue": queue,
+        "len": length,
+        "consumers": broker.consumer_count(queue),
+    }
+
+
+async def _list_methods(handler: XmlRpcHandler) -> list[str]:
+    return sorted(METHODS)
+
+
+def _known(name: Any) -> Method:
+    method = METHODS.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise InvalidArgument(f"no method named {str(name)[:80]!r}")
+    return method
+
+
+async def _method_help(handler: XmlRpcHandler, name: Any) -> str:
+    return _known(name).help
+
+
+async def _method_signature(handler: XmlRpcHandler, name: Any) -> list[list[str]]:
+    return [list(signature) for signature in _known(name).signatures]
+
+
+async def _multicall(handler: XmlRpcHandler, calls: Any) -> list:
+    """Several calls in one request, run in order; each gets [result] or a fault struct."""
+    if not isinstance(calls, list):
+        raise InvalidArgument("system.multicall takes an array of {methodName, params} structs")
+    results: list = []
+    for call in calls:
+        try:
+            if not isinstance(call, dict) or not isinstance(call.get("methodName"), str):
+                raise xmlrpc.client.Fault(INVALID_ARGUMENT, "each call is a struct with methodName")
+            params = call.get("params", [])
+            if not isinstance(params, list):
+                raise xmlrpc.client.Fault(INVALID_ARGUMENT, "params must be an array")
+            if call["methodName"] == "system.multicall":
+                raise xmlrpc.client.Fault(INVALID_ARGUMENT, "system.multicall cannot nest")
+            results.append([await handler.call(call["methodName"], tuple(params))])
+        except xmlrpc.client.Fault as fault:
+            results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
+    return results
+
+
+PRODUCER, CONSUMER = "rest:producer", "rest:consumer"
+_S, _I, _B, _STRUCT, _ARRAY = "string", "int", "boolean", "struct", "array"
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("set", _set, PRODUCER, ((_S, _S, _S),),
+               "set(queue, value) -> key: add a message (the original 2009 method)"),
+        Method("get", _get, CONSUMER, ((_S, _S),),
+               "get(queue) -> value: take the oldest message and return its value "
+               "(the original 2009 method); fault 404 when the queue is empty"),
+        Method("add", _add, PRODUCER, ((_S, _S, _S), (_S, _S, _S, _I)),
+               "add(queue, value[, ttl]) -> key: add a message that expires after ttl seconds"),
+        Method("take", _take, CONSUMER, ((_STRUCT, _S),),
+               "take(queue) -> {queue, key, value}: take the oldest message; "
+               "fault 404 when the queue is empty"),
+        Method("del", _del, PRODUCER, ((_B, _S, _S),),
+               "del(queue, key) -> boolean: delete a pending message by key; "
+               "true if it was there"),
+        Method("len", _len, CONSUMER, ((_I, _S),),
+               "len(queue) -> int: number of pending messages"),
+        Method("queues", _queues, CONSUMER, ((_ARRAY,),),
+               "queues() -> array: the names of all queues"),
+        Method("policy_get", _policy_get, CONSUMER, ((_S, _S),),
+               "policy_get(queue) -> 'broadcast' or 'roundrobin'"),
+        Method("policy_set", _policy_set, PRODUCER, ((_S, _S, _S),),
+               "policy_set(queue, policy) -> policy: set 'broadcast' or 'roundrobin'"),
+        Method("status", _status, CONSUMER, ((_I, _S),),
+               "status(queue) -> int: 1 started, 0 stopped"),
+        Method("start", _start, PRODUCER, ((_I, _S),),
+               "start(queue) -> 1: deliver to streaming consumers again"),
+        Method("stop", _stop, PRODUCER, ((_I, _S),),
+               "stop(queue) -> 0: hold messages back from streaming consumers"),
+        Method("stats", _stats, CONSUMER, ((_STRUCT,), (_STRUCT, _S)),
+               "stats([queue]) -> struct: the /stats/ answer for every queue, or for one"),
+        Method("system.listMethods", _list_methods, CONSUMER, ((_ARRAY,),),
+               "system.listMethods() -> array: the names of all methods"),
+        Method("system.methodHelp", _method_help, CONSUMER, ((_S, _S),),
+               "system.methodHelp(name) -> string: what a method does"),
+        Method("system.methodSignature", _method_signature, CONSUMER, ((_ARRAY, _S),),
+               "system.methodSignature(name) -> array of [return type, argument types...]"),
+        Method("system.multicall", _multicall, None, ((_ARRAY, _ARRAY),),
+               "system.multicall([{methodName, params}, ...]) -> array: each result as "
+               "[value], or a {faultCode, faultString} struct; each call is checked on its own"),
+    ]
+}  # fmt: skip
+
+
+# -- the wire ------------------------------------------------------------------
+
+# Characters XML 1.0 cannot carry at all; such text travels as base64 instead.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class _Marshaller(xmlrpc.client.Marshaller):
+    """The standard marshaller, keeping message text intact on the way out."""
+
+    dispatch = dict(xmlrpc.client.Marshaller.dispatch)
+
+    def dump_text(self, value: str, write: Callable[[str], Any]) -> None:
+        if _NOT_XML.search(value):
+            self.dump_bytes(value.encode("utf-8", "surrogatepass"), write)
+            return
+        # A bare CR would reach the client as LF (XML line-end handling): escape it.
+        write("<value><string>")
+        write(xmlrpc.client.escape(value).replace("\r", "&#13;"))
+        write("</string></value>\n")
+
+    dispatch[str] = dump_text
+
+
+def response_body(result: Any) -> bytes:
+    """A <methodResponse> holding ``result``, or the fault when it is one."""
+    marshaller = _Marshaller("utf-8", allow_none=False)
+    payload = (
+        marshaller.dumps(result)
+        if isinstance(result, xmlrpc.client.Fault)
+        else marshaller.dumps((result,))
+    )
+    return f"<?xml version='1.0'?>\n<methodResponse>\n{payload}</methodResponse>\n".encode()
+
+
+def parse_call(body: bytes) -> tuple[str, tuple]:
+    """Method name and arguments of a <methodCall>; a Fault when it is not one."""
+    try:
+        params, name = xmlrpc.client.loads(body, use_builtin_types=True)
+    except xmlrpc.client.Fault:
+        raise xmlrpc.client.Fault(NOT_A_CALL, "send a <methodCall>, not a fault") from None
+    except Exception as exc:  # expat, and the unmarshaller's ValueError/TypeError/...
+        raise xmlrpc.client.Fault(PARSE_ERROR, f"malformed XML-RPC request: {exc}") from None
+    if not name:
+        raise xmlrpc.client.Fault(NOT_A_CALL, "send a <methodCall> with a <methodName>")
+    return name, params
+
+
+class XmlRpcHandler(BaseHandler):
+    """``POST /xmlrpc`` and ``POST /RPC2``: one method call (or a multicall) per request.
+
+    There is no route-wide acl section: each method checks rest:producer or
+    rest:consumer by what it does, so a multicall is checked call by call.
+    """
+
+    async def post(self) -> None:
+        try:
+            name, params = parse_call(self.request.body or b"")
+            result = await self.call(name, params)
+        except xmlrpc.client.Fault as fault:
+            result = fault
+        except Exception:
+            log.failure("XML-RPC call failed")
+            result = xmlrpc.client.Fault(INTERNAL_ERROR, FAULTS[INTERNAL_ERROR])
+        try:
+            body = response_body(result)
+        except (OverflowError, TypeError) as exc:
+            log.error("XML-RPC answer cannot be encoded: {error}", error=exc)
+            body = response_body(xmlrpc.client.Fault(INTERNAL_ERROR, FAULTS[INTERNAL_ERROR]))
+        self.set_header("Content-Type", "text/xml; charset=UTF-8")
+        self.finish(body)
+
+    async def call(self, name: str, params: tuple) -> Any:
+        """Run one method: access check, arguments, engine call; errors become Faults."""
+        method = METHODS.get(name)
+        if method is None:
+            raise xmlrpc.client.Fault(
+                UNKNOWN_METHOD, f"unknown method {name[:80]!r}; system.listMethods lists them"
+            )
+        try:
+            if method.section is not None:
+                self.broker.check_access(self.request, method.section)
+            method.check_arguments(params)
+            return await method.run(self, *params)
+        except ApiError as exc:
+            log.info(
+                "XML-RPC {method} refused for {client}: {error}",
+                method=name,
+                client=self.request.remote_ip,
+                error=exc.message,
+            )
+            raise xmlrpc.client.Fault(exc.status_code, exc.message) from None
+        except InvalidArgument as exc:
+            raise xmlrpc.client.Fault(INVALID_ARGUMENT, str(exc)) from None
+        except EmptyQueue as exc:
+            raise xmlrpc.client.Fault(EMPTY_QUEUE, f"queue {exc.args[0]!r} is empty") from None
+        except StorageUnavailable as exc:
+            log.warn("XML-RPC {method}: {error}", method=name, error=exc)
+            raise xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc)) from None

@@ -1,0 +1,119 @@
+"""Limits that protect the broker: --header-timeout and --max-consumers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.stream_clients import HttpStream, WebSocketStream
+from tests.support import TWISTD, Broker, wait_for
+from tests.test_acl import run_twistd
+
+
+def test_help_shows_the_limits_and_their_defaults(tmp_path):
+    result = subprocess.run(
+        [TWISTD, "restmq", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    text = " ".join(result.stdout.split())
+    for option, default in [
+        ("--max-consumers", "10000"),
+        ("--header-timeout", "30.0"),
+        ("--max-body", "8388608"),
+    ]:
+        entry = re.search(re.escape(option) + r"=(.*?)\[default: ([^\]]+)\]", text)
+        assert entry, option
+        assert entry.group(2) == default
+        assert len(entry.group(1).strip()) > 20, f"{option} is not explained"
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--max-consumers", "0"], "--max-consumers must be greater than 0"),
+        (["--max-consumers", "many"], "--max-consumers takes a whole number"),
+        (["--header-timeout", "soon"], "--header-timeout takes a number of seconds"),
+        (["--header-timeout", "-1"], "--header-timeout must be greater than 0"),
+    ],
+)
+def test_bad_limits_are_refused(tmp_path, args, complaint):
+    result = run_twistd(tmp_path, *args)
+    assert result.returncode != 0
+    assert complaint in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    broker = Broker(
+        tmp_path_factory.mktemp("limits"), ["--header-timeout", "1", "--max-consumers", "2"]
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """True when the server closes ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_client_that_never_finishes_its_headers_is_dropped(limited):
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(b"GET /stats/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        assert closed_by_server(sock, 15)
+    wait_for(
+        lambda: "dropping a client that did not finish its headers in time" in limited.log(),
+        10,
+        what="the log line",
+    )
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as idle:
+        assert closed_by_server(idle, 15), "a connection that sends nothing is dropped too"
+
+
+def test_a_client_that_finishes_in_time_is_served(limited):
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(b"GET /stats/ HTTP/1.1\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"Host: localhost\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_streaming_consumers_beyond_the_limit_get_503(limited, queue):
+    first = HttpStream(limited.port, queue).start()
+    second = WebSocketStream(limited.port, queue).start()
+    try:
+        wait_for(
+            lambda: limited.get(f"/stats/{queue}").json()["consumers"] == 2,
+            10,
+            what="two consumers",
+        )
+        third = limited.get(f"/c/{queue}")
+        assert third.status == 503
+        assert "retry-after" in third.headers
+        assert third.json()["error"]
+        with pytest.raises(InvalidStatus) as refused:
+            WebSocketStream(limited.port, queue)
+        assert refused.value.response.status_code == 503
+        first.close()
+        wait_for(
+            lambda: limited.get(f"/stats/{queue}").json()["consumers"] == 1,
+            10,
+            what="the first consumer to leave",
+        )
+        again = HttpStream(limited.port, queue).start()
+        assert again.response.status == 200
+        again.close()
+    finally:
+        first.close()
+        second.close()
