@@ -489,6 +489,9 @@ class AccessControl:
     def check(self, request: Any, section: str) -> None:
         """Raise Refused unless acl.conf's ``section`` lets ``request`` through."""
         rules = self.rules
+        section_rules = rules.section(section)
+        if not section_rules.has_rules:
+            return  # an open section: skip parsing addresses and headers on every request
         address = self.client_address(socket_peer(request), request.headers)
         credentials = []
         basic = basic_credentials(request.headers)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from restmq.storage.client import StorageUnavailable
-
 
 class InvalidArgument(ValueError):
     """A client sent something the broker cannot accept (HTTP 400)."""
+
+
+class StorageUnavailable(Exception):
+    """Redis could not be reached in time; the request may be retried (HTTP 503)."""
 
 
 __all__ = ["InvalidArgument", "StorageUnavailable"]

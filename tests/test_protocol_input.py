@@ -231,6 +231,17 @@ def test_non_utf8_argument_is_400(shared_broker, queue):
     assert b.get(f"/q/{queue}").json()["value"] == "\ufffd"
 
 
+def test_lone_surrogates_in_json_are_400_and_store_nothing(shared_broker, queue):
+    b = shared_broker
+    raw = b'{"value": "half \\ud800 a pair"}'
+    assert_error(post_json(b, f"/q/{queue}", None, raw=raw), 400, "text that is not valid Unicode")
+    batch = b'{"values": ["fine", "\\udfff"]}'
+    assert_error(post_json(b, f"/q/{queue}", None, raw=batch), 400, "text that is not valid")
+    cmd = b'{"cmd": "add", "queue": "%s", "value": "\\ud83d"}' % queue.encode()
+    assert_error(post_json(b, "/queue", None, raw=cmd), 400, "text that is not valid Unicode")
+    assert queue_keys(b, queue) == []
+
+
 # -- body size ----------------------------------------------------------------------
 
 LIMIT = 4096

@@ -48,9 +48,8 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
     def initialize(self, route: re.Pattern | None = None, **kwargs: Any) -> None:
         self.route = route
 
-    def clear(self) -> None:
-        super().clear()
-        self.set_header("Server", SERVER)
+    def set_default_headers(self) -> None:
+        self._headers["Server"] = SERVER  # called by clear() for every response
 
     @property
     def engine(self):

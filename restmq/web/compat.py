@@ -92,6 +92,9 @@ def drop_bad_if_modified_since(request) -> None:
 def undecodable_argument(request) -> str | None:
     """D1: cyclone decodes %-escapes with errors="replace", so bytes that are not UTF-8
     silently become U+FFFD. Name the first query or form argument that is not UTF-8."""
+    body = request.body or b""
+    if "%" not in request.query and b"%" not in body:
+        return None  # U+FFFD can only have come from a %-escape; raw bytes were checked
     if not any(
         "\ufffd" in (value if isinstance(value, str) else "")
         for values in request.arguments.values()
