@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from restmq import __version__, acl
 from restmq.consumers import ConsumerRegistry
-from restmq.core import QueueEngine
+from restmq.core import POLICIES, QueueEngine
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
@@ -52,6 +52,30 @@ class Broker:
 
     def consumer_count(self, queue: str) -> int:
         return self.consumers.count(queue)
+
+    async def stats(self, queue: str | None = None) -> dict:
+        """The ``/stats/`` answer (XML-RPC's ``stats`` too): every queue, or ``queue``."""
+        redis = self.describe_storage()
+        if not queue:
+            queues = {
+                s.name: {
+                    "name": s.name,
+                    "len": s.length,
+                    "status": s.status,
+                    # the number the original stored: 1 broadcast, 2 roundrobin
+                    "policy": int(POLICIES[s.policy]),
+                    "consumers": self.consumers.count(s.name),
+                }
+                for s in await self.engine.stats()
+            }
+            return {"queues": queues, "redis": redis, "count": len(queues)}
+        length = await self.engine.length(queue)
+        return {
+            "redis": redis,
+            "queue": queue,
+            "len": length,
+            "consumers": self.consumers.count(queue),
+        }
 
     def check_access(self, request, section: str) -> None:
         """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``.

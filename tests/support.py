@@ -100,6 +100,7 @@ def request(
     headers: dict | None = None,
     timeout: float = 10.0,
     host: str = "127.0.0.1",
+    source: str | None = None,
 ) -> Response:
     """One HTTP request over a fresh connection (http.client, like urllib uses)."""
     headers = dict(headers or {})
@@ -108,7 +109,9 @@ def request(
         headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
     if isinstance(body, str):
         body = body.encode("utf-8")
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = http.client.HTTPConnection(
+        host, port, timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -237,7 +240,9 @@ class Valkey:
             self.proc.wait(10)
 
 
-def redis_command(address: tuple[str, int] | str | Path, *args, password: str | None = None):
+def redis_command(
+    address: tuple[str, int] | str | Path, *args, password: str | None = None, db: int = 0
+):
     """Send one command (TCP ``(host, port)`` or a unix socket path) and return the reply.
 
     A minimal RESP client, so the tests read and write Redis without the code under test.
@@ -252,7 +257,10 @@ def redis_command(address: tuple[str, int] | str | Path, *args, password: str | 
         stream = sock.makefile("rwb")
         if password:
             _send(stream, ["AUTH", password])
-            _read_reply(stream)
+            assert _read_reply(stream) == "OK"
+        if db:
+            _send(stream, ["SELECT", str(db)])
+            assert _read_reply(stream) == "OK"
         _send(stream, list(args))
         return _read_reply(stream)
 

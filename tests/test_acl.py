@@ -7,10 +7,8 @@ so one broker on 127.0.0.1 sees connections "from" several hosts.
 from __future__ import annotations
 
 import base64
-import http.client
 import socket
 import subprocess
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from tests.support import (
     Broker,
     Response,
     free_port,
+    request,
     valkey_pids,
     wait_for,
 )
@@ -39,30 +38,9 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def call(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    source: str = "127.0.0.1",
-    host: str = "127.0.0.1",
-    form: dict | None = None,
-    headers: dict | None = None,
-    timeout: float = 10.0,
-) -> Response:
+def call(port: int, method: str, path: str, *, source: str = "127.0.0.1", **kwargs) -> Response:
     """One request from the loopback address ``source``."""
-    headers = dict(headers or {})
-    body = None
-    if form is not None:
-        body = urllib.parse.urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0))
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
+    return request(port, method, path, source=source, **kwargs)
 
 
 def make_hash(password: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from tests.support import (
     ROOT,
     TWISTD,
     Broker,
-    _read_reply,
-    _send,
     free_port,
     pid_alive,
+    redis_command,
     request,
     valkey_binary,
     valkey_pids,
@@ -100,21 +98,7 @@ def short_tmpdir() -> Path:
 
 def dbsize(address, db: int = 0, password: str | None = None) -> int:
     """Number of keys in database ``db`` of a server (TCP ``(host, port)`` or a socket path)."""
-    if isinstance(address, tuple):
-        sock = socket.create_connection(address, timeout=5)
-    else:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(5)
-        sock.connect(str(address))
-    with sock:
-        stream = sock.makefile("rwb")
-        if password:
-            _send(stream, ["AUTH", password])
-            assert _read_reply(stream) == "OK"
-        _send(stream, ["SELECT", str(db)])
-        assert _read_reply(stream) == "OK"
-        _send(stream, ["DBSIZE"])
-        return _read_reply(stream)
+    return redis_command(address, "DBSIZE", password=password, db=db)
 
 
 # -- start_scripts/restmq_server ------------------------------------------------------

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from restmq import validation
-from restmq.core import POLICIES
 from restmq.errors import InvalidArgument
 from restmq.web.base import ApiError, BaseHandler
-
-# /stats shows the policy as the number the original stored.
-_POLICY_NUMBER = {name: int(number) for name, number in POLICIES.items()}
 
 
 class PolicyHandler(BaseHandler):
@@ -72,29 +68,6 @@ class StatsHandler(BaseHandler):
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
-        redis = self.broker.describe_storage()
-        if not queue:
-            stats = await self.engine.stats()
-            queues = {
-                s.name: {
-                    "name": s.name,
-                    "len": s.length,
-                    "status": s.status,
-                    "policy": _POLICY_NUMBER[s.policy],
-                    "consumers": self.broker.consumer_count(s.name),
-                }
-                for s in stats
-            }
-            self.answer({"queues": queues, "redis": redis, "count": len(queues)}, callback=callback)
-            return
-        queue = validation.queue_name(queue)
-        length = await self.engine.length(queue)
-        self.answer(
-            {
-                "redis": redis,
-                "queue": queue,
-                "len": length,
-                "consumers": self.broker.consumer_count(queue),
-            },
-            callback=callback,
-        )
+        if queue:
+            queue = validation.queue_name(queue)
+        self.answer(await self.broker.stats(queue), callback=callback)

@@ -19,7 +19,6 @@ from typing import Any
 from twisted.logger import Logger
 
 from restmq import validation
-from restmq.core import POLICIES
 from restmq.errors import InvalidArgument, StorageUnavailable
 from restmq.web.base import ApiError, BaseHandler
 
@@ -48,9 +47,6 @@ FAULTS = {
     UNKNOWN_METHOD: "no such method (system.listMethods lists them)",
     INTERNAL_ERROR: "internal error; see the broker log",
 }
-
-_POLICY_NUMBER = {name: int(number) for name, number in POLICIES.items()}
-
 
 # -- arguments -----------------------------------------------------------------
 
@@ -164,28 +160,7 @@ async def _stop(handler: XmlRpcHandler, queue: Any) -> int:
 
 async def _stats(handler: XmlRpcHandler, queue: Any = None) -> dict:
     """The /stats answers: every queue, or one."""
-    broker = handler.broker
-    redis = broker.describe_storage()
-    if queue is None or queue == "":
-        queues = {
-            s.name: {
-                "name": s.name,
-                "len": s.length,
-                "status": s.status,
-                "policy": _POLICY_NUMBER[s.policy],
-                "consumers": broker.consumer_count(s.name),
-            }
-            for s in await handler.engine.stats()
-        }
-        return {"queues": queues, "redis": redis, "count": len(queues)}
-    queue = _queue(queue)
-    length = await handler.engine.length(queue)
-    return {
-        "redis": redis,
-        "queue": queue,
-        "len": length,
-        "consumers": broker.consumer_count(queue),
-    }
+    return await handler.broker.stats(None if queue is None or queue == "" else _queue(queue))
 
 
 async def _list_methods(handler: XmlRpcHandler) -> list[str]:
