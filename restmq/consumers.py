@@ -139,7 +139,6 @@ class ConsumerRegistry:
 
     batch_size = 100
     sweep_interval = 5.0
-    heartbeat_interval = 15.0
 
     def __init__(
         self,
@@ -147,11 +146,13 @@ class ConsumerRegistry:
         reactor,
         max_consumers: int = 10000,
         max_backlog: int = 4 * 1024 * 1024,
+        heartbeat_interval: float = 15.0,
     ) -> None:
         self.engine = engine
         self.reactor = reactor
         self.max_consumers = max_consumers
         self.max_backlog = max_backlog  # bytes a paused consumer may hold before it is dropped
+        self.heartbeat_interval = heartbeat_interval  # seconds between SSE keep-alive comments
         self.origin = uuid.uuid4().hex[:12]  # tells our own broadcast batches from others'
         self.notifications = None
         self._queues: dict[str, _QueueConsumers] = {}

@@ -147,6 +147,14 @@ class Options(usage.Options):
             _positive_int("consumer-buffer"),
         ],
         [
+            "sse-heartbeat",
+            None,
+            15.0,
+            "seconds between keep-alive comments on Server-Sent Events streams (so proxies "
+            "do not close idle streams)",
+            _positive_float("sse-heartbeat"),
+        ],
+        [
             "header-timeout",
             None,
             DEFAULT_HEADER_TIMEOUT,

@@ -120,6 +120,7 @@ class BrokerService(service.Service):
             reactor,
             max_consumers=options["max-consumers"],
             max_backlog=options["consumer-buffer"],
+            heartbeat_interval=options["sse-heartbeat"],
         )
         self.notifications = Notifications(
             reactor,

@@ -336,3 +336,16 @@ def test_max_consumers_answers_503_when_full(broker_factory, queue):
     wait_consumers(broker, queue, 2)
     again.close()
     second.close()
+
+
+def test_sse_streams_carry_a_keep_alive_comment(broker_factory, queue):
+    broker = broker_factory("--sse-heartbeat", "0.5")
+    stream = HttpStream(broker.port, queue, sse=True).start()
+    wait_for(
+        lambda: sum(line == b": keep-alive\n" for line in stream.raw_lines) >= 2,
+        timeout=10,
+        what="two keep-alive comments",
+    )
+    key = post(broker, queue, "still works")
+    assert stream.next_message() == {"key": key, "value": "still works"}
+    stream.close()
