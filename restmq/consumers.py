@@ -53,7 +53,8 @@ class StreamConsumer:
         self.registry: ConsumerRegistry | None = None
         self.gone = False
         self._paused = False
-        self._backlog: deque[tuple[Message, bytes]] = deque()
+        # Messages waiting for the socket: (message, encoded, nobody else has it)
+        self._backlog: deque[tuple[Message, bytes, bool]] = deque()
         self._backlog_bytes = 0
 
     # -- what a transport implements ---------------------------------------
@@ -77,19 +78,30 @@ class StreamConsumer:
     def can_take_more(self) -> bool:
         return not self.gone and not self._paused and not self._backlog
 
-    def send(self, message: Message) -> bool:
-        """Deliver or buffer ``message``; False when the consumer is gone (not taken)."""
+    def send(self, message: Message, only_copy: bool = False) -> bool:
+        """Deliver or buffer ``message``; False when the consumer is gone (not taken).
+
+        ``only_copy``: no other consumer got this message, so if this one never
+        sends it, it must go back to the queue.
+        """
         if self.gone:
             return False
         data = self.encode(message)
         if self._paused or self._backlog:
-            self._backlog.append((message, data))
+            self._backlog.append((message, data, only_copy))
             self._backlog_bytes += len(data)
             if self.registry is not None and self._backlog_bytes > self.registry.max_backlog:
                 self._too_slow()
             return True
         self.write(data)
         return True
+
+    def take_backlog(self) -> list[Message]:
+        """Empty the backlog; return the messages nobody else got."""
+        only_copies = [message for message, _, only_copy in self._backlog if only_copy]
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        return only_copies
 
     def _too_slow(self) -> None:
         log.warn(
@@ -99,12 +111,9 @@ class StreamConsumer:
             queue=self.queue,
             bytes=self._backlog_bytes,
         )
-        undelivered = [message for message, _ in self._backlog]
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        self.gone = True
         if self.registry is not None:
-            self.registry.remove(self, undelivered)
+            self.registry.remove(self)
+        self.gone = True
         self.abort()
 
     # -- IPushProducer ------------------------------------------------------
@@ -115,7 +124,7 @@ class StreamConsumer:
     def resumeProducing(self) -> None:
         self._paused = False
         while self._backlog and not self._paused and not self.gone:
-            _, data = self._backlog.popleft()
+            _, data, _ = self._backlog.popleft()
             self._backlog_bytes -= len(data)
             self.write(data)
         if not self._paused and not self.gone and self.registry is not None:
@@ -137,8 +146,9 @@ class _QueueConsumers:
 class ConsumerRegistry:
     """Live streaming consumers per queue, and the delivery loop that feeds them."""
 
-    batch_size = 100
+    batch_size = 100  # messages taken at most per script call
     sweep_interval = 5.0
+    sweep_concurrency = 16  # queues the sweep looks at together
 
     def __init__(
         self,
@@ -154,6 +164,9 @@ class ConsumerRegistry:
         self.max_backlog = max_backlog  # bytes a paused consumer may hold before it is dropped
         self.heartbeat_interval = heartbeat_interval  # seconds between SSE keep-alive comments
         self.origin = uuid.uuid4().hex[:12]  # tells our own broadcast batches from others'
+        # Batches stop at this many bytes, so one batch cannot overflow a consumer's buffer.
+        self.batch_bytes = max(64 * 1024, min(1024 * 1024, max_backlog // 4))
+        self._sweeping: defer.Deferred | None = None
         self.notifications = None
         self._queues: dict[str, _QueueConsumers] = {}
         self._total = 0
@@ -169,15 +182,21 @@ class ConsumerRegistry:
         self._sweeper.start(self.sweep_interval, now=False)
         self._heart.start(self.heartbeat_interval, now=False)
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred:
+        """End every stream; what they held that nobody else got goes back to its queue."""
         for loop in (self._sweeper, self._heart):
             if loop.running:
                 loop.stop()
-        for state in list(self._queues.values()):
+        requeues = []
+        for queue, state in list(self._queues.items()):
+            undelivered = []
             for consumer in list(state.consumers):
+                undelivered += [m for m in consumer.take_backlog() if isinstance(m, TakenMessage)]
                 consumer.close("the broker is stopping")
+            requeues.append(defer.ensureDeferred(self._requeue(queue, undelivered)))
         self._queues.clear()
         self._total = 0
+        return defer.DeferredList(requeues, consumeErrors=True)
 
     # -- membership ---------------------------------------------------------
 
@@ -203,17 +222,17 @@ class ConsumerRegistry:
         else:
             self.wake(consumer.queue)
 
-    def remove(self, consumer: StreamConsumer, undelivered: list[Message] = ()) -> None:
+    def remove(self, consumer: StreamConsumer) -> None:
         consumer.gone = True
         state = self._queues.get(consumer.queue)
         if state is None or consumer not in state.consumers:
             return
         state.consumers.remove(consumer)
         self._total -= 1
-        if undelivered and state.policy == "roundrobin":
-            # Nobody else got these: they go back to the queue for the others.
-            taken = [m for m in undelivered if isinstance(m, TakenMessage)]
-            defer.ensureDeferred(self._requeue(consumer.queue, taken))
+        # What it held that nobody else got goes back to the queue, for the others.
+        undelivered = [m for m in consumer.take_backlog() if isinstance(m, TakenMessage)]
+        if undelivered:
+            defer.ensureDeferred(self._requeue(consumer.queue, undelivered))
         if not state.consumers:
             del self._queues[consumer.queue]
             if self.notifications is not None:
@@ -254,10 +273,30 @@ class ConsumerRegistry:
         log.info("ended {n} stream(s) of queue {queue}: {reason}",
                  n=len(state.consumers), queue=queue, reason=reason)  # fmt: skip
 
-    def sweep(self) -> None:
-        """The safety net: look at every queue with consumers here."""
-        for queue in list(self._queues):
-            self.wake(queue)
+    def sweep(self) -> defer.Deferred:
+        """The safety net: look at every queue with consumers here, a few at a time.
+
+        Thousands of queues with consumers must not become thousands of Redis calls
+        in one reactor turn (that would crowd out producers).
+        """
+        if self._sweeping is not None:
+            return self._sweeping
+
+        def look(queue: str):
+            state = self._queues.get(queue)
+            if state is None or state.draining:
+                return None
+            return self._start_drain(queue, state)
+
+        slots = defer.DeferredSemaphore(self.sweep_concurrency)
+        looks = [slots.run(look, queue) for queue in list(self._queues)]
+        self._sweeping = defer.DeferredList(looks, consumeErrors=True)
+
+        def done(result):
+            self._sweeping = None
+            return result
+
+        return self._sweeping.addBoth(done)
 
     def _heartbeat(self) -> None:
         for state in self._queues.values():
@@ -275,10 +314,13 @@ class ConsumerRegistry:
         if state.draining:
             state.again = True
             return
-        defer.ensureDeferred(self._drain(queue, state))
+        self._start_drain(queue, state)
+
+    def _start_drain(self, queue: str, state: _QueueConsumers) -> defer.Deferred:
+        state.draining = True  # at once, so that a wake in the meantime only sets `again`
+        return defer.ensureDeferred(self._drain(queue, state))
 
     async def _drain(self, queue: str, state: _QueueConsumers) -> None:
-        state.draining = True
         try:
             while state.consumers:
                 state.again = False
@@ -290,16 +332,11 @@ class ConsumerRegistry:
                     roundrobin_batch=min(ready, self.batch_size),
                     broadcast_batch=self.batch_size,
                     origin=self.origin,
+                    max_bytes=self.batch_bytes,
+                    on_late=lambda late: self._late_batch(queue, late),
                 )
-                state.policy = batch.policy
-                if batch.messages:
-                    leftovers = self._hand_out(state, batch)
-                    if leftovers:
-                        await self._requeue(queue, leftovers)
-                full = len(batch.messages) >= (
-                    min(ready, self.batch_size) if batch.policy == "roundrobin" else self.batch_size
-                )
-                if not (full or state.again) or not batch.started:
+                await self._deliver(queue, state, batch)
+                if not batch.started or not (batch.remaining or state.again):
                     return
         except StorageUnavailable as exc:
             log.warn("could not feed the consumers of {queue}: {error}", queue=queue, error=exc)
@@ -308,7 +345,31 @@ class ConsumerRegistry:
         finally:
             state.draining = False
 
-    def _hand_out(self, state: _QueueConsumers, batch: StreamBatch) -> list[TakenMessage]:
+    async def _deliver(self, queue: str, state: _QueueConsumers, batch: StreamBatch) -> None:
+        state.policy = batch.policy
+        if batch.messages:
+            leftovers = self._hand_out(queue, state, batch)
+            if leftovers:
+                await self._requeue(queue, leftovers)
+
+    def _late_batch(self, queue: str, batch: StreamBatch) -> None:
+        """A batch Redis handed over after the drain gave up on it: deliver it now."""
+        state = self._queues.get(queue) or _QueueConsumers()
+        defer.ensureDeferred(self._deliver(queue, state, batch)).addErrback(
+            lambda f: log.failure("late delivery to {queue} failed", f, queue=queue)
+        )
+
+    def _others_heard(self, queue: str, batch: StreamBatch) -> int:
+        """How many other brokers the broadcast batch reached (our own subscription aside)."""
+        ours = int(
+            self.notifications is not None
+            and self.notifications.is_subscribed(self.engine.channel(queue))
+        )
+        return max(0, batch.published_to - ours)
+
+    def _hand_out(
+        self, queue: str, state: _QueueConsumers, batch: StreamBatch
+    ) -> list[TakenMessage]:
         """Give each message out by policy; return those no consumer could take."""
         leftovers = []
         if batch.policy == "roundrobin":
@@ -316,11 +377,13 @@ class ConsumerRegistry:
                 if not self._send_to_next(state, message):
                     leftovers.append(message)
             return leftovers
+        others = self._others_heard(queue, batch)
         for message in batch.messages:
-            delivered = sum(1 for c in list(state.consumers) if c.send(message))
-            # Other brokers heard the batch too; only when nobody at all got it does it go back.
-            if delivered == 0 and batch.published_to <= 1:
-                leftovers.append(message)
+            live = [c for c in state.consumers if not c.gone]
+            only_copy = others == 0 and len(live) == 1
+            delivered = sum(1 for c in live if c.send(message, only_copy))
+            if delivered == 0 and others == 0:
+                leftovers.append(message)  # nobody anywhere got it
         return leftovers
 
     def _send_to_next(self, state: _QueueConsumers, message: TakenMessage) -> bool:
@@ -331,10 +394,12 @@ class ConsumerRegistry:
             index = state.next_index % len(consumers)
             state.next_index = index + 1
             consumer = consumers[index]
-            if consumer.can_take_more() and consumer.send(message):
+            if consumer.can_take_more() and consumer.send(message, only_copy=True):
                 return True
         # Every consumer is busy: give it to a paused one rather than take it back.
-        return any(not consumer.gone and consumer.send(message) for consumer in consumers)
+        return any(
+            not consumer.gone and consumer.send(message, only_copy=True) for consumer in consumers
+        )
 
     def _deliver_published(self, queue: str, payload: str) -> None:
         try:
@@ -360,10 +425,9 @@ class ConsumerRegistry:
             await self.engine.requeue(queue, messages)
             log.info("put {n} undelivered message(s) back on queue {queue}",
                      n=len(messages), queue=queue)  # fmt: skip
-        except StorageUnavailable as exc:
-            log.error(
-                "could not put {n} undelivered message(s) back on queue {queue}: {error}",
+        except Exception:
+            log.failure(
+                "could not put {n} undelivered message(s) back on queue {queue}",
                 n=len(messages),
                 queue=queue,
-                error=exc,
             )

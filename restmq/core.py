@@ -23,9 +23,13 @@ sharing the Redis can wake its streaming consumers at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from restmq import validation
 from restmq.errors import InvalidArgument
@@ -37,6 +41,10 @@ NOTIFY_PREFIX = "restmq:notify:"
 POLICIES = {"broadcast": "1", "roundrobin": "2"}
 _POLICY_NAMES = {number: name for name, number in POLICIES.items()}
 STARTED, STOPPED = 1, 0
+POP_BYTES = 16 * 1024 * 1024  # a batch pop stops once its bodies reach this
+STREAM_BATCH_BYTES = 1024 * 1024  # likewise a batch taken for streaming consumers
+
+log = Logger(namespace="restmq.engine")
 
 
 def _script(name: str) -> LuaScript:
@@ -90,6 +98,7 @@ class StreamBatch:
     policy: str
     messages: list[TakenMessage]
     published_to: int  # brokers the batch was published to (broadcast), this one included
+    remaining: int = 0  # messages still queued after the batch
 
 
 @dataclass(frozen=True)
@@ -174,14 +183,40 @@ class QueueEngine:
         messages = await self.pop_many(queue, 1)
         return messages[0] if messages else None
 
-    async def pop_many(self, queue: str, n: int) -> list[Message]:
-        """Take up to ``n`` of the oldest live messages in one atomic step."""
+    async def pop_many(self, queue: str, n: int) -> list[TakenMessage]:
+        """Take up to ``n`` of the oldest live messages in one atomic step.
+
+        The batch stops early at ``POP_BYTES`` of bodies (one message at least).
+        A pop that Redis answers after the client was told 503 has still taken
+        its messages: they go back to the head of the queue.
+        """
         validation.queue_name(queue)
-        flat = await self.redis.run_script(_POP, [self._list(queue)], [n])
+        flat = await self.redis.run_script(
+            _POP,
+            [self._list(queue)],
+            [n, POP_BYTES],
+            on_late=lambda reply: self._requeue_late(queue, self._popped(reply)),
+        )
+        return self._popped(flat)
+
+    @staticmethod
+    def _popped(flat: list) -> list[TakenMessage]:
         return [
-            Message(_text(flat[i]), _text(flat[i + 1]), _int(flat[i + 2]))
-            for i in range(0, len(flat or ()), 3)
+            TakenMessage(
+                _text(flat[i]), _text(flat[i + 1]), _int(flat[i + 2]), _int(flat[i + 3], -1)
+            )
+            for i in range(0, len(flat or ()), 4)
         ]
+
+    def _requeue_late(self, queue: str, messages: list[TakenMessage]) -> None:
+        if not messages:
+            return
+        log.warn("putting back {n} message(s) of {queue} popped after their request gave up",
+                 n=len(messages), queue=queue)  # fmt: skip
+        d = defer.ensureDeferred(self.requeue(queue, messages))
+        d.addErrback(
+            lambda f: log.failure("could not put back messages of {queue}", f, queue=queue)
+        )
 
     async def peek(self, queue: str) -> Message | None:
         """The oldest live message, left in place; its peek count goes up by one."""
@@ -287,27 +322,42 @@ class QueueEngine:
     # -- streaming consumers ------------------------------------------------
 
     async def take_for_streams(
-        self, queue: str, *, roundrobin_batch: int, broadcast_batch: int, origin: str
+        self,
+        queue: str,
+        *,
+        roundrobin_batch: int,
+        broadcast_batch: int,
+        origin: str,
+        max_bytes: int = STREAM_BATCH_BYTES,
+        on_late: Callable[[StreamBatch], object] | None = None,
     ) -> StreamBatch:
         """Take a batch for streaming consumers in one atomic step (none if stopped).
 
         Under broadcast the batch is also published on the queue's channel as
-        ``{"o": origin, "m": [key, body, ...]}`` for the other brokers.
+        ``{"o": origin, "m": [key, body, ...]}`` for the other brokers. The batch
+        stops at ``max_bytes`` of bodies (one message at least). A batch Redis
+        hands over after the caller gave up goes to ``on_late``.
         """
         reply = await self.redis.run_script(
             _TAKE_FOR_STREAMS,
             [self._list(queue), self._status_key(queue), self._policy_key(queue)],
-            [roundrobin_batch, broadcast_batch, self.channel(queue), origin],
+            [roundrobin_batch, broadcast_batch, self.channel(queue), origin, max_bytes],
+            on_late=None if on_late is None else lambda late: on_late(self._stream_batch(late)),
         )
+        return self._stream_batch(reply)
+
+    @staticmethod
+    def _stream_batch(reply: list) -> StreamBatch:
         messages = [
             TakenMessage(_text(reply[i]), _text(reply[i + 1]), 0, _int(reply[i + 2], -1))
-            for i in range(3, len(reply), 3)
+            for i in range(4, len(reply), 3)
         ]
         return StreamBatch(
             started=_int(reply[0]) == STARTED,
             policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
             messages=messages,
             published_to=_int(reply[2]),
+            remaining=_int(reply[3]),
         )
 
     async def requeue(self, queue: str, messages: list[TakenMessage]) -> None:

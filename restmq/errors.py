@@ -7,8 +7,12 @@ class InvalidArgument(ValueError):
     """A client sent something the broker cannot accept (HTTP 400)."""
 
 
+class DataConflict(Exception):
+    """Redis holds data of another shape where RestMQ expects its own (HTTP 409)."""
+
+
 class StorageUnavailable(Exception):
     """Redis could not be reached in time; the request may be retried (HTTP 503)."""
 
 
-__all__ = ["InvalidArgument", "StorageUnavailable"]
+__all__ = ["DataConflict", "InvalidArgument", "StorageUnavailable"]

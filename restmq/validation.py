@@ -8,6 +8,7 @@ from restmq.errors import InvalidArgument
 
 MAX_QUEUE_NAME = 200
 MAX_BATCH = 1000
+RESERVED_PREFIX = "queuestat:"
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*")
 
@@ -21,6 +22,9 @@ def queue_name(name: object) -> str:
             f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
             "and _ - . : @"
         )
+    if name.startswith(RESERVED_PREFIX):
+        # Its keys would be other queues' status keys (queuestat::<q>).
+        raise InvalidArgument(f"queue names may not start with {RESERVED_PREFIX!r}")
     return name
 
 

@@ -4,19 +4,21 @@
 -- own consumers; roundrobin batches go to this broker's consumers only.
 -- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy
 -- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
---       3 wake-up channel, 4 id of the taking broker
+--       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
+--       stops once its bodies reach it; one message at least)
 -- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers
---          the batch was published to, then key, body, ms to live (-1 none), ...
+--          the batch was published to, keys left in the queue, then key, body,
+--          ms to live (-1 none), ...
 local policy = redis.call('GET', KEYS[3])
 if policy ~= '2' then policy = '1' end
 if redis.call('GET', KEYS[2]) == '0' then
-  return {0, policy, 0}
+  return {0, policy, 0, 0}
 end
 local wanted = tonumber(policy == '2' and ARGV[1] or ARGV[2])
-local out = {1, policy, 0}
+local out = {1, policy, 0, 0}
 local published = {}
-local taken = 0
-while taken < wanted do
+local taken, bytes, budget = 0, 0, tonumber(ARGV[5])
+while taken < wanted and (taken == 0 or bytes < budget) do
   local key = redis.call('RPOP', KEYS[1])
   if not key then break end
   local body = redis.call('GET', key)
@@ -27,10 +29,12 @@ while taken < wanted do
     published[#published + 1] = key
     published[#published + 1] = body
     taken = taken + 1
+    bytes = bytes + #body
   end
   redis.call('DEL', key, key .. ':refcount')
 end
 if policy == '1' and taken > 0 then
   out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode({o = ARGV[4], m = published}))
 end
+out[4] = redis.call('LLEN', KEYS[1])
 return out

@@ -10,6 +10,7 @@ is up fail immediately, in-flight work is bounded, and reconnects are quick.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,9 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python import failure
 
-from restmq.errors import InvalidArgument, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
 
 log = Logger(namespace="restmq.storage")
 
@@ -28,12 +30,21 @@ log = Logger(namespace="restmq.storage")
 _UNAVAILABLE = (
     txredisapi.ConnectionError,  # includes txredisapi.TimeoutError
     defer.CancelledError,
-    defer.TimeoutError,
     error.ConnectionLost,
     error.ConnectionDone,
 )
-# Replies a server gives while it cannot serve yet (restart, failover).
-_TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ")
+# Replies of a server that cannot serve now, and what to tell the client.
+_REFUSALS = {
+    "LOADING": "Redis is loading its data",
+    "MASTERDOWN": "Redis has lost its master",
+    "READONLY": "Redis is a read-only replica",
+    "TRYAGAIN": "Redis asks to try again",
+    "BUSY ": "Redis is busy running a script",
+    "OOM ": "Redis is out of memory (maxmemory); free memory or raise maxmemory",
+    "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
+    "WRONGPASS": "Redis refused the password given with --redis-password",
+    "NOPERM": "the Redis user lacks a permission RestMQ needs",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,10 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
+STALL_AFTER = 0.05  # seconds without a reply after which a busy connection is passed over
+_now = time.monotonic
+
+
 def encode_command(args: Sequence[Any]) -> bytes:
     """One Redis command in RESP: text as UTF-8, whole numbers in decimal."""
     parts = [b"*%d\r\n" % len(args)]
@@ -81,6 +96,17 @@ def encode_command(args: Sequence[Any]) -> bytes:
 class _BrokerProtocol(txredisapi.RedisProtocol):
     """txredisapi's protocol (hiredis parser) with a lean way to send a command."""
 
+    #: when this connection last got a reply, or began waiting for one
+    last_progress = 0.0
+
+    def replyReceived(self, reply):
+        self.last_progress = _now()
+        super().replyReceived(reply)
+
+    def stalled(self, now: float) -> bool:
+        """Replies are due but none came lately: Redis is stuck on this connection."""
+        return bool(self.replyQueue.waiting) and now - self.last_progress > STALL_AFTER
+
     def send(self, args: Sequence[Any]) -> defer.Deferred:
         """Write one command; its reply (a ResponseError becomes a failure).
 
@@ -88,6 +114,8 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
         per call that we never use. Cancelling the returned Deferred is safe: the
         reply queue keeps a placeholder, so later replies stay in line.
         """
+        if not self.replyQueue.waiting:
+            self.last_progress = _now()
         self.transport.write(encode_command(args))
         return self.replyQueue.get().addCallback(self.handle_reply)
 
@@ -102,6 +130,12 @@ class _ObservedFactory(txredisapi.RedisFactory):
     maxDelay = 1.0
 
     on_state_change: Callable[[bool], None] = staticmethod(lambda up: None)
+    on_refusal: Callable[[str], None] = staticmethod(lambda why: None)
+
+    def connectionError(self, why):
+        # AUTH or SELECT failed: txredisapi stops retrying that connection for good.
+        super().connectionError(why)
+        self.on_refusal(str(why))
 
     def addConnection(self, conn):
         before = self.size
@@ -143,6 +177,7 @@ class RedisClient:
         self._factory: _ObservedFactory | None = None
         self._ever_connected = False
         self._closing = False
+        self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
         self._listeners: list[Callable[[bool], None]] = []
 
     # -- life cycle ---------------------------------------------------------
@@ -158,6 +193,7 @@ class RedisClient:
             convertNumbers=False,  # else a body such as "007" comes back as 7
         )
         factory.on_state_change = self._state_changed
+        factory.on_refusal = self._refused
         factory.startConnecting(self.address.endpoint(self.reactor, timeout=2))
         self._factory = factory
 
@@ -186,6 +222,16 @@ class RedisClient:
         for listener in self._listeners:
             listener(up)
 
+    def _refused(self, why: str) -> None:
+        if self.refusal is None:
+            log.error(
+                "Redis at {where} refused RestMQ: {why}; check --redis-password and "
+                "--redis-db, then restart",
+                where=self.address.describe(),
+                why=why.removeprefix("Redis error: "),
+            )
+        self.refusal = why.removeprefix("Redis error: ")
+
     @property
     def connected(self) -> bool:
         return self._factory is not None and self._factory.size > 0
@@ -205,9 +251,17 @@ class RedisClient:
         return self._track(self._send(connection, command))
 
     def run_script(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[Any] = ()
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[Any] = (),
+        on_late: Callable[[Any], object] | None = None,
     ) -> defer.Deferred:
-        """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it."""
+        """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it.
+
+        A script that answers after the caller was told StorageUnavailable has still
+        run: ``on_late(reply)`` is then called, so that what it took is not lost.
+        """
         connection = self._connection()
         if connection is None:
             return self._unavailable()
@@ -219,7 +273,7 @@ class RedisClient:
                 return failure
             return self._send(connection, ("EVAL", script.source, len(keys), *keys, *args))
 
-        return self._track(d.addErrback(load_if_missing))
+        return self._track(d.addErrback(load_if_missing), on_late)
 
     @staticmethod
     def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
@@ -236,21 +290,25 @@ class RedisClient:
         needs a connection to itself (no MULTI, no blocking pops). Calls go to the
         first live connection until it has ``batch_per_connection`` replies
         outstanding: commands issued in one reactor turn then leave in one write
-        (measured 5-10% more requests/s than spreading them), and a connection
-        stuck behind a slow reply is passed over.
+        (measured 5-10% more requests/s than spreading them). A connection that
+        has waited ``STALL_AFTER`` seconds without any reply is passed over, so one
+        slow call does not hold up the calls behind it.
         """
         factory = self._factory
         if factory is None or self._inflight >= self._max_inflight:
             return None
+        now = _now()
         least, least_waiting = None, None
         for connection in factory.pool:
-            if not connection.connected:
+            if not connection.connected or connection.stalled(now):
                 continue
             waiting = len(connection.replyQueue.waiting)
             if waiting < self.batch_per_connection:
                 return connection
             if least_waiting is None or waiting < least_waiting:
                 least, least_waiting = connection, waiting
+        if least is None:  # every connection is stalled: wait behind one anyway
+            least = next((c for c in factory.pool if c.connected), None)
         return least
 
     def _unavailable(self) -> defer.Deferred:
@@ -260,34 +318,64 @@ class RedisClient:
             reason = f"no connection to {self._where()}"
         return defer.fail(StorageUnavailable(f"storage unavailable: {reason}"))
 
-    def _track(self, d: defer.Deferred) -> defer.Deferred:
-        # Cancelling a non-blocking command that waits for its reply is safe in
-        # txredisapi: the replies of the connection stay in line.
-        self._inflight += 1
-        d.addTimeout(self.call_timeout, self.reactor)
-        d.addBoth(self._finished)
-        d.addErrback(self._translate)
-        return d
+    def _track(
+        self, sent: defer.Deferred, on_late: Callable[[Any], object] | None = None
+    ) -> defer.Deferred:
+        """The answer to a sent command, or StorageUnavailable after ``call_timeout``.
 
-    def _finished(self, result):
-        self._inflight -= 1
-        return result
+        The command is never cancelled: once written, Redis runs it, so a pop that
+        answers late has taken messages. Its late reply goes to ``on_late``.
+        """
+        self._inflight += 1
+        answer = defer.Deferred()
+        timer = self.reactor.callLater(self.call_timeout, self._too_late, answer)
+
+        def arrived(outcome):
+            self._inflight -= 1
+            if timer.active():
+                timer.cancel()
+            if not answer.called:
+                if isinstance(outcome, failure.Failure):
+                    answer.errback(outcome)
+                else:
+                    answer.callback(outcome)
+            elif isinstance(outcome, failure.Failure):
+                log.info("a Redis reply that came too late failed: {error}",
+                         error=outcome.getErrorMessage())  # fmt: skip
+            elif on_late is not None:
+                on_late(outcome)
+
+        sent.addBoth(arrived)
+        answer.addErrback(self._translate)
+        return answer
+
+    def _too_late(self, answer: defer.Deferred) -> None:
+        answer.errback(
+            StorageUnavailable(
+                f"storage unavailable: {self._where()} did not answer in "
+                f"{self.call_timeout:g} s; a write may still have happened"
+            )
+        )
 
     def _where(self) -> str:
         return f"Redis at {self.address.describe()}"
 
-    def _translate(self, failure):
-        if failure.check(*_UNAVAILABLE):
-            raise StorageUnavailable(
-                f"storage unavailable: {self._where()} did not answer in time"
-                if failure.check(defer.TimeoutError, defer.CancelledError)
-                else f"storage unavailable: connection to {self._where()} lost"
-            )
-        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith(
-            _TRANSIENT_REPLIES
-        ):
-            raise StorageUnavailable(f"storage unavailable: {failure.value}")
-        return failure
+    def _translate(self, reason: failure.Failure):
+        if reason.check(StorageUnavailable, InvalidArgument):
+            return reason
+        if reason.check(*_UNAVAILABLE):
+            raise StorageUnavailable(f"storage unavailable: connection to {self._where()} lost")
+        if reason.check(txredisapi.ResponseError):
+            text = str(reason.value)
+            for prefix, meaning in _REFUSALS.items():
+                if text.startswith(prefix):
+                    raise StorageUnavailable(f"storage unavailable: {meaning} ({text[:120]})")
+            if text.startswith("WRONGTYPE"):
+                raise DataConflict(
+                    "a Redis key of this queue holds another kind of value: the database is "
+                    "shared with something that is not RestMQ, or was edited by hand"
+                )
+        return reason
 
     # -- readiness ----------------------------------------------------------
 
@@ -298,6 +386,10 @@ class RedisClient:
         waited = 0.0
         next_log = log_every
         while True:
+            if self.refusal is not None:
+                raise StorageUnavailable(
+                    f"Redis at {self.address.describe()} refused RestMQ: {self.refusal}"
+                )
             try:
                 info = await self.execute("INFO", "persistence")
                 if "loading:0" in info:

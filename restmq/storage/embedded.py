@@ -74,11 +74,16 @@ class DataDirLock:
                     f"(pid {owner}); stop that broker or start this one with another --data-dir"
                 ) from exc
             raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         self._file = handle
+        self.record_owner()
+
+    def record_owner(self) -> None:
+        """Write our pid into the lock file (again after twistd forked into a daemon)."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"{os.getpid()}\n")
+            self._file.flush()
 
     def release(self) -> None:
         if self._file is not None:
@@ -177,6 +182,7 @@ class EmbeddedValkey(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.lock.record_owner()  # twistd may have forked since prepare()
         self._stopping = False
         self._spawn()
 

@@ -79,6 +79,10 @@ class Notifications:
     def connected(self) -> bool:
         return self._connection is not None
 
+    def is_subscribed(self, channel: str) -> bool:
+        """Whether messages published on ``channel`` now reach this broker."""
+        return self._connection is not None and channel in self._channels
+
     def subscribe(self, channel: str) -> defer.Deferred:
         """Listen on ``channel``; fires once the server confirmed (or at once when offline)."""
         self._channels.add(channel)
