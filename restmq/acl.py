@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from restmq import passwd
@@ -149,29 +149,68 @@ class PasswordChecker:
     """Checks passwords against plain or scrypt ones; remembers recent scrypt verdicts.
 
     A scrypt check costs tens of milliseconds of CPU, too much for every request of
-    a busy client. A verdict is remembered under an HMAC of the candidate with a
-    per-process secret, so the plain candidate is never kept.
+    a busy client and far too much for the reactor thread: ``check_later`` runs it in
+    a worker thread, at most ``concurrency`` at a time, so a flood of wrong passwords
+    waits its turn instead of stalling every connection or taking every thread.
+    A verdict is remembered under an HMAC of the candidate with a per-process
+    secret, so the plain candidate is never kept; a remembered verdict and a plain
+    password are decided at once.
     """
 
-    def __init__(self, size: int = 512) -> None:
+    def __init__(self, size: int = 512, concurrency: int = 2) -> None:
         self._secret = os.urandom(32)
         self._verdicts: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
         self._size = size
+        self._slots = defer.DeferredSemaphore(concurrency)
 
-    def check(self, expected: str | passwd.ScryptHash, candidate: str) -> bool:
+    def _key(self, expected: passwd.ScryptHash, given: bytes) -> tuple[str, bytes]:
+        return (str(expected), hmac.new(self._secret, given, hashlib.sha256).digest())
+
+    def _remember(self, key: tuple[str, bytes], verdict: bool) -> None:
+        self._verdicts[key] = verdict
+        if len(self._verdicts) > self._size:
+            self._verdicts.popitem(last=False)
+
+    def known(self, expected: str | passwd.ScryptHash, candidate: str) -> bool | None:
+        """The verdict if it needs no scrypt work (plain or remembered); None otherwise."""
         given = candidate.encode("utf-8")
         if isinstance(expected, str):
             return hmac.compare_digest(given, expected.encode("utf-8"))
-        key = (str(expected), hmac.new(self._secret, given, hashlib.sha256).digest())
+        key = self._key(expected, given)
         verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = expected.matches(given)
-            self._verdicts[key] = verdict
-            if len(self._verdicts) > self._size:
-                self._verdicts.popitem(last=False)
-        else:
+        if verdict is not None:
             self._verdicts.move_to_end(key)
         return verdict
+
+    def check(self, expected: str | passwd.ScryptHash, candidate: str) -> bool:
+        """The verdict now, computing scrypt on this thread if need be (blocks tens of ms)."""
+        verdict = self.known(expected, candidate)
+        if verdict is None:
+            assert isinstance(expected, passwd.ScryptHash)
+            given = candidate.encode("utf-8")
+            verdict = expected.matches(given)
+            self._remember(self._key(expected, given), verdict)
+        return verdict
+
+    def check_later(self, expected: str | passwd.ScryptHash, candidate: str) -> defer.Deferred:
+        """A Deferred verdict; fired already when it needs no scrypt work."""
+        verdict = self.known(expected, candidate)
+        if verdict is not None:
+            return defer.succeed(verdict)
+        assert isinstance(expected, passwd.ScryptHash)
+        given = candidate.encode("utf-8")
+        key = self._key(expected, given)
+
+        def done(result: bool) -> bool:
+            self._remember(key, result)
+            return result
+
+        def failed(failure: Any) -> bool:
+            log.failure("access control: a scrypt password check failed", failure)
+            return False  # not remembered: the next attempt checks again
+
+        checking = self._slots.run(threads.deferToThread, expected.matches, given)
+        return checking.addCallbacks(done, failed)
 
 
 _passwords = PasswordChecker()
@@ -209,12 +248,40 @@ class SectionRules:
             return False
         return not (self.allow and not self.deny)
 
+    def _user_ok(self, username: str) -> bool:
+        assert self.username is not None
+        return hmac.compare_digest(username.encode("utf-8"), self.username.encode("utf-8"))
+
     def credentials_ok(self, username: str, password: str) -> bool:
         # Both compared every time, in constant time, so timing tells nothing.
-        assert self.username is not None and self.password is not None
-        user_ok = hmac.compare_digest(username.encode("utf-8"), self.username.encode("utf-8"))
+        assert self.password is not None
+        user_ok = self._user_ok(username)
         password_ok = _passwords.check(self.password, password)
         return user_ok and password_ok
+
+    def credentials_ok_later(self, credentials: list[tuple[str, str]]) -> defer.Deferred:
+        """A Deferred: does any of ``credentials`` match? Fired at once when no scrypt is due."""
+        assert self.password is not None
+        known = [
+            (self._user_ok(user), _passwords.known(self.password, pw)) for user, pw in credentials
+        ]
+        if any(user_ok and password_ok for user_ok, password_ok in known):
+            return defer.succeed(True)
+        unknown = [
+            (user_ok, pw)
+            for (user_ok, password_ok), (_, pw) in zip(known, credentials, strict=True)
+            if password_ok is None
+        ]
+        if not unknown:
+            return defer.succeed(False)
+        # The password is checked even for a wrong user, so timing tells nothing.
+        checks = [
+            _passwords.check_later(self.password, pw).addCallback(
+                lambda password_ok, user_ok=user_ok: user_ok and password_ok
+            )
+            for user_ok, pw in unknown
+        ]
+        return defer.gatherResults(checks).addCallback(any)
 
 
 @dataclass(frozen=True)
@@ -229,20 +296,53 @@ class AccessRules:
             raise ValueError(f"unknown acl section {name!r}")
         return self.sections.get(name) or SectionRules(name)
 
-    def decide(
+    def _admit(
         self, name: str, address: Address | None, credentials: list[tuple[str, str]]
-    ) -> None:
-        """Raise Refused unless ``address`` with ``credentials`` may use section ``name``."""
+    ) -> SectionRules | None:
+        """Raise Refused for a wrong address or missing credentials; the rules when a
+        password remains to be checked, None when the request may pass."""
         rules = self.section(name)
         if not rules.address_allowed(address):
             shown = str(address) if address is not None else "an unknown address"
             raise Refused(403, f"access from {shown} is not allowed ({name})")
         if rules.username is None:
-            return
+            return None
         if not credentials:
             raise Refused(401, f"authentication required ({name})", CHALLENGE)
+        return rules
+
+    def decide(
+        self, name: str, address: Address | None, credentials: list[tuple[str, str]]
+    ) -> None:
+        """Raise Refused unless ``address`` with ``credentials`` may use section ``name``.
+
+        Checks a scrypt password on this thread: the broker uses ``decide_later``.
+        """
+        rules = self._admit(name, address, credentials)
+        if rules is None:
+            return
         if not any(rules.credentials_ok(user, password) for user, password in credentials):
             raise Refused(401, f"wrong username or password ({name})", CHALLENGE)
+
+    def decide_later(
+        self, name: str, address: Address | None, credentials: list[tuple[str, str]]
+    ) -> defer.Deferred:
+        """``decide`` as a Deferred that fails with Refused; scrypt work runs in a thread.
+
+        The Deferred has fired already unless a scrypt verdict had to be computed.
+        """
+        try:
+            rules = self._admit(name, address, credentials)
+        except Refused:
+            return defer.fail()
+        if rules is None:
+            return defer.succeed(None)
+
+        def verdict(ok: bool) -> None:
+            if not ok:
+                raise Refused(401, f"wrong username or password ({name})", CHALLENGE)
+
+        return rules.credentials_ok_later(credentials).addCallback(verdict)
 
 
 def parse_rules(text: str, source: str) -> AccessRules:
@@ -486,13 +586,7 @@ class AccessControl:
             return parse_address(real_ip[-1])
         return address
 
-    def check(self, request: Any, section: str) -> None:
-        """Raise Refused unless acl.conf's ``section`` lets ``request`` through."""
-        rules = self.rules
-        section_rules = rules.section(section)
-        if not section_rules.has_rules:
-            return  # an open section: skip parsing addresses and headers on every request
-        address = self.client_address(socket_peer(request), request.headers)
+    def _credentials(self, request: Any, section: str) -> list[tuple[str, str]]:
         credentials = []
         basic = basic_credentials(request.headers)
         if basic is not None:
@@ -501,7 +595,30 @@ class AccessControl:
             cookie = cookie_credentials(request.headers)
             if cookie is not None:
                 credentials.append(cookie)
-        rules.decide(section, address, credentials)
+        return credentials
+
+    def check(self, request: Any, section: str) -> None:
+        """Raise Refused unless acl.conf's ``section`` lets ``request`` through.
+
+        A scrypt password not seen lately is checked on the calling thread; on the
+        reactor use ``check_later``.
+        """
+        rules = self.rules
+        if not rules.section(section).has_rules:
+            return  # an open section: skip parsing addresses and headers on every request
+        address = self.client_address(socket_peer(request), request.headers)
+        rules.decide(section, address, self._credentials(request, section))
+
+    def check_later(self, request: Any, section: str) -> defer.Deferred:
+        """A Deferred that fails with Refused unless ``section`` lets ``request`` through.
+
+        It has fired already unless a scrypt password must be checked (in a thread).
+        """
+        rules = self.rules
+        if not rules.section(section).has_rules:
+            return defer.succeed(None)
+        address = self.client_address(socket_peer(request), request.headers)
+        return rules.decide_later(section, address, self._credentials(request, section))
 
 
 def parse_trusted_proxies(value: str | None) -> tuple[Network, ...]:

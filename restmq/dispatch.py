@@ -6,15 +6,15 @@ command is one engine call; the answers keep the original's shapes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from restmq import validation
+from restmq import jsontext, validation
 from restmq.core import QueueEngine
 from restmq.errors import InvalidArgument
 
 EMPTY = {"error": "empty queue"}
 COMMANDS = ("add", "get", "take", "del")
+CONSUMING = ("get", "take")  # the commands that read or remove messages; the rest write
 
 
 def _value_text(value: Any) -> str:
@@ -23,7 +23,7 @@ def _value_text(value: Any) -> str:
         return value
     if value is None:
         raise InvalidArgument("the add command needs a value")
-    return json.dumps(value)
+    return jsontext.encode(value)
 
 
 async def dispatch(engine: QueueEngine, command: Any, default_queue: str | None = None) -> dict:

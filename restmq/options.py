@@ -158,8 +158,8 @@ class Options(usage.Options):
             "header-timeout",
             None,
             DEFAULT_HEADER_TIMEOUT,
-            "seconds a client has to send its request headers; slower (or idle "
-            "keep-alive) connections are dropped",
+            "seconds a client has to send its request headers, and again its request "
+            "body; slower (or idle keep-alive) connections are dropped",
             _positive_float("header-timeout"),
         ],
         [

@@ -89,6 +89,21 @@ class Broker:
         except acl.Refused as refusal:
             raise ApiError(refusal.status, refusal.message, refusal.headers) from None
 
+    def check_access_async(self, request, section: str) -> defer.Deferred:
+        """``check_access`` as a Deferred failing with the ApiError; use it on the reactor.
+
+        The Deferred has fired already unless a scrypt password not seen lately must be
+        checked: that runs in a worker thread, so a flood of wrong passwords cannot stall
+        the broker (``check_access`` would check it on the calling thread).
+        """
+
+        def refused(failure):
+            failure.trap(acl.Refused)
+            refusal = failure.value
+            raise ApiError(refusal.status, refusal.message, refusal.headers) from None
+
+        return self.access.check_later(request, section).addErrback(refused)
+
 
 class BrokerService(service.Service):
     """Starts storage, waits until it answers, then opens the HTTP port."""
@@ -212,7 +227,7 @@ class BrokerService(service.Service):
         if self.port is not None:
             await self.port.stopListening()
             log.info("HTTP port closed")
-        self.consumers.stop()
+        await self.consumers.stop()
         await self.notifications.stop()
         await self.redis.disconnect()
         if self.valkey is not None:

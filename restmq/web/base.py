@@ -14,8 +14,8 @@ from urllib.parse import unquote
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq import __version__, validation
-from restmq.errors import InvalidArgument, StorageUnavailable
+from restmq import __version__, jsontext, validation
+from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
 from restmq.web import compat
 
 log = Logger(namespace="restmq.http")
@@ -33,8 +33,9 @@ class ApiError(cyclone.web.HTTPError):
 
 
 def encode_json(obj: Any) -> str:
-    # The original's encoding: ", " and ": " separators, non-ASCII escaped.
-    return json.dumps(obj)
+    # The original's encoding: ", " and ": " separators, non-ASCII escaped. Never
+    # NaN/Infinity: they are not JSON (input refuses them, see restmq.jsontext).
+    return json.dumps(obj, allow_nan=False)
 
 
 class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
@@ -61,8 +62,17 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
 
     def prepare(self):
         section = self.access.get(self.request.method)
-        if section is not None:
-            self.broker.check_access(self.request, section)
+        if section is None:
+            return self._admitted()
+        # Fired at once unless acl.conf wants a scrypt password checked (in a thread);
+        # cyclone waits for the Deferred before it runs the handler method.
+        return self.broker.check_access_async(self.request, section).addCallback(self._admitted)
+
+    def _admitted(self, _: Any = None) -> None:
+        if compat.client_is_gone(self):
+            # It left while its password was checked: nothing to run, nobody to answer.
+            self._finished = True
+            return
         name = compat.undecodable_argument(self.request)
         if name is not None:
             raise InvalidArgument(f"argument {name!r} is not valid UTF-8")
@@ -103,11 +113,8 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
         return content_type.split(";")[0].strip().lower() == "application/json"
 
     def json_body(self) -> Any:
-        """The request body parsed as JSON; 400 when it is not."""
-        try:
-            return json.loads(self.request.body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"malformed JSON body: {exc}") from None
+        """The request body parsed as JSON; 400 when it is not (or holds NaN, or nests too deep)."""
+        return jsontext.decode(self.request.body or b"", what="JSON body")
 
     def callback(self) -> str | None:
         return validation.callback_name(self.arg("callback"))
@@ -152,6 +159,8 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
         value = getattr(e, "value", e)
         if isinstance(value, InvalidArgument):
             e = ApiError(400, str(value))
+        elif isinstance(value, DataConflict):
+            e = ApiError(409, str(value))
         elif isinstance(value, StorageUnavailable):
             log.warn(
                 "{method} {path}: {error}",

@@ -145,7 +145,8 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
     - D1: a body, request line or header that is not UTF-8, or a malformed
       request line, gets 400 instead of a dropped connection.
     - A client that does not finish sending its headers within
-      ``header_timeout`` seconds is disconnected (also idle keep-alive connections).
+      ``header_timeout`` seconds is disconnected (also idle keep-alive connections),
+      and so is one that then takes longer than that again to send the body.
     """
 
     _idle_timer = None
@@ -177,6 +178,8 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
         self._idle_timer = None
         if self._headersbuffer:
             log.info("dropping a client that did not finish its headers in time")
+        elif self._contentbuffer is not None:
+            log.info("dropping a client that did not finish its request body in time")
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
@@ -277,8 +280,11 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
             self._refuse(400, "Bad Request", "the request headers are not valid UTF-8")
             return
         super()._on_headers(data)
+        if self._contentbuffer is not None:
+            self._arm_idle_timer()  # the body, too, must arrive in time
 
     def _on_request_body(self, data):
+        self._cancel_idle_timer()  # the body is complete; finish() re-arms for the next request
         try:
             super()._on_request_body(data)
         except UnicodeDecodeError:

@@ -2,38 +2,54 @@
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
-from restmq import validation
-from restmq.dispatch import dispatch
+from restmq import jsontext, validation
+from restmq.dispatch import CONSUMING, dispatch
 from restmq.errors import InvalidArgument
 from restmq.web.base import BaseHandler
 
+PRODUCER, CONSUMER = "rest:producer", "rest:consumer"
+
+
+def required_section(command: Any) -> str:
+    """The acl.conf section a command needs: ``get``/``take`` consume, anything else produces."""
+    if isinstance(command, dict) and command.get("cmd") in CONSUMING:
+        return CONSUMER
+    return PRODUCER
+
 
 class JsonProtocolHandler(BaseHandler):
-    """POST a command as form field ``body`` (or ``msg``), or as an ``application/json`` body."""
+    """POST a command as form field ``body`` (or ``msg``), or as an ``application/json`` body.
 
-    # The original left GET open; every command may produce, so POST needs producer rights.
-    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+    POST is checked per command, as XML-RPC checks per method, once the command is read.
+    """
+
+    access = {"GET": "rest:consumer"}
 
     def get(self, queue: str | None = None) -> None:
         self.redirect("/static/help.html")
 
     async def post(self, queue: str | None = None) -> None:
+        try:
+            command = self._command()
+        except InvalidArgument:
+            # An unreadable command could be anything: only a producer learns why.
+            await self.broker.check_access_async(self.request, PRODUCER)
+            raise
+        await self.broker.check_access_async(self.request, required_section(command))
         default_queue = validation.queue_name(queue) if queue else None
-        if self.is_json_body():
-            command = self.json_body()
-        else:
-            text = self.arg("body")
-            if text is None:
-                text = self.arg("msg")
-            if not text:
-                raise InvalidArgument(
-                    "send the command as form field body=... or as an application/json body, "
-                    'e.g. {"cmd": "take", "queue": "q"}'
-                )
-            try:
-                command = json.loads(text)
-            except ValueError as exc:
-                raise InvalidArgument(f"malformed JSON command: {exc}") from None
         self.answer(await dispatch(self.engine, command, default_queue))
+
+    def _command(self) -> Any:
+        if self.is_json_body():
+            return self.json_body()
+        text = self.arg("body")
+        if text is None:
+            text = self.arg("msg")
+        if not text:
+            raise InvalidArgument(
+                "send the command as form field body=... or as an application/json body, "
+                'e.g. {"cmd": "take", "queue": "q"}'
+            )
+        return jsontext.decode(text, what="JSON command")

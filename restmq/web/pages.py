@@ -31,9 +31,10 @@ class StaticHandler(cyclone.web.StaticFileHandler):
 
     def prepare(self):
         compat.drop_bad_if_modified_since(self.request)
-        # The dashboard pages are consumer routes (acl.conf [rest:consumer]).
-        self.application.broker.check_access(self.request, "rest:consumer")
-        return super().prepare()
+        super().prepare()
+        # The dashboard pages are consumer routes (acl.conf [rest:consumer]); a scrypt
+        # password is checked off the reactor and cyclone waits for the Deferred.
+        return self.application.broker.check_access_async(self.request, "rest:consumer")
 
     def get_cache_time(self, path, modified, mime_type):
         return 0  # D13: cyclone's Expires header for ?v= URLs is not an HTTP date

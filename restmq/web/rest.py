@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from restmq import validation
+from restmq import jsontext, validation
 from restmq.core import Message
 from restmq.errors import InvalidArgument
-from restmq.web.base import ApiError, BaseHandler, encode_json
+from restmq.web.base import ApiError, BaseHandler
 from restmq.web.pages import queue_list_page
 
 
@@ -123,4 +123,4 @@ def _as_text(value: Any) -> str:
         return value
     if value is None:
         raise InvalidArgument("a message value cannot be null")
-    return encode_json(value)
+    return jsontext.encode(value)

@@ -57,6 +57,19 @@ class WebSocketConsumer(StreamConsumer):
         self.gone = True
         self.transport.abortConnection()
 
+    # The client's frames are echoed, so its reading must follow our writing: while the
+    # send buffer is full (Twisted pauses us, the connection's producer), read nothing.
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if not self.gone:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()  # may fill the buffer again with the backlog
+        if not self._paused and not self.gone:
+            self.transport.resumeProducing()
+
 
 def accept_token(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
@@ -69,13 +82,40 @@ class WebSocketHandler(BaseHandler):
         self._transforms = transforms
         try:
             queue = self._check_upgrade()
-            self.broker.check_access(self.request, "websocket:consumer")
         except ApiError as exc:
             self.send_error(exc.status_code, exception=exc)
             return
         except InvalidArgument as exc:
             self.send_error(400, exception=ApiError(400, str(exc)))
             return
+        # The answer waits for acl.conf's verdict (a scrypt password is checked in a
+        # thread); meanwhile the HTTP connection keeps any bytes the client sent after
+        # its handshake, unparsed, until _upgrade hands them to wsproto.
+        checking = self.broker.check_access_async(self.request, "websocket:consumer")
+        checking.addCallbacks(lambda _: self._upgrade(queue), self._refused)
+        checking.addErrback(self._failed)
+
+    def _client_gone(self) -> bool:
+        return bool(getattr(self.request.connection.transport, "disconnected", True))
+
+    def _refused(self, failure) -> None:
+        failure.trap(ApiError)
+        if not self._client_gone():
+            self.send_error(failure.value.status_code, exception=failure.value)
+
+    def _failed(self, failure) -> None:
+        log.failure("WebSocket handshake failed", failure)
+        if self._client_gone():
+            return
+        if hasattr(self, "consumer"):  # already upgraded: no HTTP answer fits any more
+            self.broker.consumers.remove(self.consumer)
+            self.request.connection.transport.abortConnection()
+        elif not self._finished:
+            self.send_error(500)
+
+    def _upgrade(self, queue: str) -> None:
+        if self._client_gone():
+            return  # it left while its password was checked: nothing to register
         connection = self.request.connection
         transport = connection.transport
         ws = Connection(ConnectionType.SERVER)
@@ -98,7 +138,12 @@ class WebSocketHandler(BaseHandler):
         transport.registerProducer(consumer, True)
         connection.notifyFinish().addBoth(self._connection_lost)
         connection.rawDataReceived = self._data_received
-        connection.setRawMode()  # bytes already buffered after the handshake come next
+        connection.setRawMode()
+        # The parser was paused for this request (BrokerHTTPConnection._serve_one). Run it
+        # again: what the client sent after its handshake goes to wsproto now (when the
+        # upgrade happens inside the parser's own loop, that loop does it instead).
+        connection.paused = False
+        connection.dataReceived(b"")
 
     def _check_upgrade(self) -> str:
         headers = self.request.headers

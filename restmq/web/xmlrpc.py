@@ -9,7 +9,7 @@ XML-RPC handler is not used (cyclone-py3.md D19).
 
 from __future__ import annotations
 
-import json
+import datetime
 import re
 import xmlrpc.client
 from collections.abc import Awaitable, Callable
@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from restmq import validation
+from restmq import jsontext, validation
 from restmq.errors import InvalidArgument, StorageUnavailable
 from restmq.web.base import ApiError, BaseHandler
 
@@ -65,8 +65,24 @@ def _message_text(value: Any) -> str:
         except UnicodeDecodeError:
             raise InvalidArgument("a base64 value must hold UTF-8 text") from None
     if isinstance(value, bool | int | float | list | dict):
-        return json.dumps(value)
-    raise InvalidArgument(f"cannot store a value of XML-RPC type {type(value).__name__}")
+        return jsontext.encode(value, unsupported=_not_storable_inside)
+    raise InvalidArgument(f"cannot store a value of XML-RPC type {_xmlrpc_type(value)}")
+
+
+def _xmlrpc_type(value: Any) -> str:
+    if isinstance(value, datetime.datetime | xmlrpc.client.DateTime):
+        return "dateTime.iso8601"
+    if isinstance(value, bytes | bytearray | xmlrpc.client.Binary):
+        return "base64"
+    return "nil" if value is None else type(value).__name__
+
+
+def _not_storable_inside(value: Any) -> Any:
+    # Arrays and structs are stored as JSON, which has no dates and no binary data.
+    raise InvalidArgument(
+        f"an array or struct cannot hold a {_xmlrpc_type(value)} value: inside them only "
+        "strings, numbers, booleans, arrays and structs can be stored"
+    )
 
 
 def _text(value: Any, what: str) -> str:
@@ -330,7 +346,7 @@ class XmlRpcHandler(BaseHandler):
             )
         try:
             if method.section is not None:
-                self.broker.check_access(self.request, method.section)
+                await self.broker.check_access_async(self.request, method.section)
             method.check_arguments(params)
             return await method.run(self, *params)
         except ApiError as exc:
