@@ -89,6 +89,10 @@ class Broker:
         except acl.Refused as refusal:
             raise ApiError(refusal.status, refusal.message, refusal.headers) from None
 
+    def access_is_open(self, section: str) -> bool:
+        """True when acl.conf sets no rule for ``section`` (the common, fast case)."""
+        return not self.access.rules.section(section).has_rules
+
     def check_access_async(self, request, section: str) -> defer.Deferred:
         """``check_access`` as a Deferred failing with the ApiError; use it on the reactor.
 

@@ -62,7 +62,7 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
 
     def prepare(self):
         section = self.access.get(self.request.method)
-        if section is None:
+        if section is None or self.broker.access_is_open(section):
             return self._admitted()
         # Fired at once unless acl.conf wants a scrypt password checked (in a thread);
         # cyclone waits for the Deferred before it runs the handler method.
