@@ -182,16 +182,6 @@ class PasswordChecker:
             self._verdicts.move_to_end(key)
         return verdict
 
-    def check(self, expected: str | passwd.ScryptHash, candidate: str) -> bool:
-        """The verdict now, computing scrypt on this thread if need be (blocks tens of ms)."""
-        verdict = self.known(expected, candidate)
-        if verdict is None:
-            assert isinstance(expected, passwd.ScryptHash)
-            given = candidate.encode("utf-8")
-            verdict = expected.matches(given)
-            self._remember(self._key(expected, given), verdict)
-        return verdict
-
     def check_later(self, expected: str | passwd.ScryptHash, candidate: str) -> defer.Deferred:
         """A Deferred verdict; fired already when it needs no scrypt work."""
         verdict = self.known(expected, candidate)
@@ -252,13 +242,6 @@ class SectionRules:
         assert self.username is not None
         return hmac.compare_digest(username.encode("utf-8"), self.username.encode("utf-8"))
 
-    def credentials_ok(self, username: str, password: str) -> bool:
-        # Both compared every time, in constant time, so timing tells nothing.
-        assert self.password is not None
-        user_ok = self._user_ok(username)
-        password_ok = _passwords.check(self.password, password)
-        return user_ok and password_ok
-
     def credentials_ok_later(self, credentials: list[tuple[str, str]]) -> defer.Deferred:
         """A Deferred: does any of ``credentials`` match? Fired at once when no scrypt is due."""
         assert self.password is not None
@@ -311,23 +294,11 @@ class AccessRules:
             raise Refused(401, f"authentication required ({name})", CHALLENGE)
         return rules
 
-    def decide(
-        self, name: str, address: Address | None, credentials: list[tuple[str, str]]
-    ) -> None:
-        """Raise Refused unless ``address`` with ``credentials`` may use section ``name``.
-
-        Checks a scrypt password on this thread: the broker uses ``decide_later``.
-        """
-        rules = self._admit(name, address, credentials)
-        if rules is None:
-            return
-        if not any(rules.credentials_ok(user, password) for user, password in credentials):
-            raise Refused(401, f"wrong username or password ({name})", CHALLENGE)
-
     def decide_later(
         self, name: str, address: Address | None, credentials: list[tuple[str, str]]
     ) -> defer.Deferred:
-        """``decide`` as a Deferred that fails with Refused; scrypt work runs in a thread.
+        """A Deferred that fails with Refused unless ``address`` with ``credentials`` may
+        use section ``name``; scrypt work runs in a thread.
 
         The Deferred has fired already unless a scrypt verdict had to be computed.
         """
@@ -451,6 +422,16 @@ def socket_peer(request: Any) -> str | None:
     return getattr(request, "remote_ip", None)
 
 
+#: what a file's stat says about its content: inode, size, modification and change times
+FileSignature = tuple[int, int, int, int]
+
+
+def file_signature(path: str) -> FileSignature:
+    """Changes whenever the file is written, replaced, or its permissions change."""
+    stat = os.stat(path)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 class AccessControl:
     """The rules in force, the file they come from, and the check every guarded route makes."""
 
@@ -466,6 +447,7 @@ class AccessControl:
         self.trusted_proxies = tuple(trusted_proxies)
         self.rules = AccessRules()
         self._digest: bytes | None = None  # of the content last read, good or bad
+        self._seen: FileSignature | None = None  # the file's stat when it was last read
         self._gone_logged = False
         self._loop: task.LoopingCall | None = None
 
@@ -477,6 +459,7 @@ class AccessControl:
             log.info("access control: no acl file; every route is open")
             return
         try:
+            signature = file_signature(self.path)
             data = self._read()
         except FileNotFoundError:
             if self.required:
@@ -485,6 +468,7 @@ class AccessControl:
             return
         except OSError as exc:
             raise AclError(f"cannot read acl file {self.path}: {exc.strerror}") from None
+        self._seen = signature
         self._install(data)
 
     def _read(self) -> bytes:
@@ -509,10 +493,17 @@ class AccessControl:
             log.info("access control: {path} has no rules; every route is open", path=self.path)
 
     def reload_if_changed(self) -> None:
-        """Re-read the file if its content changed; a broken file keeps the rules in force."""
+        """Re-read the file if its content changed; a broken file keeps the rules in force.
+
+        A file whose stat is as it was when last read is neither read nor hashed.
+        """
         if self.path is None:
             return
         try:
+            # Taken before reading: a write that lands meanwhile changes it again.
+            signature = file_signature(self.path)
+            if signature == self._seen:
+                return
             data = self._read()
         except OSError as exc:
             if not self._gone_logged and self._digest is not None:
@@ -524,6 +515,7 @@ class AccessControl:
             self._gone_logged = True
             return
         self._gone_logged = False
+        self._seen = signature
         if hashlib.sha256(data).digest() == self._digest:
             return
         previous = self.rules
@@ -597,25 +589,17 @@ class AccessControl:
                 credentials.append(cookie)
         return credentials
 
-    def check(self, request: Any, section: str) -> None:
-        """Raise Refused unless acl.conf's ``section`` lets ``request`` through.
-
-        A scrypt password not seen lately is checked on the calling thread; on the
-        reactor use ``check_later``.
-        """
-        rules = self.rules
-        if not rules.section(section).has_rules:
-            return  # an open section: skip parsing addresses and headers on every request
-        address = self.client_address(socket_peer(request), request.headers)
-        rules.decide(section, address, self._credentials(request, section))
-
     def check_later(self, request: Any, section: str) -> defer.Deferred:
         """A Deferred that fails with Refused unless ``section`` lets ``request`` through.
 
-        It has fired already unless a scrypt password must be checked (in a thread).
+        403: the client address is refused; 401 (with a Basic challenge): the
+        credentials are missing or wrong. In ``websocket:consumer`` the original's
+        ``auth=user:password`` cookie counts as well as HTTP Basic. The Deferred has
+        fired already unless a scrypt password must be checked (in a thread).
         """
         rules = self.rules
         if not rules.section(section).has_rules:
+            # an open section: skip parsing addresses and headers on every request
             return defer.succeed(None)
         address = self.client_address(socket_peer(request), request.headers)
         return rules.decide_later(section, address, self._credentials(request, section))

@@ -31,8 +31,18 @@ from restmq.errors import StorageUnavailable
 log = Logger(namespace="restmq.consumers")
 
 
+#: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
+CLOSE_NORMAL = 1000  # e.g. the queue was purged
+CLOSE_GOING_AWAY = 1001  # the broker is stopping
+
+
 class TooManyConsumers(Exception):
     """The broker already serves ``--max-consumers`` streaming consumers."""
+
+
+def stream_payload(message: Message) -> dict[str, str]:
+    """What every streaming consumer (COMET, SSE, WebSocket) is sent for a message."""
+    return {"key": message.key, "value": message.value}
 
 
 @implementer(IPushProducer)
@@ -65,13 +75,17 @@ class StreamConsumer:
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def close(self, reason: str) -> None:
-        """End the stream politely (queue purged, broker stopping)."""
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """End the stream politely (queue purged, broker stopping); ``code`` is the
+        WebSocket close code that goes with ``reason``."""
         raise NotImplementedError
 
     def abort(self) -> None:
         """Drop the connection at once."""
         raise NotImplementedError
+
+    def heartbeat(self) -> None:
+        """Called every ``--sse-heartbeat`` seconds; streams that need keep-alives send one."""
 
     # -- delivery -----------------------------------------------------------
 
@@ -140,7 +154,6 @@ class _QueueConsumers:
     next_index: int = 0
     draining: bool = False
     again: bool = False
-    policy: str = "broadcast"
 
 
 class ConsumerRegistry:
@@ -192,7 +205,7 @@ class ConsumerRegistry:
             undelivered = []
             for consumer in list(state.consumers):
                 undelivered += [m for m in consumer.take_backlog() if isinstance(m, TakenMessage)]
-                consumer.close("the broker is stopping")
+                consumer.close("the broker is stopping", code=CLOSE_GOING_AWAY)
             requeues.append(defer.ensureDeferred(self._requeue(queue, undelivered)))
         self._queues.clear()
         self._total = 0
@@ -301,9 +314,8 @@ class ConsumerRegistry:
     def _heartbeat(self) -> None:
         for state in self._queues.values():
             for consumer in state.consumers:
-                heartbeat = getattr(consumer, "heartbeat", None)
-                if heartbeat is not None and not consumer.gone:
-                    heartbeat()
+                if not consumer.gone:
+                    consumer.heartbeat()
 
     # -- delivery -----------------------------------------------------------
 
@@ -346,7 +358,6 @@ class ConsumerRegistry:
             state.draining = False
 
     async def _deliver(self, queue: str, state: _QueueConsumers, batch: StreamBatch) -> None:
-        state.policy = batch.policy
         if batch.messages:
             leftovers = self._hand_out(queue, state, batch)
             if leftovers:

@@ -15,9 +15,10 @@ key                         type     holds
 ``<q>:<n>:refcount``        string   how often message n was peeked
 ==========================  =======  =============================================
 
-Besides keys, each queue has a pub/sub channel ``restmq:notify:<q>`` on which
-the scripts announce adds, purges and setting changes, so that every broker
-sharing the Redis can wake its streaming consumers at once.
+Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
+the database number: channels are server-wide) on which the scripts announce
+adds, purges and setting changes, so that every broker sharing the Redis can
+wake its streaming consumers at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from twisted.logger import Logger
 
 from restmq import validation
 from restmq.errors import InvalidArgument
+from restmq.keyspace import STATUS_PREFIX
 from restmq.storage.client import LuaScript, RedisClient
 
 QUEUESET = "QUEUESET"
@@ -139,7 +141,7 @@ class QueueEngine:
 
     @staticmethod
     def _status_key(queue: str) -> str:
-        return f"queuestat::{queue}"
+        return f"{STATUS_PREFIX}:{queue}"
 
     def channel(self, queue: str) -> str:
         """The pub/sub channel on which changes to ``queue`` are announced.

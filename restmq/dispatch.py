@@ -17,15 +17,6 @@ COMMANDS = ("add", "get", "take", "del")
 CONSUMING = ("get", "take")  # the commands that read or remove messages; the rest write
 
 
-def _value_text(value: Any) -> str:
-    """A JSON value to store: text as is; objects, arrays and numbers as their JSON text."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        raise InvalidArgument("the add command needs a value")
-    return jsontext.encode(value)
-
-
 async def dispatch(engine: QueueEngine, command: Any, default_queue: str | None = None) -> dict:
     """Run one JSON-protocol command; ``default_queue`` comes from ``/queue/<name>``."""
     if not isinstance(command, dict):
@@ -44,7 +35,8 @@ async def dispatch(engine: QueueEngine, command: Any, default_queue: str | None 
         if "value" not in command:
             raise InvalidArgument("the add command needs a value")
         ttl = validation.ttl_seconds(command.get("ttl"))
-        key = await engine.add(queue, _value_text(command["value"]), ttl)
+        value = jsontext.as_text(command["value"], null="the add command needs a value")
+        key = await engine.add(queue, value, ttl)
         return {"queue": queue, "value": command["value"], "key": key}
     if cmd == "get":
         message = await engine.peek(queue)

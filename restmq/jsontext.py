@@ -53,3 +53,18 @@ def encode(value: Any, unsupported: Callable[[Any], Any] | None = None) -> str:
         raise InvalidArgument(NOT_FINITE) from None
     except TypeError as exc:  # no ``unsupported`` given, and a type JSON cannot hold
         raise InvalidArgument(f"cannot store the value as JSON: {exc}") from None
+
+
+def as_text(
+    value: Any,
+    *,
+    null: str = "a message value cannot be null",
+    unsupported: Callable[[Any], Any] | None = None,
+) -> str:
+    """A message value as the text to store: a string as it is, any other JSON value
+    (number, boolean, array, object) as its JSON text. ``null`` says why None is refused."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise InvalidArgument(null)
+    return encode(value, unsupported)

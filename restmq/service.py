@@ -23,7 +23,6 @@ from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
 from restmq.tls import TLSConfigError, server_options
 from restmq.web.app import BrokerApplication
-from restmq.web.base import ApiError
 
 log = Logger(namespace="restmq")
 
@@ -50,9 +49,6 @@ class Broker:
             return f"<Redis Connection: {where} - not connected>"
         return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
 
-    def consumer_count(self, queue: str) -> int:
-        return self.consumers.count(queue)
-
     async def stats(self, queue: str | None = None) -> dict:
         """The ``/stats/`` answer (XML-RPC's ``stats`` too): every queue, or ``queue``."""
         redis = self.describe_storage()
@@ -77,36 +73,19 @@ class Broker:
             "consumers": self.consumers.count(queue),
         }
 
-    def check_access(self, request, section: str) -> None:
-        """Raise an ApiError (401/403) when acl.conf's ``section`` refuses ``request``.
-
-        403: the client address is refused; 401 (with a Basic challenge): the
-        credentials are missing or wrong. In ``websocket:consumer`` the original's
-        ``auth=user:password`` cookie counts as well as HTTP Basic.
-        """
-        try:
-            self.access.check(request, section)
-        except acl.Refused as refusal:
-            raise ApiError(refusal.status, refusal.message, refusal.headers) from None
-
     def access_is_open(self, section: str) -> bool:
         """True when acl.conf sets no rule for ``section`` (the common, fast case)."""
         return not self.access.rules.section(section).has_rules
 
     def check_access_async(self, request, section: str) -> defer.Deferred:
-        """``check_access`` as a Deferred failing with the ApiError; use it on the reactor.
+        """A Deferred that fails with ``acl.Refused`` (401/403) unless acl.conf's
+        ``section`` lets ``request`` through; each front end answers the refusal its way.
 
         The Deferred has fired already unless a scrypt password not seen lately must be
         checked: that runs in a worker thread, so a flood of wrong passwords cannot stall
-        the broker (``check_access`` would check it on the calling thread).
+        the broker.
         """
-
-        def refused(failure):
-            failure.trap(acl.Refused)
-            refusal = failure.value
-            raise ApiError(refusal.status, refusal.message, refusal.headers) from None
-
-        return self.access.check_later(request, section).addErrback(refused)
+        return self.access.check_later(request, section)
 
 
 class BrokerService(service.Service):
@@ -185,7 +164,7 @@ class BrokerService(service.Service):
 
     async def _start(self) -> None:
         if self.valkey is not None:
-            self.valkey.startService()
+            self.valkey.start()
             await self.valkey.wait_for_socket()
         self.redis.connect()
         await self.redis.wait_until_ready()

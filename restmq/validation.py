@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from restmq.errors import InvalidArgument
+from restmq.keyspace import STATUS_PREFIX
 
 MAX_QUEUE_NAME = 200
-MAX_BATCH = 1000
-RESERVED_PREFIX = "queuestat:"
+MAX_BATCH = 1000  # messages one request may add or take
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*")
 
@@ -22,9 +22,9 @@ def queue_name(name: object) -> str:
             f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
             "and _ - . : @"
         )
-    if name.startswith(RESERVED_PREFIX):
-        # Its keys would be other queues' status keys (queuestat::<q>).
-        raise InvalidArgument(f"queue names may not start with {RESERVED_PREFIX!r}")
+    if name.startswith(STATUS_PREFIX):
+        # Its keys would be other queues' status keys (see restmq.keyspace).
+        raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")
     return name
 
 
@@ -57,7 +57,10 @@ def ttl_seconds(value: object) -> int | None:
 
 
 def batch_size(value: object) -> int:
-    """How many messages one request may take or add: 1 to MAX_BATCH."""
+    """The ``n`` of a batch take (``GET /q/<q>?n=``): 1 to MAX_BATCH.
+
+    Batch adds are limited to MAX_BATCH values by the engine (QueueEngine.add_many).
+    """
     try:
         n = (
             int(value)

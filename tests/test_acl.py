@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from websockets.exceptions import InvalidStatus
 
 from restmq import acl, passwd
@@ -494,13 +495,13 @@ def test_ipv6_clients_and_networks(tmp_path, queue):
         broker.stop()
 
 
-# -- the rules themselves (pure functions, no broker) ------------------------------------
+# -- the rules themselves (no broker; scrypt runs in a worker thread, as in the broker) ---
 
 
-def decide(text: str, address: str, credentials=(), section: str = "rest:consumer") -> int:
+async def decide(text: str, address: str, credentials=(), section: str = "rest:consumer") -> int:
     rules = acl.parse_rules(text, "test")
     try:
-        rules.decide(section, acl.parse_address(address), list(credentials))
+        await rules.decide_later(section, acl.parse_address(address), list(credentials))
     except acl.Refused as refused:
         return refused.status
     return 200
@@ -528,16 +529,18 @@ def decide(text: str, address: str, credentials=(), section: str = "rest:consume
         ("127.0.0.1", "all", "not an address", 403),
     ],
 )
-def test_address_rules(allow, deny, address, expected):
+@pytest_twisted.ensureDeferred
+async def test_address_rules(allow, deny, address, expected):
     text = "[rest:consumer]\n"
     if allow:
         text += f"hosts_allow = {allow}\n"
     if deny:
         text += f"hosts_deny = {deny}\n"
-    assert decide(text, address) == expected
+    assert await decide(text, address) == expected
 
 
-def test_credentials_rules():
+@pytest_twisted.ensureDeferred
+async def test_credentials_rules():
     for password in ("pw", make_hash("pw")):
         rules = acl.parse_rules(f"[rest:producer]\nusername = u\npassword = {password}\n", "t")
         for credentials, expected in [
@@ -548,7 +551,7 @@ def test_credentials_rules():
             ([("u", "nope"), ("u", "pw")], 200),  # Basic and cookie: either may carry it
         ]:
             try:
-                rules.decide("rest:producer", acl.parse_address("1.2.3.4"), credentials)
+                await rules.decide_later("rest:producer", acl.parse_address("1.2.3.4"), credentials)
                 got = 200
             except acl.Refused as refused:
                 got = refused.status

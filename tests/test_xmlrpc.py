@@ -357,6 +357,22 @@ def test_an_xmlrpc_add_wakes_streaming_consumers_like_a_post(rpc_broker, writer,
         stream.close()
 
 
+def test_keys_of_another_type_are_fault_409_like_rest(rpc_broker, reader, queue):
+    # something that is not RestMQ wrote a string where the queue's list belongs
+    rpc_broker.redis("SET", f"{queue}:queue", "not a list")
+    logged = len(rpc_broker.log())
+    try:
+        for call in (lambda: reader.take(queue), lambda: reader.get(queue)):
+            fault = fault_of(call)
+            assert fault.faultCode == 409
+            assert "a Redis key of this queue holds another kind of value" in fault.faultString
+        assert rpc_broker.get(f"/q/{queue}").status == 409, "the same answer as REST"
+        assert rpc_broker.redis("GET", f"{queue}:queue") == "not a list", "left as it was"
+        assert "XML-RPC call failed" not in rpc_broker.log()[logged:], "not an internal error"
+    finally:
+        rpc_broker.redis("DEL", f"{queue}:queue")
+
+
 def test_storage_outage_is_fault_503(broker_factory, valkey_factory, queue):
     server = valkey_factory()
     broker = broker_factory("--redis-host", "127.0.0.1", "--redis-port", str(server.port))

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
@@ -148,10 +147,13 @@ class _ValkeyProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-class EmbeddedValkey(service.Service):
-    """Runs, watches and stops the embedded Valkey server."""
+class EmbeddedValkey:
+    """Runs, watches and stops the embedded Valkey server.
 
-    name = "embedded-valkey"
+    Not a Twisted service of its own: BrokerService starts it before the HTTP side
+    and stops it after (``start``/``stop``), in that order and no other.
+    """
+
     restart_backoff = (0.2, 0.5, 1.0, 2.0, 5.0)
     stable_after = 30.0  # seconds up before the backoff starts over
 
@@ -180,15 +182,11 @@ class EmbeddedValkey(service.Service):
         self.lock.acquire()
         reap_leftover_server(self.data_dir)
 
-    def startService(self) -> None:
-        super().startService()
+    def start(self) -> None:
+        """Spawn the server (once the reactor runs); its socket appears shortly after."""
         self.lock.record_owner()  # twistd may have forked since prepare()
         self._stopping = False
         self._spawn()
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        return self.stop()
 
     def stop(self) -> defer.Deferred:
         """SIGTERM the server and wait until it has exited (AOF flushed)."""
@@ -279,10 +277,6 @@ class EmbeddedValkey(service.Service):
         while not os.path.exists(self.socket_path) and waited < limit:
             await task.deferLater(self.reactor, poll_interval, lambda: None)
             waited += poll_interval
-
-    @property
-    def pid(self) -> int | None:
-        return self._transport.pid if self._process is not None else None
 
 
 __all__ = ["DataDirError", "EmbeddedValkey", "reap_leftover_server"]

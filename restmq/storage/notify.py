@@ -75,10 +75,6 @@ class Notifications:
         self._connection = None
         return factory.disconnect() if factory is not None else defer.succeed(None)
 
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None
-
     def is_subscribed(self, channel: str) -> bool:
         """Whether messages published on ``channel`` now reach this broker."""
         return self._connection is not None and channel in self._channels

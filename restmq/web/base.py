@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq import __version__, jsontext, validation
+from restmq import __version__, acl, jsontext, validation
 from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
 from restmq.web import compat
 
@@ -38,23 +38,40 @@ def encode_json(obj: Any) -> str:
     return json.dumps(obj, allow_nan=False)
 
 
-class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
-    """Thin handlers: parse, call the engine, answer. Errors become JSON bodies."""
+def as_api_error(exc: BaseException) -> ApiError | None:
+    """The answer to one of our own errors; None for anything else (a 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidArgument):
+        return ApiError(400, str(exc))
+    if isinstance(exc, acl.Refused):  # 403, or 401 with its Basic challenge
+        return ApiError(exc.status, exc.message, exc.headers)
+    if isinstance(exc, DataConflict):
+        return ApiError(409, str(exc))
+    if isinstance(exc, StorageUnavailable):
+        return ApiError(503, str(exc), {"Retry-After": "1"})
+    return None
 
-    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
+
+def write_json_error(
+    handler: cyclone.web.RequestHandler, exc: BaseException | None, message: str
+) -> None:
+    """Finish an error answer as ``{"error": message}``; an ApiError brings its own
+    message and headers (401's challenge, 503's Retry-After)."""
+    if isinstance(exc, ApiError):
+        message = exc.message
+        for name, value in exc.headers.items():
+            handler.set_header(name, value)
+    handler.set_header("Content-Type", "application/json; charset=UTF-8")
+    handler.finish(compat.error_body(message))
+
+
+class BrokerRequestMixin:
+    """What every RestMQ route shares, the static files included: acl.conf is checked
+    before the handler method runs, and our own errors become their HTTP answers."""
 
     #: acl.conf section that guards each HTTP method of this route (see restmq.acl)
     access: dict[str, str] = {}
-
-    def initialize(self, route: re.Pattern | None = None, **kwargs: Any) -> None:
-        self.route = route
-
-    def set_default_headers(self) -> None:
-        self._headers["Server"] = SERVER  # called by clear() for every response
-
-    @property
-    def engine(self):
-        return self.application.broker.engine
 
     @property
     def broker(self):
@@ -76,6 +93,37 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
         name = compat.undecodable_argument(self.request)
         if name is not None:
             raise InvalidArgument(f"argument {name!r} is not valid UTF-8")
+
+    def _handle_request_exception(self, e):
+        # Map our own errors to answers before cyclone's generic handling.
+        value = getattr(e, "value", e)
+        error = as_api_error(value)
+        if error is not None:
+            if isinstance(value, StorageUnavailable):
+                log.warn(
+                    "{method} {path}: {error}",
+                    method=self.request.method,
+                    path=self.request.path,
+                    error=value,
+                )
+            e = error
+        return super()._handle_request_exception(e)
+
+
+class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
+    """Thin handlers: parse, call the engine, answer. Errors become JSON bodies."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
+
+    def initialize(self, route: re.Pattern | None = None, **kwargs: Any) -> None:
+        self.route = route
+
+    def set_default_headers(self) -> None:
+        self._headers["Server"] = SERVER  # called by clear() for every response
+
+    @property
+    def engine(self):
+        return self.application.broker.engine
 
     # -- request parsing ----------------------------------------------------
 
@@ -138,12 +186,7 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
         self.finish(text)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = compat.exception_of(kwargs)
-        if isinstance(exc, ApiError):
-            message = exc.message
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-        elif status_code == 405:
+        if status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
@@ -151,25 +194,7 @@ class BaseHandler(compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
             message = "internal error; see the broker log"
         else:
             message = self._reason
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(encode_json({"error": message}) + "\r\n")
-
-    def _handle_request_exception(self, e):
-        # Map our own errors to answers before cyclone's generic handling.
-        value = getattr(e, "value", e)
-        if isinstance(value, InvalidArgument):
-            e = ApiError(400, str(value))
-        elif isinstance(value, DataConflict):
-            e = ApiError(409, str(value))
-        elif isinstance(value, StorageUnavailable):
-            log.warn(
-                "{method} {path}: {error}",
-                method=self.request.method,
-                path=self.request.path,
-                error=value,
-            )
-            e = ApiError(503, str(value), {"Retry-After": "1"})
-        return super()._handle_request_exception(e)
+        write_json_error(self, compat.exception_of(kwargs), message)
 
     # -- streaming connections ---------------------------------------------
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 import cyclone.httpserver
 import cyclone.web
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
 log = Logger(namespace="restmq.http")
@@ -122,8 +122,13 @@ def stream_without_keep_alive(handler: cyclone.web.RequestHandler) -> None:
         handler.clear_header("Connection")
 
 
+def error_body(message: str) -> str:
+    """The body of every error answer: ``{"error": message}`` and CRLF."""
+    return json.dumps({"error": message}) + "\r\n"
+
+
 def _raw_response(status: int, reason: str, message: str) -> bytes:
-    body = json.dumps({"error": message}).encode() + b"\r\n"
+    body = error_body(message).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json; charset=UTF-8\r\n"
@@ -149,7 +154,11 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
       and so is one that then takes longer than that again to send the body.
     """
 
+    #: where the timers run; the module is imported by twistd's makeService (or by tests),
+    #: once the reactor is chosen
+    clock = reactor
     _idle_timer = None
+    _linger_timer = None  # closes a connection whose refused body never finishes arriving
     _discard_left = 0
 
     def connectionMade(self):
@@ -164,10 +173,8 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
         timeout = self.factory.settings.get("header_timeout")
         if not timeout:
             return
-        from twisted.internet import reactor
-
         self._cancel_idle_timer()
-        self._idle_timer = reactor.callLater(timeout, self._idle_timeout)
+        self._idle_timer = self.clock.callLater(timeout, self._idle_timeout)
 
     def _cancel_idle_timer(self):
         if self._idle_timer is not None and self._idle_timer.active():
@@ -184,6 +191,9 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
 
     def connectionLost(self, reason):
         self._cancel_idle_timer()
+        if self._linger_timer is not None and self._linger_timer.active():
+            self._linger_timer.cancel()
+        self._linger_timer = None
         super().connectionLost(reason)
 
     # -- requests -----------------------------------------------------------
@@ -215,9 +225,7 @@ class BrokerHTTPConnection(cyclone.httpserver.HTTPConnection):
             # connection and the client might never see the answer.
             self._discard_left = discard
             self.setRawMode()
-            from twisted.internet import reactor
-
-            reactor.callLater(10, self.transport.loseConnection)
+            self._linger_timer = self.clock.callLater(10, self.transport.loseConnection)
         else:
             self.paused = True  # parse nothing more that came on this connection
             self.transport.loseConnection()

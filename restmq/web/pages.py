@@ -6,7 +6,7 @@ import cyclone.web
 
 from restmq import validation
 from restmq.web import compat
-from restmq.web.base import SERVER, ApiError, BaseHandler, encode_json
+from restmq.web.base import SERVER, BaseHandler, BrokerRequestMixin, write_json_error
 
 
 async def queue_list_page(handler: BaseHandler) -> None:
@@ -26,15 +26,18 @@ class JobsHandler(BaseHandler):
         self.render("jobs.html", queue=queue, info=info)
 
 
-class StaticHandler(cyclone.web.StaticFileHandler):
-    """cyclone's static files, minus its crash on a malformed If-Modified-Since (D13)."""
+class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
+    """cyclone's static files, checked and answered like every other route.
+
+    The dashboard pages are consumer routes (acl.conf ``[rest:consumer]``), whatever
+    the method; errors are JSON, and a malformed If-Modified-Since is ignored (D13).
+    """
+
+    access = dict.fromkeys(cyclone.web.StaticFileHandler.SUPPORTED_METHODS, "rest:consumer")
 
     def prepare(self):
         compat.drop_bad_if_modified_since(self.request)
-        super().prepare()
-        # The dashboard pages are consumer routes (acl.conf [rest:consumer]); a scrypt
-        # password is checked off the reactor and cyclone waits for the Deferred.
-        return self.application.broker.check_access_async(self.request, "rest:consumer")
+        return super().prepare()
 
     def get_cache_time(self, path, modified, mime_type):
         return 0  # D13: cyclone's Expires header for ?v= URLs is not an HTTP date
@@ -45,14 +48,8 @@ class StaticHandler(cyclone.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         # cyclone's default is an HTML page; every other route answers JSON
-        refusal = compat.exception_of(kwargs)
-        if isinstance(refusal, ApiError):  # acl.conf: 401 (with its challenge) or 403
-            message = refusal.message
-            for name, value in refusal.headers.items():
-                self.set_header(name, value)
-        elif status_code == 404:
+        if status_code == 404:
             message = f"no such file: {self.request.path}"
         else:
             message = f"{self._reason}: {self.request.path}"
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(encode_json({"error": message}) + "\r\n")
+        write_json_error(self, compat.exception_of(kwargs), message)

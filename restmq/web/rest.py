@@ -88,15 +88,15 @@ class QueueHandler(ProducerMixin, BaseHandler):
     async def post(self, queue: str) -> None:
         queue = validation.queue_name(queue)
         callback = self.callback()
-        if self.is_json_body():
-            keys = await self._post_json(queue)
-            if isinstance(keys, list):
-                self.answer(keys, callback=callback)
-                return
-        else:
+        if not self.is_json_body():
             ttl = validation.ttl_seconds(self.arg("ttl"))
-            keys = await self.engine.add(queue, self.form_value(), ttl)
-        self.answer_key(keys, callback)
+            self.answer_key(await self.engine.add(queue, self.form_value(), ttl), callback)
+            return
+        keys = await self._post_json(queue)
+        if isinstance(keys, list):
+            self.answer(keys, callback=callback)  # "values": the keys as a JSON array
+        else:
+            self.answer_key(keys, callback)  # "value": the bare key, as for a form
 
     async def _post_json(self, queue: str) -> str | list[str]:
         body = self.json_body()
@@ -107,8 +107,8 @@ class QueueHandler(ProducerMixin, BaseHandler):
             values = body["values"]
             if not isinstance(values, list) or not values:
                 raise InvalidArgument('"values" must be a non-empty list')
-            return await self.engine.add_many(queue, [_as_text(v) for v in values], ttl)
-        return await self.engine.add(queue, _as_text(body["value"]), ttl)
+            return await self.engine.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
+        return await self.engine.add(queue, jsontext.as_text(body["value"]), ttl)
 
     async def delete(self, queue: str) -> None:
         queue = validation.queue_name(queue)
@@ -116,11 +116,3 @@ class QueueHandler(ProducerMixin, BaseHandler):
         purged = await self.engine.purge(queue)
         # The original answered the DEL count of the list key: 1 if anything was pending.
         self.answer({"queue": queue, "status": 1 if purged else 0}, callback=callback)
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        raise InvalidArgument("a message value cannot be null")
-    return jsontext.encode(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from restmq import validation
-from restmq.consumers import StreamConsumer, TooManyConsumers
+from restmq.consumers import CLOSE_NORMAL, StreamConsumer, TooManyConsumers, stream_payload
 from restmq.core import Message
 from restmq.web import compat
 from restmq.web.base import ApiError, BaseHandler, encode_json
@@ -19,7 +19,7 @@ class HttpStreamConsumer(StreamConsumer):
 
     @staticmethod
     def payload(message: Message) -> str:
-        return encode_json({"key": message.key, "value": message.value})
+        return encode_json(stream_payload(message))
 
     def encode(self, message: Message) -> bytes:
         text = self.payload(message)
@@ -34,13 +34,10 @@ class HttpStreamConsumer(StreamConsumer):
             handler.flush()
 
     def _last_words(self) -> bytes:
-        return self.encode_null()
-
-    def encode_null(self) -> bytes:
         # The original wrote null before ending a purged stream.
         return f"{self.callback}(null);\r\n".encode() if self.callback else b"null\r\n"
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         self.gone = True
         handler = self.handler
         if not handler._finished and not compat.client_is_gone(handler):

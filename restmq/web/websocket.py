@@ -14,18 +14,19 @@ from urllib.parse import unquote
 from twisted.logger import Logger
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.utilities import RemoteProtocolError
 
-from restmq import validation
-from restmq.consumers import StreamConsumer, TooManyConsumers
+from restmq import acl, validation
+from restmq.consumers import CLOSE_NORMAL, StreamConsumer, TooManyConsumers, stream_payload
 from restmq.core import Message
 from restmq.errors import InvalidArgument
+from restmq.web import compat
 from restmq.web.base import ApiError, BaseHandler, encode_json
 
 log = Logger(namespace="restmq.websocket")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_INCOMING_MESSAGE = 1 << 20
+CLOSE_TOO_BIG = 1009  # RFC 6455 7.4.1: a message too big to process
 
 
 class WebSocketConsumer(StreamConsumer):
@@ -37,17 +38,19 @@ class WebSocketConsumer(StreamConsumer):
         self.ws = ws
 
     def encode(self, message: Message) -> bytes:
-        text = encode_json({"key": message.key, "value": message.value})
-        return self.ws.send(TextMessage(data=text))
+        return self.ws.send(TextMessage(data=encode_json(stream_payload(message))))
 
     def write(self, data: bytes) -> None:
         if not self.gone:
             self.transport.write(data)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """Hang up: a close frame while the protocol still allows one, then the socket.
+
+        Every way this broker ends a WebSocket goes through here.
+        """
         self.gone = True
-        code = 1001 if "stopping" in reason else 1000
-        if self.ws.state == ConnectionState.OPEN:
+        if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
         # A TLS transport only closes once its producer is gone.
         self.transport.unregisterProducer()
@@ -82,11 +85,8 @@ class WebSocketHandler(BaseHandler):
         self._transforms = transforms
         try:
             queue = self._check_upgrade()
-        except ApiError as exc:
-            self.send_error(exc.status_code, exception=exc)
-            return
-        except InvalidArgument as exc:
-            self.send_error(400, exception=ApiError(400, str(exc)))
+        except (ApiError, InvalidArgument) as exc:
+            self._handle_request_exception(exc)
             return
         # The answer waits for acl.conf's verdict (a scrypt password is checked in a
         # thread); meanwhile the HTTP connection keeps any bytes the client sent after
@@ -95,17 +95,14 @@ class WebSocketHandler(BaseHandler):
         checking.addCallbacks(lambda _: self._upgrade(queue), self._refused)
         checking.addErrback(self._failed)
 
-    def _client_gone(self) -> bool:
-        return bool(getattr(self.request.connection.transport, "disconnected", True))
-
     def _refused(self, failure) -> None:
-        failure.trap(ApiError)
-        if not self._client_gone():
-            self.send_error(failure.value.status_code, exception=failure.value)
+        failure.trap(acl.Refused)
+        if not compat.client_is_gone(self):
+            self._handle_request_exception(failure.value)  # 401 or 403, as on every route
 
     def _failed(self, failure) -> None:
         log.failure("WebSocket handshake failed", failure)
-        if self._client_gone():
+        if compat.client_is_gone(self):
             return
         if hasattr(self, "consumer"):  # already upgraded: no HTTP answer fits any more
             self.broker.consumers.remove(self.consumer)
@@ -114,7 +111,7 @@ class WebSocketHandler(BaseHandler):
             self.send_error(500)
 
     def _upgrade(self, queue: str) -> None:
-        if self._client_gone():
+        if compat.client_is_gone(self):
             return  # it left while its password was checked: nothing to register
         connection = self.request.connection
         transport = connection.transport
@@ -170,28 +167,22 @@ class WebSocketHandler(BaseHandler):
         return queue
 
     def _data_received(self, data: bytes) -> None:
-        transport = self.consumer.transport
-        try:
-            self.ws.receive_data(data)
-            for event in self.ws.events():
-                self._on_event(event)
-        except RemoteProtocolError as exc:
-            log.info("WebSocket protocol error from {peer}: {error}",
-                     peer=self.consumer.peer, error=exc)  # fmt: skip
-            if exc.event_hint is not None and self.ws.state != ConnectionState.CLOSED:
-                transport.write(self.ws.send(exc.event_hint))
-            transport.unregisterProducer()
-            transport.loseConnection()
+        if self.consumer.gone:
+            return  # we hung up: what still arrives is dropped
+        self.ws.receive_data(data)
+        # wsproto reports a malformed frame as a CloseConnection event (1002, 1007...),
+        # answered below like the client's own close.
+        for event in self.ws.events():
+            self._on_event(event)
+            if self.consumer.gone:
+                break
 
     def _on_event(self, event) -> None:
-        transport = self.consumer.transport
         if isinstance(event, (TextMessage, BytesMessage)):
             self._incoming.append(event.data)
             self._incoming_size += len(event.data)
             if self._incoming_size > MAX_INCOMING_MESSAGE:
-                transport.write(self.ws.send(CloseConnection(code=1009, reason="too big")))
-                transport.unregisterProducer()
-                transport.loseConnection()
+                self.consumer.close("too big", code=CLOSE_TOO_BIG)
                 return
             if event.message_finished:
                 whole = (
@@ -202,16 +193,13 @@ class WebSocketHandler(BaseHandler):
                 self._incoming, self._incoming_size = [], 0
                 # The original echoes what a consumer sends.
                 kind = TextMessage if isinstance(event, TextMessage) else BytesMessage
-                transport.write(self.ws.send(kind(data=whole)))
+                self.consumer.transport.write(self.ws.send(kind(data=whole)))
         elif isinstance(event, Ping):
-            transport.write(self.ws.send(event.response()))
+            self.consumer.transport.write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
-            self.consumer.gone = True
             self.broker.consumers.remove(self.consumer)
-            if self.ws.state != ConnectionState.CLOSED:
-                transport.write(self.ws.send(event.response()))
-            transport.unregisterProducer()
-            transport.loseConnection()
+            # The answer repeats the client's code and reason (RFC 6455 5.5.1).
+            self.consumer.close(event.reason or "", code=event.code)
 
     def _connection_lost(self, result):
         self.broker.consumers.remove(self.consumer)

@@ -2,7 +2,7 @@
 
 Every method is one QueueEngine call, the same ones the REST and JSON routes
 make, so an ``add`` here wakes streaming consumers exactly like a POST. Errors
-are Faults with stable codes (see ``FAULTS``), always inside an HTTP 200 answer
+are Faults with stable codes (the constants below), always inside an HTTP 200 answer
 as XML-RPC wants. The standard library reads and writes the XML; cyclone's own
 XML-RPC handler is not used (cyclone-py3.md D19).
 """
@@ -18,35 +18,25 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from restmq import jsontext, validation
-from restmq.errors import InvalidArgument, StorageUnavailable
-from restmq.web.base import ApiError, BaseHandler
+from restmq import acl, jsontext, validation
+from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.web.base import BaseHandler
 
 log = Logger(namespace="restmq.xmlrpc")
 
-# Fault codes. The queue errors reuse the HTTP status a REST client would get.
-INVALID_ARGUMENT = 400
-UNAUTHORIZED = 401
-FORBIDDEN = 403
-EMPTY_QUEUE = 404
-STORAGE_UNAVAILABLE = 503
+# Fault codes (the README lists them). The queue errors reuse the HTTP status a REST
+# client would get.
+INVALID_ARGUMENT = 400  # bad queue name, value, ttl, key or policy; wrong number of arguments
+UNAUTHORIZED = 401  # acl.conf wants a username and password (HTTP Basic): none, or wrong
+FORBIDDEN = 403  # acl.conf refuses the client address
+EMPTY_QUEUE = 404  # the queue is empty (get, take)
+DATA_CONFLICT = 409  # a Redis key of the queue holds another kind of value (not RestMQ's)
+STORAGE_UNAVAILABLE = 503  # Redis is unreachable; try again
 PARSE_ERROR = -32700  # the body is not well-formed XML-RPC
 NOT_A_CALL = -32600  # well-formed, but not a <methodCall>
-UNKNOWN_METHOD = -32601
-INTERNAL_ERROR = -32603
-
-FAULTS = {
-    INVALID_ARGUMENT: "invalid argument: bad queue name, value, ttl, key or policy; wrong "
-    "number of arguments",
-    UNAUTHORIZED: "acl.conf wants a username and password (HTTP Basic) and got none or wrong",
-    FORBIDDEN: "acl.conf refuses the client address",
-    EMPTY_QUEUE: "the queue is empty (get, take)",
-    STORAGE_UNAVAILABLE: "Redis is unreachable; try again",
-    PARSE_ERROR: "the request body is not well-formed XML-RPC",
-    NOT_A_CALL: "the request is not a <methodCall>",
-    UNKNOWN_METHOD: "no such method (system.listMethods lists them)",
-    INTERNAL_ERROR: "internal error; see the broker log",
-}
+UNKNOWN_METHOD = -32601  # no such method (system.listMethods lists them)
+INTERNAL_ERROR = -32603  # a bug: the broker log has the details
+INTERNAL_ERROR_TEXT = "internal error; see the broker log"
 
 # -- arguments -----------------------------------------------------------------
 
@@ -56,17 +46,16 @@ def _queue(value: Any) -> str:
 
 
 def _message_text(value: Any) -> str:
-    """What to store: text as is; numbers, booleans, arrays and structs as JSON text."""
-    if isinstance(value, str):
-        return value
+    """What to store: text as is; numbers, booleans, arrays and structs as JSON text;
+    base64 as the UTF-8 text it holds."""
     if isinstance(value, bytes | bytearray):
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument("a base64 value must hold UTF-8 text") from None
-    if isinstance(value, bool | int | float | list | dict):
-        return jsontext.encode(value, unsupported=_not_storable_inside)
-    raise InvalidArgument(f"cannot store a value of XML-RPC type {_xmlrpc_type(value)}")
+    if not isinstance(value, str | bool | int | float | list | dict):  # nil, dateTime
+        raise InvalidArgument(f"cannot store a value of XML-RPC type {_xmlrpc_type(value)}")
+    return jsontext.as_text(value, unsupported=_not_storable_inside)
 
 
 def _xmlrpc_type(value: Any) -> str:
@@ -328,12 +317,12 @@ class XmlRpcHandler(BaseHandler):
             result = fault
         except Exception:
             log.failure("XML-RPC call failed")
-            result = xmlrpc.client.Fault(INTERNAL_ERROR, FAULTS[INTERNAL_ERROR])
+            result = xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
         try:
             body = response_body(result)
         except (OverflowError, TypeError) as exc:
             log.error("XML-RPC answer cannot be encoded: {error}", error=exc)
-            body = response_body(xmlrpc.client.Fault(INTERNAL_ERROR, FAULTS[INTERNAL_ERROR]))
+            body = response_body(xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT))
         self.set_header("Content-Type", "text/xml; charset=UTF-8")
         self.finish(body)
 
@@ -349,18 +338,20 @@ class XmlRpcHandler(BaseHandler):
                 await self.broker.check_access_async(self.request, method.section)
             method.check_arguments(params)
             return await method.run(self, *params)
-        except ApiError as exc:
+        except acl.Refused as refusal:  # UNAUTHORIZED or FORBIDDEN
             log.info(
                 "XML-RPC {method} refused for {client}: {error}",
                 method=name,
                 client=self.request.remote_ip,
-                error=exc.message,
+                error=refusal.message,
             )
-            raise xmlrpc.client.Fault(exc.status_code, exc.message) from None
+            raise xmlrpc.client.Fault(refusal.status, refusal.message) from None
         except InvalidArgument as exc:
             raise xmlrpc.client.Fault(INVALID_ARGUMENT, str(exc)) from None
         except EmptyQueue as exc:
             raise xmlrpc.client.Fault(EMPTY_QUEUE, f"queue {exc.args[0]!r} is empty") from None
+        except DataConflict as exc:
+            raise xmlrpc.client.Fault(DATA_CONFLICT, str(exc)) from None
         except StorageUnavailable as exc:
             log.warn("XML-RPC {method}: {error}", method=name, error=exc)
             raise xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc)) from None
