@@ -23,6 +23,15 @@ BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 
 
+def default_sigint() -> None:
+    """In a child: take Ctrl-C as a person at a terminal would.
+
+    A test run started in the background by a non-interactive shell ignores SIGINT,
+    and children inherit that; a broker must still stop on SIGINT in the tests.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -154,6 +163,7 @@ class Broker:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, **(self.env or {})),
+            preexec_fn=default_sigint,
         )
         log.close()
         if wait:

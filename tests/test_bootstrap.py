@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,23 @@ def test_make_install_and_make_run_work_from_a_clean_clone_without_uv():
         assert install.returncode == 0, install.stdout + install.stderr
         assert (clone / ".uv-bootstrap" / "bin" / "uv").exists(), "uv was not bootstrapped"
         assert os.access(clone / ".venv" / "bin" / "twistd", os.X_OK)
+
+        # Up to date: a second `make install` does nothing, quickly, and does not run uv.
+        started = time.monotonic()
+        again = subprocess.run(
+            ["make", "install"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        output = again.stdout + again.stderr
+        assert again.returncode == 0, output
+        assert "Nothing to be done" in output or "is up to date" in output, output
+        assert "uv sync" not in output and "pip install" not in output, output
+        assert took < 10, f"an up-to-date make install took {took:.1f} s"
 
         port = free_port()
         log_path = workdir / "make-run.log"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq.consumers import ConsumerRegistry, StreamConsumer
 from restmq.core import QueueEngine
@@ -47,19 +48,45 @@ async def settle(seconds: float = 0.2) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-@pytest.mark.parametrize("policy", ["broadcast", "roundrobin"])
+@pytest.fixture
+def log_lines():
+    """What the code under test logs (twisted.logger), as text, for the test's duration."""
+    lines: list[str] = []
+
+    def observe(event) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+async def wait_for_line(lines: list[str], line: str, timeout: float = 10.0) -> None:
+    deadline = reactor.seconds() + timeout
+    while line not in lines:
+        assert reactor.seconds() < deadline, f"no log line {line!r} in {timeout} s: {lines}"
+        await settle(0.02)
+
+
+# A broadcast batch takes what is waiting; a roundrobin one, a message per ready consumer.
+@pytest.mark.parametrize("policy, taken", [("broadcast", 3), ("roundrobin", 1)])
 @pytest_twisted.ensureDeferred
-async def test_messages_taken_for_a_consumer_that_left_go_back_to_the_head(engine, policy):
+async def test_messages_taken_for_a_consumer_that_left_go_back_to_the_head(
+    engine, policy, taken, log_lines
+):
     await engine.set_policy("jobs", policy)
-    await engine.add_many("jobs", ["first", "second", "third"])
+    keys = await engine.add_many("jobs", ["first", "second", "third"])
     registry = ConsumerRegistry(engine, reactor)
     consumer = InMemoryConsumer("jobs")
     registry.add(consumer)  # wakes the queue: a batch is being taken from Redis now
     consumer.gone = True  # ...and the connection drops before it is handed out
-    await settle()
+    # The batch really was taken, found nobody to hand it to, and was put back.
+    await wait_for_line(log_lines, f"put {taken} undelivered message(s) back on queue jobs")
     assert consumer.received == []
     back = await engine.pop_many("jobs", 10)
+    assert [m.key for m in back] == keys
     assert [m.value for m in back] == ["first", "second", "third"]
+    assert await engine.length("jobs") == 0
 
 
 @pytest_twisted.ensureDeferred

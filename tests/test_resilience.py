@@ -28,7 +28,7 @@ def test_a_pop_that_redis_answers_late_puts_its_message_back(external, queue):
     started = time.monotonic()
     answer = broker.get(f"/q/{queue}")
     assert answer.status == 503
-    assert time.monotonic() - started < 1.4
+    assert time.monotonic() - started < 2.0  # the spec: a 503 within 2 s, never a hang
     assert "did not answer" in answer.json()["error"]
     # Redis ran the pop once unpaused: the broker put the message back, not lost it.
     wait_for(lambda: "popped after their request gave up" in broker.log(), 10, what="late pop")

@@ -27,6 +27,27 @@ def post(broker, queue: str, value: str) -> str:
     return response.text.strip()
 
 
+def parse(item) -> dict:
+    """A delivered message, whatever the reader: a COMET line, an SSE event, a WebSocket text."""
+    return json.loads(item["data"] if isinstance(item, dict) else item)
+
+
+def collect(readers, count: int, timeout: float = 20.0, linger: float = 0.3) -> list[list[str]]:
+    """The keys each reader got: wait until ``count`` arrived across all of them, then
+    listen ``linger`` seconds more, so that a message delivered twice shows up too."""
+    got: list[list[str]] = [[] for _ in readers]
+    deadline = time.monotonic() + timeout
+    while sum(map(len, got)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{sum(map(len, got))} of {count} messages in {timeout} s")
+        for keys, reader in zip(got, readers, strict=True):
+            keys += [parse(item)["key"] for item in reader.drain(0.0)]
+        time.sleep(0.02)
+    for keys, reader in zip(got, readers, strict=True):
+        keys += [parse(item)["key"] for item in reader.drain(linger)]
+    return got
+
+
 def test_curl_comet_consumer_gets_each_message_as_a_line(shared_broker, queue):
     curl = subprocess.Popen(
         ["curl", "-sN", f"http://127.0.0.1:{shared_broker.port}/c/{queue}"],
@@ -173,14 +194,9 @@ def test_roundrobin_gives_each_message_to_exactly_one_consumer_in_turn(shared_br
     ]
     wait_consumers(shared_broker, queue, 3)
     keys = [post(shared_broker, queue, f"job {i}") for i in range(30)]
-    time.sleep(1.0)
-    received = []
-    per_consumer = []
-    for reader in readers:
-        got = [json.loads(x["data"]) if isinstance(x, dict) else json.loads(x)
-               for x in reader.drain(0.5)]  # fmt: skip
-        per_consumer.append(len(got))
-        received += [m["key"] for m in got]
+    got = collect(readers, len(keys))
+    per_consumer = [len(k) for k in got]
+    received = [key for k in got for key in k]
     assert sorted(received) == sorted(keys)
     assert len(received) == len(set(received)), "a message went to two consumers"
     assert all(count >= 5 for count in per_consumer), per_consumer  # it rotates
@@ -197,9 +213,8 @@ def test_policy_switch_applies_to_consumers_already_connected(shared_broker, que
     assert b.next_message()["key"] == first
     shared_broker.post(f"/p/{queue}", policy="roundrobin")
     keys = [post(shared_broker, queue, f"one of {i}") for i in range(6)]
-    time.sleep(0.8)
-    got = [json.loads(x)["key"] for x in a.drain(0.3) + b.drain(0.3)]
-    assert sorted(got) == sorted(keys)
+    got_a, got_b = collect([a, b], len(keys))
+    assert sorted(got_a + got_b) == sorted(keys), "each message to exactly one of them"
     shared_broker.post(f"/p/{queue}", policy="broadcast")
     last = post(shared_broker, queue, "both again")
     assert a.next_message()["key"] == last
@@ -221,19 +236,26 @@ def test_stopped_queue_delivers_nothing_until_started(shared_broker, queue):
     stream.close()
 
 
+END_EVENT = {"event": "end", "data": "null"}  # how an SSE stream of a purged queue ends
+
+
 def test_delete_purges_and_ends_every_stream(shared_broker, queue):
     comet = HttpStream(shared_broker.port, queue).start()
+    jsonp = HttpStream(shared_broker.port, queue, query="?callback=cb").start()
     sse = HttpStream(shared_broker.port, queue, sse=True).start()
     ws = WebSocketStream(shared_broker.port, queue).start()
-    wait_consumers(shared_broker, queue, 3)
+    wait_consumers(shared_broker, queue, 4)
     shared_broker.post(f"/control/{queue}", status="stop")
     post(shared_broker, queue, "never delivered")
     answer = shared_broker.request("DELETE", f"/q/{queue}")
     assert answer.json() == {"queue": queue, "status": 1}  # one message was pending
-    for reader in (comet, sse, ws):
+    for reader in (comet, jsonp, sse, ws):
         assert reader.ended.wait(5), "stream did not end"
     assert comet.raw_lines == [b"null\r\n"]
+    assert jsonp.raw_lines == [b"cb(null);\r\n"]
+    assert sse.drain(0.0) == [END_EVENT]
     assert ws.ws.close_code == 1000
+    assert ws.drain(0.0) == []
     assert shared_broker.get(f"/stats/{queue}").json() == {
         "redis": shared_broker.get(f"/stats/{queue}").json()["redis"],
         "queue": queue,
@@ -270,6 +292,39 @@ def test_two_daemons_broadcast_reaches_every_consumer_once_and_fast(two_brokers,
     assert latencies[len(latencies) // 2] <= 0.050, latencies
 
 
+def test_delete_on_one_daemon_ends_every_stream_on_every_daemon(two_brokers, queue):
+    a, b = two_brokers
+    streams = {}
+    for name, broker in (("A", a), ("B", b)):
+        streams[name] = {
+            "comet": HttpStream(broker.port, queue).start(),
+            "jsonp": HttpStream(broker.port, queue, query="?callback=cb").start(),
+            "sse": HttpStream(broker.port, queue, sse=True).start(),
+            "ws": WebSocketStream(broker.port, queue).start(),
+        }
+    wait_consumers(a, queue, 4)
+    wait_consumers(b, queue, 4)
+    assert b.post(f"/control/{queue}", status="stop").status == 200
+    post(b, queue, "never delivered")
+    answer = a.request("DELETE", f"/q/{queue}")
+    assert answer.status == 200
+    assert answer.json() == {"queue": queue, "status": 1}  # one message was pending
+    for name, on_broker in streams.items():
+        for kind, reader in on_broker.items():
+            assert reader.ended.wait(5), f"the {kind} stream on broker {name} did not end"
+        assert on_broker["comet"].raw_lines == [b"null\r\n"], name
+        assert on_broker["jsonp"].raw_lines == [b"cb(null);\r\n"], name
+        assert on_broker["sse"].drain(0.0) == [END_EVENT], name
+        assert on_broker["ws"].ws.close_code == 1000, name
+        assert on_broker["ws"].drain(0.0) == [], name
+    for broker in (a, b):
+        stats = broker.get(f"/stats/{queue}").json()
+        assert (stats["len"], stats["consumers"]) == (0, 0)
+    for on_broker in streams.values():
+        for reader in on_broker.values():
+            reader.close()
+
+
 def test_two_daemons_roundrobin_delivers_each_message_to_exactly_one_consumer(two_brokers, queue):
     a, b = two_brokers
     a.post(f"/p/{queue}", policy="roundrobin")
@@ -282,10 +337,7 @@ def test_two_daemons_roundrobin_delivers_each_message_to_exactly_one_consumer(tw
     wait_consumers(a, queue, 2)
     wait_consumers(b, queue, 2)
     keys = [post(a if i % 2 else b, queue, f"task {i}") for i in range(40)]
-    time.sleep(1.5)
-    got = []
-    for reader in readers:
-        got += [json.loads(x)["key"] for x in reader.drain(0.3)]
+    got = [key for keys_of_one in collect(readers, len(keys)) for key in keys_of_one]
     assert sorted(got) == sorted(keys)
     assert len(got) == len(set(got))
 
