@@ -401,3 +401,14 @@ def test_sse_streams_carry_a_keep_alive_comment(broker_factory, queue):
     key = post(broker, queue, "still works")
     assert stream.next_message() == {"key": key, "value": "still works"}
     stream.close()
+
+
+def test_stopping_the_broker_closes_websockets_with_going_away(broker_factory, queue):
+    broker = broker_factory()
+    ws = WebSocketStream(broker.port, queue).start()
+    comet = HttpStream(broker.port, queue).start()
+    wait_consumers(broker, queue, 2)
+    broker.stop()
+    assert ws.ended.wait(10) and comet.ended.wait(10)
+    assert ws.ws.close_code == 1001
+    assert comet.raw_lines == [b"null\r\n"]
