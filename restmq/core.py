@@ -13,7 +13,21 @@ key                         type     holds
 ``<q>:queuepolicy``         string   ``1`` broadcast, ``2`` roundrobin (absent: 1)
 ``queuestat::<q>``          string   ``1`` started, ``0`` stopped
 ``<q>:<n>:refcount``        string   how often message n was peeked
+``<q>:leased``              zset     keys handed out under a lease, scored by the
+                                     lease deadline (ms, Redis ``TIME``)
+``<q>:deliveries``          hash     message key -> times handed out under a lease
+``<q>:maxdeliveries``       string   deliveries before a message is dead (absent: no limit)
+``restmq:leasing``          zset     queues that have leases, scored by their earliest
+                                     deadline (what the sweepers read)
 ==========================  =======  =============================================
+
+The last four exist only once leases (or max_deliveries) are used, so a queue used
+without them keeps exactly the original keys. A leased message keeps its body until it is
+acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
+holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
+key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
+``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:<n>`` or ``:<n>:refcount``, or
+start with ``queuestat::``.
 
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
@@ -24,7 +38,7 @@ wake its streaming consumers at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -45,6 +59,10 @@ _POLICY_NAMES = {number: name for name, number in POLICIES.items()}
 STARTED, STOPPED = 1, 0
 POP_BYTES = 16 * 1024 * 1024  # a batch pop stops once its bodies reach this
 STREAM_BATCH_BYTES = 1024 * 1024  # likewise a batch taken for streaming consumers
+LEASING = "restmq:leasing"  # the leasing index (see the key table above)
+DEAD_SUFFIX = ":dead"  # the dead letters of q are the queue q:dead
+LEASE_RETURN_LIMIT = 1000  # overdue leases one script call ends at most
+SWEEP_QUEUES = 100  # queues one sweep step visits at most
 
 log = Logger(namespace="restmq.engine")
 
@@ -109,6 +127,8 @@ class QueueStats:
     length: int
     status: int  # 1 started, 0 stopped
     policy: str  # "broadcast" or "roundrobin"
+    leased: int = 0  # messages handed out under a lease and not yet acked
+    dead: int | None = None  # length of the dead-letter queue <q>:dead; None: no such queue
 
 
 @dataclass(frozen=True)
@@ -231,14 +251,15 @@ class QueueEngine:
     async def delete(self, queue: str, key: str) -> bool:
         """Delete one message of ``queue`` by its key; True if it was there."""
         validation.queue_name(queue)
-        if not isinstance(key, str) or not re.fullmatch(re.escape(queue) + r":\d+", key):
+        if not isinstance(key, str) or not self._is_message_key(queue, key):
             raise InvalidArgument(f"{str(key)[:80]!r} is not a message key of queue {queue!r}")
         return bool(await self.redis.run_script(_DELETE, [self._list(queue), key]))
 
     async def purge(self, queue: str) -> int:
-        """Delete every pending message of ``queue``; return how many there were."""
+        """Delete every pending and leased message of ``queue``; return how many there were."""
         validation.queue_name(queue)
-        return _int(await self.redis.run_script(_PURGE, [self._list(queue)], [self.channel(queue)]))
+        keys = [self._list(queue), self._leased(queue), self._deliveries(queue), LEASING]
+        return _int(await self.redis.run_script(_PURGE, keys, [self.channel(queue), queue]))
 
     # -- settings -----------------------------------------------------------
 
@@ -286,9 +307,11 @@ class QueueEngine:
         return sorted(_text(name) for name in await self.redis.execute("SMEMBERS", QUEUESET))
 
     async def stats(self) -> list[QueueStats]:
-        """Length, status and policy of every queue, in one call."""
+        """Length, status, policy, leases and dead letters of every queue, in one call."""
         flat = await self.redis.run_script(
-            _STATS, [QUEUESET], [self._status_key(""), ":queue", ":queuepolicy"]
+            _STATS,
+            [QUEUESET],
+            [self._status_key(""), ":queue", ":queuepolicy", ":leased", DEAD_SUFFIX],
         )
         return [
             QueueStats(
@@ -296,8 +319,10 @@ class QueueEngine:
                 length=_int(flat[i + 1]),
                 status=STOPPED if _text(flat[i + 2]) == "0" else STARTED,
                 policy=_POLICY_NAMES.get(_text(flat[i + 3]), "broadcast"),
+                leased=_int(flat[i + 4]),
+                dead=None if flat[i + 5] in ("", b"") else _int(flat[i + 5]),
             )
-            for i in range(0, len(flat or ()), 4)
+            for i in range(0, len(flat or ()), 6)
         ]
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
@@ -310,16 +335,21 @@ class QueueEngine:
                 self._status_key(queue),
                 self._policy_key(queue),
                 self._counter(queue),
+                self._leased(queue),
+                QUEUESET,
+                self._list(self._dead_queue(queue)),
             ],
-            [newest],
+            [newest, self._dead_queue(queue)],
         )
         stats = QueueStats(
             name=queue,
             length=_int(reply[0]),
             status=STOPPED if _text(reply[1]) == "0" else STARTED,
             policy=_POLICY_NAMES.get(_text(reply[2]), "broadcast"),
+            leased=_int(reply[4]),
+            dead=None if reply[5] in ("", b"") else _int(reply[5]),
         )
-        return QueueInfo(stats, _int(reply[3]), [_text(key) for key in reply[4:]])
+        return QueueInfo(stats, _int(reply[3]), [_text(key) for key in reply[6:]])
 
     # -- streaming consumers ------------------------------------------------
 
@@ -370,3 +400,264 @@ class QueueEngine:
         for message in messages:
             args += [message.key, message.value, message.ttl_ms]
         await self.redis.run_script(_REQUEUE, [self._list(queue)], args)
+
+    # -- leases (at-least-once delivery) ------------------------------------
+    #
+    # A lease hands a message out without deleting it: the taker acks it with the
+    # receipt it got (``<key>@<deliveries>``), or the lease runs out and the message
+    # goes back to the head of its queue, or to the dead letters ``<q>:dead`` once it
+    # was handed out max_deliveries times. A script touches only the leases its
+    # receipts name, except ``lease`` (which first ends the queue's overdue leases)
+    # and the sweeps. Times come from Redis ``TIME``, so brokers with different
+    # clocks agree on when a lease runs out.
+
+    @staticmethod
+    def _leased(queue: str) -> str:
+        return f"{queue}:leased"
+
+    @staticmethod
+    def _deliveries(queue: str) -> str:
+        return f"{queue}:deliveries"
+
+    @staticmethod
+    def _max_deliveries_key(queue: str) -> str:
+        return f"{queue}:maxdeliveries"
+
+    @staticmethod
+    def _dead_queue(queue: str) -> str:
+        return f"{queue}{DEAD_SUFFIX}"
+
+    @staticmethod
+    def _is_message_key(queue: str, key: str) -> bool:
+        """True if ``key`` names a message ``queue`` may hold.
+
+        That is ``<queue>:<n>``; a dead-letter queue ``q:dead`` also holds the
+        original keys ``q:<n>`` of the queue its messages died in.
+        """
+        owner = queue
+        while True:
+            if re.fullmatch(re.escape(owner) + r":[0-9]+", key):
+                return True
+            if not owner.endswith(DEAD_SUFFIX):
+                return False
+            owner = owner[: -len(DEAD_SUFFIX)]
+
+    def _receipt(self, queue: str, receipt: object) -> tuple[str, int]:
+        """The message key and delivery count a receipt names; InvalidArgument if it is
+        not a receipt of ``queue``."""
+        if isinstance(receipt, str) and len(receipt) <= 2 * validation.MAX_QUEUE_NAME:
+            key, at, count = receipt.rpartition("@")
+            if at and re.fullmatch(r"[0-9]{1,9}", count) and self._is_message_key(queue, key):
+                return key, int(count)
+        raise InvalidArgument(f"{str(receipt)[:80]!r} is not a receipt of queue {queue!r}")
+
+    def _receipts(self, queue: str, receipts: str | Sequence[str]) -> list[tuple[str, int]]:
+        if isinstance(receipts, str):
+            receipts = [receipts]
+        if not receipts:
+            raise InvalidArgument("a receipt is required")
+        if len(receipts) > validation.MAX_BATCH:
+            raise InvalidArgument(f"at most {validation.MAX_BATCH} receipts per request")
+        return [self._receipt(queue, receipt) for receipt in receipts]
+
+    def _lease_args(self, queue: str) -> list[Any]:
+        """KEYS and the first ARGV every lease script takes (see lua/lease_lib.lua)."""
+        return [QUEUESET, LEASING, self._status_key(""), self._channel_prefix, queue]
+
+    async def _run_lease_script(
+        self,
+        script: LuaScript,
+        queue: str,
+        args: Sequence[Any] = (),
+        on_late: Callable[[Any], object] | None = None,
+    ) -> Any:
+        common = self._lease_args(queue)
+        return await self.redis.run_script(script, common[:2], [*common[2:], *args], on_late)
+
+    async def lease(self, queue: str, seconds: int, n: int = 1) -> list[LeasedMessage]:
+        """Take up to ``n`` of the oldest live messages under a lease of ``seconds``.
+
+        In the same script the queue's overdue leases end first (back to the head, or
+        to ``<q>:dead``), so leases run out even when no broker sweeps. The messages
+        keep their bodies until acked; each comes with its receipt and how often it
+        was handed out under a lease. The batch stops at ``POP_BYTES`` of bodies (one
+        message at least). Leases that Redis grants after the caller was told 503 are
+        released at once, without counting as a delivery.
+        """
+        validation.queue_name(queue)
+        seconds = validation.lease_seconds(seconds)
+        n = validation.batch_size(n)
+
+        def release_late(reply: list) -> None:
+            taken = self._leased_messages(reply, seconds)
+            if taken:
+                d = defer.ensureDeferred(
+                    self.release(queue, [m.receipt for m in taken], delivered=False)
+                )
+                d.addErrback(lambda f: log.failure("could not release leases of {q}", f, q=queue))
+
+        reply = await self._run_lease_script(
+            _LEASE, queue, [seconds * 1000, n, POP_BYTES, LEASE_RETURN_LIMIT], release_late
+        )
+        return self._leased_messages(reply, seconds)
+
+    @staticmethod
+    def _leased_messages(reply: list, seconds: int) -> list[LeasedMessage]:
+        deadline = _int(reply[0])
+        messages = []
+        for i in range(1, len(reply), 5):
+            key, deliveries = _text(reply[i]), _int(reply[i + 4])
+            messages.append(
+                LeasedMessage(
+                    key=key,
+                    value=_text(reply[i + 1]),
+                    count=_int(reply[i + 2]),
+                    ttl_ms=_int(reply[i + 3], -1),
+                    receipt=f"{key}@{deliveries}",
+                    deliveries=deliveries,
+                    lease=seconds,
+                    deadline_ms=deadline,
+                )
+            )
+        return messages
+
+    async def ack(self, queue: str, receipts: str | Sequence[str]) -> list[ReceiptResult]:
+        """Acknowledge leased messages by their receipts, in one script call.
+
+        A message is deleted (body, lease, delivery count) only while the lease its
+        receipt names is live; otherwise (ran out, the message was handed out again,
+        acked already) its result is ``done=False`` and nothing changes. A receipt
+        that is not one of ``queue`` is InvalidArgument and nothing is acked.
+        """
+        validation.queue_name(queue)
+        parsed = self._receipts(queue, receipts)
+        flat = [part for key, count in parsed for part in (key, count)]
+        reply = await self._run_lease_script(_ACK, queue, flat)
+        return self._receipt_results(parsed, reply)
+
+    async def extend(self, queue: str, receipt: str, seconds: int) -> bool:
+        """Make the lease of ``receipt`` end ``seconds`` from now; False if it is gone.
+
+        ``seconds == 0`` releases it: the message goes back to the head of the queue
+        at once (next to be taken), or to ``<q>:dead`` if it was handed out
+        max_deliveries times, as when a lease runs out.
+        """
+        validation.queue_name(queue)
+        seconds = validation.lease_seconds(seconds, release=True)
+        if seconds == 0:
+            return (await self.release(queue, [receipt]))[0].done
+        key, count = self._receipt(queue, receipt)
+        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [seconds * 1000, 1, key, count])
+        return bool(_int(reply[0]))
+
+    async def release(
+        self, queue: str, receipts: str | Sequence[str], *, delivered: bool = True
+    ) -> list[ReceiptResult]:
+        """End the live leases of ``receipts`` now, in one script call.
+
+        The messages go back to the head of the queue, the first receipt next to be
+        taken (what a leased stream's consumer held when it went away). With
+        ``delivered=False`` the messages never reached anyone (taken for a consumer
+        that was gone, or granted after a timeout): the delivery is not counted, so
+        it cannot send them to the dead letters.
+        """
+        validation.queue_name(queue)
+        parsed = self._receipts(queue, receipts)
+        flat = [part for key, count in parsed for part in (key, count)]
+        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [0, int(delivered), *flat])
+        return self._receipt_results(parsed, reply)
+
+    @staticmethod
+    def _receipt_results(parsed: list[tuple[str, int]], reply: list) -> list[ReceiptResult]:
+        return [
+            ReceiptResult(receipt=f"{key}@{count}", key=key, done=bool(_int(done)))
+            for (key, count), done in zip(parsed, reply, strict=True)
+        ]
+
+    async def requeue_overdue(self, queue: str, limit: int = LEASE_RETURN_LIMIT) -> int:
+        """End up to ``limit`` of ``queue``'s leases that ran out; return how many.
+
+        The messages go back to the head of the queue (the lease that ran out first
+        nearest the head, ties oldest message first), or to ``<q>:dead`` when handed
+        out max_deliveries times; either queue's consumers are woken on every broker.
+        When more than ``limit`` ran out, those that ran out last go first, so that
+        the next call puts the earlier ones in front of them and the order holds.
+        """
+        validation.queue_name(queue)
+        back, dead = await self._run_lease_script(_REQUEUE_OVERDUE, queue, [limit])
+        return _int(back) + _int(dead)
+
+    async def sweep_leases(
+        self, max_queues: int = SWEEP_QUEUES, max_leases: int = LEASE_RETURN_LIMIT
+    ) -> SweepResult:
+        """One bounded sweep step over every queue: end leases that ran out.
+
+        Visits at most ``max_queues`` queues whose earliest lease has run out (read
+        from the leasing index) and ends at most ``max_leases`` leases, in one script
+        call. ``more`` says that overdue leases remain: call again.
+        """
+        reply = await self.redis.run_script(
+            _SWEEP_LEASES,
+            [QUEUESET, LEASING],
+            [self._status_key(""), self._channel_prefix, max_queues, max_leases],
+        )
+        return SweepResult(*(_int(part) for part in reply[:3]), more=bool(_int(reply[3])))
+
+    async def set_max_deliveries(self, queue: str, n: int) -> int:
+        """Deliveries after which an unacked message goes to ``<q>:dead``; 0: no limit."""
+        validation.queue_name(queue)
+        n = validation.max_deliveries(n)
+        if n:
+            await self.redis.execute("SET", self._max_deliveries_key(queue), n)
+        else:  # absent means no limit: an unlimited queue keeps the original keys
+            await self.redis.execute("DEL", self._max_deliveries_key(queue))
+        return n
+
+    async def get_max_deliveries(self, queue: str) -> int:
+        """The queue's max_deliveries; 0 when there is no limit."""
+        validation.queue_name(queue)
+        return _int(await self.redis.execute("GET", self._max_deliveries_key(queue)))
+
+
+# -- leases: results and scripts -----------------------------------------
+
+
+@dataclass(frozen=True)
+class LeasedMessage(TakenMessage):
+    """A message handed out under a lease: it stays stored until acked."""
+
+    receipt: str = ""  # ``<key>@<deliveries>``: what ack, extend and release need
+    deliveries: int = 0  # times handed out under a lease, this time included
+    lease: int = 0  # seconds the lease lasts
+    deadline_ms: int = 0  # when it runs out, ms since the epoch by Redis TIME
+
+
+@dataclass(frozen=True)
+class ReceiptResult:
+    """What an ack or release did with one receipt."""
+
+    receipt: str
+    key: str
+    done: bool  # False: the lease had run out, or the receipt is of an earlier delivery
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    queues: int  # queues visited
+    requeued: int  # messages put back at the head of their queue
+    dead: int  # messages moved to their dead-letter queue
+    more: bool = False  # leases that ran out remain: sweep again
+
+
+def _lease_script(name: str) -> LuaScript:
+    """A lease script with the shared lease functions (lua/lease_lib.lua) in front."""
+    lua = resources.files("restmq").joinpath("lua")
+    library = lua.joinpath("lease_lib.lua").read_text("utf-8")
+    return LuaScript(name, library + "\n" + lua.joinpath(f"{name}.lua").read_text("utf-8"))
+
+
+_LEASE = _lease_script("lease")
+_ACK = _lease_script("ack")
+_CHANGE_LEASE = _lease_script("change_lease")
+_REQUEUE_OVERDUE = _lease_script("requeue_overdue")
+_SWEEP_LEASES = _lease_script("sweep_leases")

@@ -72,3 +72,31 @@ def batch_size(value: object) -> int:
     if not 1 <= n <= MAX_BATCH:
         raise InvalidArgument(f"n must be a whole number from 1 to {MAX_BATCH}, not {n}")
     return n
+
+
+MAX_LEASE = 12 * 3600  # seconds a lease may last
+MAX_DELIVERIES = 1000  # the highest max_deliveries a queue may have
+
+
+def _whole_number(value: object, what: str, low: int, high: int) -> int:
+    """``value`` (an int or its decimal text) if it is from ``low`` to ``high``."""
+    error = f"{what} must be a whole number from {low} to {high}"
+    if isinstance(value, bool):
+        raise InvalidArgument(error)
+    try:
+        number = value if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise InvalidArgument(f"{error}, not {str(value)[:40]!r}") from None
+    if not low <= number <= high:
+        raise InvalidArgument(f"{error}, not {number}")
+    return number
+
+
+def lease_seconds(value: object, *, release: bool = False) -> int:
+    """A lease length in seconds: 1 to MAX_LEASE; 0 too when ``release`` (ends it now)."""
+    return _whole_number(value, "lease", 0 if release else 1, MAX_LEASE)
+
+
+def max_deliveries(value: object) -> int:
+    """A queue's max_deliveries: 0 (no limit) to MAX_DELIVERIES."""
+    return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)

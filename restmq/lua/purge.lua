@@ -1,7 +1,9 @@
--- Empty a queue: delete every pending message (body and peek counter) and the list of keys.
--- KEYS: 1 <q>:queue
--- ARGV: 1 wake-up channel
--- Returns the number of messages that were pending (entries of the list, expired ones too).
+-- Empty a queue: delete every pending message (body and peek counter) and the list of keys,
+-- and every leased message with its lease and delivery count.
+-- KEYS: 1 <q>:queue, 2 <q>:leased, 3 <q>:deliveries, 4 the leasing index
+-- ARGV: 1 wake-up channel, 2 queue name
+-- Returns the number of messages deleted (pending entries of the list, expired ones too,
+-- and leased messages).
 local removed = 0
 local batch = 500
 while true do
@@ -13,5 +15,16 @@ while true do
   removed = removed + #keys
   redis.call('LTRIM', KEYS[1], #keys, -1)
 end
+while true do
+  local keys = redis.call('ZRANGE', KEYS[2], 0, batch - 1)
+  if #keys == 0 then break end
+  for _, key in ipairs(keys) do
+    redis.call('DEL', key, key .. ':refcount')
+  end
+  removed = removed + #keys
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, #keys - 1)
+end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('PUBLISH', ARGV[1], 'purge')
 return removed

@@ -1,12 +1,21 @@
--- One queue's length, status, policy, message counter and newest pending keys.
--- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:UUID
--- ARGV: 1 how many of the newest keys
--- Returns: length, status ('' unset), policy ('' unset), counter ('' unset), key, key, ...
+-- One queue's length, status, policy, message counter, leases, dead letters and newest
+-- pending keys.
+-- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:UUID, 5 <q>:leased,
+--       6 QUEUESET, 7 <q>:dead:queue
+-- ARGV: 1 how many of the newest keys, 2 the dead-letter queue's name (<q>:dead)
+-- Returns: length, status ('' unset), policy ('' unset), counter ('' unset), leased,
+--          dead ('' when there is no dead-letter queue), key, key, ...
+local dead = ''
+if redis.call('SISMEMBER', KEYS[6], ARGV[2]) == 1 then
+  dead = redis.call('LLEN', KEYS[7])
+end
 local out = {
   redis.call('LLEN', KEYS[1]),
   redis.call('GET', KEYS[2]) or '',
   redis.call('GET', KEYS[3]) or '',
   redis.call('GET', KEYS[4]) or '',
+  redis.call('ZCARD', KEYS[5]),
+  dead,
 }
 local n = tonumber(ARGV[1])
 if n > 0 then

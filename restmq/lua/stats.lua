@@ -1,19 +1,31 @@
--- Length, status and policy of every queue, in one call.
+-- Length, status, policy, leases and dead letters of every queue, in one call.
 -- KEYS: 1 QUEUESET
--- ARGV: 1 status key prefix, 2 list key suffix, 3 policy key suffix
--- Returns a flat list: name, length, status, policy, ... (status/policy '' when unset)
+-- ARGV: 1 status key prefix, 2 list key suffix, 3 policy key suffix, 4 leased key suffix,
+--       5 dead-letter queue suffix
+-- Returns a flat list: name, length, status, policy, leased, dead, ... (status/policy ''
+-- when unset; dead is the length of <q>:dead, '' when there is no such queue)
 -- A key that holds another type (something else wrote it) reads as empty rather than
 -- failing the whole listing, which is also the broker's readiness answer.
 local out = {}
 local names = redis.call('SMEMBERS', KEYS[1])
 table.sort(names)
+local known = {}
+for _, name in ipairs(names) do known[name] = true end
 for _, name in ipairs(names) do
   out[#out + 1] = name
   local length = redis.pcall('LLEN', name .. ARGV[2])
   local status = redis.pcall('GET', ARGV[1] .. name)
   local policy = redis.pcall('GET', name .. ARGV[3])
+  local leased = redis.pcall('ZCARD', name .. ARGV[4])
   out[#out + 1] = type(length) == 'number' and length or 0
   out[#out + 1] = type(status) == 'string' and status or ''
   out[#out + 1] = type(policy) == 'string' and policy or ''
+  out[#out + 1] = type(leased) == 'number' and leased or 0
+  local dead = ''
+  if known[name .. ARGV[5]] then
+    local n = redis.pcall('LLEN', name .. ARGV[5] .. ARGV[2])
+    dead = type(n) == 'number' and n or 0
+  end
+  out[#out + 1] = dead
 end
 return out

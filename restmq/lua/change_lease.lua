@@ -1,0 +1,29 @@
+-- Extend or release leases, each only if it is live and its delivery count matches
+-- its receipt. A lease of S > 0 ms now ends S ms from now; 0 releases the message at
+-- once: back to the head of the queue (the first receipt next to be taken), or to the
+-- dead letters when it was handed out max_deliveries times.
+-- ARGV: 3 queue, 4 new lease in ms (0: release), 5 1 if a released delivery counts,
+--       0 if it never reached anyone, then key, delivery count for each receipt
+-- Returns 1 (done) or 0 for each receipt, in order.
+local k = queue_keys(ARGV[3])
+local lease, counted = tonumber(ARGV[4]), ARGV[5] == '1'
+local now = now_ms()
+local out, released = {}, {}
+for i = 6, #ARGV, 2 do
+  local key = ARGV[i]
+  if holds(k, key, ARGV[i + 1], now) then
+    if lease > 0 then
+      redis.call('ZADD', k.leased, 'XX', now + lease, key)
+    else
+      released[#released + 1] = key
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #released > 0 then
+  end_leases(k, released, counted)
+end
+index_queue(k)
+return out

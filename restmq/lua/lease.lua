@@ -1,0 +1,35 @@
+-- Take up to N of the oldest live messages of a queue under a lease. First the queue's
+-- overdue leases end (back to the head, or to the dead letters), so that a lease runs
+-- out even when no broker is sweeping. A leased message keeps its body until acked.
+-- Keys whose body expired are dropped on the way, as a pop does; the batch stops once
+-- its bodies reach the byte budget (one message at least).
+-- ARGV: 3 queue, 4 lease in ms, 5 N, 6 byte budget, 7 most overdue leases to end first
+-- Returns a flat list: deadline (ms), then key, body, peek count, ms to live (-1 none),
+-- deliveries, for each message taken.
+local k = queue_keys(ARGV[3])
+local lease, wanted, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+return_overdue(k, now, tonumber(ARGV[7]))
+local deadline = now + lease
+local out = {deadline}
+local taken, bytes = 0, 0
+while taken < wanted and (taken == 0 or bytes < budget) do
+  local key = redis.call('RPOP', k.list)
+  if not key then break end
+  local body = redis.call('GET', key)
+  if body then
+    redis.call('ZADD', k.leased, deadline, key)
+    out[#out + 1] = key
+    out[#out + 1] = body
+    out[#out + 1] = redis.call('GET', key .. ':refcount') or '0'
+    out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = redis.call('HINCRBY', k.deliveries, key, 1)
+    taken = taken + 1
+    bytes = bytes + #body
+  else
+    redis.call('DEL', key .. ':refcount')
+    redis.call('HDEL', k.deliveries, key)
+  end
+end
+index_queue(k)
+return out
