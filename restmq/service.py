@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from restmq import __version__, acl
 from restmq.consumers import ConsumerRegistry
 from restmq.core import POLICIES, QueueEngine
+from restmq.leases import LeaseSweeper
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
@@ -133,6 +134,7 @@ class BrokerService(service.Service):
             trusted_proxies=options["trusted-proxies"],
         )
         self.broker = Broker(self.redis, engine, self.consumers, self.access)
+        self.lease_sweeper = LeaseSweeper(engine, reactor)
         self.application = BrokerApplication(
             self.broker, max_body=options["max-body"], header_timeout=options["header-timeout"]
         )
@@ -170,6 +172,7 @@ class BrokerService(service.Service):
         await self.redis.wait_until_ready()
         self.notifications.start()
         self.consumers.start(self.notifications)
+        self.lease_sweeper.start()
         interface = self.options["listen"]
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(
@@ -212,6 +215,7 @@ class BrokerService(service.Service):
             log.info("HTTP port closed")
         await self.consumers.stop()
         await self.notifications.stop()
+        await self.lease_sweeper.stop()
         await self.redis.disconnect()
         if self.valkey is not None:
             await self.valkey.stop()
