@@ -483,3 +483,22 @@ async def test_a_queue_never_leased_keeps_only_the_original_keys(engine, server)
     keys = server.command("KEYS", "*")
     assert sorted(keys) == sorted(k for k in keys if original.fullmatch(k))
     assert "plain:queue" in keys and "plain:4" in keys
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_broker_sweeps_leases_it_did_not_grant(shared_broker, queue):
+    """`twistd restmq` runs the sweeper: a lease granted by a broker now gone runs out."""
+    client = RedisClient(reactor, RedisAddress(socket=str(shared_broker.data_dir / "valkey.sock")))
+    client.connect()
+    try:
+        await client.wait_until_ready()
+        granting = QueueEngine(client)
+        await granting.add(queue, "job")
+        [message] = await granting.lease(queue, 1)
+    finally:
+        await client.disconnect()
+    await _wait_until(
+        lambda: shared_broker.redis("LLEN", f"{queue}:queue") == 1, what="the broker's sweep"
+    )
+    assert shared_broker.redis("ZCARD", f"{queue}:leased") == 0
+    assert shared_broker.redis("HGET", f"{queue}:deliveries", message.key) == "1"
