@@ -215,7 +215,7 @@ class QueueEngine:
         validation.queue_name(queue)
         flat = await self.redis.run_script(
             _POP,
-            [self._list(queue)],
+            [self._list(queue), self._deliveries(queue)],
             [n, POP_BYTES],
             on_late=lambda reply: self._requeue_late(queue, self._popped(reply)),
         )
@@ -253,7 +253,8 @@ class QueueEngine:
         validation.queue_name(queue)
         if not isinstance(key, str) or not self._is_message_key(queue, key):
             raise InvalidArgument(f"{str(key)[:80]!r} is not a message key of queue {queue!r}")
-        return bool(await self.redis.run_script(_DELETE, [self._list(queue), key]))
+        keys = [self._list(queue), key, self._leased(queue), self._deliveries(queue)]
+        return bool(await self.redis.run_script(_DELETE, keys))
 
     async def purge(self, queue: str) -> int:
         """Delete every pending and leased message of ``queue``; return how many there were."""
@@ -372,7 +373,12 @@ class QueueEngine:
         """
         reply = await self.redis.run_script(
             _TAKE_FOR_STREAMS,
-            [self._list(queue), self._status_key(queue), self._policy_key(queue)],
+            [
+                self._list(queue),
+                self._status_key(queue),
+                self._policy_key(queue),
+                self._deliveries(queue),
+            ],
             [roundrobin_batch, broadcast_batch, self.channel(queue), origin, max_bytes],
             on_late=None if on_late is None else lambda late: on_late(self._stream_batch(late)),
         )

@@ -502,3 +502,17 @@ async def test_a_running_broker_sweeps_leases_it_did_not_grant(shared_broker, qu
     )
     assert shared_broker.redis("ZCARD", f"{queue}:leased") == 0
     assert shared_broker.redis("HGET", f"{queue}:deliveries", message.key) == "1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_takes_and_deletes_leave_no_lease_behind(engine, server):
+    await engine.add_many("q", ["a", "b", "c", "d"])
+    leased = await engine.lease("q", 30, n=3)
+    await engine.release("q", [m.receipt for m in leased[:2]])  # q:1, q:2 back, counted
+    assert [m.key for m in await engine.pop_many("q", 1)] == ["q:1"]
+    batch = await engine.take_for_streams("q", roundrobin_batch=1, broadcast_batch=1, origin="x")
+    assert [m.key for m in batch.messages] == ["q:2"]
+    assert await engine.delete("q", "q:3") is True  # still leased
+    assert [r.done for r in await engine.ack("q", [leased[2].receipt])] == [False]
+    assert server.command("EXISTS", "q:leased", "q:deliveries") == 0
+    assert (await engine.info("q")).stats.leased == 0

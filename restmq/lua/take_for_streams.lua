@@ -2,7 +2,8 @@
 -- Nothing is taken from a stopped queue. Under the broadcast policy the batch is
 -- also published, so that every other broker sharing this Redis hands it to its
 -- own consumers; roundrobin batches go to this broker's consumers only.
--- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy
+-- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:deliveries (a taken
+--       message's lease count goes with it)
 -- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
 --       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
 --       stops once its bodies reach it; one message at least)
@@ -18,6 +19,7 @@ local wanted = tonumber(policy == '2' and ARGV[1] or ARGV[2])
 local out = {1, policy, 0, 0}
 local published = {}
 local taken, bytes, budget = 0, 0, tonumber(ARGV[5])
+local counted = redis.call('EXISTS', KEYS[4]) == 1
 while taken < wanted and (taken == 0 or bytes < budget) do
   local key = redis.call('RPOP', KEYS[1])
   if not key then break end
@@ -32,6 +34,7 @@ while taken < wanted and (taken == 0 or bytes < budget) do
     bytes = bytes + #body
   end
   redis.call('DEL', key, key .. ':refcount')
+  if counted then redis.call('HDEL', KEYS[4], key) end
 end
 if policy == '1' and taken > 0 then
   out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode({o = ARGV[4], m = published}))
