@@ -516,3 +516,19 @@ async def test_plain_takes_and_deletes_leave_no_lease_behind(engine, server):
     assert [r.done for r in await engine.ack("q", [leased[2].receipt])] == [False]
     assert server.command("EXISTS", "q:leased", "q:deliveries") == 0
     assert (await engine.info("q")).stats.leased == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sweeper_outlives_a_storage_outage(engine, server):
+    await engine.add("q", "job")
+    await engine.lease("q", 1)
+    sweeper = LeaseSweeper(engine, reactor, interval=0.05)
+    sweeper.start()
+    try:
+        server.stop()
+        await _sleep(1.1)  # sweeps fail meanwhile; the lease runs out
+        server.start()
+        await _wait_until(lambda: server.command("LLEN", "q:queue") == 1, what="the sweep")
+    finally:
+        await sweeper.stop()
+    assert (await engine.lease("q", 30))[0].receipt == "q:1@2"
