@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from restmq.core import LEASING, QueueEngine
-from restmq.errors import InvalidArgument
+from restmq.errors import InvalidArgument, StorageUnavailable
 from restmq.leases import LeaseSweeper
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.notify import Notifications
@@ -532,3 +532,26 @@ async def test_the_sweeper_outlives_a_storage_outage(engine, server):
     finally:
         await sweeper.stop()
     assert (await engine.lease("q", 30))[0].receipt == "q:1@2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_granted_after_the_caller_gave_up_is_released_uncounted(server):
+    client = RedisClient(
+        reactor, RedisAddress(host="127.0.0.1", port=server.port), call_timeout=0.2
+    )
+    client.connect()
+    try:
+        await client.wait_until_ready()
+        engine = QueueEngine(client)
+        await engine.set_max_deliveries("q", 1)
+        await engine.add_many("q", ["a", "b"])
+        server.command("CLIENT", "PAUSE", "500", "WRITE")  # Redis answers too late
+        with pytest.raises(StorageUnavailable):
+            await engine.lease("q", 30)
+        await _sleep(0.6)  # the pause is over: the lease has run, and its late reply came
+        await _wait_until(lambda: server.command("LLEN", "q:queue") == 2, what="the release")
+        assert server.command("EXISTS", "q:leased", "q:deliveries", "q:dead:queue") == 0
+        [again] = await engine.lease("q", 30)
+        assert (again.key, again.receipt) == ("q:1", "q:1@1")
+    finally:
+        await client.disconnect()
