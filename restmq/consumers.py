@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
-from restmq.errors import StorageUnavailable
+from restmq.errors import StorageUnavailable, TooManyConsumers
 
 log = Logger(namespace="restmq.consumers")
 
@@ -34,15 +34,6 @@ log = Logger(namespace="restmq.consumers")
 #: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
 CLOSE_NORMAL = 1000  # e.g. the queue was purged
 CLOSE_GOING_AWAY = 1001  # the broker is stopping
-
-
-class TooManyConsumers(Exception):
-    """The broker already serves ``--max-consumers`` streaming consumers."""
-
-
-def stream_payload(message: Message) -> dict[str, str]:
-    """What every streaming consumer (COMET, SSE, WebSocket) is sent for a message."""
-    return {"key": message.key, "value": message.value}
 
 
 @implementer(IPushProducer)
