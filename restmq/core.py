@@ -18,7 +18,7 @@ key                         type     holds
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
 adds, purges and setting changes, so that every broker sharing the Redis can
-wake its streaming consumers at once.
+wake its streaming consumers at once (restmq.notices, docs/brokers.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq import validation
+from restmq import notices, validation
 from restmq.errors import InvalidArgument
 from restmq.keyspace import STATUS_PREFIX
 from restmq.storage.client import LuaScript, RedisClient
@@ -174,7 +174,7 @@ class QueueEngine:
         keys = await self.redis.run_script(
             _ADD,
             [QUEUESET, self._counter(queue), self._list(queue), self._status_key(queue)],
-            [queue, ttl or 0, self.channel(queue), *values],
+            [queue, ttl or 0, self.channel(queue), notices.ADD, *values],
         )
         return [_text(key) for key in keys]
 
@@ -238,7 +238,11 @@ class QueueEngine:
     async def purge(self, queue: str) -> int:
         """Delete every pending message of ``queue``; return how many there were."""
         validation.queue_name(queue)
-        return _int(await self.redis.run_script(_PURGE, [self._list(queue)], [self.channel(queue)]))
+        return _int(
+            await self.redis.run_script(
+                _PURGE, [self._list(queue)], [self.channel(queue), notices.PURGE]
+            )
+        )
 
     # -- settings -----------------------------------------------------------
 
@@ -260,7 +264,7 @@ class QueueEngine:
         await self.redis.run_script(
             _SET_AND_NOTIFY,
             [self._policy_key(queue)],
-            [POLICIES[policy], self.channel(queue), "policy"],
+            [POLICIES[policy], self.channel(queue), notices.POLICY],
         )
         return policy
 
@@ -276,7 +280,7 @@ class QueueEngine:
         await self.redis.run_script(
             _SET_AND_NOTIFY,
             [self._status_key(queue)],
-            [status, self.channel(queue), "start" if started else "stop"],
+            [status, self.channel(queue), notices.START if started else notices.STOP],
         )
         return status
 
@@ -336,14 +340,25 @@ class QueueEngine:
         """Take a batch for streaming consumers in one atomic step (none if stopped).
 
         Under broadcast the batch is also published on the queue's channel as
-        ``{"o": origin, "m": [key, body, ...]}`` for the other brokers. The batch
+        ``{"v": 1, "o": origin, "m": [key, body, ...]}`` for the other brokers
+        (restmq.notices). The batch
         stops at ``max_bytes`` of bodies (one message at least). A batch Redis
         hands over after the caller gave up goes to ``on_late``.
         """
         reply = await self.redis.run_script(
             _TAKE_FOR_STREAMS,
             [self._list(queue), self._status_key(queue), self._policy_key(queue)],
-            [roundrobin_batch, broadcast_batch, self.channel(queue), origin, max_bytes],
+            [
+                roundrobin_batch,
+                broadcast_batch,
+                self.channel(queue),
+                origin,
+                max_bytes,
+                notices.BATCH_VERSION,
+                notices.VERSION_FIELD,
+                notices.ORIGIN_FIELD,
+                notices.MESSAGES_FIELD,
+            ],
             on_late=None if on_late is None else lambda late: on_late(self._stream_batch(late)),
         )
         return self._stream_batch(reply)
@@ -366,7 +381,7 @@ class QueueEngine:
         """Put taken messages back at the head of ``queue``, in order, ttl kept."""
         if not messages:
             return
-        args: list[Any] = [self.channel(queue)]
+        args: list[Any] = [self.channel(queue), notices.ADD]
         for message in messages:
             args += [message.key, message.value, message.ttl_ms]
         await self.redis.run_script(_REQUEUE, [self._list(queue)], args)

@@ -1,6 +1,6 @@
 -- Empty a queue: delete every pending message (body and peek counter) and the list of keys.
 -- KEYS: 1 <q>:queue
--- ARGV: 1 wake-up channel
+-- ARGV: 1 wake-up channel, 2 notice word (restmq.notices.PURGE)
 -- Returns the number of messages that were pending (entries of the list, expired ones too).
 local removed = 0
 local batch = 500
@@ -13,5 +13,5 @@ while true do
   removed = removed + #keys
   redis.call('LTRIM', KEYS[1], #keys, -1)
 end
-redis.call('PUBLISH', ARGV[1], 'purge')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return removed
