@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from restmq import acl, jsontext
+from restmq import acl, jsontext, validation
 from restmq.dispatch import dispatch, required_section
 from restmq.errors import InvalidArgument
 from restmq.web.base import BaseHandler
@@ -29,7 +29,9 @@ class JsonProtocolHandler(BaseHandler):
             await self.broker.check_access_async(self.request, acl.PRODUCER)
             raise
         await self.broker.check_access_async(self.request, required_section(command))
-        self.answer(await dispatch(self.operations, command, queue or None))
+        # The path's queue is part of the route: refused when malformed, even unused.
+        default_queue = validation.queue_name(queue) if queue else None
+        self.answer(await dispatch(self.operations, command, default_queue))
 
     def _command(self) -> Any:
         if self.is_json_body():

@@ -22,25 +22,26 @@ NO_CONTENT = "204 with no body"
 class Route:
     """How one REST route differs from the others."""
 
-    name: str  # as error messages name it
-    known: tuple[str, ...] = ()  # the only query/form arguments a GET accepts
-    on_empty: str = NOT_FOUND  # the answer when the queue is empty
-    value_fields: tuple[str, ...] = ("value", "msg")  # read in this order; the first wins
-    missing_value: str = "a message is required: send it as value=... (or msg=...)"
+    path: str  # as error messages name it
+    get_arguments: tuple[str, ...]  # the only arguments its GET (a pop) accepts
+    on_empty: str  # what its GET answers when the queue is empty
+    value_fields: tuple[str, ...]  # the POST form fields of a message; the first given wins
+    missing_value: str  # the POST error when no message was sent
 
 
-#: Arguments every GET accepts and never reads: jQuery's JSONP cache-buster.
+#: Accepted by every GET and never read: jQuery's JSONP cache-buster.
 IGNORED = ("_",)
 
 INDEX = Route(
-    name="GET /",
-    known=("queue", "callback"),
+    path="/",
+    get_arguments=("queue", "callback"),
     on_empty=NOT_FOUND,
     value_fields=("value", "msg"),
+    missing_value="a message is required: send it as value=... (or msg=...)",
 )
 QUEUE = Route(
-    name="GET /q/<queue>",
-    known=("callback", "n"),
+    path="/q/<queue>",
+    get_arguments=("callback", "n"),
     on_empty=NO_CONTENT,
     value_fields=("msg", "value"),  # the original stored ``msg or value`` here
     missing_value=(
@@ -58,12 +59,12 @@ class RestHandler(BaseHandler):
     def refuse_unknown_arguments(self) -> None:
         """A GET that may pop takes no argument it does not know, so that a typo or a
         newer client's option is refused rather than ignored while a message is taken."""
-        allowed = set(self.rules.known) | set(IGNORED)
-        unknown = sorted(name for name in self.request.arguments if name not in allowed)
+        known = self.rules.get_arguments
+        unknown = sorted(set(self.request.arguments) - set(known) - set(IGNORED))
         if unknown:
             raise InvalidArgument(
-                f"unknown argument {unknown[0][:40]!r} for {self.rules.name}; "
-                f"known: {', '.join(self.rules.known)}"
+                f"unknown argument {unknown[0][:40]!r} for GET {self.rules.path}; "
+                f"known: {', '.join(known)}"
             )
 
     def form_value(self) -> str:
