@@ -52,7 +52,7 @@ QUEUE = Route(
 
 
 class RestHandler(BaseHandler):
-    """Reading messages and arguments the way ``route`` says, and answering keys."""
+    """Reads arguments and messages as its ``rules`` (a row of the table above) say."""
 
     rules: Route
 
