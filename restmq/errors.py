@@ -1,8 +1,8 @@
 """The one family of errors the operations layer raises; each front end maps it to an answer.
 
-HTTP (restmq.web.base.as_api_error), XML-RPC faults (restmq.web.xmlrpc) and stream
-refusals (restmq.web.base.stream_refusal) each map this family in one place. Front
-ends never raise domain errors of their own.
+HTTP (restmq.web.base.as_api_error, which also answers refused COMET, SSE and
+WebSocket streams) and XML-RPC (restmq.web.xmlrpc.as_fault) each map this family
+in one place. Front ends never raise domain errors of their own.
 """
 
 from __future__ import annotations
