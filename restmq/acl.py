@@ -34,10 +34,15 @@ from restmq import passwd
 
 log = Logger(namespace="restmq.acl")
 
-SECTIONS = ("rest:producer", "rest:consumer", "comet:consumer", "websocket:consumer")
+#: The acl.conf sections; every front end names them through these constants.
+PRODUCER = "rest:producer"  # adding, purging, deleting, settings (POST/DELETE)
+CONSUMER = "rest:consumer"  # popping, peeking, reading settings and figures (GET)
+COMET = "comet:consumer"  # /c/<queue> streams (COMET and Server-Sent Events)
+WEBSOCKET = "websocket:consumer"  # /ws/<queue>
+SECTIONS = (PRODUCER, CONSUMER, COMET, WEBSOCKET)
 KEYS = ("hosts_allow", "hosts_deny", "username", "password")
 #: sections whose clients may also log in with the original ``auth=user:password`` cookie
-COOKIE_SECTIONS = frozenset({"websocket:consumer"})
+COOKIE_SECTIONS = frozenset({WEBSOCKET})
 REALM = "RestMQ Restricted Access"
 CHALLENGE = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 RELOAD_INTERVAL = 5.0  # seconds between looks at the file

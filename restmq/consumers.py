@@ -15,7 +15,6 @@ A slow periodic sweep only covers notices lost while pub/sub was reconnecting.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from restmq import notices
 from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
-from restmq.errors import StorageUnavailable
+from restmq.errors import StorageUnavailable, TooManyConsumers
 
 log = Logger(namespace="restmq.consumers")
 
@@ -34,15 +34,6 @@ log = Logger(namespace="restmq.consumers")
 #: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
 CLOSE_NORMAL = 1000  # e.g. the queue was purged
 CLOSE_GOING_AWAY = 1001  # the broker is stopping
-
-
-class TooManyConsumers(Exception):
-    """The broker already serves ``--max-consumers`` streaming consumers."""
-
-
-def stream_payload(message: Message) -> dict[str, str]:
-    """What every streaming consumer (COMET, SSE, WebSocket) is sent for a message."""
-    return {"key": message.key, "value": message.value}
 
 
 @implementer(IPushProducer)
@@ -266,11 +257,11 @@ class ConsumerRegistry:
         queue = self.engine.queue_of_channel(channel)
         if queue is None or queue not in self._queues:
             return
-        if message.startswith("{"):
+        if notices.is_batch(message):
             self._deliver_published(queue, message)
-        elif message in ("add", "start"):
+        elif message in (notices.ADD, notices.START):
             self.wake(queue)
-        elif message == "purge":
+        elif message == notices.PURGE:
             self.end_streams(queue, "queue purged")
 
     def end_streams(self, queue: str, reason: str) -> None:
@@ -414,18 +405,17 @@ class ConsumerRegistry:
 
     def _deliver_published(self, queue: str, payload: str) -> None:
         try:
-            batch = json.loads(payload)
-            if batch.get("o") == self.origin:
-                return  # our own batch, handed out when we took it
-            flat = batch["m"]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warn("ignored a malformed batch notice on queue {queue}", queue=queue)
+            batch = notices.decode_batch(payload)
+        except notices.UnreadableBatch as exc:
+            log.warn("ignored a batch notice on queue {queue}: {why}", queue=queue, why=exc)
             return
+        if batch.origin == self.origin:
+            return  # our own batch, handed out when we took it
         state = self._queues.get(queue)
         if state is None:
             return
-        for i in range(0, len(flat) - 1, 2):
-            message = Message(str(flat[i]), str(flat[i + 1]))
+        for key, body in batch.messages:
+            message = Message(key, body)
             for consumer in list(state.consumers):
                 consumer.send(message)
 

@@ -32,7 +32,7 @@ start with ``queuestat::``.
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
 adds, purges and setting changes, so that every broker sharing the Redis can
-wake its streaming consumers at once.
+wake its streaming consumers at once (restmq.notices, docs/brokers.md).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq import validation
+from restmq import notices, validation
 from restmq.errors import InvalidArgument
 from restmq.keyspace import STATUS_PREFIX
 from restmq.storage.client import LuaScript, RedisClient
@@ -182,19 +182,16 @@ class QueueEngine:
         return (await self.add_many(queue, [value], ttl))[0]
 
     async def add_many(self, queue: str, values: list[str], ttl: int | None = None) -> list[str]:
-        """Store several messages in one atomic step; return their keys in order."""
+        """Store several messages in one atomic step; return their keys in order.
+
+        The values are checked by restmq.operations; the name is checked here too,
+        as every key is built from it.
+        """
         validation.queue_name(queue)
-        if not values:
-            raise InvalidArgument("no message to add")
-        if len(values) > validation.MAX_BATCH:
-            raise InvalidArgument(f"at most {validation.MAX_BATCH} messages per request")
-        for value in values:
-            if not isinstance(value, str):
-                raise InvalidArgument("a message value must be text")
         keys = await self.redis.run_script(
             _ADD,
             [QUEUESET, self._counter(queue), self._list(queue), self._status_key(queue)],
-            [queue, ttl or 0, self.channel(queue), *values],
+            [queue, ttl or 0, self.channel(queue), notices.ADD, *values],
         )
         return [_text(key) for key in keys]
 
@@ -260,7 +257,8 @@ class QueueEngine:
         """Delete every pending and leased message of ``queue``; return how many there were."""
         validation.queue_name(queue)
         keys = [self._list(queue), self._leased(queue), self._deliveries(queue), LEASING]
-        return _int(await self.redis.run_script(_PURGE, keys, [self.channel(queue), queue]))
+        args = [self.channel(queue), queue, notices.PURGE]
+        return _int(await self.redis.run_script(_PURGE, keys, args))
 
     # -- settings -----------------------------------------------------------
 
@@ -282,7 +280,7 @@ class QueueEngine:
         await self.redis.run_script(
             _SET_AND_NOTIFY,
             [self._policy_key(queue)],
-            [POLICIES[policy], self.channel(queue), "policy"],
+            [POLICIES[policy], self.channel(queue), notices.POLICY],
         )
         return policy
 
@@ -298,7 +296,7 @@ class QueueEngine:
         await self.redis.run_script(
             _SET_AND_NOTIFY,
             [self._status_key(queue)],
-            [status, self.channel(queue), "start" if started else "stop"],
+            [status, self.channel(queue), notices.START if started else notices.STOP],
         )
         return status
 
@@ -367,7 +365,8 @@ class QueueEngine:
         """Take a batch for streaming consumers in one atomic step (none if stopped).
 
         Under broadcast the batch is also published on the queue's channel as
-        ``{"o": origin, "m": [key, body, ...]}`` for the other brokers. The batch
+        ``{"v": 1, "o": origin, "m": [key, body, ...]}`` for the other brokers
+        (restmq.notices). The batch
         stops at ``max_bytes`` of bodies (one message at least). A batch Redis
         hands over after the caller gave up goes to ``on_late``.
         """
@@ -379,7 +378,17 @@ class QueueEngine:
                 self._policy_key(queue),
                 self._deliveries(queue),
             ],
-            [roundrobin_batch, broadcast_batch, self.channel(queue), origin, max_bytes],
+            [
+                roundrobin_batch,
+                broadcast_batch,
+                self.channel(queue),
+                origin,
+                max_bytes,
+                notices.BATCH_VERSION,
+                notices.VERSION_FIELD,
+                notices.ORIGIN_FIELD,
+                notices.MESSAGES_FIELD,
+            ],
             on_late=None if on_late is None else lambda late: on_late(self._stream_batch(late)),
         )
         return self._stream_batch(reply)
@@ -402,7 +411,7 @@ class QueueEngine:
         """Put taken messages back at the head of ``queue``, in order, ttl kept."""
         if not messages:
             return
-        args: list[Any] = [self.channel(queue)]
+        args: list[Any] = [self.channel(queue), notices.ADD]
         for message in messages:
             args += [message.key, message.value, message.ttl_ms]
         await self.redis.run_script(_REQUEUE, [self._list(queue)], args)

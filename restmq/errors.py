@@ -1,10 +1,31 @@
-"""Errors every front end (REST, JSON protocol, XML-RPC, streams) maps to an answer."""
+"""The one family of errors the operations layer raises; each front end maps it to an answer.
+
+HTTP (restmq.web.base.as_api_error, which also answers refused COMET, SSE and
+WebSocket streams) and XML-RPC (restmq.web.xmlrpc.as_fault) each map this family
+in one place. Front ends never raise domain errors of their own.
+"""
 
 from __future__ import annotations
 
 
 class InvalidArgument(ValueError):
     """A client sent something the broker cannot accept (HTTP 400)."""
+
+
+class InvalidStatus(InvalidArgument):
+    """A status word other than start/stop (``/control`` answers it in its own shape)."""
+
+    def __init__(self, word: object) -> None:
+        super().__init__(f"invalid status: {word}")
+        self.word = word
+
+
+class EmptyQueue(LookupError):
+    """Nothing to take; each route answers it its own way (404, 204, a JSON body)."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} is empty")
+        self.queue = queue
 
 
 class DataConflict(Exception):
@@ -15,4 +36,15 @@ class StorageUnavailable(Exception):
     """Redis could not be reached in time; the request may be retried (HTTP 503)."""
 
 
-__all__ = ["DataConflict", "InvalidArgument", "StorageUnavailable"]
+class TooManyConsumers(Exception):
+    """The broker already serves ``--max-consumers`` streaming consumers (HTTP 503)."""
+
+
+__all__ = [
+    "DataConflict",
+    "EmptyQueue",
+    "InvalidArgument",
+    "InvalidStatus",
+    "StorageUnavailable",
+    "TooManyConsumers",
+]

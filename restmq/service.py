@@ -16,8 +16,9 @@ from twisted.logger import Logger
 
 from restmq import __version__, acl
 from restmq.consumers import ConsumerRegistry
-from restmq.core import POLICIES, QueueEngine
+from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
+from restmq.operations import Operations
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
@@ -29,7 +30,7 @@ log = Logger(namespace="restmq")
 
 
 class Broker:
-    """What the handlers reach through ``application.broker``: engine and consumers."""
+    """What the handlers reach through ``application.broker``: the operations, and acl."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class Broker:
         self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
+        self.operations = Operations(engine, consumers, self.describe_storage)
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -49,30 +51,6 @@ class Broker:
         if not self.redis.connected:
             return f"<Redis Connection: {where} - not connected>"
         return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
-
-    async def stats(self, queue: str | None = None) -> dict:
-        """The ``/stats/`` answer (XML-RPC's ``stats`` too): every queue, or ``queue``."""
-        redis = self.describe_storage()
-        if not queue:
-            queues = {
-                s.name: {
-                    "name": s.name,
-                    "len": s.length,
-                    "status": s.status,
-                    # the number the original stored: 1 broadcast, 2 roundrobin
-                    "policy": int(POLICIES[s.policy]),
-                    "consumers": self.consumers.count(s.name),
-                }
-                for s in await self.engine.stats()
-            }
-            return {"queues": queues, "redis": redis, "count": len(queues)}
-        length = await self.engine.length(queue)
-        return {
-            "redis": redis,
-            "queue": queue,
-            "len": length,
-            "consumers": self.consumers.count(queue),
-        }
 
     def access_is_open(self, section: str) -> bool:
         """True when acl.conf sets no rule for ``section`` (the common, fast case)."""

@@ -22,6 +22,10 @@ def queue_name(name: object) -> str:
             f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
             "and _ - . : @"
         )
+    if name in (".", ".."):
+        # A URL path segment . or .. is removed by clients (RFC 3986 5.2.4): such a
+        # queue could be written by some clients and never reached by others.
+        raise InvalidArgument(f"invalid queue name {name!r}: . and .. are path segments")
     if name.startswith(STATUS_PREFIX):
         # Its keys would be other queues' status keys (see restmq.keyspace).
         raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")

@@ -424,8 +424,11 @@ def test_control_with_jsonp(shared_broker, queue):
 
 def test_control_invalid_status_is_400(shared_broker, queue):
     b = shared_broker
-    assert_error(b.post(f"/control/{queue}", status="pause"), 400, "invalid status: pause")
-    assert_error(b.post(f"/control/{queue}"), 400, "invalid status: None")
+    # The original's shape, byte for byte: {"stat": ...}, not {"error": ...}
+    assert_answer(
+        b.post(f"/control/{queue}", status="pause"), line({"stat": "invalid status: pause"}), 400
+    )
+    assert_answer(b.post(f"/control/{queue}"), line({"stat": "invalid status: None"}), 400)
     assert b.redis("EXISTS", f"queuestat::{queue}") == 0
 
 

@@ -6,7 +6,9 @@
 --       message's lease count goes with it)
 -- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
 --       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
---       stops once its bodies reach it; one message at least)
+--       stops once its bodies reach it; one message at least), 6 batch version,
+--       7-9 the batch's field names for version, origin and messages
+--       (restmq.notices: the published batch is {"v": 1, "o": origin, "m": [key, body, ...]})
 -- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers
 --          the batch was published to, keys left in the queue, then key, body,
 --          ms to live (-1 none), ...
@@ -37,7 +39,11 @@ while taken < wanted and (taken == 0 or bytes < budget) do
   if counted then redis.call('HDEL', KEYS[4], key) end
 end
 if policy == '1' and taken > 0 then
-  out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode({o = ARGV[4], m = published}))
+  local batch = {}
+  batch[ARGV[7]] = tonumber(ARGV[6])
+  batch[ARGV[8]] = ARGV[4]
+  batch[ARGV[9]] = published
+  out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode(batch))
 end
 out[4] = redis.call('LLEN', KEYS[1])
 return out

@@ -178,7 +178,6 @@ class RedisClient:
         self._ever_connected = False
         self._closing = False
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
-        self._listeners: list[Callable[[bool], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -204,10 +203,6 @@ class RedisClient:
             return defer.succeed(None)
         return factory.disconnect()
 
-    def on_state_change(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(True)`` when storage comes up, ``listener(False)`` when it goes."""
-        self._listeners.append(listener)
-
     def _state_changed(self, up: bool) -> None:
         where = self.address.describe()
         if self._closing:
@@ -219,8 +214,6 @@ class RedisClient:
         else:
             log.warn("storage lost: no connection to Redis at {where}", where=where)
         self._ever_connected = self._ever_connected or up
-        for listener in self._listeners:
-            listener(up)
 
     def _refused(self, why: str) -> None:
         if self.refusal is None:

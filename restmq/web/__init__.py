@@ -1,1 +1,1 @@
-"""The HTTP side: a cyclone Application whose thin handlers call the engine."""
+"""The HTTP side: a cyclone Application whose thin handlers call restmq.operations."""

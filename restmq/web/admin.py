@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from restmq import validation
-from restmq.errors import InvalidArgument
-from restmq.web.base import ApiError, BaseHandler
+from restmq import acl, shapes
+from restmq.errors import InvalidStatus
+from restmq.web.base import BaseHandler
 
 
 class PolicyHandler(BaseHandler):
     """``/p/<queue>``: GET the delivery policy, POST ``policy=broadcast|roundrobin``."""
 
-    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+    access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER}
 
     async def get(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
-        policy = await self.engine.get_policy(queue)
-        self.answer({"queue": queue, "value": policy}, callback=callback)
+        self.answer(shapes.policy(await self.operations.policy(queue)), callback=callback)
 
     async def post(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
-        policy = self.arg("policy")
-        if not policy:
-            raise InvalidArgument("policy is required: policy=broadcast or policy=roundrobin")
-        await self.engine.set_policy(queue, policy)
+        await self.operations.set_policy(queue, self.arg("policy"))
+        # The original answers a bare OK; under JSONP it is quoted.
         if callback:
             self.answer("OK", callback=callback)
         else:
@@ -32,42 +27,42 @@ class PolicyHandler(BaseHandler):
 
 
 class ControlHandler(BaseHandler):
-    """``/control/<queue>``: GET the status; POST ``status=start|stop``. ``/control/``: all."""
+    """``/control/<queue>``: GET the status; POST ``status=start|stop``. ``/control/``: all.
 
-    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+    A status word other than start/stop is answered as the original did: 400 with
+    ``{"stat": "invalid status: X"}`` rather than the usual ``{"error": ...}``.
+    """
+
+    access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER}
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
-        redis = self.broker.describe_storage()
         if not queue:
-            stats = await self.engine.stats()
-            queues = {s.name: {"queue": s.name, "status": s.status} for s in stats}
-            self.answer({"redis": redis, "queues": queues, "count": len(queues)}, callback=callback)
+            self.answer(shapes.statuses(await self.operations.all_stats()), callback=callback)
             return
-        queue = validation.queue_name(queue)
-        status = await self.engine.get_status(queue)
-        self.answer(
-            {"redis": redis, "queue": queue, "status": {"queue": queue, "status": status}},
-            callback=callback,
-        )
+        status = await self.operations.status(queue)
+        storage = self.operations.describe_storage()
+        self.answer(shapes.status(storage, status), callback=callback)
 
     async def post(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
-        word = self.arg("status")
-        if word not in ("start", "stop"):
-            raise ApiError(400, f"invalid status: {word}; use status=start or status=stop")
-        status = await self.engine.set_status(queue, word == "start")
-        self.answer({"stat": {"queue": queue, "status": status}}, callback=callback)
+        try:
+            status = await self.operations.set_status(queue, self.arg("status"))
+        except InvalidStatus as invalid:
+            self.answer(shapes.invalid_status(invalid.word), 400, callback=callback)
+            return
+        self.answer(shapes.status_set(status), callback=callback)
 
 
 class StatsHandler(BaseHandler):
     """``/stats/<queue>``: a queue's length. ``/stats/``: every queue, and readiness."""
 
-    access = {"GET": "rest:consumer"}
+    access = {"GET": acl.CONSUMER}
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
         if queue:
-            queue = validation.queue_name(queue)
-        self.answer(await self.broker.stats(queue), callback=callback)
+            answer = shapes.one_stats(await self.operations.stats(queue))
+        else:
+            answer = shapes.all_stats(await self.operations.all_stats())
+        self.answer(answer, callback=callback)

@@ -1,6 +1,6 @@
 """BaseHandler: what every RestMQ HTTP handler shares.
 
-HTTP in (arguments, JSON bodies, the queue name from the path), engine call,
+HTTP in (arguments, JSON bodies, the queue name from the path), operation call,
 HTTP out (JSON answers ending in CRLF, JSONP, errors as JSON bodies).
 """
 
@@ -15,7 +15,13 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq import __version__, acl, jsontext, validation
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.errors import (
+    DataConflict,
+    EmptyQueue,
+    InvalidArgument,
+    StorageUnavailable,
+    TooManyConsumers,
+)
 from restmq.web import compat
 
 log = Logger(namespace="restmq.http")
@@ -39,17 +45,23 @@ def encode_json(obj: Any) -> str:
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
-    """The answer to one of our own errors; None for anything else (a 500)."""
+    """The HTTP answer to one of our own errors (restmq.errors); None for anything
+    else (a 500). Every HTTP route, streams and WebSocket handshakes included, maps
+    errors here; a route that answers one differently says so in its own table."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InvalidArgument):
         return ApiError(400, str(exc))
     if isinstance(exc, acl.Refused):  # 403, or 401 with its Basic challenge
         return ApiError(exc.status, exc.message, exc.headers)
+    if isinstance(exc, EmptyQueue):
+        return ApiError(404, str(exc))
     if isinstance(exc, DataConflict):
         return ApiError(409, str(exc))
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, str(exc), {"Retry-After": "1"})
+    if isinstance(exc, TooManyConsumers):  # a stream or WebSocket beyond --max-consumers
+        return ApiError(503, str(exc), {"Retry-After": "5"})
     return None
 
 
@@ -111,7 +123,7 @@ class BrokerRequestMixin:
 
 
 class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
-    """Thin handlers: parse, call the engine, answer. Errors become JSON bodies."""
+    """Thin handlers: parse, call an operation, answer. Errors become JSON bodies."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
 
@@ -122,8 +134,9 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
         self._headers["Server"] = SERVER  # called by clear() for every response
 
     @property
-    def engine(self):
-        return self.application.broker.engine
+    def operations(self):
+        """The queue operations (restmq.operations) every handler calls."""
+        return self.application.broker.operations
 
     # -- request parsing ----------------------------------------------------
 

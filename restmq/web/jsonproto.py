@@ -1,22 +1,13 @@
-"""``/queue`` and ``/queue/<name>``: the JSON protocol over HTTP."""
+"""``/queue`` and ``/queue/<name>``: the JSON protocol over HTTP (see restmq.dispatch)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from restmq import jsontext, validation
-from restmq.dispatch import CONSUMING, dispatch
+from restmq import acl, jsontext, validation
+from restmq.dispatch import dispatch, required_section
 from restmq.errors import InvalidArgument
 from restmq.web.base import BaseHandler
-
-PRODUCER, CONSUMER = "rest:producer", "rest:consumer"
-
-
-def required_section(command: Any) -> str:
-    """The acl.conf section a command needs: ``get``/``take`` consume, anything else produces."""
-    if isinstance(command, dict) and command.get("cmd") in CONSUMING:
-        return CONSUMER
-    return PRODUCER
 
 
 class JsonProtocolHandler(BaseHandler):
@@ -25,7 +16,7 @@ class JsonProtocolHandler(BaseHandler):
     POST is checked per command, as XML-RPC checks per method, once the command is read.
     """
 
-    access = {"GET": "rest:consumer"}
+    access = {"GET": acl.CONSUMER}
 
     def get(self, queue: str | None = None) -> None:
         self.redirect("/static/help.html")
@@ -35,11 +26,12 @@ class JsonProtocolHandler(BaseHandler):
             command = self._command()
         except InvalidArgument:
             # An unreadable command could be anything: only a producer learns why.
-            await self.broker.check_access_async(self.request, PRODUCER)
+            await self.broker.check_access_async(self.request, acl.PRODUCER)
             raise
         await self.broker.check_access_async(self.request, required_section(command))
+        # The path's queue is part of the route: refused when malformed, even unused.
         default_queue = validation.queue_name(queue) if queue else None
-        self.answer(await dispatch(self.engine, command, default_queue))
+        self.answer(await dispatch(self.operations, command, default_queue))
 
     def _command(self) -> Any:
         if self.is_json_body():

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import cyclone.web
 
-from restmq import validation
+from restmq import acl
 from restmq.web import compat
 from restmq.web.base import SERVER, BaseHandler, BrokerRequestMixin, write_json_error
 
 
 async def queue_list_page(handler: BaseHandler) -> None:
     """``/q/``: every queue as a link to its REST route."""
-    queues = await handler.engine.queues()
+    queues = await handler.operations.queues()
     handler.render("queues.html", queues=queues)
 
 
 class JobsHandler(BaseHandler):
     """``/j/<queue>``: name, message counter, pending count and the 10 newest pending keys."""
 
-    access = {"GET": "rest:consumer"}  # the original left /j/ open
+    access = {"GET": acl.CONSUMER}  # the original left /j/ open
 
     async def get(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
-        info = await self.engine.info(queue, newest=10)
-        self.render("jobs.html", queue=queue, info=info)
+        info = await self.operations.info(queue, newest=10)
+        self.render("jobs.html", queue=info.stats.name, info=info)
 
 
 class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
@@ -33,7 +32,7 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
     the method; errors are JSON, and a malformed If-Modified-Since is ignored (D13).
     """
 
-    access = dict.fromkeys(cyclone.web.StaticFileHandler.SUPPORTED_METHODS, "rest:consumer")
+    access = dict.fromkeys(cyclone.web.StaticFileHandler.SUPPORTED_METHODS, acl.CONSUMER)
 
     def prepare(self):
         compat.drop_bad_if_modified_since(self.request)

@@ -1,32 +1,78 @@
-"""The REST routes: ``/`` and ``/q/<queue>`` (produce, pop, batch pop, purge)."""
+"""The REST routes: ``/`` and ``/q/<queue>`` (produce, pop, batch pop, purge).
+
+Each handler reads HTTP, calls one operation and renders its result. Where the
+routes differ (the original's choices, kept for its clients) the table below
+says so; nothing else in this module decides a route's answer.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from restmq import jsontext, validation
-from restmq.core import Message
-from restmq.errors import InvalidArgument
-from restmq.web.base import ApiError, BaseHandler
+from restmq import acl, jsontext, shapes
+from restmq.errors import EmptyQueue, InvalidArgument
+from restmq.web.base import BaseHandler
 from restmq.web.pages import queue_list_page
 
+NOT_FOUND = "404 with an error body"
+NO_CONTENT = "204 with no body"
 
-def message_json(message: Message) -> dict[str, Any]:
-    return {"key": message.key, "value": message.value, "count": message.count}
+
+@dataclass(frozen=True)
+class Route:
+    """How one REST route differs from the others."""
+
+    path: str  # as error messages name it
+    get_arguments: tuple[str, ...]  # the only arguments its GET (a pop) accepts
+    on_empty: str  # what its GET answers when the queue is empty
+    value_fields: tuple[str, ...]  # the POST form fields of a message; the first given wins
+    missing_value: str  # the POST error when no message was sent
 
 
-class ProducerMixin:
-    """Reading one message (form ``value``/``msg``, or a JSON body) and answering its key."""
+#: Accepted by every GET and never read: jQuery's JSONP cache-buster.
+IGNORED = ("_",)
 
-    #: which form field wins when a client sends both (the original's choice per route)
-    value_fields: tuple[str, ...] = ("value", "msg")
+INDEX = Route(
+    path="/",
+    get_arguments=("queue", "callback"),
+    on_empty=NOT_FOUND,
+    value_fields=("value", "msg"),
+    missing_value="a message is required: send it as value=... (or msg=...)",
+)
+QUEUE = Route(
+    path="/q/<queue>",
+    get_arguments=("callback", "n"),
+    on_empty=NO_CONTENT,
+    value_fields=("msg", "value"),  # the original stored ``msg or value`` here
+    missing_value=(
+        "a message is required: send it as value=... (or msg=...), or as a JSON body "
+        '{"value": ...}; a JSON body needs Content-Type: application/json'
+    ),
+)
+
+
+class RestHandler(BaseHandler):
+    """Reads arguments and messages as its ``rules`` (a row of the table above) say."""
+
+    rules: Route
+
+    def refuse_unknown_arguments(self) -> None:
+        """A GET that may pop takes no argument it does not know, so that a typo or a
+        newer client's option is refused rather than ignored while a message is taken."""
+        known = self.rules.get_arguments
+        unknown = sorted(set(self.request.arguments) - set(known) - set(IGNORED))
+        if unknown:
+            raise InvalidArgument(
+                f"unknown argument {unknown[0][:40]!r} for GET {self.rules.path}; "
+                f"known: {', '.join(known)}"
+            )
 
     def form_value(self) -> str:
-        for name in self.value_fields:
+        for name in self.rules.value_fields:
             value = self.arg(name)
             if value:  # an empty field counts as missing, as it did in the original
                 return value
-        raise InvalidArgument("a message is required: send it as value=... (or msg=...)")
+        raise InvalidArgument(self.rules.missing_value)
 
     def answer_key(self, key: str, callback: str | None) -> None:
         # The original answers the bare key (``test:1``); under JSONP it is quoted.
@@ -35,84 +81,85 @@ class ProducerMixin:
         else:
             self.answer_text(key + "\r\n")
 
+    def answer_empty(self, empty: EmptyQueue) -> None:
+        if self.rules.on_empty == NO_CONTENT:
+            self.set_status(204)
+            self.clear_header("Content-Type")
+            self.finish()
+            return
+        raise empty  # NOT_FOUND: as_api_error's 404
 
-class IndexHandler(ProducerMixin, BaseHandler):
+
+class IndexHandler(RestHandler):
     """``/``: the original's all-in-one route. GET pops ``queue``; POST adds to it."""
 
-    access = {"GET": "rest:consumer", "POST": "rest:producer"}
+    access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER}
+    rules = INDEX
 
     async def get(self) -> None:
+        self.refuse_unknown_arguments()
         queue = self.arg("queue")
         if queue is None:
             self.redirect("/static/index.html")
             return
         callback = self.callback()
-        message = await self.engine.pop(validation.queue_name(queue))
-        if message is None:
-            raise ApiError(404, f"queue {queue!r} is empty")
-        self.answer(message_json(message), callback=callback)
+        try:
+            message = await self.operations.pop(queue)
+        except EmptyQueue as empty:
+            self.answer_empty(empty)
+            return
+        self.answer(shapes.message(message), callback=callback)
 
     async def post(self) -> None:
         callback = self.callback()
-        queue = validation.queue_name(self.arg("queue"))
-        value = self.form_value()
-        ttl = validation.ttl_seconds(self.arg("ttl"))
-        self.answer_key(await self.engine.add(queue, value, ttl), callback)
+        added = await self.operations.add(self.arg("queue"), self.form_value(), self.arg("ttl"))
+        self.answer_key(added.key, callback)
 
 
-class QueueHandler(ProducerMixin, BaseHandler):
+class QueueHandler(RestHandler):
     """``/q/<queue>``: GET pops (``?n=`` for a batch), POST adds, DELETE purges."""
 
-    access = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
-    value_fields = ("msg", "value")  # the original stored ``msg or value`` here
+    access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER, "DELETE": acl.PRODUCER}
+    rules = QUEUE
 
     async def get(self, queue: str) -> None:
         if not queue:
             await queue_list_page(self)
             return
-        queue = validation.queue_name(queue)
+        self.refuse_unknown_arguments()
         callback = self.callback()
         n = self.arg("n")
         if n is not None:
-            messages = await self.engine.pop_many(queue, validation.batch_size(n))
-            self.answer([message_json(m) for m in messages], callback=callback)
+            messages = await self.operations.pop_many(queue, n)
+            self.answer([shapes.message(m) for m in messages], callback=callback)
             return
-        message = await self.engine.pop(queue)
-        if message is None:
-            self.set_status(204)
-            self.clear_header("Content-Type")
-            self.finish()
+        try:
+            message = await self.operations.pop(queue)
+        except EmptyQueue as empty:
+            self.answer_empty(empty)
             return
-        self.answer(message_json(message), callback=callback)
+        self.answer(shapes.message(message), callback=callback)
 
     async def post(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
         if not self.is_json_body():
-            ttl = validation.ttl_seconds(self.arg("ttl"))
-            self.answer_key(await self.engine.add(queue, self.form_value(), ttl), callback)
+            added = await self.operations.add(queue, self.form_value(), self.arg("ttl"))
+            self.answer_key(added.key, callback)
             return
-        keys = await self._post_json(queue)
-        if isinstance(keys, list):
-            self.answer(keys, callback=callback)  # "values": the keys as a JSON array
-        else:
-            self.answer_key(keys, callback)  # "value": the bare key, as for a form
-
-    async def _post_json(self, queue: str) -> str | list[str]:
         body = self.json_body()
         if not isinstance(body, dict) or ("value" in body) == ("values" in body):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
-        ttl = validation.ttl_seconds(body.get("ttl", self.arg("ttl")))
-        if "values" in body:
-            values = body["values"]
-            if not isinstance(values, list) or not values:
-                raise InvalidArgument('"values" must be a non-empty list')
-            return await self.engine.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
-        return await self.engine.add(queue, jsontext.as_text(body["value"]), ttl)
+        ttl = body.get("ttl", self.arg("ttl"))
+        if "values" not in body:  # "value": the bare key, as for a form
+            added = await self.operations.add(queue, jsontext.as_text(body["value"]), ttl)
+            self.answer_key(added.key, callback)
+            return
+        values = body["values"]
+        if not isinstance(values, list) or not values:
+            raise InvalidArgument('"values" must be a non-empty list')
+        added = await self.operations.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
+        self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
 
     async def delete(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
-        purged = await self.engine.purge(queue)
-        # The original answered the DEL count of the list key: 1 if anything was pending.
-        self.answer({"queue": queue, "status": 1 if purged else 0}, callback=callback)
+        self.answer(shapes.purged(await self.operations.purge(queue)), callback=callback)

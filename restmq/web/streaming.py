@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from restmq import validation
-from restmq.consumers import CLOSE_NORMAL, StreamConsumer, TooManyConsumers, stream_payload
+from restmq import acl, shapes
+from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
 from restmq.web import compat
-from restmq.web.base import ApiError, BaseHandler, encode_json
+from restmq.web.base import BaseHandler, encode_json
 
 
 class HttpStreamConsumer(StreamConsumer):
@@ -19,7 +19,7 @@ class HttpStreamConsumer(StreamConsumer):
 
     @staticmethod
     def payload(message: Message) -> str:
-        return encode_json(stream_payload(message))
+        return encode_json(shapes.stream_message(message))
 
     def encode(self, message: Message) -> bytes:
         text = self.payload(message)
@@ -78,17 +78,13 @@ class CometConsumer(HttpStreamConsumer):
 class StreamHandler(BaseHandler):
     """Binds a streaming consumer to a queue, existing or not, until the client leaves."""
 
-    access = {"GET": "comet:consumer"}
+    access = {"GET": acl.COMET}
 
     def get(self, queue: str) -> None:
-        queue = validation.queue_name(queue)
         callback = self.callback()
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         consumer = SseConsumer(self, queue, None) if sse else CometConsumer(self, queue, callback)
-        try:
-            self.broker.consumers.add(consumer)
-        except TooManyConsumers as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
+        self.operations.open_stream(consumer)  # a bad name, or TooManyConsumers: no stream
         self.consumer = consumer
         self._auto_finish = False  # the response stays open
         compat.stream_without_keep_alive(self)
@@ -106,4 +102,4 @@ class StreamHandler(BaseHandler):
     def on_client_gone(self) -> None:
         consumer = getattr(self, "consumer", None)
         if consumer is not None:
-            self.broker.consumers.remove(consumer)
+            self.operations.close_stream(consumer)

@@ -15,10 +15,10 @@ from twisted.logger import Logger
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from restmq import acl, validation
-from restmq.consumers import CLOSE_NORMAL, StreamConsumer, TooManyConsumers, stream_payload
+from restmq import acl, shapes, validation
+from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
-from restmq.errors import InvalidArgument
+from restmq.errors import InvalidArgument, TooManyConsumers
 from restmq.web import compat
 from restmq.web.base import ApiError, BaseHandler, encode_json
 
@@ -38,7 +38,7 @@ class WebSocketConsumer(StreamConsumer):
         self.ws = ws
 
     def encode(self, message: Message) -> bytes:
-        return self.ws.send(TextMessage(data=encode_json(stream_payload(message))))
+        return self.ws.send(TextMessage(data=encode_json(shapes.stream_message(message))))
 
     def write(self, data: bytes) -> None:
         if not self.gone:
@@ -91,7 +91,7 @@ class WebSocketHandler(BaseHandler):
         # The answer waits for acl.conf's verdict (a scrypt password is checked in a
         # thread); meanwhile the HTTP connection keeps any bytes the client sent after
         # its handshake, unparsed, until _upgrade hands them to wsproto.
-        checking = self.broker.check_access_async(self.request, "websocket:consumer")
+        checking = self.broker.check_access_async(self.request, acl.WEBSOCKET)
         checking.addCallbacks(lambda _: self._upgrade(queue), self._refused)
         checking.addErrback(self._failed)
 
@@ -105,7 +105,7 @@ class WebSocketHandler(BaseHandler):
         if compat.client_is_gone(self):
             return
         if hasattr(self, "consumer"):  # already upgraded: no HTTP answer fits any more
-            self.broker.consumers.remove(self.consumer)
+            self.operations.close_stream(self.consumer)
             self.request.connection.transport.abortConnection()
         elif not self._finished:
             self.send_error(500)
@@ -118,9 +118,9 @@ class WebSocketHandler(BaseHandler):
         ws = Connection(ConnectionType.SERVER)
         consumer = WebSocketConsumer(queue, self.request.remote_ip, transport, ws)
         try:
-            self.broker.consumers.add(consumer)
+            self.operations.open_stream(consumer)
         except TooManyConsumers as exc:
-            self.send_error(503, exception=ApiError(503, str(exc), {"Retry-After": "5"}))
+            self._handle_request_exception(exc)  # answered like every refusal (as_api_error)
             return
         self.consumer = consumer
         self.ws = ws
@@ -197,10 +197,10 @@ class WebSocketHandler(BaseHandler):
         elif isinstance(event, Ping):
             self.consumer.transport.write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
-            self.broker.consumers.remove(self.consumer)
+            self.operations.close_stream(self.consumer)
             # The answer repeats the client's code and reason (RFC 6455 5.5.1).
             self.consumer.close(event.reason or "", code=event.code)
 
     def _connection_lost(self, result):
-        self.broker.consumers.remove(self.consumer)
+        self.operations.close_stream(self.consumer)
         return result

@@ -1,10 +1,11 @@
-"""XML-RPC at ``/xmlrpc`` and ``/RPC2``: the queue operations as methods, answered by the engine.
+"""XML-RPC at ``/xmlrpc`` and ``/RPC2``: the queue operations as methods.
 
-Every method is one QueueEngine call, the same ones the REST and JSON routes
-make, so an ``add`` here wakes streaming consumers exactly like a POST. Errors
-are Faults with stable codes (the constants below), always inside an HTTP 200 answer
-as XML-RPC wants. The standard library reads and writes the XML; cyclone's own
-XML-RPC handler is not used (cyclone-py3.md D19).
+Every method is one call of restmq.operations, the same ones the REST and JSON
+routes make, so an ``add`` here wakes streaming consumers exactly like a POST.
+Errors are Faults with stable codes (the constants below, mapped in ``as_fault``),
+always inside an HTTP 200 answer as XML-RPC wants. The standard library reads and
+writes the XML; cyclone's own XML-RPC handler is not used (it fails to import on
+Python 3).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from restmq import acl, jsontext, validation
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq import acl, jsontext, shapes
+from restmq.errors import DataConflict, EmptyQueue, InvalidArgument, StorageUnavailable
 from restmq.web.base import BaseHandler
 
 log = Logger(namespace="restmq.xmlrpc")
@@ -39,10 +40,6 @@ INTERNAL_ERROR = -32603  # a bug: the broker log has the details
 INTERNAL_ERROR_TEXT = "internal error; see the broker log"
 
 # -- arguments -----------------------------------------------------------------
-
-
-def _queue(value: Any) -> str:
-    return validation.queue_name(value)
 
 
 def _message_text(value: Any) -> str:
@@ -74,12 +71,6 @@ def _not_storable_inside(value: Any) -> Any:
     )
 
 
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{what} must be a non-empty string")
-    return value
-
-
 # -- methods -------------------------------------------------------------------
 
 Run = Callable[..., Awaitable[Any]]
@@ -102,70 +93,57 @@ class Method:
             )
 
 
-class EmptyQueue(Exception):
-    pass
-
-
-async def _set(handler: XmlRpcHandler, queue: Any, value: Any) -> str:
-    return await handler.engine.add(_queue(queue), _message_text(value))
+async def _add(handler: XmlRpcHandler, queue: Any, value: Any, ttl: Any = None) -> str:
+    """``add`` and the original's ``set`` (which has no ttl)."""
+    return (await handler.operations.add(queue, _message_text(value), ttl)).key
 
 
 async def _get(handler: XmlRpcHandler, queue: Any) -> str:
-    message = await handler.engine.pop(_queue(queue))
-    if message is None:
-        raise EmptyQueue(queue)
-    return message.value
-
-
-async def _add(handler: XmlRpcHandler, queue: Any, value: Any, ttl: Any = None) -> str:
-    queue = _queue(queue)
-    text = _message_text(value)
-    return await handler.engine.add(queue, text, validation.ttl_seconds(ttl))
+    return (await handler.operations.pop(queue)).value
 
 
 async def _take(handler: XmlRpcHandler, queue: Any) -> dict:
-    queue = _queue(queue)
-    message = await handler.engine.pop(queue)
-    if message is None:
-        raise EmptyQueue(queue)
-    return {"queue": queue, "key": message.key, "value": message.value}
+    message = await handler.operations.pop(queue)
+    return shapes.xmlrpc_taken(queue, message)
 
 
 async def _del(handler: XmlRpcHandler, queue: Any, key: Any) -> bool:
-    return await handler.engine.delete(_queue(queue), _text(key, "key"))
+    return (await handler.operations.delete(queue, key)).deleted
 
 
 async def _len(handler: XmlRpcHandler, queue: Any) -> int:
-    return await handler.engine.length(_queue(queue))
+    return await handler.operations.length(queue)
 
 
 async def _queues(handler: XmlRpcHandler) -> list[str]:
-    return await handler.engine.queues()
+    return await handler.operations.queues()
 
 
 async def _policy_get(handler: XmlRpcHandler, queue: Any) -> str:
-    return await handler.engine.get_policy(_queue(queue))
+    return (await handler.operations.policy(queue)).policy
 
 
 async def _policy_set(handler: XmlRpcHandler, queue: Any, policy: Any) -> str:
-    return await handler.engine.set_policy(_queue(queue), _text(policy, "policy"))
+    return (await handler.operations.set_policy(queue, policy)).policy
 
 
 async def _status(handler: XmlRpcHandler, queue: Any) -> int:
-    return await handler.engine.get_status(_queue(queue))
+    return (await handler.operations.status(queue)).status
 
 
 async def _start(handler: XmlRpcHandler, queue: Any) -> int:
-    return await handler.engine.set_status(_queue(queue), True)
+    return (await handler.operations.set_status(queue, "start")).status
 
 
 async def _stop(handler: XmlRpcHandler, queue: Any) -> int:
-    return await handler.engine.set_status(_queue(queue), False)
+    return (await handler.operations.set_status(queue, "stop")).status
 
 
 async def _stats(handler: XmlRpcHandler, queue: Any = None) -> dict:
     """The /stats answers: every queue, or one."""
-    return await handler.broker.stats(None if queue is None or queue == "" else _queue(queue))
+    if queue is None or queue == "":
+        return shapes.all_stats(await handler.operations.all_stats())
+    return shapes.one_stats(await handler.operations.stats(queue))
 
 
 async def _list_methods(handler: XmlRpcHandler) -> list[str]:
@@ -207,46 +185,45 @@ async def _multicall(handler: XmlRpcHandler, calls: Any) -> list:
     return results
 
 
-PRODUCER, CONSUMER = "rest:producer", "rest:consumer"
 _S, _I, _B, _STRUCT, _ARRAY = "string", "int", "boolean", "struct", "array"
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("set", _set, PRODUCER, ((_S, _S, _S),),
+        Method("set", _add, acl.PRODUCER, ((_S, _S, _S),),
                "set(queue, value) -> key: add a message (the original 2009 method)"),
-        Method("get", _get, CONSUMER, ((_S, _S),),
+        Method("get", _get, acl.CONSUMER, ((_S, _S),),
                "get(queue) -> value: take the oldest message and return its value "
                "(the original 2009 method); fault 404 when the queue is empty"),
-        Method("add", _add, PRODUCER, ((_S, _S, _S), (_S, _S, _S, _I)),
+        Method("add", _add, acl.PRODUCER, ((_S, _S, _S), (_S, _S, _S, _I)),
                "add(queue, value[, ttl]) -> key: add a message that expires after ttl seconds"),
-        Method("take", _take, CONSUMER, ((_STRUCT, _S),),
+        Method("take", _take, acl.CONSUMER, ((_STRUCT, _S),),
                "take(queue) -> {queue, key, value}: take the oldest message; "
                "fault 404 when the queue is empty"),
-        Method("del", _del, PRODUCER, ((_B, _S, _S),),
+        Method("del", _del, acl.PRODUCER, ((_B, _S, _S),),
                "del(queue, key) -> boolean: delete a pending message by key; "
                "true if it was there"),
-        Method("len", _len, CONSUMER, ((_I, _S),),
+        Method("len", _len, acl.CONSUMER, ((_I, _S),),
                "len(queue) -> int: number of pending messages"),
-        Method("queues", _queues, CONSUMER, ((_ARRAY,),),
+        Method("queues", _queues, acl.CONSUMER, ((_ARRAY,),),
                "queues() -> array: the names of all queues"),
-        Method("policy_get", _policy_get, CONSUMER, ((_S, _S),),
+        Method("policy_get", _policy_get, acl.CONSUMER, ((_S, _S),),
                "policy_get(queue) -> 'broadcast' or 'roundrobin'"),
-        Method("policy_set", _policy_set, PRODUCER, ((_S, _S, _S),),
+        Method("policy_set", _policy_set, acl.PRODUCER, ((_S, _S, _S),),
                "policy_set(queue, policy) -> policy: set 'broadcast' or 'roundrobin'"),
-        Method("status", _status, CONSUMER, ((_I, _S),),
+        Method("status", _status, acl.CONSUMER, ((_I, _S),),
                "status(queue) -> int: 1 started, 0 stopped"),
-        Method("start", _start, PRODUCER, ((_I, _S),),
+        Method("start", _start, acl.PRODUCER, ((_I, _S),),
                "start(queue) -> 1: deliver to streaming consumers again"),
-        Method("stop", _stop, PRODUCER, ((_I, _S),),
+        Method("stop", _stop, acl.PRODUCER, ((_I, _S),),
                "stop(queue) -> 0: hold messages back from streaming consumers"),
-        Method("stats", _stats, CONSUMER, ((_STRUCT,), (_STRUCT, _S)),
+        Method("stats", _stats, acl.CONSUMER, ((_STRUCT,), (_STRUCT, _S)),
                "stats([queue]) -> struct: the /stats/ answer for every queue, or for one"),
-        Method("system.listMethods", _list_methods, CONSUMER, ((_ARRAY,),),
+        Method("system.listMethods", _list_methods, acl.CONSUMER, ((_ARRAY,),),
                "system.listMethods() -> array: the names of all methods"),
-        Method("system.methodHelp", _method_help, CONSUMER, ((_S, _S),),
+        Method("system.methodHelp", _method_help, acl.CONSUMER, ((_S, _S),),
                "system.methodHelp(name) -> string: what a method does"),
-        Method("system.methodSignature", _method_signature, CONSUMER, ((_ARRAY, _S),),
+        Method("system.methodSignature", _method_signature, acl.CONSUMER, ((_ARRAY, _S),),
                "system.methodSignature(name) -> array of [return type, argument types...]"),
         Method("system.multicall", _multicall, None, ((_ARRAY, _ARRAY),),
                "system.multicall([{methodName, params}, ...]) -> array: each result as "
@@ -256,6 +233,22 @@ METHODS: dict[str, Method] = {
 
 
 # -- the wire ------------------------------------------------------------------
+
+
+def as_fault(exc: Exception) -> xmlrpc.client.Fault:
+    """The Fault for one of our own errors (restmq.errors, acl refusals)."""
+    if isinstance(exc, acl.Refused):  # UNAUTHORIZED or FORBIDDEN
+        return xmlrpc.client.Fault(exc.status, exc.message)
+    if isinstance(exc, InvalidArgument):
+        return xmlrpc.client.Fault(INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, EmptyQueue):
+        return xmlrpc.client.Fault(EMPTY_QUEUE, str(exc))
+    if isinstance(exc, DataConflict):
+        return xmlrpc.client.Fault(DATA_CONFLICT, str(exc))
+    if isinstance(exc, StorageUnavailable):
+        return xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc))
+    return xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
+
 
 # Characters XML 1.0 cannot carry at all; such text travels as base64 instead.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -338,20 +331,12 @@ class XmlRpcHandler(BaseHandler):
                 await self.broker.check_access_async(self.request, method.section)
             method.check_arguments(params)
             return await method.run(self, *params)
-        except acl.Refused as refusal:  # UNAUTHORIZED or FORBIDDEN
-            log.info(
-                "XML-RPC {method} refused for {client}: {error}",
-                method=name,
-                client=self.request.remote_ip,
-                error=refusal.message,
-            )
-            raise xmlrpc.client.Fault(refusal.status, refusal.message) from None
-        except InvalidArgument as exc:
-            raise xmlrpc.client.Fault(INVALID_ARGUMENT, str(exc)) from None
-        except EmptyQueue as exc:
-            raise xmlrpc.client.Fault(EMPTY_QUEUE, f"queue {exc.args[0]!r} is empty") from None
-        except DataConflict as exc:
-            raise xmlrpc.client.Fault(DATA_CONFLICT, str(exc)) from None
+        except acl.Refused as exc:
+            log.info("XML-RPC {method} refused for {client}: {error}",
+                     method=name, client=self.request.remote_ip, error=exc.message)  # fmt: skip
+            raise as_fault(exc) from None
         except StorageUnavailable as exc:
             log.warn("XML-RPC {method}: {error}", method=name, error=exc)
-            raise xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc)) from None
+            raise as_fault(exc) from None
+        except (InvalidArgument, EmptyQueue, DataConflict) as exc:
+            raise as_fault(exc) from None

@@ -1,0 +1,114 @@
+"""The bodies each wire format answers, built in one place per format.
+
+Front ends pass operation results (restmq.operations) through these functions;
+none of them spells a body itself. The shapes are the original RestMQ's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from restmq.core import POLICIES, Message
+from restmq.operations import AllStats, Deleted, OneStats, Policy, Purged, Status
+
+# -- REST: JSON over HTTP (/, /q, /p, /control, /stats) ------------------------
+
+
+def message(m: Message) -> dict[str, Any]:
+    """A popped message: ``{"key", "value", "count"}``."""
+    return {"key": m.key, "value": m.value, "count": m.count}
+
+
+def purged(result: Purged) -> dict[str, Any]:
+    # The original answered the DEL count of the list key: 1 if anything was pending.
+    return {"queue": result.queue, "status": 1 if result.count else 0}
+
+
+def policy(result: Policy) -> dict[str, Any]:
+    return {"queue": result.queue, "value": result.policy}
+
+
+def status(storage: str, result: Status) -> dict[str, Any]:
+    return {
+        "redis": storage,
+        "queue": result.queue,
+        "status": {"queue": result.queue, "status": result.status},
+    }
+
+
+def statuses(result: AllStats) -> dict[str, Any]:
+    queues = {
+        row.stats.name: {"queue": row.stats.name, "status": row.stats.status}
+        for row in result.queues
+    }
+    return {"redis": result.storage, "queues": queues, "count": len(queues)}
+
+
+def status_set(result: Status) -> dict[str, Any]:
+    return {"stat": {"queue": result.queue, "status": result.status}}
+
+
+def invalid_status(word: object) -> dict[str, Any]:
+    return {"stat": f"invalid status: {word}"}
+
+
+def all_stats(result: AllStats) -> dict[str, Any]:
+    """``/stats/`` (and XML-RPC ``stats()``): every queue."""
+    queues = {
+        row.stats.name: {
+            "name": row.stats.name,
+            "len": row.stats.length,
+            "status": row.stats.status,
+            # the number the original stored: 1 broadcast, 2 roundrobin
+            "policy": int(POLICIES[row.stats.policy]),
+            "consumers": row.consumers,
+        }
+        for row in result.queues
+    }
+    return {"queues": queues, "redis": result.storage, "count": len(queues)}
+
+
+def one_stats(result: OneStats) -> dict[str, Any]:
+    """``/stats/<queue>`` (and XML-RPC ``stats(queue)``)."""
+    return {
+        "redis": result.storage,
+        "queue": result.queue,
+        "len": result.length,
+        "consumers": result.consumers,
+    }
+
+
+# -- streams: COMET, Server-Sent Events, WebSocket ----------------------------
+
+
+def stream_message(m: Message) -> dict[str, str]:
+    """What every streaming consumer is sent for a message: ``{"key", "value"}``."""
+    return {"key": m.key, "value": m.value}
+
+
+# -- JSON protocol (/queue) ----------------------------------------------------
+
+JSON_EMPTY = {"error": "empty queue"}
+
+
+def json_added(queue: str, value_as_sent: Any, key: str) -> dict[str, Any]:
+    return {"queue": queue, "value": value_as_sent, "key": key}
+
+
+def json_peeked(queue: str, m: Message) -> dict[str, Any]:
+    return {"queue": queue, "value": m.value, "key": m.key, "count": m.count}
+
+
+def json_taken(queue: str, m: Message) -> dict[str, Any]:
+    return {"queue": queue, "value": m.value, "key": m.key}
+
+
+def json_deleted(result: Deleted) -> dict[str, Any]:
+    return {"queue": result.queue, "key": result.key, "deleted": result.deleted}
+
+
+# -- XML-RPC -------------------------------------------------------------------
+
+
+def xmlrpc_taken(queue: str, m: Message) -> dict[str, Any]:
+    return {"queue": queue, "key": m.key, "value": m.value}

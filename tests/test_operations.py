@@ -1,0 +1,198 @@
+"""The operations layer in process, over a real Valkey: validation once, typed results, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from restmq import validation
+from restmq.consumers import ConsumerRegistry, StreamConsumer
+from restmq.core import QueueEngine
+from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
+from restmq.operations import Added, AllStats, Deleted, OneStats, Operations, Policy, Purged, Status
+from restmq.storage.client import RedisAddress, RedisClient
+
+
+class SilentConsumer(StreamConsumer):
+    """A streaming consumer that never receives anything (its queues stay empty)."""
+
+    kind = "silent"
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(queue, "in-process")
+
+    def encode(self, message) -> bytes:
+        return message.value.encode()
+
+    def write(self, data: bytes) -> None:
+        raise AssertionError("nothing should be delivered")
+
+    def close(self, reason: str, code: int = 1000) -> None:
+        self.gone = True
+
+    def abort(self) -> None:
+        self.gone = True
+
+
+@pytest.fixture
+def server(valkey_factory):
+    return valkey_factory()
+
+
+@pytest.fixture
+def ops(server):
+    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
+    client.connect()
+    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
+    engine = QueueEngine(client)
+    registry = ConsumerRegistry(engine, reactor, max_consumers=2)
+    yield Operations(engine, registry, lambda: "test storage")
+    pytest_twisted.blockon(client.disconnect())
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_returns_keys_and_stores_ttl_given_as_text(ops, server):
+    added = await ops.add("jobs", "first", "30")
+    assert added == Added("jobs", ["jobs:1"]) and added.key == "jobs:1"
+    assert 0 < server.command("TTL", "jobs:1") <= 30
+    many = await ops.add_many("jobs", ["a", "b"], 5)
+    assert many.keys == ["jobs:2", "jobs:3"]
+    assert server.command("LLEN", "jobs:queue") == 3
+
+
+@pytest.mark.parametrize(
+    ("queue", "values", "ttl", "error"),
+    [
+        (".", ["v"], None, "invalid queue name '.'"),
+        ("..", ["v"], None, "invalid queue name '..'"),
+        ("bad name", ["v"], None, "invalid queue name"),
+        ("q", ["v"], "-1", "ttl must be"),
+        ("q", ["v"], "soon", "ttl must be"),
+        ("q", [], None, "no message to add"),
+        ("q", [3], None, "a message value must be text"),
+        ("q", ["v"] * (validation.MAX_BATCH + 1), None, "at most"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_add_refuses_bad_arguments_and_stores_nothing(ops, server, queue, values, ttl, error):
+    with pytest.raises(InvalidArgument, match="^" + re.escape(error)):
+        await ops.add_many(queue, values, ttl)
+    assert server.command("DBSIZE") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_pop_takes_the_oldest_and_an_empty_queue_is_an_error(ops, server):
+    await ops.add_many("q", ["one", "two"])
+    message = await ops.pop("q")
+    assert (message.key, message.value, message.count) == ("q:1", "one", 0)
+    assert server.command("EXISTS", "q:1") == 0, "a pop deletes the body"
+    await ops.pop("q")
+    with pytest.raises(EmptyQueue) as empty:
+        await ops.pop("q")
+    assert str(empty.value) == "queue 'q' is empty" and empty.value.queue == "q"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pop_many_validates_n_once_and_returns_a_list(ops):
+    await ops.add_many("q", ["a", "b", "c"])
+    with pytest.raises(InvalidArgument, match="n must be a whole number"):
+        await ops.pop_many("q", "0")
+    assert [m.value for m in await ops.pop_many("q", "2")] == ["a", "b"]
+    assert [m.value for m in await ops.pop_many("q", 10)] == ["c"]
+    assert await ops.pop_many("q", 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_peek_leaves_the_message_and_counts(ops):
+    await ops.add("q", "look")
+    assert (await ops.peek("q")).count == 1
+    assert (await ops.peek("q")).count == 2
+    assert (await ops.pop("q")).value == "look"
+    with pytest.raises(EmptyQueue):
+        await ops.peek("q")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_needs_a_key_of_the_queue(ops):
+    added = await ops.add("q", "v")
+    for key in (None, "", 5):
+        with pytest.raises(InvalidArgument, match="the key of a message is required"):
+            await ops.delete("q", key)
+    with pytest.raises(InvalidArgument, match="is not a message key of queue 'q'"):
+        await ops.delete("q", "other:1")
+    assert await ops.delete("q", added.key) == Deleted("q", "q:1", True)
+    assert await ops.delete("q", added.key) == Deleted("q", "q:1", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_counts_what_was_pending(ops):
+    await ops.add_many("q", ["a", "b"])
+    assert await ops.purge("q") == Purged("q", 2)
+    assert await ops.purge("q") == Purged("q", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_words(ops, server):
+    assert await ops.policy("q") == Policy("q", "broadcast")
+    for missing in (None, ""):
+        with pytest.raises(InvalidArgument, match=r"^policy is required"):
+            await ops.set_policy("q", missing)
+    with pytest.raises(InvalidArgument, match=r"^invalid policy 'fifo'"):
+        await ops.set_policy("q", "fifo")
+    assert server.command("EXISTS", "q:queuepolicy") == 0
+    assert await ops.set_policy("q", "roundrobin") == Policy("q", "roundrobin")
+    assert await ops.policy("q") == Policy("q", "roundrobin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_words_start_and_stop_only(ops, server):
+    for word in ("pause", None, 1):
+        with pytest.raises(InvalidStatus) as invalid:
+            await ops.set_status("q", word)
+        assert invalid.value.word == word and str(invalid.value) == f"invalid status: {word}"
+    assert server.command("EXISTS", "queuestat::q") == 0
+    with pytest.raises(InvalidArgument, match="invalid queue name"):
+        await ops.set_status("bad name", "pause")  # the queue is checked first
+    assert await ops.set_status("q", "stop") == Status("q", 0)
+    assert await ops.status("q") == Status("q", 0)
+    assert await ops.set_status("q", "start") == Status("q", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_count_this_brokers_stream_consumers(ops):
+    await ops.add_many("full", ["a", "b", "c"])
+    await ops.set_policy("full", "roundrobin")
+    consumer = SilentConsumer("watched")
+    ops.open_stream(consumer)
+    everything = await ops.all_stats()
+    assert isinstance(everything, AllStats) and everything.storage == "test storage"
+    assert [(r.stats.name, r.stats.length, r.stats.policy) for r in everything.queues] == [
+        ("full", 3, "roundrobin")
+    ]
+    assert await ops.stats("watched") == OneStats("test storage", "watched", 0, 1)
+    ops.close_stream(consumer)
+    assert (await ops.stats("watched")).consumers == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_stream_checks_the_name_and_the_consumer_limit(ops):
+    with pytest.raises(InvalidArgument, match=re.escape("invalid queue name '..'")):
+        ops.open_stream(SilentConsumer(".."))
+    ops.open_stream(SilentConsumer("a"))
+    ops.open_stream(SilentConsumer("b"))
+    with pytest.raises(TooManyConsumers, match="--max-consumers"):
+        ops.open_stream(SilentConsumer("c"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_info_and_queue_listing(ops):
+    await ops.add_many("b", [str(i) for i in range(12)])
+    await ops.add("a", "x")
+    assert await ops.queues() == ["a", "b"]
+    info = await ops.info("b", newest=10)
+    assert info.last_number == 12 and info.stats.length == 12
+    assert info.newest_keys[0] == "b:12" and len(info.newest_keys) == 10
+    assert await ops.length("b") == 12
