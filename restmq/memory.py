@@ -63,7 +63,7 @@ class Reclaimer:
     """Collects cycles and trims once, shortly after large blocks were let go
     (many releases in a burst make one run)."""
 
-    delay = 0.5  # seconds: lets the handlers drop their copies of the body first
+    delay = 1.0  # seconds: lets the handlers drop their copies; at most one run a second
 
     def __init__(self, clock) -> None:
         self.clock = clock

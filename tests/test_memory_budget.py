@@ -111,6 +111,20 @@ def test_a_body_beyond_the_budget_gets_503_before_it_is_sent(broker_factory, que
     assert queue_length(broker, queue) == 4
 
 
+def test_pipelined_large_posts_wait_their_turn_and_are_all_stored(broker_factory, queue):
+    broker = broker_factory("--max-buffered", str(16 * MiB), "--max-body", str(8 * MiB))
+    body = json_body(7 * MiB)
+    one = post_head(queue, len(body)) + body
+    with wire.connect(broker.port, timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(one * 3,))
+        sender.start()  # blocks while the broker reads no further than the request it serves
+        reader = wire.Reader(sock, timeout=30)
+        statuses = [reader.read_response("POST").status for _ in range(3)]
+        sender.join()
+    assert statuses == [200, 200, 200]
+    assert queue_length(broker, queue) == 3
+
+
 def test_a_burst_of_large_posts_stays_within_the_budget_and_memory_goes_back(broker_factory, queue):
     budget = 16 * MiB
     broker = broker_factory("--max-buffered", str(budget), "--max-body", str(8 * MiB))
