@@ -13,6 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
+from bench.bodies import BodiesScenario
 from bench.consumers import RouteMissing
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "latency": LatencyScenario,
     "fanout": FanoutScenario,
     "memory": IdleMemoryScenario,
+    "bodies": BodiesScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -46,6 +48,8 @@ scenarios (--only):
            --fanout-transports (SSE and WebSocket)
   memory   issue 4: broker RSS growth with --idle-consumers idle streaming
            consumers (target <= 50 MB); valkey RSS shown apart
+  bodies   broker RSS before, at the peak of, and after --big-posts concurrent POSTs
+           of 8 MB (the memory budget, --max-buffered, at its default)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
@@ -107,8 +111,8 @@ def parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
-        help="scenarios to run, comma-separated (rest, latency, fanout, memory, streaming, all); "
-             "default: all")  # fmt: skip
+        help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
+             "streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
     add("--warmup", type=_positive(float), default=1.0, metavar="S",
@@ -134,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
         help="idle streaming consumers of the memory scenario (default 1000)")  # fmt: skip
     add("--idle-transports", type=_transports, default=["sse", "comet", "ws"], metavar="T,T",
         help="transports the idle consumers are spread over (default sse,comet,ws)")  # fmt: skip
+    add("--big-posts", type=_positive(int), default=40, metavar="N",
+        help="concurrent 8 MB POSTs of the bodies scenario (default 40)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

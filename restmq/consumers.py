@@ -15,6 +15,7 @@ A slow periodic sweep only covers notices lost while pub/sub was reconnecting.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restmq import notices
+from restmq.budget import MemoryBudget
 from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
 from restmq.errors import StorageUnavailable, TooManyConsumers
 
@@ -57,6 +59,12 @@ class StreamConsumer:
         # Messages waiting for the socket: (message, encoded, nobody else has it)
         self._backlog: deque[tuple[Message, bytes, bool]] = deque()
         self._backlog_bytes = 0
+        self._reserved = 0  # backlog bytes held in the registry's memory budget
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of messages waiting in the broker for this consumer's socket."""
+        return self._backlog_bytes
 
     # -- what a transport implements ---------------------------------------
 
@@ -95,8 +103,16 @@ class StreamConsumer:
         if self._paused or self._backlog:
             self._backlog.append((message, data, only_copy))
             self._backlog_bytes += len(data)
-            if self.registry is not None and self._backlog_bytes > self.registry.max_backlog:
+            registry = self.registry
+            if registry is None:
+                return True
+            if self._backlog_bytes > registry.max_backlog:
                 self._too_slow()
+            elif registry.reserve_backlog(self, len(data)):
+                self._reserved += len(data)
+            elif not self.gone:
+                self._too_slow()  # the budget is held by request bodies
+            # else: shed to make room; what it held, this message too, went back
             return True
         self.write(data)
         return True
@@ -106,7 +122,14 @@ class StreamConsumer:
         only_copies = [message for message, _, only_copy in self._backlog if only_copy]
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._give_back(self._reserved)
         return only_copies
+
+    def _give_back(self, size: int) -> None:
+        size = min(size, self._reserved)
+        self._reserved -= size
+        if size and self.registry is not None:
+            self.registry.budget.release(size)
 
     def _too_slow(self) -> None:
         log.warn(
@@ -116,6 +139,10 @@ class StreamConsumer:
             queue=self.queue,
             bytes=self._backlog_bytes,
         )
+        self.drop()
+
+    def drop(self) -> None:
+        """Disconnect at once; what only this consumer held goes back to the queue."""
         if self.registry is not None:
             self.registry.remove(self)
         self.gone = True
@@ -131,6 +158,7 @@ class StreamConsumer:
         while self._backlog and not self._paused and not self.gone:
             _, data, _ = self._backlog.popleft()
             self._backlog_bytes -= len(data)
+            self._give_back(len(data))
             self.write(data)
         if not self._paused and not self.gone and self.registry is not None:
             self.registry.wake(self.queue)
@@ -161,8 +189,11 @@ class ConsumerRegistry:
         max_consumers: int = 10000,
         max_backlog: int = 4 * 1024 * 1024,
         heartbeat_interval: float = 15.0,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.engine = engine
+        # shared with request bodies (--max-buffered); unlimited when none is given
+        self.budget = budget if budget is not None else MemoryBudget(sys.maxsize)
         self.reactor = reactor
         self.max_consumers = max_consumers
         self.max_backlog = max_backlog  # bytes a paused consumer may hold before it is dropped
@@ -242,6 +273,41 @@ class ConsumerRegistry:
             if self.notifications is not None:
                 self.notifications.unsubscribe(self.engine.channel(consumer.queue))
 
+    # -- memory -------------------------------------------------------------
+
+    def reserve_backlog(self, consumer: StreamConsumer, size: int) -> bool:
+        """Take ``size`` backlog bytes for ``consumer`` from the budget, dropping the
+        consumers furthest behind (possibly ``consumer`` itself) to make room."""
+        if self.budget.try_reserve(size):
+            return True
+        self.shed(size)
+        return not consumer.gone and self.budget.try_reserve(size)
+
+    def shed(self, size: int) -> int:
+        """Drop the consumers with the largest backlogs until ``size`` bytes of the
+        budget are free; their undelivered messages go back to their queues.
+        Returns how many consumers were dropped."""
+        behind = sorted(
+            (c for state in self._queues.values() for c in state.consumers if c.backlog_bytes),
+            key=lambda c: c.backlog_bytes,
+            reverse=True,
+        )
+        dropped = 0
+        for consumer in behind:
+            if self.budget.free >= size:
+                break
+            log.warn(
+                "{kind} consumer {peer} of queue {queue} holds {bytes} buffered bytes and "
+                "the broker's memory budget (--max-buffered) is full; disconnecting it",
+                kind=consumer.kind,
+                peer=consumer.peer,
+                queue=consumer.queue,
+                bytes=consumer.backlog_bytes,
+            )
+            consumer.drop()
+            dropped += 1
+        return dropped
+
     def count(self, queue: str) -> int:
         state = self._queues.get(queue)
         return len(state.consumers) if state else 0
@@ -271,6 +337,7 @@ class ConsumerRegistry:
         for consumer in list(state.consumers):
             self._total -= 1
             consumer.gone = True
+            consumer.take_backlog()  # the queue is gone, and with it what was buffered
             consumer.close(reason)
         if self.notifications is not None:
             self.notifications.unsubscribe(self.engine.channel(queue))

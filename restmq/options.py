@@ -13,6 +13,7 @@ DEFAULT_PORT = 8888
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_CONSUMERS = 10000
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0
 
 
@@ -147,6 +148,16 @@ class Options(usage.Options):
             _positive_int("consumer-buffer"),
         ],
         [
+            "max-buffered",
+            None,
+            DEFAULT_MAX_BUFFERED,
+            "bytes of request bodies being received and streaming consumer buffers the "
+            "broker holds at once, all together; past it, the consumers furthest behind are "
+            'disconnected first, then new request bodies get 503 "broker busy" '
+            "(at least --max-body)",
+            _positive_int("max-buffered"),
+        ],
+        [
             "sse-heartbeat",
             None,
             15.0,
@@ -194,6 +205,11 @@ class Options(usage.Options):
         if not self.embedded and not self["redis-socket"]:
             self["redis-host"] = self["redis-host"] or "127.0.0.1"
             self["redis-port"] = self["redis-port"] or DEFAULT_REDIS_PORT
+        if self["max-body"] > self["max-buffered"]:
+            raise usage.UsageError(
+                f"--max-body ({self['max-body']}) cannot be larger than --max-buffered "
+                f"({self['max-buffered']}): no such body could ever be received"
+            )
         self["data-dir"] = os.path.abspath(self["data-dir"])
         self["acl-given"] = isinstance(self["acl"], GivenPath)
         if bool(self["tls-cert"]) != bool(self["tls-key"]):

@@ -14,7 +14,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 
-from restmq import __version__, acl
+from restmq import __version__, acl, memory
+from restmq.budget import MemoryBudget
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
@@ -38,8 +39,11 @@ class Broker:
         engine: QueueEngine,
         consumers: ConsumerRegistry,
         access: acl.AccessControl | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.redis = redis
+        # request bodies in flight and consumer backlogs, together (--max-buffered)
+        self.budget = budget if budget is not None else consumers.budget
         self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
@@ -92,12 +96,14 @@ class BrokerService(service.Service):
             call_timeout=options["redis-timeout"],
         )
         engine = QueueEngine(self.redis)
+        budget = MemoryBudget(options["max-buffered"])
         self.consumers = ConsumerRegistry(
             engine,
             reactor,
             max_consumers=options["max-consumers"],
             max_backlog=options["consumer-buffer"],
             heartbeat_interval=options["sse-heartbeat"],
+            budget=budget,
         )
         self.notifications = Notifications(
             reactor,
@@ -111,7 +117,7 @@ class BrokerService(service.Service):
             required=options["acl-given"],
             trusted_proxies=options["trusted-proxies"],
         )
-        self.broker = Broker(self.redis, engine, self.consumers, self.access)
+        self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
         self.lease_sweeper = LeaseSweeper(engine, reactor)
         self.application = BrokerApplication(
             self.broker, max_body=options["max-body"], header_timeout=options["header-timeout"]
@@ -134,6 +140,8 @@ class BrokerService(service.Service):
     def startService(self) -> None:
         super().startService()
         log.info("RestMQ {version} starting", version=__version__)
+        # Large request bodies must not stay resident once they are freed (see memory.py).
+        memory.keep_large_blocks_on_mmap()
         if self.valkey is not None:
             log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
         else:

@@ -10,8 +10,9 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
+from restmq.web.admission import BudgetedHTTPConnection
 from restmq.web.base import NotFoundHandler
-from restmq.web.compat import BrokerHTTPConnection, FixedChunked
+from restmq.web.compat import FixedChunked
 
 log = Logger(namespace="restmq.http")
 
@@ -45,7 +46,7 @@ def routes() -> list:
 class BrokerApplication(cyclone.web.Application):
     """The Application, holding the broker (engine, consumers) its handlers use."""
 
-    protocol = BrokerHTTPConnection
+    protocol = BudgetedHTTPConnection
     noisy = False  # no "Starting factory" lines in the log
 
     def __init__(self, broker, *, max_body: int, header_timeout: float = 30.0, debug=False):

@@ -1,0 +1,87 @@
+"""Giving the memory of large request bodies back to the operating system.
+
+After a burst of large requests the broker used to stay hundreds of MiB larger
+than before, for two reasons:
+
+- A request's objects (handler, request, connection, a failure's traceback) form
+  reference cycles, so the body and its decoded copies live until Python's
+  cycle collector runs; it counts allocations, not bytes, so a few hundred
+  large bodies can wait a long time. ``Reclaimer`` collects soon after large
+  bodies are let go.
+- glibc serves blocks over its mmap threshold with mmap and unmaps them on free,
+  but raises the threshold each time such a block is freed (up to 32 MiB), so
+  later bodies come from the heap, which keeps freed pages. The threshold is fixed
+  at startup (glibc only) and ``malloc_trim`` returns what the heap still holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+from twisted.logger import Logger
+
+log = Logger(namespace="restmq.memory")
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's <malloc.h>
+#: blocks at least this large are mmapped, so freeing one gives it back at once
+MMAP_THRESHOLD = 1024 * 1024
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None  # not glibc (musl, macOS): their allocators behave differently
+    return libc
+
+
+_LIBC = _libc()
+
+
+def keep_large_blocks_on_mmap() -> bool:
+    """Fix glibc's mmap threshold (turning off its upward drift); False if not glibc."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def trim() -> bool:
+    """Return the heap's free pages to the system; False when nothing was released."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.malloc_trim(0))
+
+
+class Reclaimer:
+    """Collects cycles and trims once, shortly after large blocks were let go
+    (many releases in a burst make one run)."""
+
+    delay = 1.0  # seconds: lets the handlers drop their copies; at most one run a second
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self._pending = None
+
+    def large_block_freed(self) -> None:
+        if self._pending is not None:
+            return
+        self._pending = self.clock.callLater(self.delay, self._run)
+
+    def _run(self) -> None:
+        self._pending = None
+        collected = gc.collect()
+        trimmed = trim()
+        log.debug("reclaimed memory: {n} objects collected, heap trimmed: {t}",
+                  n=collected, t=trimmed)  # fmt: skip
+
+    def cancel(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
