@@ -14,6 +14,8 @@ DEFAULT_REDIS_PORT = 6379
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_CONSUMERS = 10000
 DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
 
 
 class GivenPath(str):
@@ -130,6 +132,21 @@ class Options(usage.Options):
             DEFAULT_MAX_BODY,
             "largest request body accepted, in bytes (larger ones get 413)",
             _positive_int("max-body"),
+        ],
+        [
+            "max-header-bytes",
+            None,
+            DEFAULT_MAX_HEADER_BYTES,
+            "largest request head (request line and headers) accepted, in bytes (larger "
+            "ones get 431)",
+            _positive_int("max-header-bytes"),
+        ],
+        [
+            "max-headers",
+            None,
+            DEFAULT_MAX_HEADERS,
+            "most header lines accepted in one request (more get 431)",
+            _positive_int("max-headers"),
         ],
         [
             "max-consumers",

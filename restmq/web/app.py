@@ -11,7 +11,12 @@ from twisted.logger import Logger
 
 from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
-from restmq.web.compat import BrokerHTTPConnection, FixedChunked
+from restmq.web.cyclone_fixes import FixedChunked
+from restmq.web.http_policy import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    BrokerHTTPConnection,
+)
 
 log = Logger(namespace="restmq.http")
 
@@ -48,7 +53,16 @@ class BrokerApplication(cyclone.web.Application):
     protocol = BrokerHTTPConnection
     noisy = False  # no "Starting factory" lines in the log
 
-    def __init__(self, broker, *, max_body: int, header_timeout: float = 30.0, debug=False):
+    def __init__(
+        self,
+        broker,
+        *,
+        max_body: int,
+        header_timeout: float = 30.0,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        debug: bool = False,
+    ) -> None:
         self.broker = broker
         super().__init__(
             routes(),
@@ -57,6 +71,8 @@ class BrokerApplication(cyclone.web.Application):
             error_handler=NotFoundHandler,
             max_body=max_body,
             header_timeout=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
             log_function=self._log_request,
             debug=debug,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from restmq import validation
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer, TooManyConsumers, stream_payload
 from restmq.core import Message
-from restmq.web import compat
+from restmq.web import cyclone_fixes
 from restmq.web.base import ApiError, BaseHandler, encode_json
 
 
@@ -29,7 +29,7 @@ class HttpStreamConsumer(StreamConsumer):
 
     def write(self, data: bytes) -> None:
         handler = self.handler
-        if not handler._finished:
+        if not cyclone_fixes.is_finished(handler):
             handler.write(data)
             handler.flush()
 
@@ -40,7 +40,7 @@ class HttpStreamConsumer(StreamConsumer):
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         self.gone = True
         handler = self.handler
-        if not handler._finished and not compat.client_is_gone(handler):
+        if not cyclone_fixes.is_finished(handler) and not cyclone_fixes.client_is_gone(handler):
             handler.write(self._last_words())
             handler.finish()
         self._release()
@@ -90,8 +90,8 @@ class StreamHandler(BaseHandler):
         except TooManyConsumers as exc:
             raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
         self.consumer = consumer
-        self._auto_finish = False  # the response stays open
-        compat.stream_without_keep_alive(self)
+        cyclone_fixes.keep_open(self)  # the response stays open
+        cyclone_fixes.stream_without_keep_alive(self)
         if sse:
             self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
         else:

@@ -4,7 +4,7 @@ Every method is one QueueEngine call, the same ones the REST and JSON routes
 make, so an ``add`` here wakes streaming consumers exactly like a POST. Errors
 are Faults with stable codes (the constants below), always inside an HTTP 200 answer
 as XML-RPC wants. The standard library reads and writes the XML; cyclone's own
-XML-RPC handler is not used (cyclone-py3.md D19).
+XML-RPC handler is not used (see docs/cyclone.md).
 """
 
 from __future__ import annotations
