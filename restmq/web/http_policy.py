@@ -100,7 +100,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
     # -- the request head ---------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
-        if line or self._head_lines:  # blank lines before a request line are no head
+        if line:  # a blank line ends the head (or comes before one, and is ignored)
             self._head_bytes += len(line) + 2
             self._head_lines += 1
             if self._head_bytes > self.max_header_bytes:
@@ -109,7 +109,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
             if self._head_lines - 1 > self.max_headers:  # the request line is no header
                 self._head_too_large(f"request has more than {self.max_headers} header lines")
                 return
-        if not line:
+        else:
             self._head_bytes = self._head_lines = 0
         super().lineReceived(line)
 
