@@ -21,6 +21,7 @@ from restmq.core import Message
 from restmq.errors import InvalidArgument
 from restmq.web import cyclone_fixes
 from restmq.web.base import ApiError, BaseHandler, encode_json
+from restmq.web.frame_guard import FrameSizeGuard
 
 log = Logger(namespace="restmq.websocket")
 
@@ -126,6 +127,7 @@ class WebSocketHandler(BaseHandler):
         self.ws = ws
         self._incoming: list[str | bytes] = []
         self._incoming_size = 0
+        self._frames = FrameSizeGuard(MAX_INCOMING_MESSAGE)
         key = self.request.headers["Sec-WebSocket-Key"].strip()
         transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
@@ -163,6 +165,11 @@ class WebSocketHandler(BaseHandler):
     def _data_received(self, data: bytes) -> None:
         if self.consumer.gone:
             return  # we hung up: what still arrives is dropped
+        if self._frames.too_big(data):
+            # Waiting for the payload would hold the connection open for as long as the
+            # client likes; refuse as soon as the frame header says how much is coming.
+            self.consumer.close("too big", code=CLOSE_TOO_BIG)
+            return
         self.ws.receive_data(data)
         # wsproto reports a malformed frame as a CloseConnection event (1002, 1007...),
         # answered below like the client's own close.
