@@ -90,6 +90,22 @@ def test_unparseable_if_modified_since_on_a_static_file_is_200(shared_broker):
     assert "expires" not in response.headers
 
 
+# -- 204 answers -------------------------------------------------------------------------
+
+
+def test_a_204_goes_out_without_content_length_or_chunk_framing(shared_broker, queue):
+    # cyclone adds "Content-Length: 0" to a 204, which HTTP forbids
+    with wire.connect(shared_broker.port) as sock:
+        sock.sendall(form("GET", f"/q/{queue}") + form("GET", f"/stats/{queue}"))
+        reader = wire.Reader(sock)
+        empty = reader.read_response()
+        assert empty.status == 204
+        assert "content-length" not in empty.headers
+        assert "transfer-encoding" not in empty.headers
+        # nothing stray follows the head: the next answer parses cleanly
+        assert json.loads(reader.read_response().body)["queue"] == queue
+
+
 # -- async def handlers ---------------------------------------------------------------
 
 
