@@ -9,14 +9,11 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
+from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
 from restmq.web.cyclone_fixes import FixedChunked
-from restmq.web.http_policy import (
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADERS,
-    BrokerHTTPConnection,
-)
+from restmq.web.http_policy import BrokerHTTPConnection
 
 log = Logger(namespace="restmq.http")
 

@@ -13,12 +13,10 @@ import json
 
 from twisted.logger import Logger
 
+from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from restmq.web.cyclone_fixes import UNTIL_CLOSED, FixedHTTPConnection, RequestHead
 
 log = Logger(namespace="restmq.http")
-
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-DEFAULT_MAX_HEADERS = 100
 
 
 def error_body(message: str) -> str:
@@ -114,10 +112,8 @@ class BrokerHTTPConnection(FixedHTTPConnection):
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if self.line_mode:
-            self._head_too_large(f"request head is over {self.max_header_bytes} bytes")
-        else:
-            self.transport.loseConnection()
+        # Twisted calls this (in line mode only) for a line longer than MAX_LENGTH.
+        self._head_too_large(f"request head is over {self.max_header_bytes} bytes")
 
     def _head_too_large(self, message: str) -> None:
         log.info(
