@@ -2,9 +2,11 @@
 
 BrokerHTTPConnection is the connection every broker listener uses. Its admission
 flow, for each request, is: the head arrives line by line, bounded in bytes and in
-header count (431 as soon as a limit is crossed); cyclone_fixes checks it (400, 411,
-505); ``_on_headers`` then admits the body (413 when it is too large) before cyclone
-reads it. Subclasses may refuse more in ``admit_body``.
+header count (431 as soon as a limit is crossed, in ``lineReceived``); ``_on_headers``
+has it checked (cyclone_fixes.RequestHead: 400, 411, 505), then
+``request_head_received`` asks ``admit_body`` (413 when it is too large) before
+cyclone reads the body. Subclasses may refuse more in ``admit_body``: call
+``self.refuse(...)`` and return False.
 """
 
 from __future__ import annotations
