@@ -20,7 +20,8 @@ import json
 import cyclone.web
 
 from restmq import __version__
-from restmq.web.compat import BrokerHTTPConnection, FixedChunked
+from restmq.web.cyclone_fixes import FixedChunked
+from restmq.web.http_policy import BrokerHTTPConnection
 
 _SERVER = f"RestMQ/{__version__}"  # the broker's Server header, so answers are the same size
 

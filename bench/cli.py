@@ -35,18 +35,18 @@ RestMQ benchmark: starts its own servers on loopback (a `twistd restmq` broker o
 fresh embedded Valkey, and a bare cyclone handler as the baseline), drives them with
 a Python load generator (asyncio, HTTP/1.1 keep-alive, raw sockets; WebSocket via the
 `websockets` package) and prints a table per scenario and a summary against the
-targets of issues 3 and 4. It is a report: the exit status is 0 even when a target
+targets of the REST and streaming routes. It is a report: the exit status is 0 even when a target
 is MISSED (1 only if the benchmark itself could not run, 130 on Ctrl-C).
 
 scenarios (--only):
-  rest     issue 3: POST /q/<q> and GET /q/<q> req/s and p50/p99 latency, broker vs
+  rest     POST /q/<q> and GET /q/<q> req/s and p50/p99 latency, broker vs
            bare cyclone handler, ratio (target >= 0.7x), Redis round trips per
            request (target: exactly 1)
-  latency  issue 4: publish -> delivery latency p50/p99 with --sse-consumers SSE
+  latency  publish -> delivery latency p50/p99 with --sse-consumers SSE
            consumers at --rate msg/s (targets p50 <= 5 ms, p99 <= 50 ms)
-  fanout   issue 4: messages delivered per second to --fanout consumers, over
+  fanout   messages delivered per second to --fanout consumers, over
            --fanout-transports (SSE and WebSocket)
-  memory   issue 4: broker RSS growth with --idle-consumers idle streaming
+  memory   broker RSS growth with --idle-consumers idle streaming
            consumers (target <= 50 MB); valkey RSS shown apart
   bodies   broker RSS before, at the peak of, and after --big-posts concurrent POSTs
            of 8 MB (the memory budget, --max-buffered, at its default)

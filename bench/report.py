@@ -1,4 +1,4 @@
-"""Printing: tables per scenario, checks against the issues' targets, the final summary."""
+"""Printing: tables per scenario, checks against the performance targets, the final summary."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ PASS, MISSED, SKIPPED, ERROR = "PASS", "MISSED", "SKIPPED", "ERROR"
 
 @dataclass
 class Check:
-    """One target named in an issue, and what this run measured for it."""
+    """One performance target (of the REST or the streaming routes), and what this run measured."""
 
-    issue: int
+    area: str  # "rest" or "streaming"
     target: str
     measured: str = ""
     status: str = SKIPPED
@@ -104,7 +104,7 @@ def heading(title: str) -> str:
 
 
 def summary(results: list[ScenarioResult]) -> str:
-    table = Table(["issue", "target", "measured", "result"], left=4)
+    table = Table(["area", "target", "measured", "result"], left=4)
     notes = []
     for result in results:
         if result.error:
@@ -114,7 +114,7 @@ def summary(results: list[ScenarioResult]) -> str:
         for check in result.checks:
             if check.note and check.note != result.skipped:
                 notes.append(f"  {check.target}: {check.note}")
-            table.add(f"#{check.issue}", check.target, check.measured or "-", check.status)
+            table.add(check.area, check.target, check.measured or "-", check.status)
     missed = sum(c.status == MISSED for r in results for c in r.checks)
     passed = sum(c.status == PASS for r in results for c in r.checks)
     other = sum(c.status in (SKIPPED, ERROR) for r in results for c in r.checks)

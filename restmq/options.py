@@ -15,6 +15,8 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_CONSUMERS = 10000
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
 
 
 class GivenPath(str):
@@ -131,6 +133,21 @@ class Options(usage.Options):
             DEFAULT_MAX_BODY,
             "largest request body accepted, in bytes (larger ones get 413)",
             _positive_int("max-body"),
+        ],
+        [
+            "max-header-bytes",
+            None,
+            DEFAULT_MAX_HEADER_BYTES,
+            "largest request head (request line and headers) accepted, in bytes (larger "
+            "ones get 431)",
+            _positive_int("max-header-bytes"),
+        ],
+        [
+            "max-headers",
+            None,
+            DEFAULT_MAX_HEADERS,
+            "most header lines accepted in one request (more get 431)",
+            _positive_int("max-headers"),
         ],
         [
             "max-consumers",

@@ -120,7 +120,11 @@ class BrokerService(service.Service):
         self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
         self.lease_sweeper = LeaseSweeper(engine, reactor)
         self.application = BrokerApplication(
-            self.broker, max_body=options["max-body"], header_timeout=options["header-timeout"]
+            self.broker,
+            max_body=options["max-body"],
+            header_timeout=options["header-timeout"],
+            max_header_bytes=options["max-header-bytes"],
+            max_headers=options["max-headers"],
         )
         self.tls = None
         self.port = None

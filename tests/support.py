@@ -5,6 +5,7 @@ Every server listens on loopback only and is stopped by the test that started it
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -310,3 +311,34 @@ def running(broker: Broker):
         yield broker
     finally:
         broker.stop()
+
+
+# -- WebSocket over a raw socket ------------------------------------------------------
+
+
+def websocket_handshake(path: str) -> bytes:
+    """A WebSocket upgrade request for ``path``, as a client sends it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def websocket_frame_header(length: int, opcode: int = 0x1) -> bytes:
+    """The header of a final, masked client frame announcing ``length`` payload bytes
+    (the all-zero mask leaves the payload as it is)."""
+    if length < 126:
+        head = bytes([0x80 | opcode, 0x80 | length])
+    elif length < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+    return head + b"\0\0\0\0"
+
+
+def broker_rss(broker: Broker) -> int:
+    """The broker process's resident memory, in bytes."""
+    import psutil
+
+    return psutil.Process(broker.proc.pid).memory_info().rss

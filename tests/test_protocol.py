@@ -1,4 +1,4 @@
-"""The RestMQ protocol (PROTOCOL.md Part A, B and the Part C items of issue 3), end to end.
+"""The RestMQ protocol (docs/protocol.md), end to end.
 
 Every answer is checked byte for byte against a real `twistd restmq` over real sockets.
 Streaming routes (/c, /ws) have their own tests.
@@ -161,7 +161,7 @@ def test_q_listing_page_on_a_fresh_broker_says_there_are_none(broker_factory):
     assert "<li>" not in page
 
 
-# -- Part C: JSON bodies and batch pop ------------------------------------------
+# -- JSON bodies and batch pop ------------------------------------------
 
 
 def test_json_body_with_value_answers_the_key(shared_broker, queue):

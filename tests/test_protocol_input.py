@@ -1,4 +1,4 @@
-"""Input rules of issue 3: names, callbacks, ttl, batch sizes, body size, exact storage.
+"""Input rules: names, callbacks, ttl, batch sizes, body size, exact storage.
 
 Bad input gets a 4xx with a JSON {"error": ...} body, and nothing is stored.
 """
@@ -38,7 +38,7 @@ def test_valid_queue_names_round_trip(shared_broker, queue):
 @pytest.mark.parametrize(
     ("raw_path", "name"),
     [
-        ("a+b", "a+b"),  # D14: "+" in a path is a plus, not a space
+        ("a+b", "a+b"),  # "+" in a path is a plus, not a space
         ("a%2Bb", "a+b"),
         ("a%2Fb", "a/b"),
         ("a/b", "a/b"),

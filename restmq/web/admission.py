@@ -14,7 +14,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from restmq.memory import Reclaimer
-from restmq.web.compat import BrokerHTTPConnection, error_body
+from restmq.web.cyclone_fixes import RequestHead
+from restmq.web.http_policy import BrokerHTTPConnection, raw_error_response
 
 log = Logger(namespace="restmq.http")
 
@@ -25,36 +26,6 @@ RECLAIM_AFTER = 1024 * 1024
 #: bytes of pipelined requests held while the one before is served; past this the
 #: socket is not read until that request is done, so pipelining cannot bypass the budget
 PIPELINE_BUFFER = 256 * 1024
-
-
-def busy_response(message: str) -> bytes:
-    """A complete 503 answer with Retry-After, closing the connection."""
-    body = error_body(message).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        "Content-Type: application/json; charset=UTF-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {RETRY_AFTER}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-def announced_body(head: bytes, max_body: int | None) -> int:
-    """The Content-Length of a body the connection would go on to read, else 0
-    (no body, or one refused anyway: chunked, malformed length, over ``max_body``)."""
-    lines = head.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
-    fields = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
-    encoding = fields.get(b"transfer-encoding", b"").strip()
-    if encoding and encoding != b"identity":
-        return 0
-    length = fields.get(b"content-length", b"0").strip()
-    if not length.isdigit():
-        return 0
-    size = int(length)
-    if max_body and size > max_body:
-        return 0  # refused with 413 and thrown away as it arrives: it costs no memory
-    return size
 
 
 class BudgetedHTTPConnection(BrokerHTTPConnection):
@@ -68,17 +39,20 @@ class BudgetedHTTPConnection(BrokerHTTPConnection):
     def _broker(self):
         return getattr(self.factory, "broker", None)
 
-    def _on_headers(self, data):
+    def admit_body(self, head: RequestHead) -> bool:
+        if not super().admit_body(head):  # 413: thrown away as it arrives, costs nothing
+            return False
         broker = self._broker
         budget = getattr(broker, "budget", None)
-        if budget is not None and data.strip():
-            size = announced_body(data, self.factory.settings.get("max_body"))
-            if size and not self._reserve(broker, budget, size):
-                self._refuse_busy(data, budget, size)
-                return
-        super()._on_headers(data)
-        if self._contentbuffer is None:
-            self._release()  # no body is being read after all (refused, or none)
+        size = head.content_length
+        if budget is None or not size or self._reserve(broker, budget, size):
+            return True
+        self._refuse_busy(head, budget, size)
+        return False
+
+    def error_answer(self, status: int, reason: str, message: str) -> bytes:
+        headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+        return raw_error_response(status, reason, message, headers)
 
     def _reserve(self, broker, budget, size: int) -> bool:
         if budget.try_reserve(size):
@@ -91,30 +65,23 @@ class BudgetedHTTPConnection(BrokerHTTPConnection):
             return True
         return False
 
-    def _refuse_busy(self, head: bytes, budget, size: int) -> None:
+    def _refuse_busy(self, head: RequestHead, budget, size: int) -> None:
         log.info(
             "refused a {size}-byte request body: {used} of {limit} buffered bytes in use",
             size=size,
             used=budget.used,
             limit=budget.limit,
         )
-        self._cancel_idle_timer()
-        self.transport.write(
-            busy_response(
-                f"broker busy: a {size}-byte request body does not fit in the memory "
-                f"for request bodies and consumer buffers ({budget.used} of {budget.limit} "
-                "bytes in use, --max-buffered); try again later"
-            )
+        self.refuse(
+            503,
+            "Service Unavailable",
+            f"broker busy: a {size}-byte request body does not fit in the memory "
+            f"for request bodies and consumer buffers ({budget.used} of {budget.limit} "
+            "bytes in use, --max-buffered); try again later",
+            # a client that waits for 100 Continue sends nothing more: hang up at once;
+            # otherwise the body is on its way: read and drop it, so the client sees the answer
+            discard=0 if head.expects_continue else size,
         )
-        self._headersbuffer = []
-        if b"100-continue" in head.lower():
-            self.paused = True  # the client waits for our word before it sends the body
-            self.transport.loseConnection()
-            return
-        # The body is on its way: read and drop it, so the client sees the answer.
-        self._discard_left = size
-        self.setRawMode()
-        self._linger_timer = self.clock.callLater(10, self.transport.loseConnection)
 
     def _release(self) -> None:
         size, self._reserved = self._reserved, 0

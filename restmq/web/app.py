@@ -9,10 +9,11 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
+from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.admission import BudgetedHTTPConnection
 from restmq.web.base import NotFoundHandler
-from restmq.web.compat import FixedChunked
+from restmq.web.cyclone_fixes import FixedChunked
 
 log = Logger(namespace="restmq.http")
 
@@ -49,7 +50,16 @@ class BrokerApplication(cyclone.web.Application):
     protocol = BudgetedHTTPConnection
     noisy = False  # no "Starting factory" lines in the log
 
-    def __init__(self, broker, *, max_body: int, header_timeout: float = 30.0, debug=False):
+    def __init__(
+        self,
+        broker,
+        *,
+        max_body: int,
+        header_timeout: float = 30.0,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        debug: bool = False,
+    ) -> None:
         self.broker = broker
         super().__init__(
             routes(),
@@ -58,6 +68,8 @@ class BrokerApplication(cyclone.web.Application):
             error_handler=NotFoundHandler,
             max_body=max_body,
             header_timeout=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
             log_function=self._log_request,
             debug=debug,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import unquote
 
 import cyclone.web
 from twisted.logger import Logger
@@ -22,7 +21,8 @@ from restmq.errors import (
     StorageUnavailable,
     TooManyConsumers,
 )
-from restmq.web import compat
+from restmq.web import cyclone_fixes
+from restmq.web.http_policy import error_body
 
 log = Logger(namespace="restmq.http")
 
@@ -75,7 +75,7 @@ def write_json_error(
         for name, value in exc.headers.items():
             handler.set_header(name, value)
     handler.set_header("Content-Type", "application/json; charset=UTF-8")
-    handler.finish(compat.error_body(message))
+    handler.finish(error_body(message))
 
 
 class BrokerRequestMixin:
@@ -98,11 +98,11 @@ class BrokerRequestMixin:
         return self.broker.check_access_async(self.request, section).addCallback(self._admitted)
 
     def _admitted(self, _: Any = None) -> None:
-        if compat.client_is_gone(self):
+        if cyclone_fixes.client_is_gone(self):
             # It left while its password was checked: nothing to run, nobody to answer.
-            self._finished = True
+            cyclone_fixes.mark_finished(self)
             return
-        name = compat.undecodable_argument(self.request)
+        name = cyclone_fixes.undecodable_argument(self.request)
         if name is not None:
             raise InvalidArgument(f"argument {name!r} is not valid UTF-8")
 
@@ -122,7 +122,12 @@ class BrokerRequestMixin:
         return super()._handle_request_exception(e)
 
 
-class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.RequestHandler):
+class BaseHandler(
+    BrokerRequestMixin,
+    cyclone_fixes.PlusInPathMixin,
+    cyclone_fixes.CoroutineHandlerMixin,
+    cyclone.web.RequestHandler,
+):
     """Thin handlers: parse, call an operation, answer. Errors become JSON bodies."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
@@ -131,7 +136,7 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
         self.route = route
 
     def set_default_headers(self) -> None:
-        self._headers["Server"] = SERVER  # called by clear() for every response
+        self.set_header("Server", SERVER)  # called by clear() for every response
 
     @property
     def operations(self):
@@ -139,14 +144,6 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
         return self.application.broker.operations
 
     # -- request parsing ----------------------------------------------------
-
-    def _execute(self, transforms, *args, **kwargs):
-        # D14: cyclone decodes "+" in path segments as a space; re-read them.
-        if args and self.route is not None and "+" in self.request.path:
-            match = self.route.match(self.request.path)
-            if match:
-                args = tuple(None if g is None else unquote(g) for g in match.groups())
-        return super()._execute(transforms, *args, **kwargs)
 
     def decode_argument(self, value, name=None):
         return value
@@ -206,14 +203,15 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
         elif status_code >= 500:
             message = "internal error; see the broker log"
         else:
-            message = self._reason
-        write_json_error(self, compat.exception_of(kwargs), message)
+            message = cyclone_fixes.reason_of(self)
+        write_json_error(self, cyclone_fixes.exception_of(kwargs), message)
 
     # -- streaming connections ---------------------------------------------
 
     def on_connection_close(self, *args):
-        # D10: only a real disconnect counts; keep the shared Deferred's value.
-        if compat.client_is_gone(self):
+        # cyclone calls this on a normal finish too: only a real disconnect counts.
+        # Keep the shared Deferred's value.
+        if cyclone_fixes.client_is_gone(self):
             self.on_client_gone()
         return args[0] if args else None
 

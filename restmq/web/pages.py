@@ -5,7 +5,7 @@ from __future__ import annotations
 import cyclone.web
 
 from restmq import acl
-from restmq.web import compat
+from restmq.web import cyclone_fixes
 from restmq.web.base import SERVER, BaseHandler, BrokerRequestMixin, write_json_error
 
 
@@ -29,17 +29,17 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
     """cyclone's static files, checked and answered like every other route.
 
     The dashboard pages are consumer routes (acl.conf ``[rest:consumer]``), whatever
-    the method; errors are JSON, and a malformed If-Modified-Since is ignored (D13).
+    the method; errors are JSON, and a malformed If-Modified-Since is ignored.
     """
 
     access = dict.fromkeys(cyclone.web.StaticFileHandler.SUPPORTED_METHODS, acl.CONSUMER)
 
     def prepare(self):
-        compat.drop_bad_if_modified_since(self.request)
+        cyclone_fixes.drop_bad_if_modified_since(self.request)
         return super().prepare()
 
     def get_cache_time(self, path, modified, mime_type):
-        return 0  # D13: cyclone's Expires header for ?v= URLs is not an HTTP date
+        return 0  # cyclone's Expires header for ?v= URLs is not an HTTP date
 
     def clear(self) -> None:
         super().clear()
@@ -50,5 +50,5 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
         if status_code == 404:
             message = f"no such file: {self.request.path}"
         else:
-            message = f"{self._reason}: {self.request.path}"
-        write_json_error(self, compat.exception_of(kwargs), message)
+            message = f"{cyclone_fixes.reason_of(self)}: {self.request.path}"
+        write_json_error(self, cyclone_fixes.exception_of(kwargs), message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from restmq import acl, shapes
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
-from restmq.web import compat
+from restmq.web import cyclone_fixes
 from restmq.web.base import BaseHandler, encode_json
 
 
@@ -29,7 +29,7 @@ class HttpStreamConsumer(StreamConsumer):
 
     def write(self, data: bytes) -> None:
         handler = self.handler
-        if not handler._finished:
+        if not cyclone_fixes.is_finished(handler):
             handler.write(data)
             handler.flush()
 
@@ -40,7 +40,7 @@ class HttpStreamConsumer(StreamConsumer):
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         self.gone = True
         handler = self.handler
-        if not handler._finished and not compat.client_is_gone(handler):
+        if not cyclone_fixes.is_finished(handler) and not cyclone_fixes.client_is_gone(handler):
             handler.write(self._last_words())
             handler.finish()
         self._release()
@@ -86,8 +86,8 @@ class StreamHandler(BaseHandler):
         consumer = SseConsumer(self, queue, None) if sse else CometConsumer(self, queue, callback)
         self.operations.open_stream(consumer)  # a bad name, or TooManyConsumers: no stream
         self.consumer = consumer
-        self._auto_finish = False  # the response stays open
-        compat.stream_without_keep_alive(self)
+        cyclone_fixes.keep_open(self)  # the response stays open
+        cyclone_fixes.stream_without_keep_alive(self)
         if sse:
             self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
         else:

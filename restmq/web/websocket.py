@@ -1,6 +1,6 @@
 """``/ws/<queue>``: a WebSocket consumer (RFC 6455), framed by wsproto.
 
-cyclone.websocket does not work on Python 3 (cyclone-py3.md D16), so this
+cyclone.websocket does not work on Python 3 (see docs/cyclone.md), so this
 handler takes the connection over itself: it answers the upgrade, puts the
 HTTP connection in raw mode and feeds every byte to a wsproto Connection.
 """
@@ -19,8 +19,9 @@ from restmq import acl, shapes, validation
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
 from restmq.errors import InvalidArgument, TooManyConsumers
-from restmq.web import compat
+from restmq.web import cyclone_fixes
 from restmq.web.base import ApiError, BaseHandler, encode_json
+from restmq.web.frame_guard import FrameSizeGuard
 
 log = Logger(namespace="restmq.websocket")
 
@@ -82,7 +83,7 @@ class WebSocketHandler(BaseHandler):
     """Upgrades ``GET /ws/<queue>`` and streams the queue's messages as text frames."""
 
     def _execute(self, transforms, *args, **kwargs):
-        self._transforms = transforms
+        cyclone_fixes.remember_transforms(self, transforms)
         try:
             queue = self._check_upgrade()
         except (ApiError, InvalidArgument) as exc:
@@ -97,21 +98,21 @@ class WebSocketHandler(BaseHandler):
 
     def _refused(self, failure) -> None:
         failure.trap(acl.Refused)
-        if not compat.client_is_gone(self):
+        if not cyclone_fixes.client_is_gone(self):
             self._handle_request_exception(failure.value)  # 401 or 403, as on every route
 
     def _failed(self, failure) -> None:
         log.failure("WebSocket handshake failed", failure)
-        if compat.client_is_gone(self):
+        if cyclone_fixes.client_is_gone(self):
             return
         if hasattr(self, "consumer"):  # already upgraded: no HTTP answer fits any more
             self.operations.close_stream(self.consumer)
             self.request.connection.transport.abortConnection()
-        elif not self._finished:
+        elif not cyclone_fixes.is_finished(self):
             self.send_error(500)
 
     def _upgrade(self, queue: str) -> None:
-        if compat.client_is_gone(self):
+        if cyclone_fixes.client_is_gone(self):
             return  # it left while its password was checked: nothing to register
         connection = self.request.connection
         transport = connection.transport
@@ -126,6 +127,7 @@ class WebSocketHandler(BaseHandler):
         self.ws = ws
         self._incoming: list[str | bytes] = []
         self._incoming_size = 0
+        self._frames = FrameSizeGuard(MAX_INCOMING_MESSAGE)
         key = self.request.headers["Sec-WebSocket-Key"].strip()
         transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
@@ -134,13 +136,7 @@ class WebSocketHandler(BaseHandler):
         )
         transport.registerProducer(consumer, True)
         connection.notifyFinish().addBoth(self._connection_lost)
-        connection.rawDataReceived = self._data_received
-        connection.setRawMode()
-        # The parser was paused for this request (BrokerHTTPConnection._serve_one). Run it
-        # again: what the client sent after its handshake goes to wsproto now (when the
-        # upgrade happens inside the parser's own loop, that loop does it instead).
-        connection.paused = False
-        connection.dataReceived(b"")
+        cyclone_fixes.take_over_connection(self, self._data_received)
 
     def _check_upgrade(self) -> str:
         headers = self.request.headers
@@ -169,6 +165,11 @@ class WebSocketHandler(BaseHandler):
     def _data_received(self, data: bytes) -> None:
         if self.consumer.gone:
             return  # we hung up: what still arrives is dropped
+        if self._frames.too_big(data):
+            # Waiting for the payload would hold the connection open for as long as the
+            # client likes; refuse as soon as the frame header says how much is coming.
+            self.consumer.close("too big", code=CLOSE_TOO_BIG)
+            return
         self.ws.receive_data(data)
         # wsproto reports a malformed frame as a CloseConnection event (1002, 1007...),
         # answered below like the client's own close.

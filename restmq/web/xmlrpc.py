@@ -4,8 +4,8 @@ Every method is one call of restmq.operations, the same ones the REST and JSON
 routes make, so an ``add`` here wakes streaming consumers exactly like a POST.
 Errors are Faults with stable codes (the constants below, mapped in ``as_fault``),
 always inside an HTTP 200 answer as XML-RPC wants. The standard library reads and
-writes the XML; cyclone's own XML-RPC handler is not used (it fails to import on
-Python 3).
+writes the XML; cyclone's own XML-RPC handler is not used (see
+docs/cyclone.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""One test per cyclone-on-Python-3 workaround (restmq/web/compat.py and base.py).
+"""One test per cyclone-on-Python-3 defect we work around (restmq/web/cyclone_fixes.py).
 
-Each test shows, over real sockets, that the defect named in
-shared/docs/cyclone-py3.md (D-numbers) is handled. Most talk to a real
-`twistd restmq`; the streaming pieces, which no route of the protocol issue
-uses, are driven through a tiny cyclone app built from the same parts and run
-in this process.
+Each test shows, over real sockets, that the defect listed in docs/cyclone.md is
+handled; its name says the symptom. Most talk to a real `twistd restmq`; the
+streaming pieces are driven through a tiny cyclone app built from the same parts
+and run in this process.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from restmq.web.base import BaseHandler
-from restmq.web.compat import BrokerHTTPConnection, FixedChunked, stream_without_keep_alive
+from restmq.web.cyclone_fixes import FixedChunked, stream_without_keep_alive
+from restmq.web.http_policy import BrokerHTTPConnection
 from tests import wire
 from tests.answers import JSON_TYPE, assert_error
 
@@ -27,7 +27,7 @@ def form(method: str, path: str, body: str = "", extra: str = "") -> bytes:
     return wire.form_request(method, path, body.encode(), extra)
 
 
-# -- D6: keep-alive pipelining --------------------------------------------------------
+# -- keep-alive pipelining --------------------------------------------------------
 
 
 def test_pipelined_requests_are_answered_in_order(shared_broker, queue):
@@ -54,7 +54,7 @@ def test_pipelined_requests_are_answered_in_order(shared_broker, queue):
         assert json.loads(reader.read_response().body)["value"] == "broadcast"
 
 
-# -- D14: "+" in paths ---------------------------------------------------------------------
+# -- "+" in paths ---------------------------------------------------------------------
 
 
 def test_plus_in_a_path_stays_a_plus(shared_broker):
@@ -69,7 +69,7 @@ def test_plus_in_a_path_stays_a_plus(shared_broker):
     assert b.get("/q/mail@example.com").json()["key"] == "mail@example.com:1"
 
 
-# -- D13: If-Modified-Since on static files -------------------------------------------------
+# -- If-Modified-Since on static files -------------------------------------------------
 
 
 def test_unparseable_if_modified_since_on_a_static_file_is_200(shared_broker):
@@ -90,7 +90,23 @@ def test_unparseable_if_modified_since_on_a_static_file_is_200(shared_broker):
     assert "expires" not in response.headers
 
 
-# -- D11: async def handlers ---------------------------------------------------------------
+# -- 204 answers -------------------------------------------------------------------------
+
+
+def test_a_204_goes_out_without_content_length_or_chunk_framing(shared_broker, queue):
+    # cyclone adds "Content-Length: 0" to a 204, which HTTP forbids
+    with wire.connect(shared_broker.port) as sock:
+        sock.sendall(form("GET", f"/q/{queue}") + form("GET", f"/stats/{queue}"))
+        reader = wire.Reader(sock)
+        empty = reader.read_response()
+        assert empty.status == 204
+        assert "content-length" not in empty.headers
+        assert "transfer-encoding" not in empty.headers
+        # nothing stray follows the head: the next answer parses cleanly
+        assert json.loads(reader.read_response().body)["queue"] == queue
+
+
+# -- async def handlers ---------------------------------------------------------------
 
 
 def test_async_def_handlers_run_and_their_errors_after_await_are_answered(shared_broker, queue):
@@ -104,7 +120,7 @@ def test_async_def_handlers_run_and_their_errors_after_await_are_answered(shared
     assert "was never awaited" not in b.log()
 
 
-# -- D2: write_error ------------------------------------------------------------------------
+# -- write_error ------------------------------------------------------------------------
 
 
 def test_errors_are_json_not_cyclone_html(shared_broker, queue):
@@ -128,7 +144,7 @@ def test_errors_are_json_not_cyclone_html(shared_broker, queue):
     assert "Traceback" not in b.log()
 
 
-# -- D7: chunked request bodies -----------------------------------------------------------
+# -- chunked request bodies -----------------------------------------------------------
 
 
 def test_chunked_request_body_gets_411(shared_broker, queue):
@@ -144,7 +160,7 @@ def test_chunked_request_body_gets_411(shared_broker, queue):
     assert shared_broker.get(f"/stats/{queue}").json()["len"] == 0
 
 
-# -- D1: bytes that are not UTF-8 ------------------------------------------------------------
+# -- bytes that are not UTF-8 ------------------------------------------------------------
 
 
 def test_non_utf8_form_body_gets_400(shared_broker, queue):
@@ -241,7 +257,7 @@ def test_http10_requests_work(shared_broker, queue):
             assert json.loads(answer.body)["queue"] == queue
 
 
-# -- the streaming parts, in process: D8 chunked output, D9 HTTP/1.0 streams, D10 disconnects,
+# -- the streaming parts, in process: chunked output, HTTP/1.0 streams, disconnects,
 # -- and the header/idle timeout -----------------------------------------------------------
 
 
@@ -314,7 +330,7 @@ async def test_streamed_answers_are_valid_chunked_encoding():
         handler.flush()
         handler.finish()
         assert await blocking(reader.read_chunked) == "second ☃\r\n".encode()
-        # a normal end is not a disconnect (D10)
+        # a normal end is not a disconnect
         assert StreamHandler.gone == []
         # the connection stays usable after the terminating chunk
         sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
