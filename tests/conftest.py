@@ -1,4 +1,5 @@
-"""Fixtures: real brokers and real Valkey servers, always stopped afterwards."""
+"""Fixtures: real brokers and real Valkey servers, always stopped afterwards; and the
+``needs`` marker for tests that run programs outside Python."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support import Broker, Valkey
+from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 
 
 @pytest.fixture
@@ -51,6 +52,25 @@ def shared_broker(tmp_path_factory):
 
 
 _names = itertools.count()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*programs): the test runs these programs; without them on PATH it is skipped"
+        " with what to install (under CI=true it fails instead)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before any fixture starts: skip (or, under CI, fail) a test whose programs are missing."""
+    missing = missing_programs(name for mark in item.iter_markers("needs") for name in mark.args)
+    if not missing:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true: {install_hint(missing)}", pytrace=False)
+    pytest.skip(install_hint(missing))
 
 
 @pytest.fixture

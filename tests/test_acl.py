@@ -7,6 +7,7 @@ so one broker on 127.0.0.1 sees connections "from" several hosts.
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -16,86 +17,23 @@ import pytest_twisted
 from websockets.exceptions import InvalidStatus
 
 from restmq import acl, passwd
-from tests.stream_clients import HttpStream, WebSocketStream
 from tests.support import (
     BIN,
-    TWISTD,
-    Broker,
+    CHALLENGE,
+    HttpStream,
     Response,
-    free_port,
-    request,
+    WebSocketStream,
+    assert_error,
+    basic,
+    call,
+    error_of,
+    make_hash,
+    run_twistd,
+    start_broker,
     valkey_pids,
+    wait_answering,
     wait_for,
 )
-
-CHALLENGE = 'Basic realm="RestMQ Restricted Access"'
-
-
-# -- helpers (also used by test_xmlrpc, test_tls and test_limits) ------------------------
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def call(port: int, method: str, path: str, *, source: str = "127.0.0.1", **kwargs) -> Response:
-    """One request from the loopback address ``source``."""
-    return request(port, method, path, source=source, **kwargs)
-
-
-def make_hash(password: str) -> str:
-    """A hash made the way the README says: the restmq-passwd command, password on stdin."""
-    result = subprocess.run(
-        [str(BIN / "restmq-passwd")],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
-def wait_answering(broker: Broker, host: str = "127.0.0.1", source: str | None = None) -> None:
-    """Wait until the broker answers HTTP at all (its ACL may refuse the answer)."""
-
-    def answers():
-        if broker.proc.poll() is not None:
-            raise AssertionError(f"broker exited with {broker.proc.returncode}:\n{broker.log()}")
-        try:
-            call(broker.port, "GET", "/stats/", host=host, source=source or host, timeout=2)
-            return True
-        except OSError:
-            return False
-
-    wait_for(answers, 30, what=f"the broker on port {broker.port}")
-
-
-def start_broker(workdir: Path, acl_text: str | None, *args: str) -> Broker:
-    """A broker whose working directory holds ``acl_text`` as ./acl.conf."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    if acl_text is not None:
-        (workdir / "acl.conf").write_text(acl_text)
-    broker = Broker(workdir, list(args))
-    broker.start(wait=False)
-    return broker
-
-
-def run_twistd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [TWISTD, "--nodaemon", "--pidfile=", "restmq", "--port", str(free_port()), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def error_of(response: Response) -> str:
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    return response.json()["error"]
-
 
 # -- the main broker ---------------------------------------------------------------------
 
@@ -321,6 +259,103 @@ def test_websocket_section_takes_the_auth_cookie_or_basic(guarded, queue):
     finally:
         by_cookie.close()
         by_basic.close()
+
+
+# -- the JSON protocol (POST /queue) checks rights per command ------------------------
+
+SPLIT_ACL = """\
+# 127.0.0.2 may only consume, 127.0.0.3 may only produce; 127.0.0.1 may do both
+[rest:producer]
+hosts_allow = 127.0.0.1 127.0.0.3
+hosts_deny = all
+
+[rest:consumer]
+hosts_allow = 127.0.0.1 127.0.0.2
+hosts_deny = all
+"""
+CONSUMER_ONLY, PRODUCER_ONLY = "127.0.0.2", "127.0.0.3"
+
+
+@pytest.fixture(scope="module")
+def split_broker(tmp_path_factory):
+    broker = start_broker(tmp_path_factory.mktemp("split-acl"), SPLIT_ACL)
+    try:
+        wait_answering(broker)
+        broker.wait_ready()
+        yield broker
+    finally:
+        broker.stop()
+
+
+def send(broker, source: str, cmd, as_json: bool, path: str = "/queue"):
+    """A JSON-protocol command from ``source``: as an application/json body or form field."""
+    if as_json:
+        body = cmd if isinstance(cmd, bytes) else json.dumps(cmd).encode()
+        headers = {"Content-Type": "application/json"}
+        return call(broker.port, "POST", path, source=source, body=body, headers=headers)
+    text = cmd.decode() if isinstance(cmd, bytes) else json.dumps(cmd)
+    return call(broker.port, "POST", path, source=source, form={"body": text})
+
+
+def refused(response, address: str, section: str) -> None:
+    assert response.status == 403, response.body
+    assert error_of(response) == f"access from {address} is not allowed ({section})"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
+def test_a_consumer_only_client_may_get_and_take_but_not_add_or_del(split_broker, queue, as_json):
+    b = split_broker
+    key = send(b, "127.0.0.1", {"cmd": "add", "queue": queue, "value": "v1"}, as_json).json()["key"]
+    send(b, "127.0.0.1", {"cmd": "add", "queue": queue, "value": "v2"}, as_json)
+
+    got = send(b, CONSUMER_ONLY, {"cmd": "get", "queue": queue}, as_json)
+    assert got.status == 200, got.body
+    assert got.json()["value"] == "v1"
+    taken = send(b, CONSUMER_ONLY, {"cmd": "take"}, as_json, path=f"/queue/{queue}")
+    assert taken.status == 200, taken.body
+    assert (taken.json()["key"], taken.json()["value"]) == (key, "v1")
+
+    for cmd in (
+        {"cmd": "add", "queue": queue, "value": "sneaky"},
+        {"cmd": "del", "queue": queue, "key": f"{queue}:2"},
+        {"cmd": "nope", "queue": queue},  # unknown: judged as a producer's command
+        {"queue": queue},
+        ["take", queue],
+        b"{not json",
+    ):
+        refused(send(b, CONSUMER_ONLY, cmd, as_json), CONSUMER_ONLY, "rest:producer")
+    # nothing was added or deleted: v2 is still the only message
+    assert b.redis("LRANGE", f"{queue}:queue", "0", "-1") == [f"{queue}:2"]
+    assert b.redis("GET", f"{queue}:2") == "v2"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
+def test_a_producer_only_client_may_add_and_del_but_not_get_or_take(split_broker, queue, as_json):
+    b = split_broker
+    added = send(b, PRODUCER_ONLY, {"cmd": "add", "queue": queue, "value": "v1"}, as_json)
+    assert added.status == 200, added.body
+    assert added.json() == {"queue": queue, "value": "v1", "key": f"{queue}:1"}
+    send(b, PRODUCER_ONLY, {"cmd": "add", "queue": queue, "value": "v2"}, as_json)
+
+    for cmd in ({"cmd": "get", "queue": queue}, {"cmd": "take", "queue": queue}):
+        refused(send(b, PRODUCER_ONLY, cmd, as_json), PRODUCER_ONLY, "rest:consumer")
+    assert sorted(b.redis("LRANGE", f"{queue}:queue", "0", "-1")) == [f"{queue}:1", f"{queue}:2"]
+
+    deleted = send(b, PRODUCER_ONLY, {"cmd": "del", "queue": queue, "key": f"{queue}:1"}, as_json)
+    assert deleted.status == 200, deleted.body
+    assert deleted.json()["deleted"] is True
+    # a producer is told what is wrong with a command it may send
+    assert_error(send(b, PRODUCER_ONLY, {"cmd": "nope", "queue": queue}, as_json), 400)
+    assert_error(send(b, PRODUCER_ONLY, b"{not json", as_json), 400, "malformed JSON")
+    # the consumer takes what is left
+    taken = send(b, CONSUMER_ONLY, {"cmd": "take", "queue": queue}, as_json)
+    assert taken.json()["value"] == "v2"
+
+
+def test_get_queue_still_needs_consumer_rights(split_broker):
+    response = call(split_broker.port, "GET", "/queue", source=PRODUCER_ONLY)
+    refused(response, PRODUCER_ONLY, "rest:consumer")
+    assert call(split_broker.port, "GET", "/queue", source=CONSUMER_ONLY).status == 302
 
 
 # -- forwarded addresses -----------------------------------------------------------------

@@ -20,8 +20,7 @@ from websockets.sync.client import connect as ws_connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
-from tests.support import Broker, wait_for
-from tests.test_acl import run_twistd
+from tests.support import Broker, run_twistd, wait_for
 
 
 def _name(text: str) -> x509.Name:
