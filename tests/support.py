@@ -827,8 +827,8 @@ def install_hint(missing: list[str]) -> str:
     """One line saying what is missing and which packages bring it."""
     packages = " ".join(dict.fromkeys(DEBIAN_PACKAGES.get(name, name) for name in missing))
     return (
-        f"{', '.join(missing)} not found on PATH; install it (Debian/Ubuntu: "
-        f"apt-get install {packages}; `make test` does that when run as root)"
+        f"{', '.join(missing)} not found on PATH; to run this test install the Debian/Ubuntu "
+        f"packages {packages} (`make test` does that when run as root)"
     )
 
 
