@@ -1,4 +1,4 @@
-"""The RestMQ protocol (PROTOCOL.md Part A, B and the Part C items of issue 3), end to end.
+"""The RestMQ protocol: its routes and their answers, end to end.
 
 Every answer is checked byte for byte against a real `twistd restmq` over real sockets.
 Streaming routes (/c, /ws) have their own tests.
