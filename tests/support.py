@@ -854,3 +854,36 @@ def start_chromium():
     ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+# -- what `twistd restmq` refuses at startup, found in process ---------------------------
+
+
+def startup_refusal(cwd: Path, *args: str) -> str:
+    """What `twistd restmq ARGS`, run in ``cwd``, says when it refuses to start.
+
+    This runs what twistd runs, in this process: the plugin's options, then its service
+    factory, which checks the configuration before it starts anything. A few tests run
+    the real `twistd` to show that such a message reaches the user and stops the start.
+    """
+    # Imported here: the tests' helpers must not import the broker before pytest starts.
+    from twisted.python import usage
+
+    from restmq.options import Options
+    from restmq.service import make_service
+
+    previous = os.getcwd()
+    os.chdir(cwd)  # the options resolve ./acl.conf and ./restmq-data against it
+    try:
+        options = Options()
+        try:
+            options.parseOptions(list(args))
+        except usage.UsageError as exc:
+            return str(exc)
+        try:
+            make_service(options)
+        except SystemExit as exc:
+            return str(exc.code)
+    finally:
+        os.chdir(previous)
+    raise AssertionError(f"`twistd restmq {' '.join(args)}` would start")

@@ -30,6 +30,7 @@ from tests.support import (
     make_hash,
     run_twistd,
     start_broker,
+    startup_refusal,
     valkey_pids,
     wait_answering,
     wait_for,
@@ -445,20 +446,31 @@ def test_changes_apply_without_restart_and_a_broken_change_keeps_the_rules(tmp_p
         broker.stop()
 
 
-@pytest.mark.parametrize(
-    ("text", "complaint"),
-    [
-        ("[rest:producer]\nhosts_allow = 127.0.0.1\n[rest:producer]\n", "already exists"),
-        ("hosts_allow = 127.0.0.1\n", "no section headers"),
-        ("[rest:producers]\nhosts_deny = all\n", "unknown section [rest:producers]"),
-        ("[rest:consumer]\nhost_allow = 127.0.0.1\n", "unknown key 'host_allow'"),
-        ("[rest:consumer]\nhosts_allow = example.com\n", "host names are not supported"),
-        ("[rest:consumer]\nhosts_allow = 10.0.0.0/33\n", "not a CIDR network"),
-        ("[rest:consumer]\nusername = lero\n", "username and password go together"),
-        ("[rest:consumer]\nusername = a\npassword = scrypt$1$2$3\n", "scrypt$N$r$p$SALT$KEY"),
-    ],
-)
-def test_a_broken_file_stops_the_broker_at_startup(tmp_path, text, complaint):
+BROKEN_FILES = [
+    ("[rest:producer]\nhosts_allow = 127.0.0.1\n[rest:producer]\n", "already exists"),
+    ("hosts_allow = 127.0.0.1\n", "no section headers"),
+    ("[rest:producers]\nhosts_deny = all\n", "unknown section [rest:producers]"),
+    ("[rest:consumer]\nhost_allow = 127.0.0.1\n", "unknown key 'host_allow'"),
+    ("[rest:consumer]\nhosts_allow = example.com\n", "host names are not supported"),
+    ("[rest:consumer]\nhosts_allow = 10.0.0.0/33\n", "not a CIDR network"),
+    ("[rest:consumer]\nusername = lero\n", "username and password go together"),
+    ("[rest:consumer]\nusername = a\npassword = scrypt$1$2$3\n", "scrypt$N$r$p$SALT$KEY"),
+]
+
+
+@pytest.mark.parametrize(("text", "complaint"), BROKEN_FILES)
+def test_a_broken_file_is_refused_saying_where_and_what(tmp_path, text, complaint):
+    (tmp_path / "acl.conf").write_text(text)
+    message = startup_refusal(tmp_path)
+    assert message.startswith("restmq: ")
+    assert str(tmp_path / "acl.conf") in message
+    assert complaint in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "restmq-data").exists(), "nothing starts before the ACL is read"
+
+
+def test_a_broken_file_stops_the_broker_at_startup(tmp_path):
+    text, complaint = BROKEN_FILES[2]
     (tmp_path / "acl.conf").write_text(text)
     result = run_twistd(tmp_path)
     message = result.stdout + result.stderr
@@ -471,20 +483,18 @@ def test_a_broken_file_stops_the_broker_at_startup(tmp_path, text, complaint):
     assert valkey_pids(tmp_path / "restmq-data") == []
 
 
-def test_a_named_acl_file_must_exist_the_default_may_be_missing(tmp_path, broker_factory):
-    result = run_twistd(tmp_path, "--acl", str(tmp_path / "nowhere.conf"))
-    assert result.returncode != 0
-    assert f"acl file {tmp_path / 'nowhere.conf'} does not exist" in result.stdout + result.stderr
+def test_a_named_acl_file_must_exist_the_default_may_be_missing(tmp_path, shared_broker, queue):
+    message = startup_refusal(tmp_path, "--acl", str(tmp_path / "nowhere.conf"))
+    assert f"acl file {tmp_path / 'nowhere.conf'} does not exist" in message
 
     unreadable = tmp_path / "dir.conf"
     unreadable.mkdir()
-    result = run_twistd(tmp_path, "--acl", str(unreadable))
-    assert result.returncode != 0
-    assert f"cannot read acl file {unreadable}" in result.stdout + result.stderr
+    message = startup_refusal(tmp_path, "--acl", str(unreadable))
+    assert f"cannot read acl file {unreadable}" in message
 
-    broker = broker_factory()  # its working directory has no acl.conf
+    broker = shared_broker  # its working directory has no acl.conf
     assert f"access control: no {broker.workdir / 'acl.conf'}; every route is open" in broker.log()
-    assert broker.post("/q/open", value="v").status == 200
+    assert broker.post(f"/q/{queue}", value="v").status == 200
 
 
 def test_the_shipped_acl_conf_is_all_open_and_documents_every_key(tmp_path, broker_factory):
@@ -595,11 +605,8 @@ async def test_credentials_rules():
 
 
 def test_trusted_proxy_option_is_checked(tmp_path):
-    result = run_twistd(tmp_path, "--trusted-proxies", "10.0.0.1,proxy.example.com")
-    assert result.returncode != 0
-    assert "--trusted-proxies: 'proxy.example.com' is not an IP address" in (
-        result.stdout + result.stderr
-    )
+    message = startup_refusal(tmp_path, "--trusted-proxies", "10.0.0.1,proxy.example.com")
+    assert "--trusted-proxies: 'proxy.example.com' is not an IP address" in message
 
 
 def test_restmq_passwd_makes_salted_scrypt_hashes():
