@@ -7,6 +7,7 @@ import itertools
 import uuid
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 
@@ -40,6 +41,19 @@ def valkey_factory(tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def log_lines():
+    """What the code under test logs (twisted.logger), as text, for the test's duration."""
+    lines: list[str] = []
+
+    def observe(event) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture(scope="session")
