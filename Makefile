@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 STAMP := $(VENV)/.restmq-installed
 ARGS ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-programs lint format bench clean
 
 install: $(STAMP)
 
@@ -31,7 +31,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# Some tests run chromium, chromedriver and curl: installed here when missing, as root on
+# Debian/Ubuntu; elsewhere those tests are skipped, saying what to install.
+test-programs:
+	@tests/install-programs.sh
+
+test: lint test-programs
 	$(VENV)/bin/pytest $(ARGS)
 
 bench: install

@@ -1,4 +1,5 @@
-"""Fixtures: real brokers and real Valkey servers, always stopped afterwards."""
+"""Fixtures: real brokers and real Valkey servers, always stopped afterwards; and the
+``needs`` marker for tests that run programs outside Python."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import itertools
 import uuid
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.support import Broker, Valkey
+from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 
 
 @pytest.fixture
@@ -41,6 +43,19 @@ def valkey_factory(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture
+def log_lines():
+    """What the code under test logs (twisted.logger), as text, for the test's duration."""
+    lines: list[str] = []
+
+    def observe(event) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
 @pytest.fixture(scope="session")
 def shared_broker(tmp_path_factory):
     """One broker on the embedded Valkey for the tests that only need a broker."""
@@ -51,6 +66,25 @@ def shared_broker(tmp_path_factory):
 
 
 _names = itertools.count()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*programs): the test runs these programs; without them on PATH it is skipped"
+        " with what to install (under CI=true it fails instead)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before any fixture starts: skip (or, under CI, fail) a test whose programs are missing."""
+    missing = missing_programs(name for mark in item.iter_markers("needs") for name in mark.args)
+    if not missing:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true: {install_hint(missing)}", pytrace=False)
+    pytest.skip(install_hint(missing))
 
 
 @pytest.fixture

@@ -1,23 +1,37 @@
-"""Real processes for the tests: a `twistd restmq` broker and a standalone Valkey.
+"""What the tests share, in one place; no test module imports another.
 
-Every server listens on loopback only and is stopped by the test that started it.
+- real processes: a `twistd restmq` broker and a standalone Valkey, on loopback only,
+  each stopped by the test that started it; one HTTP request; one raw Redis command;
+- the broker's answer formats (JSON and JSONP lines, JSON errors);
+- raw HTTP on a socket (used as ``from tests import support as wire``: ``wire.exchange``);
+- streaming consumers: COMET and SSE readers, a WebSocket client, a raw WebSocket client;
+- access control: Basic credentials, requests from a chosen loopback address, hashes;
+- programs outside Python that some tests need (chromium, chromedriver, curl).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
+import queue as queue_module
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from websockets.sync.client import connect as ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -311,6 +325,568 @@ def running(broker: Broker):
         yield broker
     finally:
         broker.stop()
+
+
+# -- the broker's answers ----------------------------------------------------------------
+
+JSON_TYPE = "application/json; charset=UTF-8"
+JSONP_TYPE = "application/javascript; charset=UTF-8"
+TEXT_TYPE = "text/plain; charset=UTF-8"
+REDIS_FIELD = re.compile(r"<Redis Connection: unix:/.+/valkey\.sock - ([1-9]|10) connection\(s\)>")
+
+
+def line(obj) -> bytes:
+    """A JSON answer as the broker writes it: the original's separators, then CRLF."""
+    return (json.dumps(obj) + "\r\n").encode()
+
+
+def jsonp(callback: str, obj) -> bytes:
+    return f"{callback}({json.dumps(obj)});\r\n".encode()
+
+
+def assert_answer(response, body: bytes, status: int = 200, content_type: str = JSON_TYPE):
+    assert (response.status, response.body) == (status, body)
+    assert response.headers["content-type"] == content_type
+
+
+def assert_error(response, status: int, starts_with: str = ""):
+    """A 4xx/5xx is a JSON object {"error": text} and CRLF, never an HTML page."""
+    assert response.status == status, response.body
+    assert response.headers["content-type"] == JSON_TYPE
+    assert response.body.endswith(b"}\r\n")
+    error = response.json()["error"]
+    assert list(response.json()) == ["error"]
+    assert error.startswith(starts_with), error
+    return error
+
+
+def post_value(broker, queue: str, value: str, **extra) -> str:
+    response = broker.post(f"/q/{queue}", value=value, **extra)
+    assert response.status == 200, response.body
+    return response.text.removesuffix("\r\n")
+
+
+def post_json(broker, path: str, payload, raw: bytes | None = None):
+    """POST ``payload`` (or the ``raw`` bytes) as an application/json body."""
+    body = raw if raw is not None else json.dumps(payload).encode()
+    return broker.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+
+
+def command(broker, cmd, path: str = "/queue", field: str = "body"):
+    """A JSON-protocol command, sent as the original's form field ``body`` (or ``msg``)."""
+    return broker.post(path, **{field: json.dumps(cmd)})
+
+
+def nothing_stored(broker: Broker, queue: str) -> bool:
+    """True when the broker keeps no list, message or counter for ``queue`` (raw Redis)."""
+    return broker.redis("EXISTS", f"{queue}:queue", f"{queue}:1", f"{queue}:UUID") == 0
+
+
+# -- raw HTTP on a socket ----------------------------------------------------------------
+# http.client hides what some tests check: pipelining, HTTP/1.0, bodies that are not
+# UTF-8, answers sent before a request body, connection closes. Test modules use these as
+# ``from tests import support as wire``, so that a call reads ``wire.exchange(...)``.
+
+
+@dataclass
+class RawResponse:
+    version: str
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    raw_head: bytes
+
+    def header_names(self) -> list[str]:
+        return list(self.headers)
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    """A plain TCP connection to a broker on loopback."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:  # an abort is a close too
+            return b"".join(chunks)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+    raise AssertionError(f"the server did not close the connection; got {b''.join(chunks)!r}")
+
+
+class Reader:
+    """Parses HTTP responses, one after another, from one connection."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+        self.sock = sock
+        self.buffer = b""
+        sock.settimeout(timeout)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buffer += data
+        return True
+
+    def read_head(self) -> tuple[str, int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                raise AssertionError(f"connection closed inside a head: {self.buffer!r}")
+        raw_head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = raw_head.decode("latin-1").split("\r\n")
+        version, status = lines[0].split(" ", 2)[:2]
+        headers = {}
+        for header in lines[1:]:
+            name, _, value = header.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return version, int(status), headers, raw_head
+
+    def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not self._fill():
+                raise AssertionError(f"connection closed after {len(self.buffer)} of {size} bytes")
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read_line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise AssertionError(f"connection closed inside a line: {self.buffer!r}")
+        first, self.buffer = self.buffer.split(b"\r\n", 1)
+        return first
+
+    def read_chunked(self) -> bytes:
+        body = b""
+        while True:
+            size = int(self.read_line().split(b";")[0], 16)
+            if size == 0:
+                self.read_line()
+                return body
+            body += self.read_exactly(size)
+            assert self.read_line() == b""
+
+    def read_response(self, method: str = "GET") -> RawResponse:
+        version, status, headers, raw_head = self.read_head()
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif headers.get("transfer-encoding") == "chunked":
+            body = self.read_chunked()
+        elif "content-length" in headers:
+            body = self.read_exactly(int(headers["content-length"]))
+        else:
+            while self._fill():
+                pass
+            body, self.buffer = self.buffer, b""
+        return RawResponse(version, status, headers, body, raw_head)
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True when the server closes the connection (with nothing more to read)."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b"" and not self.buffer
+        except (TimeoutError, BlockingIOError):
+            return False
+        except ConnectionResetError:
+            return True
+
+
+def exchange(port: int, data: bytes, count: int = 1, methods=None) -> list[RawResponse]:
+    """Send ``data`` in one write and read ``count`` responses from the same connection."""
+    with connect(port) as sock:
+        sock.sendall(data)
+        reader = Reader(sock)
+        methods = methods or ["GET"] * count
+        return [reader.read_response(method) for method in methods]
+
+
+def form_request(method: str, path: str, body: bytes = b"", extra: str = "") -> bytes:
+    """The bytes of an HTTP/1.1 request with a form body (``extra``: more header lines)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}"
+    if body or method in ("POST", "PUT", "PATCH"):
+        head += "Content-Type: application/x-www-form-urlencoded\r\n"
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+# -- streaming consumers: COMET and SSE (http.client), WebSocket (websockets) -----------
+
+
+class _StreamReader:
+    """Reads a stream in a thread; ``next()`` returns the next parsed item."""
+
+    def __init__(self) -> None:
+        self.items: queue_module.Queue = queue_module.Queue()
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.read_all()
+        except (OSError, ValueError, AttributeError):
+            pass  # the test closed the stream under the reader
+        finally:
+            self.ended.set()
+
+    def read_all(self) -> None:
+        raise NotImplementedError
+
+    def next(self, timeout: float = 5.0):
+        return self.items.get(timeout=timeout)
+
+    def take(self, count: int, timeout: float = 10.0) -> list:
+        deadline = time.monotonic() + timeout
+        got = []
+        while len(got) < count:
+            got.append(self.items.get(timeout=max(0.01, deadline - time.monotonic())))
+        return got
+
+    def drain(self, wait: float = 0.3) -> list:
+        """Everything that arrives within ``wait`` seconds."""
+        got = []
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                got.append(self.items.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue_module.Empty:
+                return got
+
+
+class HttpStream(_StreamReader):
+    """GET /c/<queue> over http.client: COMET lines, or SSE events with ``sse=True``."""
+
+    def __init__(self, port: int, queue: str, *, sse: bool = False, query: str = "",
+                 headers: dict | None = None, source: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.sse = sse
+        self.conn = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=30, source_address=(source, 0) if source else None
+        )
+        headers = dict(headers or {})
+        if sse:
+            headers["Accept"] = "text/event-stream"
+        self.conn.request("GET", f"/c/{queue}{query}", headers=headers)
+        self.response = self.conn.getresponse()
+        self.raw_lines: list[bytes] = []
+
+    def read_all(self) -> None:
+        event: dict = {}
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                return
+            self.raw_lines.append(raw)
+            if not self.sse:
+                self.items.put(raw)
+                continue
+            text = raw.decode().rstrip("\n")
+            if text == "":
+                if "data" in event:
+                    self.items.put(event)
+                event = {}
+            elif text.startswith(":"):
+                continue
+            else:
+                name, _, value = text.partition(": ")
+                event[name] = value
+
+    def next_message(self, timeout: float = 5.0) -> dict:
+        item = self.next(timeout)
+        if self.sse:
+            return json.loads(item["data"])
+        return json.loads(item)
+
+    def close(self) -> None:
+        # Shut the socket down first: that wakes the reader thread blocked in recv, which
+        # holds the response's buffer lock that close() needs.
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.ended.wait(5)
+        self.conn.close()
+
+
+class WebSocketStream(_StreamReader):
+    """A /ws/<queue> consumer with the `websockets` client."""
+
+    def __init__(self, port: int, queue: str, **kwargs) -> None:
+        super().__init__()
+        self._context = ws_connect(f"ws://127.0.0.1:{port}/ws/{queue}", open_timeout=10, **kwargs)
+        self.ws = self._context.__enter__()
+
+    def read_all(self) -> None:
+        try:
+            for message in self.ws:
+                self.items.put(message)
+        except Exception:  # closed by either side
+            return
+
+    def next_message(self, timeout: float = 5.0) -> dict:
+        return json.loads(self.next(timeout))
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+
+def consumers_of(broker: Broker, queue: str) -> int:
+    """How many streaming consumers the broker counts on ``queue``."""
+    return broker.get(f"/stats/{queue}").json()["consumers"]
+
+
+def wait_consumers(broker: Broker, queue: str, count: int, timeout: float = 10.0) -> None:
+    wait_for(
+        lambda: consumers_of(broker, queue) == count,
+        timeout,
+        what=f"{count} consumer(s) on {queue}",
+    )
+
+
+# -- a raw WebSocket client: it decides exactly what it sends and when it reads ----------
+
+
+def ws_handshake(path: str, headers: dict[str, str]) -> tuple[bytes, str]:
+    """The bytes of an upgrade request, and the Sec-WebSocket-Accept the server must answer."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    accept = base64.b64encode(
+        hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    ).decode()
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), accept
+
+
+def ws_client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A final, masked client frame; the all-zero mask leaves the payload as it is."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the broker closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def ws_read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and whatever followed the blank line of the handshake's answer."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"the broker closed the connection after {data!r}")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for header in lines:
+        name, _, value = header.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, rest
+
+
+def ws_read_frame(sock: socket.socket, pending: bytearray) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload); ``pending`` holds bytes read ahead."""
+
+    def take(size: int) -> bytes:
+        if len(pending) < size:
+            pending.extend(recv_exactly(sock, size - len(pending)))
+        data = bytes(pending[:size])
+        del pending[:size]
+        return data
+
+    first, second = take(2)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(take(2), "big")
+    elif size == 127:
+        size = int.from_bytes(take(8), "big")
+    return first & 0x0F, take(size)
+
+
+# -- access control: credentials, client addresses, acl.conf ----------------------------
+# On Linux every address of 127.0.0.0/8 is a loopback address a client can bind, so one
+# broker on 127.0.0.1 sees connections "from" several hosts.
+
+CHALLENGE = 'Basic realm="RestMQ Restricted Access"'
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    """An Authorization header with Basic credentials."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def call(port: int, method: str, path: str, *, source: str = "127.0.0.1", **kwargs) -> Response:
+    """One request from the loopback address ``source``."""
+    return request(port, method, path, source=source, **kwargs)
+
+
+def error_of(response: Response) -> str:
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    return response.json()["error"]
+
+
+def make_hash(password: str) -> str:
+    """A hash made the way the README says: the restmq-passwd command, password on stdin."""
+    result = subprocess.run(
+        [str(BIN / "restmq-passwd")],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def start_broker(workdir: Path, acl_text: str | None, *args: str) -> Broker:
+    """A broker whose working directory holds ``acl_text`` as ./acl.conf; it is not waited for."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if acl_text is not None:
+        (workdir / "acl.conf").write_text(acl_text)
+    broker = Broker(workdir, list(args))
+    broker.start(wait=False)
+    return broker
+
+
+def wait_answering(broker: Broker, host: str = "127.0.0.1", source: str | None = None) -> None:
+    """Wait until the broker answers HTTP at all (its ACL may refuse the answer)."""
+
+    def answers():
+        if broker.proc.poll() is not None:
+            raise AssertionError(f"broker exited with {broker.proc.returncode}:\n{broker.log()}")
+        try:
+            call(broker.port, "GET", "/stats/", host=host, source=source or host, timeout=2)
+            return True
+        except OSError:
+            return False
+
+    wait_for(answers, 30, what=f"the broker on port {broker.port}")
+
+
+def run_twistd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `twistd restmq` to its end (for the options that stop it at startup)."""
+    return subprocess.run(
+        [TWISTD, "--nodaemon", "--pidfile=", "restmq", "--port", str(free_port()), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# -- programs outside Python: chromium, chromedriver, curl -------------------------------
+# A test marked ``@pytest.mark.needs("curl")`` runs only when the programs are on PATH;
+# tests/conftest.py skips it otherwise, and fails it under CI (where .ci/run installs them).
+
+DEBIAN_PACKAGES = {"chromium": "chromium", "chromedriver": "chromium-driver", "curl": "curl"}
+
+
+def in_ci() -> bool:
+    """True under CI (CI=true): there a missing program is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing_programs(names) -> list[str]:
+    return [name for name in dict.fromkeys(names) if shutil.which(name) is None]
+
+
+def install_hint(missing: list[str]) -> str:
+    """One line saying what is missing and which packages bring it."""
+    packages = " ".join(dict.fromkeys(DEBIAN_PACKAGES.get(name, name) for name in missing))
+    return (
+        f"{', '.join(missing)} not found on PATH; to run this test install the Debian/Ubuntu "
+        f"packages {packages} (`make test` does that when run as root)"
+    )
+
+
+def start_chromium():
+    """A real headless Chromium (Debian's chromium + chromedriver), driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # the tests run as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        # No network here but loopback: keep Chromium from calling home.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='restmq-chromium-')}",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+# -- what `twistd restmq` refuses at startup, found in process ---------------------------
+
+
+def startup_refusal(cwd: Path, *args: str) -> str:
+    """What `twistd restmq ARGS`, run in ``cwd``, says when it refuses to start.
+
+    This runs what twistd runs, in this process: the plugin's options, then its service
+    factory, which checks the configuration before it starts anything. A few tests run
+    the real `twistd` to show that such a message reaches the user and stops the start.
+    """
+    # Imported here: the tests' helpers must not import the broker before pytest starts.
+    from twisted.python import usage
+
+    from restmq.options import Options
+    from restmq.service import make_service
+
+    previous = os.getcwd()
+    os.chdir(cwd)  # the options resolve ./acl.conf and ./restmq-data against it
+    try:
+        options = Options()
+        try:
+            options.parseOptions(list(args))
+        except usage.UsageError as exc:
+            return str(exc)
+        try:
+            make_service(options)
+        except SystemExit as exc:
+            return str(exc.code)
+    finally:
+        os.chdir(previous)
+    raise AssertionError(f"`twistd restmq {' '.join(args)}` would start")
 
 
 # -- WebSocket over a raw socket ------------------------------------------------------

@@ -7,95 +7,36 @@ so one broker on 127.0.0.1 sees connections "from" several hosts.
 from __future__ import annotations
 
 import base64
+import json
+import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 from websockets.exceptions import InvalidStatus
 
 from restmq import acl, passwd
-from tests.stream_clients import HttpStream, WebSocketStream
 from tests.support import (
     BIN,
-    TWISTD,
-    Broker,
+    CHALLENGE,
+    HttpStream,
     Response,
-    free_port,
-    request,
+    WebSocketStream,
+    assert_error,
+    basic,
+    call,
+    error_of,
+    make_hash,
+    run_twistd,
+    start_broker,
+    startup_refusal,
     valkey_pids,
+    wait_answering,
     wait_for,
 )
-
-CHALLENGE = 'Basic realm="RestMQ Restricted Access"'
-
-
-# -- helpers (also used by test_xmlrpc, test_tls and test_limits) ------------------------
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def call(port: int, method: str, path: str, *, source: str = "127.0.0.1", **kwargs) -> Response:
-    """One request from the loopback address ``source``."""
-    return request(port, method, path, source=source, **kwargs)
-
-
-def make_hash(password: str) -> str:
-    """A hash made the way the README says: the restmq-passwd command, password on stdin."""
-    result = subprocess.run(
-        [str(BIN / "restmq-passwd")],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
-def wait_answering(broker: Broker, host: str = "127.0.0.1", source: str | None = None) -> None:
-    """Wait until the broker answers HTTP at all (its ACL may refuse the answer)."""
-
-    def answers():
-        if broker.proc.poll() is not None:
-            raise AssertionError(f"broker exited with {broker.proc.returncode}:\n{broker.log()}")
-        try:
-            call(broker.port, "GET", "/stats/", host=host, source=source or host, timeout=2)
-            return True
-        except OSError:
-            return False
-
-    wait_for(answers, 30, what=f"the broker on port {broker.port}")
-
-
-def start_broker(workdir: Path, acl_text: str | None, *args: str) -> Broker:
-    """A broker whose working directory holds ``acl_text`` as ./acl.conf."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    if acl_text is not None:
-        (workdir / "acl.conf").write_text(acl_text)
-    broker = Broker(workdir, list(args))
-    broker.start(wait=False)
-    return broker
-
-
-def run_twistd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [TWISTD, "--nodaemon", "--pidfile=", "restmq", "--port", str(free_port()), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def error_of(response: Response) -> str:
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    return response.json()["error"]
-
 
 # -- the main broker ---------------------------------------------------------------------
 
@@ -323,6 +264,103 @@ def test_websocket_section_takes_the_auth_cookie_or_basic(guarded, queue):
         by_basic.close()
 
 
+# -- the JSON protocol (POST /queue) checks rights per command ------------------------
+
+SPLIT_ACL = """\
+# 127.0.0.2 may only consume, 127.0.0.3 may only produce; 127.0.0.1 may do both
+[rest:producer]
+hosts_allow = 127.0.0.1 127.0.0.3
+hosts_deny = all
+
+[rest:consumer]
+hosts_allow = 127.0.0.1 127.0.0.2
+hosts_deny = all
+"""
+CONSUMER_ONLY, PRODUCER_ONLY = "127.0.0.2", "127.0.0.3"
+
+
+@pytest.fixture(scope="module")
+def split_broker(tmp_path_factory):
+    broker = start_broker(tmp_path_factory.mktemp("split-acl"), SPLIT_ACL)
+    try:
+        wait_answering(broker)
+        broker.wait_ready()
+        yield broker
+    finally:
+        broker.stop()
+
+
+def send(broker, source: str, cmd, as_json: bool, path: str = "/queue"):
+    """A JSON-protocol command from ``source``: as an application/json body or form field."""
+    if as_json:
+        body = cmd if isinstance(cmd, bytes) else json.dumps(cmd).encode()
+        headers = {"Content-Type": "application/json"}
+        return call(broker.port, "POST", path, source=source, body=body, headers=headers)
+    text = cmd.decode() if isinstance(cmd, bytes) else json.dumps(cmd)
+    return call(broker.port, "POST", path, source=source, form={"body": text})
+
+
+def refused(response, address: str, section: str) -> None:
+    assert response.status == 403, response.body
+    assert error_of(response) == f"access from {address} is not allowed ({section})"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
+def test_a_consumer_only_client_may_get_and_take_but_not_add_or_del(split_broker, queue, as_json):
+    b = split_broker
+    key = send(b, "127.0.0.1", {"cmd": "add", "queue": queue, "value": "v1"}, as_json).json()["key"]
+    send(b, "127.0.0.1", {"cmd": "add", "queue": queue, "value": "v2"}, as_json)
+
+    got = send(b, CONSUMER_ONLY, {"cmd": "get", "queue": queue}, as_json)
+    assert got.status == 200, got.body
+    assert got.json()["value"] == "v1"
+    taken = send(b, CONSUMER_ONLY, {"cmd": "take"}, as_json, path=f"/queue/{queue}")
+    assert taken.status == 200, taken.body
+    assert (taken.json()["key"], taken.json()["value"]) == (key, "v1")
+
+    for cmd in (
+        {"cmd": "add", "queue": queue, "value": "sneaky"},
+        {"cmd": "del", "queue": queue, "key": f"{queue}:2"},
+        {"cmd": "nope", "queue": queue},  # unknown: judged as a producer's command
+        {"queue": queue},
+        ["take", queue],
+        b"{not json",
+    ):
+        refused(send(b, CONSUMER_ONLY, cmd, as_json), CONSUMER_ONLY, "rest:producer")
+    # nothing was added or deleted: v2 is still the only message
+    assert b.redis("LRANGE", f"{queue}:queue", "0", "-1") == [f"{queue}:2"]
+    assert b.redis("GET", f"{queue}:2") == "v2"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
+def test_a_producer_only_client_may_add_and_del_but_not_get_or_take(split_broker, queue, as_json):
+    b = split_broker
+    added = send(b, PRODUCER_ONLY, {"cmd": "add", "queue": queue, "value": "v1"}, as_json)
+    assert added.status == 200, added.body
+    assert added.json() == {"queue": queue, "value": "v1", "key": f"{queue}:1"}
+    send(b, PRODUCER_ONLY, {"cmd": "add", "queue": queue, "value": "v2"}, as_json)
+
+    for cmd in ({"cmd": "get", "queue": queue}, {"cmd": "take", "queue": queue}):
+        refused(send(b, PRODUCER_ONLY, cmd, as_json), PRODUCER_ONLY, "rest:consumer")
+    assert sorted(b.redis("LRANGE", f"{queue}:queue", "0", "-1")) == [f"{queue}:1", f"{queue}:2"]
+
+    deleted = send(b, PRODUCER_ONLY, {"cmd": "del", "queue": queue, "key": f"{queue}:1"}, as_json)
+    assert deleted.status == 200, deleted.body
+    assert deleted.json()["deleted"] is True
+    # a producer is told what is wrong with a command it may send
+    assert_error(send(b, PRODUCER_ONLY, {"cmd": "nope", "queue": queue}, as_json), 400)
+    assert_error(send(b, PRODUCER_ONLY, b"{not json", as_json), 400, "malformed JSON")
+    # the consumer takes what is left
+    taken = send(b, CONSUMER_ONLY, {"cmd": "take", "queue": queue}, as_json)
+    assert taken.json()["value"] == "v2"
+
+
+def test_get_queue_still_needs_consumer_rights(split_broker):
+    response = call(split_broker.port, "GET", "/queue", source=PRODUCER_ONLY)
+    refused(response, PRODUCER_ONLY, "rest:consumer")
+    assert call(split_broker.port, "GET", "/queue", source=CONSUMER_ONLY).status == 302
+
+
 # -- forwarded addresses -----------------------------------------------------------------
 
 
@@ -377,7 +415,7 @@ def deny_consumer(address: str) -> str:
     return f"[rest:consumer]\nhosts_deny = {address}\n"
 
 
-def test_changes_apply_without_restart_and_a_broken_change_keeps_the_rules(tmp_path, queue):
+def test_changes_apply_without_restart(tmp_path, queue):
     broker = start_broker(tmp_path / "reload", deny_consumer("127.0.0.3"))
     acl_file = broker.workdir / "acl.conf"
     try:
@@ -392,38 +430,72 @@ def test_changes_apply_without_restart_and_a_broken_change_keeps_the_rules(tmp_p
         wait_for(lambda: status("127.0.0.4") == 403, 15, interval=0.2, what="the new rules")
         assert status("127.0.0.3") == 204
         assert f"access control: reloaded {acl_file}" in broker.log()
-
-        acl_file.write_text("[rest:consumer]\nhosts_deny = 127.0.0.3 not-an-address\n")
-        wait_for(
-            lambda: "keeping the previous rules" in broker.log(),
-            15,
-            interval=0.2,
-            what="the reload error in the log",
-        )
-        assert "'not-an-address' is not an IP address" in broker.log()
-        assert (status("127.0.0.3"), status("127.0.0.4")) == (204, 403)
-
-        acl_file.write_text(deny_consumer("127.0.0.5"))
-        wait_for(lambda: status("127.0.0.5") == 403, 15, interval=0.2, what="the repaired file")
-        assert status("127.0.0.4") == 204
     finally:
         broker.stop()
 
 
-@pytest.mark.parametrize(
-    ("text", "complaint"),
-    [
-        ("[rest:producer]\nhosts_allow = 127.0.0.1\n[rest:producer]\n", "already exists"),
-        ("hosts_allow = 127.0.0.1\n", "no section headers"),
-        ("[rest:producers]\nhosts_deny = all\n", "unknown section [rest:producers]"),
-        ("[rest:consumer]\nhost_allow = 127.0.0.1\n", "unknown key 'host_allow'"),
-        ("[rest:consumer]\nhosts_allow = example.com\n", "host names are not supported"),
-        ("[rest:consumer]\nhosts_allow = 10.0.0.0/33\n", "not a CIDR network"),
-        ("[rest:consumer]\nusername = lero\n", "username and password go together"),
-        ("[rest:consumer]\nusername = a\npassword = scrypt$1$2$3\n", "scrypt$N$r$p$SALT$KEY"),
-    ],
-)
-def test_a_broken_file_stops_the_broker_at_startup(tmp_path, text, complaint):
+@pytest_twisted.ensureDeferred
+async def test_a_broken_change_keeps_the_rules_until_the_file_is_repaired(tmp_path, log_lines):
+    # The broker's reload loop, in process: a Clock stands in for the 5 s between looks.
+    acl_file = tmp_path / "acl.conf"
+    acl_file.write_text(deny_consumer("127.0.0.3"))
+    access = acl.AccessControl(str(acl_file))
+    access.load()
+    clock = task.Clock()
+    access.start_watching(clock)
+
+    def edit(text: str) -> None:
+        """Write the file as a person would: a while after the broker last looked at it."""
+        later = acl_file.stat().st_mtime_ns + 1_000_000_000
+        acl_file.write_text(text)
+        os.utime(acl_file, ns=(later, later))
+        clock.advance(acl.RELOAD_INTERVAL)
+
+    async def statuses(*addresses: str) -> tuple[int, ...]:
+        return tuple([await verdict(access.rules, address) for address in addresses])
+
+    try:
+        assert await statuses("127.0.0.3", "127.0.0.4") == (403, 200)
+        edit(deny_consumer("127.0.0.4"))
+        assert await statuses("127.0.0.3", "127.0.0.4") == (200, 403)
+        assert f"access control: reloaded {acl_file}" in log_lines
+
+        edit("[rest:consumer]\nhosts_deny = 127.0.0.3 not-an-address\n")
+        complaint = next(line for line in log_lines if "keeping the previous rules" in line)
+        assert "'not-an-address' is not an IP address" in complaint
+        assert await statuses("127.0.0.3", "127.0.0.4") == (200, 403)
+
+        edit(deny_consumer("127.0.0.5"))
+        assert await statuses("127.0.0.4", "127.0.0.5") == (200, 403)
+    finally:
+        access.stop_watching()
+
+
+BROKEN_FILES = [
+    ("[rest:producer]\nhosts_allow = 127.0.0.1\n[rest:producer]\n", "already exists"),
+    ("hosts_allow = 127.0.0.1\n", "no section headers"),
+    ("[rest:producers]\nhosts_deny = all\n", "unknown section [rest:producers]"),
+    ("[rest:consumer]\nhost_allow = 127.0.0.1\n", "unknown key 'host_allow'"),
+    ("[rest:consumer]\nhosts_allow = example.com\n", "host names are not supported"),
+    ("[rest:consumer]\nhosts_allow = 10.0.0.0/33\n", "not a CIDR network"),
+    ("[rest:consumer]\nusername = lero\n", "username and password go together"),
+    ("[rest:consumer]\nusername = a\npassword = scrypt$1$2$3\n", "scrypt$N$r$p$SALT$KEY"),
+]
+
+
+@pytest.mark.parametrize(("text", "complaint"), BROKEN_FILES)
+def test_a_broken_file_is_refused_saying_where_and_what(tmp_path, text, complaint):
+    (tmp_path / "acl.conf").write_text(text)
+    message = startup_refusal(tmp_path)
+    assert message.startswith("restmq: ")
+    assert str(tmp_path / "acl.conf") in message
+    assert complaint in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "restmq-data").exists(), "nothing starts before the ACL is read"
+
+
+def test_a_broken_file_stops_the_broker_at_startup(tmp_path):
+    text, complaint = BROKEN_FILES[2]
     (tmp_path / "acl.conf").write_text(text)
     result = run_twistd(tmp_path)
     message = result.stdout + result.stderr
@@ -436,20 +508,18 @@ def test_a_broken_file_stops_the_broker_at_startup(tmp_path, text, complaint):
     assert valkey_pids(tmp_path / "restmq-data") == []
 
 
-def test_a_named_acl_file_must_exist_the_default_may_be_missing(tmp_path, broker_factory):
-    result = run_twistd(tmp_path, "--acl", str(tmp_path / "nowhere.conf"))
-    assert result.returncode != 0
-    assert f"acl file {tmp_path / 'nowhere.conf'} does not exist" in result.stdout + result.stderr
+def test_a_named_acl_file_must_exist_the_default_may_be_missing(tmp_path, shared_broker, queue):
+    message = startup_refusal(tmp_path, "--acl", str(tmp_path / "nowhere.conf"))
+    assert f"acl file {tmp_path / 'nowhere.conf'} does not exist" in message
 
     unreadable = tmp_path / "dir.conf"
     unreadable.mkdir()
-    result = run_twistd(tmp_path, "--acl", str(unreadable))
-    assert result.returncode != 0
-    assert f"cannot read acl file {unreadable}" in result.stdout + result.stderr
+    message = startup_refusal(tmp_path, "--acl", str(unreadable))
+    assert f"cannot read acl file {unreadable}" in message
 
-    broker = broker_factory()  # its working directory has no acl.conf
+    broker = shared_broker  # its working directory has no acl.conf
     assert f"access control: no {broker.workdir / 'acl.conf'}; every route is open" in broker.log()
-    assert broker.post("/q/open", value="v").status == 200
+    assert broker.post(f"/q/{queue}", value="v").status == 200
 
 
 def test_the_shipped_acl_conf_is_all_open_and_documents_every_key(tmp_path, broker_factory):
@@ -498,13 +568,19 @@ def test_ipv6_clients_and_networks(tmp_path, queue):
 # -- the rules themselves (no broker; scrypt runs in a worker thread, as in the broker) ---
 
 
-async def decide(text: str, address: str, credentials=(), section: str = "rest:consumer") -> int:
-    rules = acl.parse_rules(text, "test")
+async def verdict(
+    rules: acl.AccessRules, address: str, credentials=(), section: str = "rest:consumer"
+) -> int:
+    """The status the rules give a client: 200 when it is let in."""
     try:
         await rules.decide_later(section, acl.parse_address(address), list(credentials))
     except acl.Refused as refused:
         return refused.status
     return 200
+
+
+async def decide(text: str, address: str, credentials=(), section: str = "rest:consumer") -> int:
+    return await verdict(acl.parse_rules(text, "test"), address, credentials, section)
 
 
 @pytest.mark.parametrize(
@@ -560,11 +636,8 @@ async def test_credentials_rules():
 
 
 def test_trusted_proxy_option_is_checked(tmp_path):
-    result = run_twistd(tmp_path, "--trusted-proxies", "10.0.0.1,proxy.example.com")
-    assert result.returncode != 0
-    assert "--trusted-proxies: 'proxy.example.com' is not an IP address" in (
-        result.stdout + result.stderr
-    )
+    message = startup_refusal(tmp_path, "--trusted-proxies", "10.0.0.1,proxy.example.com")
+    assert "--trusted-proxies: 'proxy.example.com' is not an IP address" in message
 
 
 def test_restmq_passwd_makes_salted_scrypt_hashes():

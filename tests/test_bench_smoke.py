@@ -83,7 +83,7 @@ def test_rest_scenario_prints_figures_ratios_and_round_trips_and_cleans_up():
         assert re.search(rf"^\s+{method} [\d.]+ per request\s+\(sent: ", out, re.MULTILINE), out
         assert re.search(rf"^\s+{method} [\d.]+ executed per request", out, re.MULTILINE), out
 
-    # the summary names the REST targets with a verdict each
+    # the summary names the performance targets with a verdict each
     summary = out.split("=== summary", 1)[1]
     verdicts = re.findall(r"^\s+rest\s+.+\s(PASS|MISSED)$", summary, re.MULTILINE)
     assert len(verdicts) == 4, summary

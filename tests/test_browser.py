@@ -6,7 +6,10 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import start_chromium
+from tests.support import HttpStream, start_chromium
+
+# Debian's chromium and chromium-driver; `make test` installs them when run as root.
+pytestmark = pytest.mark.needs("chromium", "chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +53,6 @@ def test_browser_consumer_receives_messages_as_they_arrive(
 
 
 def test_dashboard_lists_queues_with_their_state_and_posts(browser, shared_broker, queue):
-    from tests.stream_clients import HttpStream
-
     for i in range(3):
         shared_broker.post(f"/q/{queue}", value=f"m{i}")
     shared_broker.post(f"/p/{queue}", policy="roundrobin")

@@ -19,8 +19,8 @@ from twisted.internet import reactor, task, threads
 from restmq.web.base import BaseHandler
 from restmq.web.cyclone_fixes import FixedChunked, stream_without_keep_alive
 from restmq.web.http_policy import BrokerHTTPConnection
-from tests import wire
-from tests.answers import JSON_TYPE, assert_error
+from tests import support as wire
+from tests.support import JSON_TYPE, assert_error
 
 
 def form(method: str, path: str, body: str = "", extra: str = "") -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.answers import assert_error, command
+from tests.support import assert_error, command
 
 
 @pytest.mark.parametrize("name", [".", ".."])

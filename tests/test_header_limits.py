@@ -10,9 +10,8 @@ import subprocess
 import threading
 import time
 
-from tests import wire
-from tests.answers import JSON_TYPE
-from tests.support import TWISTD, broker_rss
+from tests import support as wire
+from tests.support import JSON_TYPE, TWISTD, broker_rss
 
 HEAD_TOO_LARGE = 431
 

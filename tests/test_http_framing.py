@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from tests import wire
-from tests.answers import JSON_TYPE
+from tests import support as wire
+from tests.support import JSON_TYPE
 
 
 def post(queue: str, fields: str, body: bytes = b"value=a") -> bytes:

@@ -1,25 +1,30 @@
-"""Limits that protect the broker: --header-timeout and --max-consumers."""
+"""Limits that protect the broker: --header-timeout (for heads and bodies) and --max-consumers."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
-import subprocess
 import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.stream_clients import HttpStream, WebSocketStream
-from tests.support import TWISTD, Broker, wait_for
-from tests.test_acl import run_twistd
+from restmq.options import Options
+from tests import support as wire
+from tests.support import (
+    Broker,
+    HttpStream,
+    WebSocketStream,
+    nothing_stored,
+    startup_refusal,
+    wait_for,
+)
 
 
-def test_help_shows_the_limits_and_their_defaults(tmp_path):
-    result = subprocess.run(
-        [TWISTD, "restmq", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    text = " ".join(result.stdout.split())
+def test_help_shows_the_limits_and_their_defaults():
+    # what `twistd restmq --help` prints (test_foundation runs the real one)
+    text = " ".join(Options().getUsage().split())
     for option, default in [
         ("--max-consumers", "10000"),
         ("--header-timeout", "30.0"),
@@ -41,9 +46,7 @@ def test_help_shows_the_limits_and_their_defaults(tmp_path):
     ],
 )
 def test_bad_limits_are_refused(tmp_path, args, complaint):
-    result = run_twistd(tmp_path, *args)
-    assert result.returncode != 0
-    assert complaint in result.stdout + result.stderr
+    assert complaint in startup_refusal(tmp_path, *args)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,52 @@ def test_streaming_consumers_beyond_the_limit_get_503(limited, queue):
     finally:
         first.close()
         second.close()
+
+
+# -- a request body that does not arrive within --header-timeout ------------------------
+
+
+@pytest.fixture
+def impatient_broker(broker_factory):
+    return broker_factory("--header-timeout", "1")
+
+
+def body_head(queue: str, length: int) -> bytes:
+    return (
+        f"POST /q/{queue} HTTP/1.1\r\nHost: test\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_body_that_never_completes_is_dropped(impatient_broker, queue):
+    b = impatient_broker
+    with wire.connect(b.port) as sock:
+        sock.sendall(body_head(queue, 100) + b"value=")  # 6 of 100 bytes, then nothing
+        started = time.monotonic()
+        # the server closes the connection without an answer, well before the client gives up
+        assert wire.read_until_closed(sock, 30) == b""
+        assert time.monotonic() - started < 25
+    wait_for(
+        lambda: "did not finish its request body in time" in b.log(),
+        20,
+        what="the broker to log the dropped body",
+    )
+    assert nothing_stored(b, queue)
+
+
+def test_a_body_sent_in_pieces_in_time_is_served_and_the_connection_kept(impatient_broker, queue):
+    b = impatient_broker
+    body = b"value=in+pieces"
+    with wire.connect(b.port) as sock:
+        sock.sendall(body_head(queue, len(body)) + body[:6])
+        time.sleep(0.1)
+        sock.sendall(body[6:])
+        reader = wire.Reader(sock)
+        first = reader.read_response("POST")
+        assert (first.status, first.body) == (200, f"{queue}:1\r\n".encode())
+        # the same keep-alive connection serves the next request
+        sock.sendall(f"GET /q/{queue} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        second = reader.read_response()
+        assert second.status == 200
+        assert json.loads(second.body)["value"] == "in pieces"

@@ -14,9 +14,8 @@ from twisted.python import usage
 
 from restmq.budget import MemoryBudget
 from restmq.options import Options
-from tests import wire
-from tests.stream_clients import HttpStream
-from tests.support import request, wait_for
+from tests import support as wire
+from tests.support import HttpStream, request, wait_for
 
 MiB = 1024 * 1024
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.answers import JSONP_TYPE, assert_answer, assert_error, command, jsonp, line
+from tests.support import JSONP_TYPE, assert_answer, assert_error, command, jsonp, line
 
 
 def test_json_protocol_unknown_command_is_exactly_null_resultset(shared_broker, queue):

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.answers import (
+from tests.support import (
     JSONP_TYPE,
     REDIS_FIELD,
     TEXT_TYPE,

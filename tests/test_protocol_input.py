@@ -1,4 +1,5 @@
-"""Input rules: names, callbacks, ttl, batch sizes, body size, exact storage.
+"""Input rules: names, callbacks, ttl, batch sizes, JSON numbers and nesting, body size,
+exact storage.
 
 Bad input gets a 4xx with a JSON {"error": ...} body, and nothing is stored.
 """
@@ -11,8 +12,16 @@ import urllib.parse
 import psutil
 import pytest
 
-from tests import wire
-from tests.answers import JSON_TYPE, assert_error, post_json, post_value
+from tests import support as wire
+from tests.support import (
+    JSON_TYPE,
+    Broker,
+    assert_error,
+    command,
+    nothing_stored,
+    post_json,
+    post_value,
+)
 
 VALID_NAMES = ["a", "A_b-c.d:e@f", "0", "x" * 200, "user@example.com", "jobs:high.priority"]
 
@@ -242,6 +251,88 @@ def test_lone_surrogates_in_json_are_400_and_store_nothing(shared_broker, queue)
     assert queue_keys(b, queue) == []
 
 
+# -- JSON that Python's json module takes but JSON does not: NaN, Infinity, deep nesting ----
+
+TOO_DEEP = "JSON nested too deeply"
+
+
+def strict_json(body: bytes):
+    """Parse an answer the way a strict JSON parser would: NaN and Infinity are errors."""
+
+    def refuse(name):
+        raise AssertionError(f"the answer holds {name}, which is not JSON: {body[:200]!r}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_deeply_nested_json_is_400_and_stores_nothing(shared_broker, queue):
+    b = shared_broker
+    deep = nested(5000)
+    raw_bodies = [
+        ("/queue", f'{{"cmd": "add", "queue": "{queue}", "value": {deep}}}'),
+        (f"/queue/{queue}", f'{{"cmd": "add", "value": {deep}}}'),
+        (f"/q/{queue}", f'{{"value": {deep}}}'),
+        (f"/q/{queue}", f'{{"values": ["ok", {deep}]}}'),
+        (f"/q/{queue}", deep),
+    ]
+    for path, raw in raw_bodies:
+        response = post_json(b, path, None, raw=raw.encode())
+        assert_error(response, 400, TOO_DEEP)
+    # the original's form field too
+    form = b.post("/queue", body=f'{{"cmd": "add", "queue": "{queue}", "value": {deep}}}')
+    assert_error(form, 400, TOO_DEEP)
+    assert nothing_stored(b, queue)
+    # a value nested a little is still stored as its JSON text
+    ok = post_json(b, f"/q/{queue}", {"value": [[[1]]]})
+    assert ok.status == 200, ok.body
+    assert b.get(f"/q/{queue}").json()["value"] == "[[[1]]]"
+
+
+NON_FINITE = [
+    ("/queue", '{{"cmd": "add", "queue": "{q}", "value": 1e999}}'),
+    ("/queue", '{{"cmd": "add", "queue": "{q}", "value": -1e999}}'),
+    ("/queue", '{{"cmd": "add", "queue": "{q}", "value": NaN}}'),
+    ("/queue", '{{"cmd": "add", "queue": "{q}", "value": [Infinity]}}'),
+    ("/queue/{q}", '{{"cmd": "add", "value": {{"a": -Infinity}}}}'),
+    ("/q/{q}", '{{"value": {{"a": NaN}}}}'),
+    ("/q/{q}", '{{"value": 1e999}}'),
+    ("/q/{q}", '{{"values": ["ok", [1, 2e400]]}}'),
+    ("/q/{q}", '{{"value": "x", "ttl": NaN}}'),
+]
+
+
+@pytest.mark.parametrize(("path", "raw"), NON_FINITE, ids=[raw for _, raw in NON_FINITE])
+def test_nan_and_infinity_are_400_and_store_nothing(shared_broker, queue, path, raw):
+    b = shared_broker
+    raw = raw.format(q=queue)
+    response = post_json(b, path.format(q=queue), None, raw=raw.encode())
+    error = assert_error(response, 400)
+    assert "finite" in error, error
+    strict_json(response.body)
+    if path == "/queue":  # the original's form field is read the same way
+        error = assert_error(b.post("/queue", body=raw), 400)
+        assert "finite" in error, error
+    assert nothing_stored(b, queue)
+
+
+def test_large_finite_numbers_are_stored_and_answers_are_strict_json(shared_broker, queue):
+    b = shared_broker
+    added = post_json(b, "/queue", {"cmd": "add", "queue": queue, "value": [1e308, -2.5e-300]})
+    assert added.status == 200, added.body
+    assert added.headers["content-type"] == JSON_TYPE
+    assert strict_json(added.body) == {
+        "queue": queue,
+        "value": [1e308, -2.5e-300],
+        "key": f"{queue}:1",
+    }
+    taken = command(b, {"cmd": "take", "queue": queue})
+    assert strict_json(taken.body)["value"] == "[1e+308, -2.5e-300]"
+
+
 # -- body size ----------------------------------------------------------------------
 
 LIMIT = 4096
@@ -249,8 +340,6 @@ LIMIT = 4096
 
 @pytest.fixture(scope="module")
 def small_body_broker(tmp_path_factory):
-    from tests.support import Broker
-
     broker = Broker(tmp_path_factory.mktemp("small-body"), ["--max-body", str(LIMIT)])
     broker.start()
     yield broker

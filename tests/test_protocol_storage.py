@@ -11,8 +11,17 @@ import threading
 import time
 from collections import Counter
 
-from tests.answers import assert_error, command, post_json, post_value
-from tests.support import ROOT, free_port, wait_for
+import pytest
+
+from tests.support import (
+    ROOT,
+    assert_error,
+    command,
+    free_port,
+    post_json,
+    post_value,
+    wait_for,
+)
 
 
 def keys_of(broker, queue: str) -> list[str]:
@@ -399,6 +408,7 @@ def sections(output: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.needs("curl")
 def test_the_curl_walk_runs_against_a_live_broker(shared_broker, queue):
     url = f"http://127.0.0.1:{shared_broker.port}"
     result = run_walk(url, env={"RESTMQ_QUEUE": queue})
@@ -445,6 +455,7 @@ def test_the_curl_walk_runs_against_a_live_broker(shared_broker, queue):
     assert calls["a bad queue name"][1] == "[HTTP 400]"
 
 
+@pytest.mark.needs("curl")
 def test_the_curl_walk_reads_its_url_from_the_environment_and_fails_loudly(shared_broker):
     url = f"http://127.0.0.1:{free_port()}"
     result = run_walk(env={"RESTMQ_URL": url})

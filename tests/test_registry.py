@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq.consumers import ConsumerRegistry, StreamConsumer
 from restmq.core import QueueEngine
@@ -46,19 +45,6 @@ def engine(valkey_factory):
 
 async def settle(seconds: float = 0.2) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
-
-
-@pytest.fixture
-def log_lines():
-    """What the code under test logs (twisted.logger), as text, for the test's duration."""
-    lines: list[str] = []
-
-    def observe(event) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 async def wait_for_line(lines: list[str], line: str, timeout: float = 10.0) -> None:

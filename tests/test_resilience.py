@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.stream_clients import HttpStream
-from tests.support import TWISTD, free_port, wait_for
+from tests.support import TWISTD, HttpStream, free_port, wait_for
 
 
 @pytest.fixture

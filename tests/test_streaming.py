@@ -1,4 +1,7 @@
-"""Streaming consumers over real sockets: COMET (curl, HTTP/1.0), SSE, WebSocket; policies."""
+"""Streaming consumers over real sockets: COMET (curl, HTTP/1.0), SSE, WebSocket; policies.
+
+The WebSocket route's own rules (handshake, echo, flow control) are in test_websocket.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,7 @@ import time
 
 import pytest
 
-from tests.stream_clients import HttpStream, WebSocketStream
-from tests.support import wait_for
-
-
-def wait_consumers(broker, queue: str, count: int, timeout: float = 10.0) -> None:
-    wait_for(
-        lambda: broker.get(f"/stats/{queue}").json()["consumers"] == count,
-        timeout,
-        what=f"{count} consumer(s) on {queue}",
-    )
+from tests.support import HttpStream, WebSocketStream, wait_consumers, wait_for
 
 
 def post(broker, queue: str, value: str) -> str:
@@ -48,6 +42,7 @@ def collect(readers, count: int, timeout: float = 20.0, linger: float = 0.3) -> 
     return got
 
 
+@pytest.mark.needs("curl")
 def test_curl_comet_consumer_gets_each_message_as_a_line(shared_broker, queue):
     curl = subprocess.Popen(
         ["curl", "-sN", f"http://127.0.0.1:{shared_broker.port}/c/{queue}"],
@@ -126,39 +121,6 @@ def test_sse_events_carry_the_key_as_id_and_the_message_as_data(shared_broker, q
     assert event["id"] == key
     assert json.loads(event["data"]) == {"key": key, "value": value}
     stream.close()
-
-
-def test_websocket_delivery_echo_ping_and_close(shared_broker, queue):
-    ws = WebSocketStream(shared_broker.port, queue)
-    wait_consumers(shared_broker, queue, 1)
-    key = post(shared_broker, queue, "to the socket")
-    assert json.loads(ws.ws.recv(timeout=5)) == {"key": key, "value": "to the socket"}
-    ws.ws.send("echo this \u2603")
-    assert ws.ws.recv(timeout=5) == "echo this \u2603"
-    ws.ws.ping().wait(5)
-    ws.ws.close()
-    assert ws.ws.close_code == 1000
-    wait_consumers(shared_broker, queue, 0)
-
-
-def test_websocket_without_origin_header_and_plain_get_refused(shared_broker, queue):
-    ws = WebSocketStream(shared_broker.port, queue, origin=None)
-    wait_consumers(shared_broker, queue, 1)
-    ws.close()
-    plain = shared_broker.get(f"/ws/{queue}")
-    assert plain.status == 400
-    assert "WebSocket" in plain.json()["error"]
-    old = shared_broker.get(
-        f"/ws/{queue}",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "8",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    )
-    assert old.status == 426
-    assert old.headers["sec-websocket-version"] == "13"
 
 
 def test_abrupt_websocket_drop_leaves_the_registry_and_loses_nothing(shared_broker, queue):

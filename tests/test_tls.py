@@ -20,8 +20,7 @@ from websockets.sync.client import connect as ws_connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
-from tests.support import Broker, wait_for
-from tests.test_acl import run_twistd
+from tests.support import Broker, run_twistd, startup_refusal, wait_for
 
 
 def _name(text: str) -> x509.Name:
@@ -210,9 +209,9 @@ def test_wss_closing_handshake_ends_the_tls_connection(tls_broker, pki, queue):
     assert [c.code for c in closes] == [1000]
 
 
-def test_bad_tls_settings_stop_the_broker_with_a_clear_message(pki, tmp_path):
+def bad_tls_settings(pki: Path, tmp_path: Path) -> list[tuple[list[str], str]]:
     cert, key = str(pki / "server.pem"), str(pki / "server.key")
-    cases = [
+    return [
         (["--tls-cert", cert], "--tls-cert and --tls-key go together"),
         (["--tls-key", key], "--tls-cert and --tls-key go together"),
         (["--tls-cert", str(tmp_path / "none.pem"), "--tls-key", key], "cannot read the TLS"),
@@ -223,9 +222,19 @@ def test_bad_tls_settings_stop_the_broker_with_a_clear_message(pki, tmp_path):
             "does not belong to the certificate",
         ),
     ]
-    for args, complaint in cases:
-        result = run_twistd(tmp_path, *args)
-        message = result.stdout + result.stderr
-        assert result.returncode != 0, args
+
+
+def test_bad_tls_settings_are_refused_with_a_clear_message(pki, tmp_path):
+    for args, complaint in bad_tls_settings(pki, tmp_path):
+        message = startup_refusal(tmp_path, *args)
         assert complaint in message, (args, message)
         assert "Traceback" not in message
+
+
+def test_bad_tls_settings_stop_the_broker_with_a_clear_message(pki, tmp_path):
+    args, complaint = bad_tls_settings(pki, tmp_path)[-1]
+    result = run_twistd(tmp_path, *args)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0, args
+    assert complaint in message, (args, message)
+    assert "Traceback" not in message

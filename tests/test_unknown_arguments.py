@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.answers import JSONP_TYPE, assert_answer, assert_error, jsonp, line, post_value
+from tests.support import JSONP_TYPE, assert_answer, assert_error, jsonp, line, post_value
 
 
 @pytest.mark.parametrize("argument", ["lease=30", "wait=5", "peek=1", "calback=cb"])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests import wire
+from tests import support as wire
 from tests.support import websocket_frame_header, websocket_handshake
 
 CLOSE_TOO_BIG = 1009

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import subprocess
 import sys
 import time
 import xmlrpc.client
-from pathlib import Path
 
 import pytest
 
-from tests.stream_clients import HttpStream
-from tests.support import Broker, request, wait_for
-from tests.test_acl import basic, make_hash, start_broker
+from tests.support import (
+    ROOT,
+    Broker,
+    HttpStream,
+    basic,
+    make_hash,
+    nothing_stored,
+    request,
+    start_broker,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "xml:rpc pass"
 
 ACL = """\
@@ -333,6 +340,64 @@ def test_access_is_checked_per_method(rpc_broker, queue):
     assert batch[0] == [f"{queue}:2"]
     assert batch[1]["faultCode"] == 403
     assert "XML-RPC len refused for 127.0.0.3" in rpc_broker.log()
+
+
+# -- values JSON cannot hold ------------------------------------------------------------
+
+TOO_DEEP = "JSON nested too deeply"
+
+
+def rpc(broker) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(f"http://127.0.0.1:{broker.port}/xmlrpc")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ([datetime.datetime(2026, 1, 2, 3, 4, 5)], "cannot hold a dateTime.iso8601 value"),
+        ({"when": xmlrpc.client.DateTime("20260102T03:04:05")}, "cannot hold a dateTime.iso8601"),
+        ({"b": xmlrpc.client.Binary(b"\xff")}, "cannot hold a base64 value"),
+        ([1, [xmlrpc.client.Binary(b"text")]], "cannot hold a base64 value"),
+        (float("inf"), "finite"),
+        (float("-inf"), "finite"),
+        (float("nan"), "finite"),
+        ({"x": [1.5, float("inf")]}, "finite"),
+    ],
+    ids=["datetime-in-array", "datetime-in-struct", "binary-in-struct", "binary-deep",
+         "inf", "-inf", "nan", "inf-in-struct"],
+)  # fmt: skip
+def test_xmlrpc_values_json_cannot_hold_are_fault_400(shared_broker, queue, value, text):
+    server = rpc(shared_broker)
+    for method in ("add", "set"):
+        fault = fault_of(lambda method=method: getattr(server, method)(queue, value))
+        assert fault.faultCode == 400, fault
+        assert text in fault.faultString, fault.faultString
+        assert "Traceback" not in fault.faultString
+    assert nothing_stored(shared_broker, queue)
+    # the same call with a value JSON can hold goes through
+    assert server.add(queue, {"x": [1.5, 2]}) == f"{queue}:1"
+    assert shared_broker.get(f"/q/{queue}").json()["value"] == '{"x": [1.5, 2]}'
+
+
+def test_xmlrpc_deeply_nested_arrays_are_fault_400(shared_broker, queue):
+    # xmlrpc.client itself cannot marshal this deep a value: write the XML by hand
+    depth = 3000
+    value = "<value><array><data>" * depth + "</data></array></value>" * depth
+    body = (
+        "<?xml version='1.0'?><methodCall><methodName>add</methodName><params>"
+        f"<param><value><string>{queue}</string></value></param><param>{value}</param>"
+        "</params></methodCall>"
+    ).encode()
+    response = request(
+        shared_broker.port, "POST", "/xmlrpc", body=body, headers={"Content-Type": "text/xml"}
+    )
+    assert response.status == 200
+    fault = fault_of(lambda: xmlrpc.client.loads(response.body))
+    assert (fault.faultCode, fault.faultString) == (400, TOO_DEEP)
+    assert nothing_stored(shared_broker, queue)
+
+
+# -- with the rest of the broker -------------------------------------------------------
 
 
 def test_an_xmlrpc_add_wakes_streaming_consumers_like_a_post(rpc_broker, writer, queue):
