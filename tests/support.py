@@ -310,3 +310,25 @@ def running(broker: Broker):
         yield broker
     finally:
         broker.stop()
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The Authorization header of HTTP Basic credentials."""
+    import base64
+
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def wait_healthy(broker: Broker, timeout: float = 20.0) -> None:
+    """Wait until ``GET /health`` answers 200: works whatever acl.conf asks of other routes."""
+
+    def healthy() -> bool:
+        if broker.proc.poll() is not None:
+            raise AssertionError(f"broker exited with {broker.proc.returncode}:\n{broker.log()}")
+        try:
+            return broker.get("/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout, what=f"/health of the broker on port {broker.port}")

@@ -9,7 +9,7 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
+from restmq.web import admin, health, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
 from restmq.web.compat import BrokerHTTPConnection, FixedChunked
 
@@ -33,6 +33,7 @@ def routes() -> list:
         route(r"/p/(.*)", admin.PolicyHandler),
         route(r"/control/(.*)", admin.ControlHandler),
         route(r"/stats/(.*)", admin.StatsHandler),
+        route(r"/health", health.HealthHandler),
         route(r"/j/(.*)", pages.JobsHandler),
         route(r"/c/(.*)", streaming.StreamHandler),
         route(r"/ws/(.*)", websocket.WebSocketHandler),
