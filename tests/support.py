@@ -332,3 +332,25 @@ def wait_healthy(broker: Broker, timeout: float = 20.0) -> None:
             return False
 
     wait_for(healthy, timeout, what=f"/health of the broker on port {broker.port}")
+
+
+RESTMQ_CLI = str(BIN / "restmq")
+
+
+def run_cli(
+    url: str,
+    *args: str,
+    input: str | None = None,
+    env: dict | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """Run the ``restmq`` command line client against the broker at ``url``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+    return subprocess.run(
+        [RESTMQ_CLI, *args],
+        input=input,
+        env=dict(base, RESTMQ_URL=url, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
