@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import time
 
@@ -14,6 +15,7 @@ from tests.support import (
     RESTMQ_CLI,
     Broker,
     basic_auth,
+    default_sigint,
     free_port,
     run_cli,
     wait_for,
@@ -228,6 +230,26 @@ def test_tail_into_a_pipe_that_closes_ends_quietly(shared_broker, queue):
         proc.kill()
         proc.wait()
     assert proc.stderr.read() == ""
+
+
+def test_ctrl_c_ends_tail_without_a_traceback(shared_broker, queue):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+    proc = subprocess.Popen(
+        [RESTMQ_CLI, "tail", queue],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
+        preexec_fn=default_sigint,
+    )
+    try:
+        wait_for(lambda: shared_broker.get(f"/stats/{queue}").json()["consumers"] == 1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in proc.stderr.read()
 
 
 # -- stats, purge, policy, start, stop, health --------------------------------------------

@@ -117,7 +117,7 @@ def cli(ctx: click.Context, url: str, user: str | None, password: str | None, ti
     ctx.call_on_close(ctx.obj.close)
 
 
-@cli.command(epilog=EPILOG, short_help="Add messages to a queue.")
+@cli.command("push", epilog=EPILOG, short_help="Add messages to a queue.")
 @queue_argument
 @click.argument("messages", nargs=-1)
 @click.option(
@@ -175,9 +175,6 @@ def push_command(
         click.echo(f"{sent} messages stored in {queue}", err=True)
     if not sent:
         raise Failure("no message to push: give them as arguments or on standard input", Exit.USAGE)
-
-
-cli.add_command(push_command, "push")
 
 
 @cli.command(epilog=EPILOG, short_help="Take messages from a queue.")
