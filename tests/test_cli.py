@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import time
 
@@ -341,6 +342,18 @@ def test_an_unreachable_broker_exits_3(queue):
         result = run_cli(url, *args)
         assert result.returncode == 3, args
         assert_one_error_line(result, f"cannot reach the broker at {url}")
+
+
+def test_a_broker_that_does_not_answer_in_time_exits_3(queue):
+    with socket.socket() as silent:  # accepts connections (the backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = run_cli(url, "--timeout", "1", "pop", queue)
+    assert result.returncode == 3
+    assert time.monotonic() - started < 10
+    assert_one_error_line(result, f"the broker at {url} did not answer in time")
 
 
 def test_a_broker_without_storage_exits_3_with_its_error(broker_factory, valkey_factory, queue):

@@ -129,7 +129,7 @@ class BrokerConnection:
             raise Failure(
                 f"the broker at {self.url} did not answer in time", Exit.UNREACHABLE
             ) from None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # connection refused or lost, bad TLS, ...
             reason = str(exc) or type(exc).__name__
             raise Failure(
                 f"cannot reach the broker at {self.url}: {reason}", Exit.UNREACHABLE
