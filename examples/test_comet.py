@@ -29,6 +29,13 @@ import urllib.parse
 import urllib.request
 
 URL = os.environ.get("RESTMQ_URL", "http://127.0.0.1:8888").rstrip("/")
+_printing = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print a whole line at once: the demo's producer thread prints too."""
+    with _printing:
+        print(text, flush=True)
 
 
 def auth_headers(url: str) -> dict[str, str]:
@@ -62,7 +69,7 @@ def consume(queue: str, count: int | None) -> int:
     response = connection.getresponse()
     if response.status != 200:
         sys.exit(f"GET {path}: {response.status} {response.read().decode(errors='replace')}")
-    print(f"consuming {queue} at {URL} ...", flush=True)
+    say(f"consuming {queue} at {URL} ...")
     received = 0
     try:
         for raw in response:  # one line per message (http.client undoes the chunking)
@@ -71,10 +78,10 @@ def consume(queue: str, count: int | None) -> int:
                 continue
             message = json.loads(line)
             if message is None:  # the queue was purged: the stream ends
-                print("the queue was purged; the stream ended", flush=True)
+                say("the queue was purged; the stream ended")
                 break
             received += 1
-            print(f"{message['key']}: {message['value']}", flush=True)
+            say(f"{message['key']}: {message['value']}")
             if count is not None and received >= count:
                 break
     except KeyboardInterrupt:
@@ -91,7 +98,7 @@ def demo() -> int:
         time.sleep(0.5)  # let the consumer connect first
         for value in ("hello", "from the producer", "goodbye"):
             key = call("POST", "/q/" + queue, {"value": value}).decode().strip()
-            print(f"posted {key}", flush=True)
+            say(f"posted {key}")
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
