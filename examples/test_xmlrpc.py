@@ -2,15 +2,20 @@
 
     python examples/test_xmlrpc.py [URL [QUEUE]]
 
-URL defaults to http://localhost:8888/xmlrpc (/RPC2 works too). When acl.conf asks
-for a password, put it in the URL: http://user:password@localhost:8888/xmlrpc
-QUEUE defaults to a new queue name, so that earlier runs do not get in the way.
+URL defaults to $RESTMQ_URL/xmlrpc, else http://127.0.0.1:8888/xmlrpc (/RPC2 works too).
+When acl.conf asks for a password, put it in the URL: http://user:password@localhost:8888/xmlrpc
+QUEUE defaults to a new queue name, so that earlier runs do not get in the way. The queue
+is purged at the end (``DELETE /q/<queue>``: XML-RPC has no purge method).
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import sys
 import time
+import urllib.parse
+import urllib.request
 import xmlrpc.client
 
 
@@ -18,7 +23,30 @@ def show(call: str, result) -> None:
     print(f"{call:<40} -> {result!r}")
 
 
+def purge(url: str, queue: str) -> None:
+    """Empty the queue over REST, with the credentials of the XML-RPC URL if it has any."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]  # host and port, without user:password
+    target = f"{parts.scheme}://{netloc}/q/{urllib.parse.quote(queue, safe='')}"
+    headers = {}
+    if parts.username is not None:
+        pair = (
+            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        )
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    request = urllib.request.Request(target, method="DELETE", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        show(f"DELETE /q/{queue} (clean up)", response.read().decode().strip())
+
+
 def main(url: str, queue: str) -> None:
+    try:
+        walk(url, queue)
+    finally:
+        purge(url, queue)
+
+
+def walk(url: str, queue: str) -> None:
     server = xmlrpc.client.ServerProxy(url)
 
     # the original 2009 pair: set() adds, get() takes the oldest value
@@ -72,6 +100,8 @@ def main(url: str, queue: str) -> None:
 
 if __name__ == "__main__":
     main(
-        sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8888/xmlrpc",
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else os.environ.get("RESTMQ_URL", "http://127.0.0.1:8888").rstrip("/") + "/xmlrpc",
         sys.argv[2] if len(sys.argv) > 2 else f"xmlrpc-example-{int(time.time() * 1000)}",
     )

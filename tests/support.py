@@ -744,6 +744,12 @@ CHALLENGE = 'Basic realm="RestMQ Restricted Access"'
 
 def basic(user: str, password: str) -> dict[str, str]:
     """An Authorization header with Basic credentials."""
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The Authorization header of HTTP Basic credentials."""
+    import base64
+
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 
@@ -918,3 +924,39 @@ def broker_rss(broker: Broker) -> int:
     import psutil
 
     return psutil.Process(broker.proc.pid).memory_info().rss
+
+
+def wait_healthy(broker: Broker, timeout: float = 20.0) -> None:
+    """Wait until ``GET /health`` answers 200: works whatever acl.conf asks of other routes."""
+
+    def healthy() -> bool:
+        if broker.proc.poll() is not None:
+            raise AssertionError(f"broker exited with {broker.proc.returncode}:\n{broker.log()}")
+        try:
+            return broker.get("/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout, what=f"/health of the broker on port {broker.port}")
+
+
+RESTMQ_CLI = str(BIN / "restmq")
+
+
+def run_cli(
+    url: str,
+    *args: str,
+    input: str | None = None,
+    env: dict | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """Run the ``restmq`` command line client against the broker at ``url``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+    return subprocess.run(
+        [RESTMQ_CLI, *args],
+        input=input,
+        env=dict(base, RESTMQ_URL=url, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

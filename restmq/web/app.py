@@ -10,7 +10,7 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
+from restmq.web import admin, health, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.admission import BudgetedHTTPConnection
 from restmq.web.base import NotFoundHandler
 from restmq.web.cyclone_fixes import FixedChunked
@@ -35,6 +35,7 @@ def routes() -> list:
         route(r"/p/(.*)", admin.PolicyHandler),
         route(r"/control/(.*)", admin.ControlHandler),
         route(r"/stats/(.*)", admin.StatsHandler),
+        route(r"/health", health.HealthHandler),
         route(r"/j/(.*)", pages.JobsHandler),
         route(r"/c/(.*)", streaming.StreamHandler),
         route(r"/ws/(.*)", websocket.WebSocketHandler),

@@ -1,0 +1,136 @@
+"""HTTP to the broker: one httpx client, and every way a call can fail mapped to an exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from restmq import __version__
+from restmq.cli.failures import Exit, Failure
+
+DEFAULT_URL = "http://127.0.0.1:8888"
+
+
+def check_url(url: str) -> str:
+    """The broker's base URL without a trailing slash; ValueError when it is not one."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"{url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL of a broker")
+    return url.rstrip("/")
+
+
+def error_text(response: httpx.Response) -> str:
+    """What the broker said went wrong: its ``{"error": ...}``, else the status line."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return f"{response.status_code} {response.reason_phrase}".strip()
+
+
+def failure_of(response: httpx.Response) -> Failure:
+    """The exit status an unexpected answer means, with the broker's own words."""
+    status = response.status_code
+    text = error_text(response)
+    if status in (401, 403):
+        return Failure(f"refused by the broker ({status}): {text}", Exit.REFUSED)
+    if 400 <= status < 500:
+        return Failure(f"the broker refused the request ({status}): {text}", Exit.USAGE)
+    if status >= 500:
+        return Failure(
+            f"the broker could not serve the request ({status}): {text}", Exit.UNREACHABLE
+        )
+    return Failure(f"unexpected answer from {response.url}: {text}", Exit.UNREACHABLE)
+
+
+def json_of(response: httpx.Response) -> Any:
+    """The answer's JSON; an answer that is not JSON did not come from a RestMQ broker."""
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise Failure(
+            f"the answer from {response.url} is not JSON: is --url a RestMQ broker?",
+            Exit.UNREACHABLE,
+        ) from None
+
+
+class BrokerConnection:
+    """Calls to one broker; every failure becomes a :class:`Failure` with its exit status."""
+
+    def __init__(self, url: str, *, user: str | None, password: str | None, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._client = httpx.Client(
+            base_url=url,
+            auth=(user, password or "") if user is not None else None,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={"User-Agent": f"restmq-cli/{__version__}"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    @staticmethod
+    def path(prefix: str, queue: str) -> str:
+        """``/<prefix>/<queue>`` with the queue name quoted (the broker checks the name)."""
+        return f"/{prefix}/{quote(queue, safe='')}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: tuple[int, ...] = (200,),
+        read_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request; its answer when the status is in ``expect``, else a Failure."""
+        if read_timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(read_timeout, connect=min(self.timeout, 10.0))
+        with self._unreachable_as_failure():
+            response = self._client.request(method, path, **kwargs)
+        if response.status_code not in expect:
+            raise failure_of(response)
+        return response
+
+    def post_json(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        content = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.call("POST", path, content=content, headers=headers, **kwargs)
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A streamed request (no read timeout): its response once the status is 200."""
+        kwargs.setdefault("timeout", httpx.Timeout(None, connect=min(self.timeout, 10.0)))
+        with (
+            self._unreachable_as_failure(),
+            self._client.stream(method, path, **kwargs) as response,
+        ):
+            if response.status_code != 200:
+                response.read()
+                raise failure_of(response)
+            yield response
+
+    @contextlib.contextmanager
+    def _unreachable_as_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise Failure(
+                f"the broker at {self.url} did not answer in time", Exit.UNREACHABLE
+            ) from None
+        except httpx.RequestError as exc:  # connection refused or lost, bad TLS, ...
+            reason = str(exc) or type(exc).__name__
+            raise Failure(
+                f"cannot reach the broker at {self.url}: {reason}", Exit.UNREACHABLE
+            ) from None

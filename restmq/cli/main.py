@@ -1,0 +1,396 @@
+"""The ``restmq`` command: push, pop, ack, tail, stats, purge, policy, start and stop a queue.
+
+Built on click (options, environment variables, help, progress bar) and httpx (HTTP,
+streaming for Server-Sent Events with httpx-sse). It talks to a broker over HTTP only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import click
+
+from restmq import __version__
+from restmq.cli import output
+from restmq.cli.connection import (
+    DEFAULT_URL,
+    BrokerConnection,
+    check_url,
+    error_text,
+    json_of,
+)
+from restmq.cli.failures import Exit, Failure
+from restmq.cli.push import MAX_BATCH, push, stdin_lines
+from restmq.cli.tail import tail
+
+EPILOG = """\b
+Exit status:
+  0  done
+  1  nothing to take: the queue was empty, no message arrived, a lease was gone
+  2  usage error, or the broker refused the request as invalid (4xx)
+  3  broker unreachable, timed out, or it answered 5xx
+  4  refused by the broker's acl.conf (401, 403)
+"""
+
+
+@dataclass
+class Settings:
+    """The global options; the connection is made when a command first needs it."""
+
+    url: str
+    user: str | None
+    password: str | None
+    timeout: float
+    _connection: BrokerConnection | None = None
+
+    def connect(self) -> BrokerConnection:
+        if self._connection is None:
+            self._connection = BrokerConnection(
+                self.url, user=self.user, password=self.password, timeout=self.timeout
+            )
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+
+def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+class RestMQGroup(click.Group):
+    """The command group; a closed stdout ends a command quietly."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (``restmq tail q | head -1``): it has what it wanted.
+            # Point stdout at /dev/null so that the final flush does not complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return None
+
+
+queue_argument = click.argument("queue")
+
+
+@click.group(
+    cls=RestMQGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--url",
+    envvar="RESTMQ_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    callback=_url,
+    help="The broker's base URL (env RESTMQ_URL).",
+)
+@click.option("--user", envvar="RESTMQ_USER", help="Username for acl.conf (env RESTMQ_USER).")
+@click.option(
+    "--password",
+    envvar="RESTMQ_PASSWORD",
+    help="Password for acl.conf (env RESTMQ_PASSWORD; the environment keeps it out of ps).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the broker's answer.",
+)
+@click.version_option(__version__, prog_name="restmq")
+@click.pass_context
+def cli(ctx: click.Context, url: str, user: str | None, password: str | None, timeout: float):
+    """Talk to a RestMQ broker: produce, consume and manage its queues over HTTP."""
+    if (user is None) != (password is None):
+        raise click.UsageError(
+            "--user and --password go together (or RESTMQ_USER and RESTMQ_PASSWORD)"
+        )
+    ctx.obj = Settings(url, user, password, timeout)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command("push", epilog=EPILOG, short_help="Add messages to a queue.")
+@queue_argument
+@click.argument("messages", nargs=-1)
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    metavar="S",
+    help="Drop the messages if not taken within S seconds.",
+)
+@click.option(
+    "--batch",
+    "batch_size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=500,
+    show_default=True,
+    help="Messages per request (each request is one atomic add).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the keys of the stored messages.")
+@click.pass_obj
+def push_command(
+    settings: Settings,
+    queue: str,
+    messages: tuple[str, ...],
+    ttl: int | None,
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Add MESSAGES to QUEUE, or one message per line of standard input.
+
+    Prints the key of each stored message (QUEUE:N), one per line. Messages go in
+    batches: each batch is stored atomically and in order. Reading standard input
+    with a terminal on stderr shows a progress bar; empty lines are skipped.
+
+    \b
+      restmq push jobs "resize 1.png" "resize 2.png"
+      seq 100000 | restmq push -q numbers
+    """
+    if messages:
+        values, progress = list(messages), False
+    else:
+        if sys.stdin.isatty():
+            click.echo("reading messages from standard input, one per line (Ctrl-D ends)", err=True)
+        values, progress = stdin_lines(click.get_text_stream("stdin")), sys.stderr.isatty()
+    # a progress bar and keys on the same terminal would garble each other
+    print_keys = not quiet and not (progress and sys.stdout.isatty())
+    sent = push(
+        settings.connect(),
+        queue,
+        values,
+        batch_size=batch_size,
+        ttl=ttl,
+        print_keys=print_keys,
+        progress=progress,
+    )
+    if progress:
+        click.echo(f"{sent} messages stored in {queue}", err=True)
+    if not sent:
+        raise Failure("no message to push: give them as arguments or on standard input", Exit.USAGE)
+
+
+@cli.command(epilog=EPILOG, short_help="Take messages from a queue.")
+@queue_argument
+@click.option("-n", "count", type=click.IntRange(1, MAX_BATCH), help="Take up to N messages.")
+@click.option(
+    "--lease",
+    type=click.IntRange(1, 43200),
+    metavar="S",
+    help="Lease the messages for S seconds instead of removing them: each line starts "
+    "with its receipt; ack it with 'restmq ack' or it goes back to the queue.",
+)
+@click.option(
+    "--wait",
+    type=click.IntRange(0, 60),
+    metavar="S",
+    help="When the queue is empty, wait up to S seconds for a message.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each message as its JSON object.")
+@click.pass_obj
+def pop(
+    settings: Settings,
+    queue: str,
+    count: int | None,
+    lease: int | None,
+    wait: int | None,
+    as_json: bool,
+) -> None:
+    """Take the oldest message (or up to N) from QUEUE and print its value.
+
+    Exits with 1 when the queue is empty. Under --lease each line is
+    RECEIPT<TAB>VALUE; --json prints {"key", "value", "count", ...} per line.
+    """
+    connection = settings.connect()
+    params = {
+        name: value
+        for name, value in (("n", count), ("lease", lease), ("wait", wait))
+        if value is not None
+    }
+    response = connection.call(
+        "GET",
+        connection.path("q", queue),
+        params=params,
+        expect=(200, 204),
+        read_timeout=settings.timeout + (wait or 0),
+    )
+    answer = json_of(response) if response.status_code == 200 else []
+    messages = answer if isinstance(answer, list) else [answer]
+    if not messages:
+        raise Failure(f"queue {queue} is empty", Exit.NOTHING)
+    if lease is not None and any("receipt" not in m for m in messages):
+        click.echo(
+            "Warning: the broker does not support leases: the messages were taken for good",
+            err=True,
+        )
+    for message in messages:
+        click.echo(output.message_line(message, as_json=as_json, with_receipt=lease is not None))
+
+
+@cli.command(epilog=EPILOG, short_help="Acknowledge leased messages.")
+@queue_argument
+@click.argument("receipts", nargs=-1, required=True)
+@click.pass_obj
+def ack(settings: Settings, queue: str, receipts: tuple[str, ...]) -> None:
+    """Acknowledge leased messages of QUEUE by their RECEIPTS: they are deleted for good.
+
+    Prints the key of each acknowledged message. A receipt whose lease already
+    ran out (its message went back to the queue) is reported, and the exit
+    status is then 1.
+    """
+    connection = settings.connect()
+    response = connection.call(
+        "DELETE",
+        connection.path("q", queue),
+        params=[("receipt", receipt) for receipt in receipts],
+        expect=(200, 409),
+    )
+    if response.status_code == 409:
+        raise Failure(f"{receipts[0]}: {error_text(response)}", Exit.NOTHING)
+    answer = json_of(response)
+    results = answer if isinstance(answer, list) else [answer]
+    if any("acked" not in result for result in results):
+        raise Failure("this broker does not support acks (it answered as to a purge)", Exit.USAGE)
+    gone = 0
+    for receipt, result in zip(receipts, results, strict=False):
+        if result["acked"]:
+            click.echo(result["key"])
+        else:
+            gone += 1
+            click.echo(f"Error: {receipt}: the lease ran out; the message went back", err=True)
+    if gone:
+        sys.exit(Exit.NOTHING)
+
+
+@cli.command("tail", epilog=EPILOG, short_help="Print a queue's messages as they arrive.")
+@queue_argument
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Exit after N messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as its JSON object.")
+@click.option(
+    "--timeout",
+    "duration",
+    type=click.FloatRange(min=0.1),
+    metavar="S",
+    help="Stop after S seconds.",
+)
+@click.pass_obj
+def tail_command(
+    settings: Settings, queue: str, count: int | None, as_json: bool, duration: float | None
+) -> None:
+    """Stream QUEUE's messages as they arrive (Server-Sent Events) and print their values.
+
+    Like any streaming consumer this takes the messages off the queue: first its
+    backlog, then each new one (under the roundrobin policy, its share). Runs
+    until --count messages arrived, --timeout passed, the queue is purged, or
+    Ctrl-C; exits with 1 when that came before any message (or before N).
+
+    The broker pushes messages as fast as it can: with --count N, messages it
+    had already sent past the Nth are gone with the connection. To take exactly
+    N messages, use 'restmq pop -n N'.
+    """
+    status = tail(settings.connect(), queue, count=count, as_json=as_json, timeout=duration)
+    sys.exit(status)
+
+
+@cli.command(epilog=EPILOG, short_help="Show queue figures as a table.")
+@click.argument("queue", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the broker's JSON answer as it is.")
+@click.pass_obj
+def stats(settings: Settings, queue: str | None, as_json: bool) -> None:
+    """Show every queue (length, status, policy, consumers), or only QUEUE."""
+    connection = settings.connect()
+    path = connection.path("stats", queue) if queue else "/stats/"
+    answer = json_of(connection.call("GET", path))
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    rows = output.stats_rows(answer)
+    click.echo(output.table(rows) if rows else "no queues")
+
+
+@cli.command(epilog=EPILOG, short_help="Delete every pending message of a queue.")
+@queue_argument
+@click.pass_obj
+def purge(settings: Settings, queue: str) -> None:
+    """Delete every pending message of QUEUE and end its streams."""
+    connection = settings.connect()
+    answer = json_of(connection.call("DELETE", connection.path("q", queue)))
+    click.echo(f"purged {queue}" if answer.get("status") else f"purged {queue} (it was empty)")
+
+
+@cli.command(epilog=EPILOG, short_help="Show or set a queue's delivery policy.")
+@queue_argument
+@click.argument("policy", required=False, type=click.Choice(["broadcast", "roundrobin"]))
+@click.pass_obj
+def policy(settings: Settings, queue: str, policy: str | None) -> None:
+    """Print QUEUE's delivery policy, or set it to POLICY.
+
+    broadcast: every streaming consumer gets every message. roundrobin: each
+    message goes to one consumer, in turn.
+    """
+    connection = settings.connect()
+    path = connection.path("p", queue)
+    if policy is None:
+        click.echo(json_of(connection.call("GET", path))["value"])
+        return
+    connection.call("POST", path, data={"policy": policy})
+    click.echo(policy)
+
+
+def _set_status(settings: Settings, queue: str, word: str) -> None:
+    connection = settings.connect()
+    connection.call("POST", connection.path("control", queue), data={"status": word})
+    click.echo(f"{queue} {'started' if word == 'start' else 'stopped'}")
+
+
+@cli.command(epilog=EPILOG, short_help="Resume delivery to streaming consumers.")
+@queue_argument
+@click.pass_obj
+def start(settings: Settings, queue: str) -> None:
+    """Start delivering QUEUE's messages to streaming consumers (the backlog first)."""
+    _set_status(settings, queue, "start")
+
+
+@cli.command(epilog=EPILOG, short_help="Hold delivery to streaming consumers.")
+@queue_argument
+@click.pass_obj
+def stop(settings: Settings, queue: str) -> None:
+    """Stop delivering QUEUE's messages to streaming consumers; they wait in the queue.
+
+    Plain pops still work on a stopped queue.
+    """
+    _set_status(settings, queue, "stop")
+
+
+@cli.command(epilog=EPILOG, short_help="Check that the broker can serve.")
+@click.pass_obj
+def health(settings: Settings) -> None:
+    """Ask the broker whether it can serve (GET /health): exit 0 when it can, 3 when not."""
+    connection = settings.connect()
+    answer = json_of(connection.call("GET", "/health"))
+    click.echo(
+        f"{answer.get('status')}: storage {answer.get('storage')}, RestMQ {answer.get('version')}"
+    )
+
+
+def main() -> None:
+    """Console entry point (``restmq``): one line on stderr for any failure, never a traceback."""
+    try:
+        status = cli.main(prog_name="restmq", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:  # Ctrl-C (or end of input at a prompt)
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else Exit.DONE)
+
+
+if __name__ == "__main__":
+    main()
