@@ -19,7 +19,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from restmq import acl, jsontext, validation
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
 from restmq.web.base import BaseHandler
 
 log = Logger(namespace="restmq.xmlrpc")
@@ -31,7 +31,8 @@ UNAUTHORIZED = 401  # acl.conf wants a username and password (HTTP Basic): none,
 FORBIDDEN = 403  # acl.conf refuses the client address
 EMPTY_QUEUE = 404  # the queue is empty (get, take)
 DATA_CONFLICT = 409  # a Redis key of the queue holds another kind of value (not RestMQ's)
-STORAGE_UNAVAILABLE = 503  # Redis is unreachable; try again
+STORAGE_UNAVAILABLE = 503  # Redis is unreachable, nothing was done; try again
+OUTCOME_UNKNOWN = 504  # a write reached Redis but its answer was lost: check before retrying
 PARSE_ERROR = -32700  # the body is not well-formed XML-RPC
 NOT_A_CALL = -32600  # well-formed, but not a <methodCall>
 UNKNOWN_METHOD = -32601  # no such method (system.listMethods lists them)
@@ -354,4 +355,5 @@ class XmlRpcHandler(BaseHandler):
             raise xmlrpc.client.Fault(DATA_CONFLICT, str(exc)) from None
         except StorageUnavailable as exc:
             log.warn("XML-RPC {method}: {error}", method=name, error=exc)
-            raise xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc)) from None
+            code = OUTCOME_UNKNOWN if isinstance(exc, OutcomeUnknown) else STORAGE_UNAVAILABLE
+            raise xmlrpc.client.Fault(code, str(exc)) from None
