@@ -11,7 +11,8 @@ from twisted.logger import Logger
 
 from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
-from restmq.web.compat import BrokerHTTPConnection, FixedChunked
+from restmq.web.compat import FixedChunked
+from restmq.web.draining import CloseWhenStopping, DrainingHTTPConnection, OpenConnections
 
 log = Logger(namespace="restmq.http")
 
@@ -45,14 +46,15 @@ def routes() -> list:
 class BrokerApplication(cyclone.web.Application):
     """The Application, holding the broker (engine, consumers) its handlers use."""
 
-    protocol = BrokerHTTPConnection
+    protocol = DrainingHTTPConnection
     noisy = False  # no "Starting factory" lines in the log
 
     def __init__(self, broker, *, max_body: int, header_timeout: float = 30.0, debug=False):
         self.broker = broker
+        self.connections = OpenConnections()  # what a stop winds down and waits for
         super().__init__(
             routes(),
-            transforms=[FixedChunked],
+            transforms=[FixedChunked, CloseWhenStopping],
             template_path=str(PACKAGE.joinpath("templates")),
             error_handler=NotFoundHandler,
             max_body=max_body,
