@@ -129,3 +129,45 @@ class WebSocketStream(_Reader):
 
     def close(self) -> None:
         self._context.__exit__(None, None, None)
+
+
+class RawSseStream:
+    """An SSE consumer on a raw socket that reads only when told to.
+
+    With a small receive buffer, a consumer that does not read soon fills the
+    broker's socket buffer: the broker then pauses it and keeps what follows in
+    its backlog. ``read_to_end()`` reads everything until the broker closes.
+    """
+
+    def __init__(self, port: int, queue: str, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket()
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(
+            f"GET /c/{queue} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        self.raw = b""
+
+    def read_to_end(self, timeout: float = 15.0) -> list[dict]:
+        """Read until the broker closes the stream; every message it carried, in order."""
+        self.sock.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            while True:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    break
+                self.raw += data
+        self.sock.close()
+        return self.messages()
+
+    def messages(self) -> list[dict]:
+        # Each event is written as one chunk, so a data line is never cut by chunk framing.
+        return [
+            json.loads(line[6:]) for line in self.raw.split(b"\n") if line.startswith(b"data: {")
+        ]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()

@@ -310,3 +310,17 @@ def running(broker: Broker):
         yield broker
     finally:
         broker.stop()
+
+
+def take_all(broker: Broker, queue: str, batch: int = 500) -> list[dict]:
+    """Pop every message left in ``queue`` (batch GETs until it answers 204)."""
+    taken: list[dict] = []
+    while True:
+        answer = broker.get(f"/q/{queue}?n={batch}")
+        if answer.status == 204:
+            return taken
+        assert answer.status == 200, answer.text
+        got = answer.json()
+        if not got:
+            return taken
+        taken += got
