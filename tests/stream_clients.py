@@ -162,6 +162,12 @@ class RawSseStream:
         self.sock.close()
         return self.messages()
 
+    def read_in_background(self) -> threading.Thread:
+        """Read to the end in a thread (join it, then look at ``messages()``)."""
+        thread = threading.Thread(target=self.read_to_end, daemon=True)
+        thread.start()
+        return thread
+
     def messages(self) -> list[dict]:
         # Each event is written as one chunk, so a data line is never cut by chunk framing.
         return [
