@@ -18,6 +18,7 @@ from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
 from bench.servers import stop_all
+from bench.shutdown import ShutdownScenario
 from bench.streaming import FanoutScenario, IdleMemoryScenario, LatencyScenario
 
 SCENARIOS: dict[str, type[Scenario]] = {
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "latency": LatencyScenario,
     "fanout": FanoutScenario,
     "memory": IdleMemoryScenario,
+    "shutdown": ShutdownScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -46,6 +48,9 @@ scenarios (--only):
            --fanout-transports (SSE and WebSocket)
   memory   issue 4: broker RSS growth with --idle-consumers idle streaming
            consumers (target <= 50 MB); valkey RSS shown apart
+  shutdown acknowledged messages lost when the broker is stopped under load:
+           --stop-trials SIGTERM and as many SIGKILL trials, --stop-consumers SSE
+           consumers (target: 0 lost on SIGTERM; SIGKILL reported)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
@@ -134,6 +139,10 @@ def parser() -> argparse.ArgumentParser:
         help="idle streaming consumers of the memory scenario (default 1000)")  # fmt: skip
     add("--idle-transports", type=_transports, default=["sse", "comet", "ws"], metavar="T,T",
         help="transports the idle consumers are spread over (default sse,comet,ws)")  # fmt: skip
+    add("--stop-trials", type=_positive(int), default=5, metavar="N",
+        help="SIGTERM trials of the shutdown scenario, as many SIGKILL (default 5)")  # fmt: skip
+    add("--stop-consumers", type=_positive(int), default=10, metavar="N",
+        help="SSE consumers of the shutdown scenario (default 10)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

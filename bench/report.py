@@ -12,7 +12,7 @@ PASS, MISSED, SKIPPED, ERROR = "PASS", "MISSED", "SKIPPED", "ERROR"
 class Check:
     """One target named in an issue, and what this run measured for it."""
 
-    issue: int
+    issue: int | None  # None: a target of the project's own, no issue
     target: str
     measured: str = ""
     status: str = SKIPPED
@@ -114,7 +114,8 @@ def summary(results: list[ScenarioResult]) -> str:
         for check in result.checks:
             if check.note and check.note != result.skipped:
                 notes.append(f"  {check.target}: {check.note}")
-            table.add(f"#{check.issue}", check.target, check.measured or "-", check.status)
+            issue = f"#{check.issue}" if check.issue is not None else "-"
+            table.add(issue, check.target, check.measured or "-", check.status)
     missed = sum(c.status == MISSED for r in results for c in r.checks)
     passed = sum(c.status == PASS for r in results for c in r.checks)
     other = sum(c.status in (SKIPPED, ERROR) for r in results for c in r.checks)
