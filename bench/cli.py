@@ -54,7 +54,7 @@ scenarios (--only):
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 2-3 minutes.
+With the defaults the whole run takes about 3-4 minutes (shutdown: about 70 s).
 """
 
 
