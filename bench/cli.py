@@ -19,6 +19,7 @@ from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
 from bench.servers import stop_all
+from bench.shutdown import ShutdownScenario
 from bench.streaming import FanoutScenario, IdleMemoryScenario, LatencyScenario
 
 SCENARIOS: dict[str, type[Scenario]] = {
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "fanout": FanoutScenario,
     "memory": IdleMemoryScenario,
     "bodies": BodiesScenario,
+    "shutdown": ShutdownScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -50,10 +52,13 @@ scenarios (--only):
            consumers (target <= 50 MB); valkey RSS shown apart
   bodies   broker RSS before, at the peak of, and after --big-posts concurrent POSTs
            of 8 MB (the memory budget, --max-buffered, at its default)
+  shutdown acknowledged messages lost when the broker is stopped under load:
+           --stop-trials SIGTERM and as many SIGKILL trials, --stop-consumers SSE
+           consumers (target: 0 lost on SIGTERM; SIGKILL reported)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 2-3 minutes.
+With the defaults the whole run takes about 3-4 minutes (shutdown: about 70 s).
 """
 
 
@@ -140,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
         help="transports the idle consumers are spread over (default sse,comet,ws)")  # fmt: skip
     add("--big-posts", type=_positive(int), default=40, metavar="N",
         help="concurrent 8 MB POSTs of the bodies scenario (default 40)")  # fmt: skip
+    add("--stop-trials", type=_positive(int), default=5, metavar="N",
+        help="SIGTERM trials of the shutdown scenario, as many SIGKILL (default 5)")  # fmt: skip
+    add("--stop-consumers", type=_positive(int), default=10, metavar="N",
+        help="SSE consumers of the shutdown scenario (default 10)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -38,6 +38,26 @@ CLOSE_NORMAL = 1000  # e.g. the queue was purged
 CLOSE_GOING_AWAY = 1001  # the broker is stopping
 
 
+class Copies:
+    """The copies of one taken message that wait in consumers' backlogs.
+
+    A message goes back to its queue only if no consumer wrote it to its socket:
+    so it goes back once, when the last consumer holding it lets go unwritten.
+    """
+
+    __slots__ = ("message", "waiting", "written")
+
+    def __init__(self, message: TakenMessage) -> None:
+        self.message = message
+        self.waiting = 0  # backlogs holding it
+        self.written = False  # some consumer wrote it to its socket
+
+    def let_go(self) -> bool:
+        """One backlog dropped its copy; True when the message must go back now."""
+        self.waiting -= 1
+        return self.waiting == 0 and not self.written
+
+
 @implementer(IPushProducer)
 class StreamConsumer:
     """One streaming consumer (COMET, SSE or WebSocket) with flow control.
@@ -56,8 +76,8 @@ class StreamConsumer:
         self.registry: ConsumerRegistry | None = None
         self.gone = False
         self._paused = False
-        # Messages waiting for the socket: (message, encoded, nobody else has it)
-        self._backlog: deque[tuple[Message, bytes, bool]] = deque()
+        # Messages waiting for the socket: (message, encoded, its Copies when it may go back)
+        self._backlog: deque[tuple[Message, bytes, Copies | None]] = deque()
         self._backlog_bytes = 0
         self._reserved = 0  # backlog bytes held in the registry's memory budget
 
@@ -91,17 +111,19 @@ class StreamConsumer:
     def can_take_more(self) -> bool:
         return not self.gone and not self._paused and not self._backlog
 
-    def send(self, message: Message, only_copy: bool = False) -> bool:
+    def send(self, message: Message, copies: Copies | None = None) -> bool:
         """Deliver or buffer ``message``; False when the consumer is gone (not taken).
 
-        ``only_copy``: no other consumer got this message, so if this one never
-        sends it, it must go back to the queue.
+        ``copies``: where this broker took the message, so that it goes back to the
+        queue if no consumer ever writes it (None: another broker took it).
         """
         if self.gone:
             return False
         data = self.encode(message)
         if self._paused or self._backlog:
-            self._backlog.append((message, data, only_copy))
+            if copies is not None:
+                copies.waiting += 1
+            self._backlog.append((message, data, copies))
             self._backlog_bytes += len(data)
             registry = self.registry
             if registry is None:
@@ -115,15 +137,22 @@ class StreamConsumer:
             # else: shed to make room; what it held, this message too, went back
             return True
         self.write(data)
+        if copies is not None:
+            copies.written = True
         return True
 
-    def take_backlog(self) -> list[Message]:
-        """Empty the backlog; return the messages nobody else got."""
-        only_copies = [message for message, _, only_copy in self._backlog if only_copy]
+    def take_backlog(self) -> list[TakenMessage]:
+        """Empty the backlog; return the messages that must go back to the queue
+        (no consumer wrote them and no other backlog still holds them)."""
+        back = [
+            copies.message
+            for _, _, copies in self._backlog
+            if copies is not None and copies.let_go()
+        ]
         self._backlog.clear()
         self._backlog_bytes = 0
         self._give_back(self._reserved)
-        return only_copies
+        return back
 
     def _give_back(self, size: int) -> None:
         size = min(size, self._reserved)
@@ -156,10 +185,13 @@ class StreamConsumer:
     def resumeProducing(self) -> None:
         self._paused = False
         while self._backlog and not self._paused and not self.gone:
-            _, data, _ = self._backlog.popleft()
+            _, data, copies = self._backlog.popleft()
             self._backlog_bytes -= len(data)
             self._give_back(len(data))
             self.write(data)
+            if copies is not None:
+                copies.written = True
+                copies.waiting -= 1
         if not self._paused and not self.gone and self.registry is not None:
             self.registry.wake(self.queue)
 
@@ -202,6 +234,8 @@ class ConsumerRegistry:
         # Batches stop at this many bytes, so one batch cannot overflow a consumer's buffer.
         self.batch_bytes = max(64 * 1024, min(1024 * 1024, max_backlog // 4))
         self._sweeping: defer.Deferred | None = None
+        self.stopping = False
+        self._busy: set[defer.Deferred] = set()  # drains and requeues not finished yet
         self.notifications = None
         self._queues: dict[str, _QueueConsumers] = {}
         self._total = 0
@@ -218,24 +252,48 @@ class ConsumerRegistry:
         self._heart.start(self.heartbeat_interval, now=False)
 
     def stop(self) -> defer.Deferred:
-        """End every stream; what they held that nobody else got goes back to its queue."""
+        """Stop taking batches, hand out those already being taken, then end every
+        stream; what no consumer wrote to its socket goes back to its queue.
+
+        Fires once those messages are back (Redis must stay connected until then).
+        """
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self.stopping = True
         for loop in (self._sweeper, self._heart):
             if loop.running:
                 loop.stop()
-        requeues = []
+        await self._settled()  # a batch being taken now is handed out (or put back) first
         for queue, state in list(self._queues.items()):
-            undelivered = []
+            back = []
             for consumer in list(state.consumers):
-                undelivered += [m for m in consumer.take_backlog() if isinstance(m, TakenMessage)]
+                back += consumer.take_backlog()
                 consumer.close("the broker is stopping", code=CLOSE_GOING_AWAY)
-            requeues.append(defer.ensureDeferred(self._requeue(queue, undelivered)))
+            self._keep_track(defer.ensureDeferred(self._requeue(queue, back)))
         self._queues.clear()
         self._total = 0
-        return defer.DeferredList(requeues, consumeErrors=True)
+        await self._settled()
+
+    async def _settled(self) -> None:
+        """Wait for the drains and requeues under way (each is bounded by the Redis timeout)."""
+        while self._busy:
+            await defer.DeferredList(list(self._busy), consumeErrors=True)
+
+    def _keep_track(self, d: defer.Deferred) -> defer.Deferred:
+        self._busy.add(d)
+
+        def done(result):
+            self._busy.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     # -- membership ---------------------------------------------------------
 
     def add(self, consumer: StreamConsumer) -> None:
+        if self.stopping:
+            raise TooManyConsumers("the broker is stopping; connect to it again or another broker")
         if self._total >= self.max_consumers:
             raise TooManyConsumers(
                 f"this broker already serves its maximum of {self.max_consumers} streaming "
@@ -264,10 +322,10 @@ class ConsumerRegistry:
             return
         state.consumers.remove(consumer)
         self._total -= 1
-        # What it held that nobody else got goes back to the queue, for the others.
-        undelivered = [m for m in consumer.take_backlog() if isinstance(m, TakenMessage)]
+        # What it held that no consumer wrote goes back to the queue, for the others.
+        undelivered = consumer.take_backlog()
         if undelivered:
-            defer.ensureDeferred(self._requeue(consumer.queue, undelivered))
+            self._keep_track(defer.ensureDeferred(self._requeue(consumer.queue, undelivered)))
         if not state.consumers:
             del self._queues[consumer.queue]
             if self.notifications is not None:
@@ -379,33 +437,38 @@ class ConsumerRegistry:
 
     def wake(self, queue: str) -> None:
         state = self._queues.get(queue)
-        if state is None:
+        if state is None or self.stopping:
             return
         if state.draining:
             state.again = True
             return
         self._start_drain(queue, state)
 
-    def _start_drain(self, queue: str, state: _QueueConsumers) -> defer.Deferred:
+    def _start_drain(self, queue: str, state: _QueueConsumers) -> defer.Deferred | None:
+        if self.stopping:
+            return None
         state.draining = True  # at once, so that a wake in the meantime only sets `again`
-        return defer.ensureDeferred(self._drain(queue, state))
+        return self._keep_track(defer.ensureDeferred(self._drain(queue, state)))
 
     async def _drain(self, queue: str, state: _QueueConsumers) -> None:
         try:
-            while state.consumers:
+            while state.consumers and not self.stopping:
                 state.again = False
                 ready = sum(1 for c in state.consumers if c.can_take_more())
                 if not ready:
                     return  # resumeProducing wakes us again
+                # Whether the batch's PUBLISH counts us, known before it runs (a stop
+                # may close the subscription before the reply is handed out).
+                ours = self._hears(queue)
                 batch = await self.engine.take_for_streams(
                     queue,
                     roundrobin_batch=min(ready, self.batch_size),
                     broadcast_batch=self.batch_size,
                     origin=self.origin,
                     max_bytes=self.batch_bytes,
-                    on_late=lambda late: self._late_batch(queue, late),
+                    on_late=lambda late, ours=ours: self._late_batch(queue, late, ours),
                 )
-                await self._deliver(queue, state, batch)
+                await self._deliver(queue, state, batch, ours)
                 if not batch.started or not (batch.remaining or state.again):
                     return
         except StorageUnavailable as exc:
@@ -415,47 +478,59 @@ class ConsumerRegistry:
         finally:
             state.draining = False
 
-    async def _deliver(self, queue: str, state: _QueueConsumers, batch: StreamBatch) -> None:
+    async def _deliver(
+        self, queue: str, state: _QueueConsumers, batch: StreamBatch, ours: bool
+    ) -> None:
         if batch.messages:
-            leftovers = self._hand_out(queue, state, batch)
+            leftovers = self._hand_out(state, batch, ours)
             if leftovers:
                 await self._requeue(queue, leftovers)
 
-    def _late_batch(self, queue: str, batch: StreamBatch) -> None:
-        """A batch Redis handed over after the drain gave up on it: deliver it now."""
-        state = self._queues.get(queue) or _QueueConsumers()
-        defer.ensureDeferred(self._deliver(queue, state, batch)).addErrback(
+    def _late_batch(self, queue: str, batch: StreamBatch, ours: bool) -> None:
+        """A batch Redis handed over after the drain gave up on it: deliver it now
+        (while stopping, to nobody: it all goes back)."""
+        state = None if self.stopping else self._queues.get(queue)
+        d = defer.ensureDeferred(self._deliver(queue, state or _QueueConsumers(), batch, ours))
+        self._keep_track(d).addErrback(
             lambda f: log.failure("late delivery to {queue} failed", f, queue=queue)
         )
 
-    def _others_heard(self, queue: str, batch: StreamBatch) -> int:
-        """How many other brokers the broadcast batch reached (our own subscription aside)."""
-        ours = int(
-            self.notifications is not None
-            and self.notifications.is_subscribed(self.engine.channel(queue))
+    def _hears(self, queue: str) -> bool:
+        """Whether this broker now hears what is published on ``queue``'s channel."""
+        return self.notifications is not None and self.notifications.is_subscribed(
+            self.engine.channel(queue)
         )
-        return max(0, batch.published_to - ours)
 
     def _hand_out(
-        self, queue: str, state: _QueueConsumers, batch: StreamBatch
+        self, state: _QueueConsumers, batch: StreamBatch, ours: bool
     ) -> list[TakenMessage]:
-        """Give each message out by policy; return those no consumer could take."""
-        leftovers = []
-        if batch.policy == "roundrobin":
+        """Give each message out by policy; return those no consumer took.
+
+        A message taken here goes back later too if every consumer holding it
+        leaves before writing it (see Copies).
+        """
+        if batch.policy != "roundrobin" and batch.published_to > int(ours):
+            # Other brokers hand this batch to their consumers too: never put it back.
             for message in batch.messages:
-                if not self._send_to_next(state, message):
-                    leftovers.append(message)
-            return leftovers
-        others = self._others_heard(queue, batch)
+                for consumer in list(state.consumers):
+                    consumer.send(message)
+            return []
+        leftovers = []
         for message in batch.messages:
-            live = [c for c in state.consumers if not c.gone]
-            only_copy = others == 0 and len(live) == 1
-            delivered = sum(1 for c in live if c.send(message, only_copy))
-            if delivered == 0 and others == 0:
-                leftovers.append(message)  # nobody anywhere got it
+            copies = Copies(message)
+            # Held by the hand-out itself until every consumer had its turn, so that
+            # one dropped meanwhile (too slow) cannot send it back while others get it.
+            copies.waiting += 1
+            if batch.policy == "roundrobin":
+                self._send_to_next(state, message, copies)
+            else:
+                for consumer in list(state.consumers):
+                    consumer.send(message, copies)
+            if copies.let_go():
+                leftovers.append(message)  # no consumer here took it
         return leftovers
 
-    def _send_to_next(self, state: _QueueConsumers, message: TakenMessage) -> bool:
+    def _send_to_next(self, state: _QueueConsumers, message: TakenMessage, copies: Copies) -> bool:
         consumers = state.consumers
         for _ in range(len(consumers)):
             if not consumers:
@@ -463,12 +538,10 @@ class ConsumerRegistry:
             index = state.next_index % len(consumers)
             state.next_index = index + 1
             consumer = consumers[index]
-            if consumer.can_take_more() and consumer.send(message, only_copy=True):
+            if consumer.can_take_more() and consumer.send(message, copies):
                 return True
         # Every consumer is busy: give it to a paused one rather than take it back.
-        return any(
-            not consumer.gone and consumer.send(message, only_copy=True) for consumer in consumers
-        )
+        return any(not consumer.gone and consumer.send(message, copies) for consumer in consumers)
 
     def _deliver_published(self, queue: str, payload: str) -> None:
         try:

@@ -67,19 +67,19 @@ SWEEP_QUEUES = 100  # queues one sweep step visits at most
 log = Logger(namespace="restmq.engine")
 
 
-def _script(name: str) -> LuaScript:
+def _script(name: str, *, writes: bool = True) -> LuaScript:
     source = resources.files("restmq").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return LuaScript(name, source)
+    return LuaScript(name, source, writes=writes)
 
 
 _ADD = _script("add")
 _POP = _script("pop")
-_PEEK = _script("peek")
+_PEEK = _script("peek", writes=False)  # only its peek counter changes
 _DELETE = _script("delete")
 _PURGE = _script("purge")
 _SET_AND_NOTIFY = _script("set_and_notify")
-_STATS = _script("stats")
-_QUEUE_INFO = _script("queue_info")
+_STATS = _script("stats", writes=False)
+_QUEUE_INFO = _script("queue_info", writes=False)
 _TAKE_FOR_STREAMS = _script("take_for_streams")
 _REQUEUE = _script("requeue")
 

@@ -33,11 +33,18 @@ class DataConflict(Exception):
 
 
 class StorageUnavailable(Exception):
-    """Redis could not be reached in time; the request may be retried (HTTP 503)."""
+    """Redis could not be asked; nothing was stored, the request may be retried (HTTP 503)."""
 
 
 class TooManyConsumers(Exception):
     """The broker already serves ``--max-consumers`` streaming consumers (HTTP 503)."""
+
+
+class OutcomeUnknown(StorageUnavailable):
+    """A write reached Redis but its answer did not come back (HTTP 504).
+
+    It may have happened: a blind retry could store twice, so the client must check first.
+    """
 
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "EmptyQueue",
     "InvalidArgument",
     "InvalidStatus",
+    "OutcomeUnknown",
     "StorageUnavailable",
     "TooManyConsumers",
 ]

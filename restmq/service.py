@@ -29,6 +29,8 @@ from restmq.web.app import BrokerApplication
 
 log = Logger(namespace="restmq")
 
+STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+
 
 class Broker:
     """What the handlers reach through ``application.broker``: the operations, and acl."""
@@ -182,6 +184,18 @@ class BrokerService(service.Service):
             port=address.port,
         )
 
+    async def _redis_calls_done(self) -> None:
+        """Late replies still due (a batch taken for a stream, say) are handled first."""
+        idle = self.redis.when_idle()
+        timer = self.reactor.callLater(self.redis.call_timeout + 0.5, idle.cancel)
+        try:
+            await idle
+        except defer.CancelledError:
+            log.warn("closing storage with Redis calls still unanswered")
+        else:
+            if timer.active():
+                timer.cancel()
+
     def _start_failed(self, failure) -> None:
         if failure.check(defer.CancelledError):
             return
@@ -198,14 +212,25 @@ class BrokerService(service.Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        """Stop so that nothing acknowledged is lost, in a few seconds at most.
+
+        In order: take no new request; stop taking batches for streams and hand out
+        (or put back) those being taken; put back what no stream wrote; end the
+        streams; let the answers under way and the streams' last bytes go out; wait
+        for Redis calls still out; only then close Redis.
+        """
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        connections = self.application.connections
         if self.port is not None:
             await self.port.stopListening()
-            log.info("HTTP port closed")
+            connections.stop()
+            log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
         await self.consumers.stop()
+        await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
+        await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
+        await self._redis_calls_done()
         await self.notifications.stop()
-        await self.lease_sweeper.stop()
         await self.redis.disconnect()
         if self.valkey is not None:
             await self.valkey.stop()

@@ -960,3 +960,65 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def take_all(broker: Broker, queue: str, batch: int = 500) -> list[dict]:
+    """Pop every message left in ``queue`` (batch GETs until it answers 204)."""
+    taken: list[dict] = []
+    while True:
+        answer = broker.get(f"/q/{queue}?n={batch}")
+        if answer.status == 204:
+            return taken
+        assert answer.status == 200, answer.text
+        got = answer.json()
+        if not got:
+            return taken
+        taken += got
+
+
+class RawSseStream:
+    """An SSE consumer on a raw socket that reads only when told to.
+
+    With a small receive buffer, a consumer that does not read soon fills the
+    broker's socket buffer: the broker then pauses it and keeps what follows in
+    its backlog. ``read_to_end()`` reads everything until the broker closes.
+    """
+
+    def __init__(self, port: int, queue: str, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket()
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(
+            f"GET /c/{queue} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        self.raw = b""
+
+    def read_to_end(self, timeout: float = 15.0) -> list[dict]:
+        """Read until the broker closes the stream; every message it carried, in order."""
+        self.sock.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            while True:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    break
+                self.raw += data
+        self.sock.close()
+        return self.messages()
+
+    def read_in_background(self) -> threading.Thread:
+        """Read to the end in a thread (join it, then look at ``messages()``)."""
+        thread = threading.Thread(target=self.read_to_end, daemon=True)
+        thread.start()
+        return thread
+
+    def messages(self) -> list[dict]:
+        # Each event is written as one chunk, so a data line is never cut by chunk framing.
+        return [
+            json.loads(line[6:]) for line in self.raw.split(b"\n") if line.startswith(b"data: {")
+        ]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()

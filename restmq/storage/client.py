@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import failure
 
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
 
 log = Logger(namespace="restmq.storage")
 
@@ -45,6 +45,12 @@ _REFUSALS = {
     "WRONGPASS": "Redis refused the password given with --redis-password",
     "NOPERM": "the Redis user lacks a permission RestMQ needs",
 }
+# Commands that change nothing: when their answer is lost, nothing can have been stored.
+_READ_ONLY_COMMANDS = frozenset(
+    {"GET", "MGET", "EXISTS", "LLEN", "LRANGE", "SMEMBERS", "SCARD", "SISMEMBER", "HGET",
+     "HGETALL", "HLEN", "ZCARD", "ZRANGE", "ZSCORE", "TTL", "PTTL", "TYPE", "STRLEN", "INFO",
+     "PING", "TIME", "DBSIZE", "SCAN"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,16 @@ class RedisAddress:
 
 
 class LuaScript:
-    """A Lua script, called by its SHA1 and loaded on the server on first use."""
+    """A Lua script, called by its SHA1 and loaded on the server on first use.
 
-    def __init__(self, name: str, source: str) -> None:
+    ``writes``: whether running it changes stored data a client would count (a lost
+    answer to such a script leaves the client not knowing what was stored).
+    """
+
+    def __init__(self, name: str, source: str, *, writes: bool = True) -> None:
         self.name = name
         self.source = source
+        self.writes = writes
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
@@ -178,6 +189,7 @@ class RedisClient:
         self._ever_connected = False
         self._closing = False
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
+        self._idle_waiters: list[defer.Deferred] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -202,6 +214,19 @@ class RedisClient:
         if factory is None:
             return defer.succeed(None)
         return factory.disconnect()
+
+    def when_idle(self) -> defer.Deferred:
+        """Fires once no call is waiting for Redis (at once when none is)."""
+        if not self._inflight:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _now_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _state_changed(self, up: bool) -> None:
         where = self.address.describe()
@@ -241,7 +266,8 @@ class RedisClient:
         connection = self._connection()
         if connection is None:
             return self._unavailable()
-        return self._track(self._send(connection, command))
+        writes = str(command[0]).upper() not in _READ_ONLY_COMMANDS
+        return self._track(self._send(connection, command), writes=writes)
 
     def run_script(
         self,
@@ -253,7 +279,8 @@ class RedisClient:
         """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it.
 
         A script that answers after the caller was told StorageUnavailable has still
-        run: ``on_late(reply)`` is then called, so that what it took is not lost.
+        run: ``on_late(reply)`` is then called, so that what it took is not lost. A
+        writing script without ``on_late`` whose answer is lost fails with OutcomeUnknown.
         """
         connection = self._connection()
         if connection is None:
@@ -266,7 +293,8 @@ class RedisClient:
                 return failure
             return self._send(connection, ("EVAL", script.source, len(keys), *keys, *args))
 
-        return self._track(d.addErrback(load_if_missing), on_late)
+        writes = script.writes and on_late is None  # on_late undoes what a late reply took
+        return self._track(d.addErrback(load_if_missing), on_late, writes=writes)
 
     @staticmethod
     def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
@@ -309,19 +337,27 @@ class RedisClient:
             reason = f"broker busy: {self._inflight} Redis calls already in flight"
         else:
             reason = f"no connection to {self._where()}"
-        return defer.fail(StorageUnavailable(f"storage unavailable: {reason}"))
+        return defer.fail(
+            StorageUnavailable(f"storage unavailable: {reason}; nothing was sent to it, retry")
+        )
 
     def _track(
-        self, sent: defer.Deferred, on_late: Callable[[Any], object] | None = None
+        self,
+        sent: defer.Deferred,
+        on_late: Callable[[Any], object] | None = None,
+        *,
+        writes: bool = False,
     ) -> defer.Deferred:
-        """The answer to a sent command, or StorageUnavailable after ``call_timeout``.
+        """The answer to a sent command, or a failure after ``call_timeout``.
 
         The command is never cancelled: once written, Redis runs it, so a pop that
-        answers late has taken messages. Its late reply goes to ``on_late``.
+        answers late has taken messages. Its late reply goes to ``on_late``. When
+        the answer of a ``writes`` command is lost (too late, or the connection
+        dropped), the failure is OutcomeUnknown: it may have been stored.
         """
         self._inflight += 1
         answer = defer.Deferred()
-        timer = self.reactor.callLater(self.call_timeout, self._too_late, answer)
+        timer = self.reactor.callLater(self.call_timeout, self._too_late, answer, writes)
 
         def arrived(outcome):
             self._inflight -= 1
@@ -337,26 +373,38 @@ class RedisClient:
                          error=outcome.getErrorMessage())  # fmt: skip
             elif on_late is not None:
                 on_late(outcome)
+            # Last: what the answer set off (a requeue, say) counts as in flight too.
+            if not self._inflight and self._idle_waiters:
+                self._now_idle()
 
         sent.addBoth(arrived)
-        answer.addErrback(self._translate)
+        answer.addErrback(self._translate, writes)
         return answer
 
-    def _too_late(self, answer: defer.Deferred) -> None:
-        answer.errback(
-            StorageUnavailable(
-                f"storage unavailable: {self._where()} did not answer in "
-                f"{self.call_timeout:g} s; a write may still have happened"
+    def _too_late(self, answer: defer.Deferred, writes: bool) -> None:
+        silence = f"{self._where()} did not answer in {self.call_timeout:g} s"
+        if writes:
+            answer.errback(
+                OutcomeUnknown(
+                    f"stored state unknown: {silence} to a write it had been sent; it may "
+                    "still have happened: check before retrying"
+                )
             )
-        )
+        else:
+            answer.errback(StorageUnavailable(f"storage unavailable: {silence}"))
 
     def _where(self) -> str:
         return f"Redis at {self.address.describe()}"
 
-    def _translate(self, reason: failure.Failure):
+    def _translate(self, reason: failure.Failure, writes: bool = False):
         if reason.check(StorageUnavailable, InvalidArgument):
             return reason
         if reason.check(*_UNAVAILABLE):
+            if writes:
+                raise OutcomeUnknown(
+                    f"stored state unknown: the connection to {self._where()} was lost after "
+                    "a write was sent; it may have happened: check before retrying"
+                )
             raise StorageUnavailable(f"storage unavailable: connection to {self._where()} lost")
         if reason.check(txredisapi.ResponseError):
             text = str(reason.value)

@@ -11,9 +11,9 @@ from twisted.logger import Logger
 
 from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from restmq.web import admin, health, jsonproto, pages, rest, streaming, websocket, xmlrpc
-from restmq.web.admission import BudgetedHTTPConnection
 from restmq.web.base import NotFoundHandler
 from restmq.web.cyclone_fixes import FixedChunked
+from restmq.web.draining import CloseWhenStopping, DrainingHTTPConnection, OpenConnections
 
 log = Logger(namespace="restmq.http")
 
@@ -48,7 +48,7 @@ def routes() -> list:
 class BrokerApplication(cyclone.web.Application):
     """The Application, holding the broker (engine, consumers) its handlers use."""
 
-    protocol = BudgetedHTTPConnection
+    protocol = DrainingHTTPConnection
     noisy = False  # no "Starting factory" lines in the log
 
     def __init__(
@@ -62,9 +62,10 @@ class BrokerApplication(cyclone.web.Application):
         debug: bool = False,
     ) -> None:
         self.broker = broker
+        self.connections = OpenConnections()  # what a stop winds down and waits for
         super().__init__(
             routes(),
-            transforms=[FixedChunked],
+            transforms=[FixedChunked, CloseWhenStopping],
             template_path=str(PACKAGE.joinpath("templates")),
             error_handler=NotFoundHandler,
             max_body=max_body,

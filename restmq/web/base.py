@@ -18,6 +18,7 @@ from restmq.errors import (
     DataConflict,
     EmptyQueue,
     InvalidArgument,
+    OutcomeUnknown,
     StorageUnavailable,
     TooManyConsumers,
 )
@@ -58,6 +59,8 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(404, str(exc))
     if isinstance(exc, DataConflict):
         return ApiError(409, str(exc))
+    if isinstance(exc, OutcomeUnknown):  # no Retry-After: a blind retry may store twice
+        return ApiError(504, str(exc))
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, str(exc), {"Retry-After": "1"})
     if isinstance(exc, TooManyConsumers):  # a stream or WebSocket beyond --max-consumers

@@ -370,6 +370,14 @@ class FixedHTTPConnection(cyclone.httpserver.HTTPConnection):
     def receiving_body(self) -> bool:
         return self._contentbuffer is not None
 
+    def serving_request(self) -> bool:
+        """A request has been read and its answer is not finished yet."""
+        return self._request is not None
+
+    def close_after_answer(self) -> None:
+        """Hang up once the answer being written is done (no keep-alive)."""
+        self.no_keep_alive = True
+
     def refuse(self, status: int, reason: str, message: str, discard: int = 0) -> None:
         """Answer ``status`` and hang up; nothing more on this connection is served.
 

@@ -20,7 +20,13 @@ from typing import Any
 from twisted.logger import Logger
 
 from restmq import acl, jsontext, shapes
-from restmq.errors import DataConflict, EmptyQueue, InvalidArgument, StorageUnavailable
+from restmq.errors import (
+    DataConflict,
+    EmptyQueue,
+    InvalidArgument,
+    OutcomeUnknown,
+    StorageUnavailable,
+)
 from restmq.web.base import BaseHandler
 
 log = Logger(namespace="restmq.xmlrpc")
@@ -32,7 +38,8 @@ UNAUTHORIZED = 401  # acl.conf wants a username and password (HTTP Basic): none,
 FORBIDDEN = 403  # acl.conf refuses the client address
 EMPTY_QUEUE = 404  # the queue is empty (get, take)
 DATA_CONFLICT = 409  # a Redis key of the queue holds another kind of value (not RestMQ's)
-STORAGE_UNAVAILABLE = 503  # Redis is unreachable; try again
+STORAGE_UNAVAILABLE = 503  # Redis is unreachable, nothing was done; try again
+OUTCOME_UNKNOWN = 504  # a write reached Redis but its answer was lost: check before retrying
 PARSE_ERROR = -32700  # the body is not well-formed XML-RPC
 NOT_A_CALL = -32600  # well-formed, but not a <methodCall>
 UNKNOWN_METHOD = -32601  # no such method (system.listMethods lists them)
@@ -245,6 +252,8 @@ def as_fault(exc: Exception) -> xmlrpc.client.Fault:
         return xmlrpc.client.Fault(EMPTY_QUEUE, str(exc))
     if isinstance(exc, DataConflict):
         return xmlrpc.client.Fault(DATA_CONFLICT, str(exc))
+    if isinstance(exc, OutcomeUnknown):  # the write may have happened: check before retrying
+        return xmlrpc.client.Fault(OUTCOME_UNKNOWN, str(exc))
     if isinstance(exc, StorageUnavailable):
         return xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc))
     return xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
