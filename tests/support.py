@@ -744,12 +744,6 @@ CHALLENGE = 'Basic realm="RestMQ Restricted Access"'
 
 def basic(user: str, password: str) -> dict[str, str]:
     """An Authorization header with Basic credentials."""
-
-
-def basic_auth(user: str, password: str) -> dict[str, str]:
-    """The Authorization header of HTTP Basic credentials."""
-    import base64
-
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 

@@ -15,7 +15,7 @@ import pytest
 from tests.support import (
     RESTMQ_CLI,
     Broker,
-    basic_auth,
+    basic,
     default_sigint,
     free_port,
     run_cli,
@@ -416,7 +416,7 @@ def test_credentials_come_from_options_or_the_environment(guarded, queue):
     env = {"RESTMQ_USER": "admin", "RESTMQ_PASSWORD": "s3cret"}
     popped = run_cli(url, "pop", queue, env=env)
     assert (popped.returncode, popped.stdout) == (0, "v\n")
-    assert guarded.get(f"/stats/{queue}", headers=basic_auth("admin", "s3cret")).status == 200
+    assert guarded.get(f"/stats/{queue}", headers=basic("admin", "s3cret")).status == 200
     # half a pair is a usage error, not a silent anonymous request
     alone = run_cli(url, "--user", "admin", "stats")
     assert alone.returncode == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from restmq import __version__
-from tests.support import basic_auth, wait_for, wait_healthy
+from tests.support import basic, wait_for, wait_healthy
 
 
 def test_a_broker_with_storage_is_healthy(shared_broker):
@@ -55,7 +55,7 @@ def test_health_needs_no_credentials_whatever_acl_conf_asks(broker_factory, tmp_
     wait_healthy(broker)
     # every other route refuses this client: wrong address, and no password
     assert broker.get("/stats/").status == 403
-    assert broker.get("/stats/", headers=basic_auth("admin", "s3cret")).status == 403
+    assert broker.get("/stats/", headers=basic("admin", "s3cret")).status == 403
     answer = broker.get("/health")
     assert answer.status == 200
     assert answer.json()["status"] == "ok"
