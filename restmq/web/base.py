@@ -66,6 +66,18 @@ def write_json_error(
     handler.finish(compat.error_body(message))
 
 
+def allowed_methods(handler: cyclone.web.RequestHandler) -> str:
+    """The methods ``handler`` answers, for the ``Allow`` header every 405 must carry
+    (RFC 9110 15.5.6): those whose method its class defines over cyclone's defaults."""
+    default = cyclone.web.RequestHandler
+    return ", ".join(
+        method
+        for method in handler.SUPPORTED_METHODS
+        if getattr(type(handler), method.lower(), None)
+        is not getattr(default, method.lower(), None)
+    )
+
+
 class BrokerRequestMixin:
     """What every RestMQ route shares, the static files included: acl.conf is checked
     before the handler method runs, and our own errors become their HTTP answers."""
@@ -188,6 +200,7 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
+            self.set_header("Allow", allowed_methods(self))
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
         elif status_code >= 500:
