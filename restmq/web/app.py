@@ -9,7 +9,7 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq.web import admin, jsonproto, pages, rest, streaming, websocket, xmlrpc
+from restmq.web import admin, jsonproto, openapi, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
 from restmq.web.compat import BrokerHTTPConnection, FixedChunked
 
@@ -38,6 +38,7 @@ def routes() -> list:
         route(r"/ws/(.*)", websocket.WebSocketHandler),
         route(r"/xmlrpc", xmlrpc.XmlRpcHandler),
         route(r"/RPC2", xmlrpc.XmlRpcHandler),
+        route(r"/openapi\.json", openapi.OpenApiHandler),
         (r"/static/(.*)", pages.StaticHandler, {"path": str(PACKAGE.joinpath("static"))}),
     ]
 

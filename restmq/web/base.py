@@ -66,14 +66,16 @@ def write_json_error(
     handler.finish(compat.error_body(message))
 
 
-def allowed_methods(handler: cyclone.web.RequestHandler) -> str:
-    """The methods ``handler`` answers, for the ``Allow`` header every 405 must carry
-    (RFC 9110 15.5.6): those whose method its class defines over cyclone's defaults."""
+def allowed_methods(handler_class: type[cyclone.web.RequestHandler]) -> tuple[str, ...]:
+    """The methods a handler class answers: those it defines over cyclone's defaults.
+
+    Every 405 lists them in its ``Allow`` header, as RFC 9110 15.5.6 requires.
+    """
     default = cyclone.web.RequestHandler
-    return ", ".join(
+    return tuple(
         method
-        for method in handler.SUPPORTED_METHODS
-        if getattr(type(handler), method.lower(), None)
+        for method in handler_class.SUPPORTED_METHODS
+        if getattr(handler_class, method.lower(), None)
         is not getattr(default, method.lower(), None)
     )
 
@@ -200,7 +202,7 @@ class BaseHandler(BrokerRequestMixin, compat.CoroutineHandlerMixin, cyclone.web.
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
-            self.set_header("Allow", allowed_methods(self))
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
         elif status_code >= 500:

@@ -58,7 +58,7 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
             message = f"no such file: {self.request.path}"
         elif status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
-            self.set_header("Allow", allowed_methods(self))
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
         else:
             message = f"{self._reason}: {self.request.path}"
         write_json_error(self, compat.exception_of(kwargs), message)
