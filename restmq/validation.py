@@ -45,6 +45,8 @@ def ttl_seconds(value: object) -> int | None:
         return None
     if isinstance(value, bool):
         raise InvalidArgument("ttl must be a positive whole number of seconds")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 60.0 is the whole number 60
     try:
         ttl = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
     except ValueError:
