@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -10,7 +11,10 @@ import pytest
 import schemathesis
 from cyclone.web import URLSpec
 from hypothesis import HealthCheck, settings
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -31,6 +35,60 @@ HTTP_METHODS = {"get", "head", "post", "put", "patch", "delete", "options", "tra
 
 # Streams never end on their own, so they are documented but not fuzzed.
 STREAMS = r"^/(c|ws)/"
+JSONP = re.compile(r"(?P<callback>[A-Za-z_$][\w$.]*)\((?P<json>.*)\);\r\n", re.DOTALL)
+TEXT_ANSWER = re.compile(r"OK|[A-Za-z0-9_\-.:@]+:[0-9]+")
+DOCUMENT_URI = "urn:restmq:openapi"
+
+
+def document() -> dict:
+    return json.loads(DOCUMENT_PATH.read_text())
+
+
+def json_pointer(*parts: str) -> str:
+    return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+@functools.cache
+def validator_for(path: str, method: str, status: str) -> Draft202012Validator | None:
+    """A validator of the application/json answer documented for this status, if any."""
+    spec = document()
+    answer = spec["paths"][path][method]["responses"].get(status)
+    if answer is None:
+        return None
+    where = ("paths", path, method, "responses", status)
+    if "$ref" in answer:  # one of the shared answers in components/responses
+        name = answer["$ref"].rsplit("/", 1)[1]
+        answer, where = spec["components"]["responses"][name], ("components", "responses", name)
+    if "schema" not in answer.get("content", {}).get("application/json", {}):
+        return None
+    # The schema's $refs point into the document: validate against it in place.
+    registry = Registry().with_resource(
+        DOCUMENT_URI, Resource.from_contents({"$id": DOCUMENT_URI, **spec}, DRAFT202012)
+    )
+    pointer = json_pointer(*where, "content", "application/json", "schema")
+    return Draft202012Validator({"$ref": f"{DOCUMENT_URI}#/{pointer}"}, registry=registry)
+
+
+@schemathesis.check
+def jsonp_wraps_the_documented_json(ctx, response, case):
+    """A JSONP answer is ``callback(<json>);`` and CRLF, with the callback the client
+    named, around the JSON the same status answers as application/json (or a string)."""
+    content_type = (response.headers.get("content-type") or [""])[0]
+    if not content_type.startswith("application/javascript"):
+        return None
+    wrapped = JSONP.fullmatch(response.text)
+    assert wrapped, f"not JSONP: {response.text[:200]!r}"
+    assert wrapped["callback"] == (case.query or {}).get("callback")
+    inner = json.loads(wrapped["json"])
+    validator = validator_for(case.operation.path, case.method.lower(), str(response.status_code))
+    if isinstance(inner, str):  # what answers bare as text/plain: a key, or OK
+        assert TEXT_ANSWER.fullmatch(inner), inner
+    else:
+        assert validator is not None, f"no JSON answer is documented for {response.status_code}"
+        validator.validate(inner)
+    return True
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -38,6 +96,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
     unsupported_method,  # 405, with Allow, for every method a route does not list
+    jsonp_wraps_the_documented_json,
 ]
 
 EXAMPLE_QUEUES = ("test", "genesis")
@@ -45,10 +104,6 @@ JSON_BODY = {"Content-Type": "application/json"}
 
 CONFIG = schemathesis.Config.from_dict({"seed": 20091, "generation": {"deterministic": True}})
 SCHEMA = schemathesis.openapi.from_path(DOCUMENT_PATH, config=CONFIG).exclude(path_regex=STREAMS)
-
-
-def document() -> dict:
-    return json.loads(DOCUMENT_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
