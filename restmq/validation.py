@@ -10,7 +10,7 @@ from restmq.keyspace import STATUS_PREFIX
 MAX_QUEUE_NAME = 200
 MAX_BATCH = 1000  # messages one request may add or take
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
-_CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*")
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*", re.ASCII)  # \w as in JavaScript: ASCII only
 
 
 def queue_name(name: object) -> str:
@@ -49,6 +49,8 @@ def ttl_seconds(value: object) -> int | None:
         return None
     if isinstance(value, bool):
         raise InvalidArgument("ttl must be a positive whole number of seconds")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 60.0 is the whole number 60
     try:
         ttl = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
     except ValueError:

@@ -44,6 +44,7 @@ def test_wheel_ships_the_twisted_plugin_and_package_data(tmp_path):
         "static/help.html",
         "static/watch.html",
         "templates/jobs.html",
+        "openapi.json",
     ):
         assert f"restmq/{page}" in names
     metadata = (

@@ -10,7 +10,7 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web import admin, health, jsonproto, pages, rest, streaming, websocket, xmlrpc
+from restmq.web import admin, health, jsonproto, openapi, pages, rest, streaming, websocket, xmlrpc
 from restmq.web.base import NotFoundHandler
 from restmq.web.cyclone_fixes import FixedChunked
 from restmq.web.draining import CloseWhenStopping, DrainingHTTPConnection, OpenConnections
@@ -41,6 +41,7 @@ def routes() -> list:
         route(r"/ws/(.*)", websocket.WebSocketHandler),
         route(r"/xmlrpc", xmlrpc.XmlRpcHandler),
         route(r"/RPC2", xmlrpc.XmlRpcHandler),
+        route(r"/openapi\.json", openapi.OpenApiHandler),
         (r"/static/(.*)", pages.StaticHandler, {"path": str(PACKAGE.joinpath("static"))}),
     ]
 

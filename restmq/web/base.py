@@ -81,6 +81,20 @@ def write_json_error(
     handler.finish(error_body(message))
 
 
+def allowed_methods(handler_class: type[cyclone.web.RequestHandler]) -> tuple[str, ...]:
+    """The methods a handler class answers: those it defines over cyclone's defaults.
+
+    Every 405 lists them in its ``Allow`` header, as RFC 9110 15.5.6 requires.
+    """
+    default = cyclone.web.RequestHandler
+    return tuple(
+        method
+        for method in handler_class.SUPPORTED_METHODS
+        if getattr(handler_class, method.lower(), None)
+        is not getattr(default, method.lower(), None)
+    )
+
+
 class BrokerRequestMixin:
     """What every RestMQ route shares, the static files included: acl.conf is checked
     before the handler method runs, and our own errors become their HTTP answers."""
@@ -201,6 +215,7 @@ class BaseHandler(
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
         elif status_code >= 500:

@@ -6,7 +6,13 @@ import cyclone.web
 
 from restmq import acl
 from restmq.web import cyclone_fixes
-from restmq.web.base import SERVER, BaseHandler, BrokerRequestMixin, write_json_error
+from restmq.web.base import (
+    SERVER,
+    BaseHandler,
+    BrokerRequestMixin,
+    allowed_methods,
+    write_json_error,
+)
 
 
 async def queue_list_page(handler: BaseHandler) -> None:
@@ -49,6 +55,9 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
         # cyclone's default is an HTML page; every other route answers JSON
         if status_code == 404:
             message = f"no such file: {self.request.path}"
+        elif status_code == 405:
+            message = f"method {self.request.method} is not allowed on {self.request.path}"
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
         else:
             message = f"{cyclone_fixes.reason_of(self)}: {self.request.path}"
         write_json_error(self, cyclone_fixes.exception_of(kwargs), message)
