@@ -199,6 +199,7 @@ class BrokerService(service.Service):
         if self.port is not None:
             await self.port.stopListening()
             log.info("HTTP port closed")
+        self.broker.operations.stats_feed.stop()  # dashboards see the broker go
         await self.consumers.stop()
         await self.notifications.stop()
         await self.lease_sweeper.stop()
