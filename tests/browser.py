@@ -29,4 +29,6 @@ def start_chromium() -> webdriver.Chrome:
         f"--user-data-dir={tempfile.mkdtemp(prefix='restmq-chromium-')}",
     ):
         options.add_argument(flag)
+    # keep the page's console messages, for driver.get_log("browser")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

@@ -136,7 +136,7 @@
   // Server-Sent Events: the broker pushes the figures when they change; the browser
   // reconnects by itself (and sends the page's credentials, same origin).
   function followStats() {
-    const events = new EventSource("/stats/");
+    const events = new EventSource(brokerUrl("/stats/"));
     events.onopen = () => setLive("open", "live");
     events.addEventListener("stats", (event) => {
       setLive("open", "live");
@@ -164,11 +164,17 @@
     result.textContent = text;
   }
 
+  // A URL of this broker without the page's user:password@ (opened that way, a page
+  // cannot fetch relative URLs; the browser still sends the credentials it has cached).
+  function brokerUrl(path) {
+    return new URL(path, location.origin).href;
+  }
+
   // One request to the broker; the answer's text, or an Error saying what went wrong.
   async function call(method, path, form) {
     const options = { method, cache: "no-store" };
     if (form) options.body = new URLSearchParams(form);
-    const response = await fetch(path, options);
+    const response = await fetch(brokerUrl(path), options);
     const text = (await response.text()).trim();
     if (!response.ok) {
       let message = text;
