@@ -14,14 +14,16 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from restmq import shapes
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.operations import AllStats, Operations
+from restmq.service import Broker
 from restmq.stats_feed import StatsFeed
 from restmq.storage.client import RedisAddress, RedisClient
+from restmq.web.app import BrokerApplication
 
 INTERVAL = 0.5  # the feed's tick in these tests; a task.Clock decides when ticks happen
 
@@ -306,6 +308,31 @@ class RawEventStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_viewers_that_leave_are_let_go_and_the_ticks_stop(server):
+    client = client_of(server.port)
+    await client.wait_until_ready()
+    engine = QueueEngine(client)
+    broker = Broker(client, engine, ConsumerRegistry(engine, reactor))
+    listening = reactor.listenTCP(
+        0, BrokerApplication(broker, max_body=1024), interface="127.0.0.1"
+    )
+    port = listening.getHost().port
+    feed = broker.operations.stats_feed
+    try:
+        viewers = [await threads.deferToThread(RawEventStream, port) for _ in range(2)]
+        await until(lambda: feed.watchers == 2)
+        for viewer in viewers:
+            assert (await threads.deferToThread(viewer.stats))["count"] == 0
+        viewers[0].close()
+        await until(lambda: feed.watchers == 1)
+        viewers[1].close()
+        await until(lambda: feed.watchers == 0)
+    finally:
+        await listening.stopListening()
+        await client.disconnect()
 
 
 def test_stats_stream_over_a_raw_socket_follows_posts_and_ends_on_broker_stop(broker_factory):
