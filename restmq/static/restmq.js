@@ -264,6 +264,11 @@
     byId("queue-rows").addEventListener("click", act);
     byId("purge-dialog").addEventListener("close", purgeConfirmed);
     followStats();
+    // followStats closes its stream when the page is hidden; a page the browser
+    // brings back from its cache follows the figures again.
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) followStats();
+    });
   }
 
   async function sendCommand(event) {
