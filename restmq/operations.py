@@ -16,6 +16,7 @@ from restmq import validation
 from restmq.consumers import ConsumerRegistry, StreamConsumer
 from restmq.core import Message, QueueEngine, QueueInfo, QueueStats, TakenMessage
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus
+from restmq.stats_feed import StatsFeed, StatsWatcher
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
@@ -90,6 +91,10 @@ class Operations:
         self.engine = engine
         self.consumers = consumers
         self.describe_storage = describe_storage
+        # Live figures for the dashboard: one stats call per tick, whoever watches.
+        self.stats_feed = StatsFeed(
+            self.all_stats, consumers.reactor, heartbeat=consumers.heartbeat_interval
+        )
 
     # -- producing ----------------------------------------------------------
 
@@ -188,6 +193,13 @@ class Operations:
         """Every queue's length, status and policy (one engine call), with consumers here."""
         rows = [QueueFigures(s, self.consumers.count(s.name)) for s in await self.engine.stats()]
         return AllStats(self.describe_storage(), rows)
+
+    def watch_stats(self, watcher: StatsWatcher) -> None:
+        """Send ``watcher`` the figures of ``all_stats`` now and whenever they change."""
+        self.stats_feed.watch(watcher)
+
+    def unwatch_stats(self, watcher: StatsWatcher) -> None:
+        self.stats_feed.unwatch(watcher)
 
     async def stats(self, queue: str) -> OneStats:
         queue = validation.queue_name(queue)

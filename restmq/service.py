@@ -226,6 +226,7 @@ class BrokerService(service.Service):
             await self.port.stopListening()
             connections.stop()
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
+        self.broker.operations.stats_feed.stop()  # dashboards see the broker go
         await self.consumers.stop()
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
         await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some

@@ -853,6 +853,8 @@ def start_chromium():
         f"--user-data-dir={tempfile.mkdtemp(prefix='restmq-chromium-')}",
     ):
         options.add_argument(flag)
+    # keep the page's console messages, for driver.get_log("browser")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 

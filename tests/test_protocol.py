@@ -533,10 +533,10 @@ def test_static_dashboard_is_served_with_its_script_and_styles(shared_broker):
     assert '<link rel="stylesheet" href="/static/restmq.css">' in page
     script = b.get("/static/restmq.js")
     assert script.status == 200
-    assert 'fetch("/stats/"' in script.text
+    assert 'new EventSource(brokerUrl("/stats/"))' in script.text  # pushed, not polled
     for route in ("/q/", "/c/", "/p/", "/control/", "/stats/", "/j/"):
         assert f'"{route}"' in script.text, route
-    assert "setInterval(refreshDashboard" in script.text
+    assert "setInterval" not in script.text
     assert b.get("/static/restmq.css").headers["content-type"] == "text/css"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from restmq import acl, shapes
 from restmq.errors import InvalidStatus
+from restmq.web import stats_stream
 from restmq.web.base import BaseHandler
 
 
@@ -55,14 +56,24 @@ class ControlHandler(BaseHandler):
 
 
 class StatsHandler(BaseHandler):
-    """``/stats/<queue>``: a queue's length. ``/stats/``: every queue, and readiness."""
+    """``/stats/<queue>``: a queue's length. ``/stats/``: every queue, and readiness;
+    asked for ``text/event-stream``, ``/stats/`` streams the figures live instead."""
 
     access = {"GET": acl.CONSUMER}
+    stream: stats_stream.StatsEventStream | None = None
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
+        if not queue and stats_stream.wants_event_stream(self):
+            self.stream = stats_stream.StatsEventStream(self)
+            self.stream.open()
+            return
         if queue:
             answer = shapes.one_stats(await self.operations.stats(queue))
         else:
             answer = shapes.all_stats(await self.operations.all_stats())
         self.answer(answer, callback=callback)
+
+    def on_client_gone(self) -> None:
+        if self.stream is not None:
+            self.stream.client_gone()

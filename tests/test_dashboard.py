@@ -1,0 +1,226 @@
+"""The home page as a live console, in a real headless Chromium against a real broker.
+
+The figures follow the broker without a reload, every action changes the broker
+(checked over HTTP), purge asks first, the console stays free of errors, and all
+of it works when acl.conf asks for a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.stream_clients import HttpStream
+from tests.support import request, start_chromium, wait_for
+
+NONE = "\N{EN DASH}"  # what a cell shows for a figure the queue does not have
+COLUMNS = ("len", "leased", "dead", "consumers", "status", "policy")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+def open_dashboard(browser, base: str) -> WebDriverWait:
+    browser.get(f"{base}/static/index.html")
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda b: b.find_element(By.ID, "live").text == "live", "the stream never opened")
+    # A reload would drop this; every check below looks for it.
+    browser.execute_script("window.sameDocument = true;")
+    return wait
+
+
+def not_reloaded(browser) -> bool:
+    return browser.execute_script("return window.sameDocument === true;")
+
+
+def row(browser, queue: str):
+    found = browser.find_elements(By.CSS_SELECTOR, f'#queue-rows tr[data-queue="{queue}"]')
+    return found[0] if found else None
+
+
+def cells(browser, queue: str) -> dict[str, str] | None:
+    tr = row(browser, queue)
+    if tr is None:
+        return None
+    return {name: tr.find_element(By.CSS_SELECTOR, f"td.{name}").text for name in COLUMNS}
+
+
+def shows(browser, queue: str, **expected: str) -> bool:
+    now = cells(browser, queue)
+    return now is not None and all(now[name] == value for name, value in expected.items())
+
+
+def click(browser, queue: str, action: str) -> None:
+    row(browser, queue).find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]').click()
+
+
+def action_result(browser) -> str:
+    return browser.find_element(By.ID, "action-result").text
+
+
+def console_errors(browser) -> list[dict]:
+    """What the page logged at error level since the last call (the log is drained)."""
+    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_figures_follow_the_broker_without_a_reload(browser, shared_broker, queue):
+    base = f"http://127.0.0.1:{shared_broker.port}"
+    wait = open_dashboard(browser, base)
+    for count in range(1, 4):
+        shared_broker.post(f"/q/{queue}", value=f"m{count}")
+        wait.until(lambda b, n=str(count): shows(b, queue, len=n), f"length {count}")
+    assert cells(browser, queue) == {
+        "len": "3", "leased": "0", "dead": NONE, "consumers": "0",
+        "status": "started", "policy": "broadcast",
+    }  # fmt: skip
+    shared_broker.post(f"/q/{queue}:dead", value="gave up")  # its dead-letter queue appears
+    wait.until(lambda b: shows(b, queue, dead="1") and shows(b, f"{queue}:dead", len="1"))
+    consumer = HttpStream(shared_broker.port, queue).start()
+    try:
+        wait.until(lambda b: shows(b, queue, consumers="1"))
+    finally:
+        consumer.close()
+    wait.until(lambda b: shows(b, queue, consumers="0"))
+    shared_broker.post(f"/control/{queue}", status="stop")
+    shared_broker.post(f"/p/{queue}", policy="roundrobin")
+    wait.until(lambda b: shows(b, queue, status="stopped", policy="roundrobin"))
+    assert not_reloaded(browser)
+    assert console_errors(browser) == []
+
+
+def test_every_action_changes_the_broker(browser, shared_broker, queue):
+    b = shared_broker
+    b.post(f"/q/{queue}", value="first")
+    b.post(f"/q/{queue}", value="second")
+    wait = open_dashboard(browser, f"http://127.0.0.1:{b.port}")
+    wait.until(lambda br: shows(br, queue, len="2"))
+
+    click(browser, queue, "pop")
+    wait.until(lambda br: action_result(br) == f"popped {queue}:1: first")
+    assert b.get(f"/stats/{queue}").json()["len"] == 1
+    wait.until(lambda br: shows(br, queue, len="1"))
+
+    click(browser, queue, "status")  # started: the button stops it
+    wait.until(lambda br: action_result(br) == f"stopped {queue}")
+    assert b.get(f"/control/{queue}").json()["status"]["status"] == 0
+    wait.until(lambda br: shows(br, queue, status="stopped"))
+    click(browser, queue, "status")
+    wait.until(lambda br: action_result(br) == f"started {queue}")
+    assert b.get(f"/control/{queue}").json()["status"]["status"] == 1
+    wait.until(lambda br: shows(br, queue, status="started"))
+
+    click(browser, queue, "policy")
+    wait.until(lambda br: action_result(br) == f"{queue} is now roundrobin")
+    assert b.get(f"/p/{queue}").json()["value"] == "roundrobin"
+    wait.until(lambda br: shows(br, queue, policy="roundrobin"))
+    click(browser, queue, "policy")
+    wait.until(lambda br: action_result(br) == f"{queue} is now broadcast")
+    assert b.get(f"/p/{queue}").json()["value"] == "broadcast"
+
+    # purge asks first; Cancel keeps the messages
+    dialog = browser.find_element(By.ID, "purge-dialog")
+    click(browser, queue, "purge")
+    wait.until(lambda br: dialog.is_displayed())
+    assert browser.find_element(By.ID, "purge-queue").text == queue
+    assert browser.find_element(By.ID, "purge-count").text == "1"
+    browser.find_element(By.ID, "purge-cancel").click()
+    wait.until(lambda br: not dialog.is_displayed())
+    wait.until(lambda br: action_result(br) == f"purge of {queue} cancelled")
+    assert b.get(f"/stats/{queue}").json()["len"] == 1
+    click(browser, queue, "purge")
+    wait.until(lambda br: dialog.is_displayed())
+    browser.find_element(By.ID, "purge-confirm").click()
+    wait.until(lambda br: action_result(br) == f"purged {queue}")
+    assert b.get(f"/stats/{queue}").json()["len"] == 0
+    wait.until(lambda br: shows(br, queue, len="0"))
+
+    # pop on the empty queue says so
+    click(browser, queue, "pop")
+    wait.until(lambda br: action_result(br) == f"queue {queue} is empty")
+
+    # the post form
+    field = browser.find_element(By.ID, "post-queue")
+    field.clear()
+    field.send_keys(queue)
+    browser.find_element(By.ID, "post-value").clear()
+    browser.find_element(By.ID, "post-value").send_keys("from the dashboard")
+    browser.find_element(By.ID, "post-send").click()
+    wait.until(lambda br: browser.find_element(By.ID, "post-result").text.startswith("stored"))
+    key = browser.find_element(By.ID, "post-result").text.removeprefix("stored as ")
+    wait.until(lambda br: shows(br, queue, len="1"))
+    assert not_reloaded(browser)
+    assert console_errors(browser) == []
+
+    # the watch page, from the row's link: a live consumer that takes the message
+    row(browser, queue).find_element(By.CSS_SELECTOR, "a.route-watch").click()
+    wait.until(lambda br: br.find_element(By.ID, "queue-name").text == queue)
+    wait.until(lambda br: br.find_element(By.ID, "state").text == "open")
+    wait.until(lambda br: br.find_elements(By.CSS_SELECTOR, f'#messages li[data-key="{key}"]'))
+    assert b.get(f"/stats/{queue}").json()["len"] == 0
+    assert console_errors(browser) == []
+
+
+ACL = """\
+[rest:producer]
+username = operator
+password = {password}
+
+[rest:consumer]
+username = operator
+password = {password}
+"""
+
+
+def test_dashboard_works_when_acl_conf_asks_for_a_password(broker_factory, tmp_path, queue):
+    password = "s3cret dashboard"
+    acl = tmp_path / "acl.conf"
+    acl.write_text(ACL.format(password=password))
+    broker = broker_factory("--acl", str(acl), wait=False)
+    token = base64.b64encode(f"operator:{password}".encode()).decode()
+    auth = {"Authorization": f"Basic {token}"}
+
+    def call(method: str, path: str, **kwargs):
+        return request(broker.port, method, path, headers=auth, **kwargs)
+
+    wait_for(lambda: _answers(broker.port, auth), 20, what="the guarded broker")
+    # the stream is a consumer route: no password, no figures
+    refused = request(broker.port, "GET", "/stats/", headers={"Accept": "text/event-stream"})
+    assert refused.status == 401
+    assert refused.headers["www-authenticate"] == 'Basic realm="RestMQ Restricted Access"'
+    call("POST", f"/q/{queue}", form={"value": "one"})
+
+    driver = start_chromium()  # its own, so that no other test inherits the credentials
+    try:
+        driver.get(f"http://operator:{password.replace(' ', '%20')}@127.0.0.1:{broker.port}/")
+        wait = WebDriverWait(driver, 15)
+        wait.until(lambda b: b.find_element(By.ID, "live").text == "live", "no stream")
+        driver.execute_script("window.sameDocument = true;")
+        wait.until(lambda b: shows(b, queue, len="1"))
+        call("POST", f"/q/{queue}", form={"value": "two"})
+        wait.until(lambda b: shows(b, queue, len="2"))
+        click(driver, queue, "pop")
+        wait.until(lambda b: action_result(b) == f"popped {queue}:1: one")
+        click(driver, queue, "status")
+        wait.until(lambda b: action_result(b) == f"stopped {queue}")
+        assert call("GET", f"/control/{queue}").json()["status"]["status"] == 0
+        wait.until(lambda b: shows(b, queue, len="1", status="stopped"))
+        assert not_reloaded(driver)
+        errors = console_errors(driver)
+        assert errors == [], textwrap.indent("\n".join(e["message"] for e in errors), "  ")
+    finally:
+        driver.quit()
+
+
+def _answers(port: int, auth: dict) -> bool:
+    try:
+        return request(port, "GET", "/stats/", headers=auth, timeout=2).status == 200
+    except OSError:
+        return False
