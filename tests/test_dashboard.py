@@ -14,8 +14,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.stream_clients import HttpStream
-from tests.support import request, start_chromium, wait_for
+from tests.support import HttpStream, request, start_chromium, wait_for
+
+pytestmark = pytest.mark.needs("chromium", "chromedriver")
 
 NONE = "\N{EN DASH}"  # what a cell shows for a figure the queue does not have
 COLUMNS = ("len", "leased", "dead", "consumers", "status", "policy")
