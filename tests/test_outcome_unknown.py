@@ -58,6 +58,25 @@ async def test_a_late_write_is_outcome_unknown_and_a_late_read_is_not(engine):
 
 
 @pytest_twisted.ensureDeferred
+async def test_large_writes_go_out_a_few_at_a_time_and_one_left_waiting_is_not_sent(engine):
+    """Large commands share a byte limit at Redis; one that cannot go out within the
+    call timeout is refused with nothing sent (503), never left "unknown"."""
+    server, queue_engine = engine
+    queue_engine.redis._gate.limit = 150_000  # room for one 100 KB add at a time
+    assert server.command("CLIENT", "PAUSE", "1500", "WRITE") == "OK"
+    first = defer.ensureDeferred(queue_engine.add("big", "a" * 100_000))
+    second = defer.ensureDeferred(queue_engine.add("big", "b" * 100_000))
+    with pytest.raises(StorageUnavailable) as waited:
+        await second
+    assert not isinstance(waited.value, OutcomeUnknown)
+    assert "large writes" in str(waited.value) and "nothing was sent" in str(waited.value)
+    with pytest.raises(OutcomeUnknown):  # it was sent: Redis stores it once unpaused
+        await first
+    await task.deferLater(reactor, 1.5, lambda: None)
+    assert await queue_engine.length("big") == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_call_never_sent_is_a_plain_503_saying_nothing_was_sent(engine):
     _, queue_engine = engine
     await queue_engine.redis.disconnect()
@@ -113,3 +132,42 @@ def test_xmlrpc_add_redis_answers_too_late_is_fault_504(external, queue):
         rpc.add(queue, "maybe")
     assert raised.value.faultCode == 504
     assert "stored state unknown" in raised.value.faultString
+
+
+def test_a_burst_of_large_writes_is_answered_truthfully(shared_broker, queue):
+    """Forty 8 MiB adds at once, with the default limits: a 200 was stored, a 503 was
+    not (nothing was sent to Redis), and only a 504 leaves the client not knowing."""
+    value = "v" * (8 * 1024 * 1024 - 1024)
+    body = ('{"value": "' + value + '"}').encode()
+    answers = []
+
+    def post():
+        answers.append(
+            shared_broker.request(
+                "POST",
+                f"/q/{queue}",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+        )
+
+    clients = [threading.Thread(target=post) for _ in range(40)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+
+    statuses = [answer.status for answer in answers]
+    assert set(statuses) <= {200, 503, 504}, statuses
+    for answer in answers:
+        if answer.status == 503:
+            error = answer.json()["error"]
+            assert error.startswith("broker busy") or "nothing was sent" in error, error
+            assert answer.headers.get("retry-after")
+        if answer.status == 504:
+            assert answer.json()["error"].startswith("stored state unknown")
+            assert "retry-after" not in answer.headers
+    stored = shared_broker.get(f"/stats/{queue}").json()["len"]
+    assert statuses.count(200) <= stored <= statuses.count(200) + statuses.count(504)
+    shared_broker.request("DELETE", f"/q/{queue}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,9 +126,13 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
         per call that we never use. Cancelling the returned Deferred is safe: the
         reply queue keeps a placeholder, so later replies stay in line.
         """
+        return self.send_encoded(encode_command(args))
+
+    def send_encoded(self, data: bytes) -> defer.Deferred:
+        """Write one command already in RESP; its reply, as ``send``."""
         if not self.replyQueue.waiting:
             self.last_progress = _now()
-        self.transport.write(encode_command(args))
+        self.transport.write(data)
         return self.replyQueue.get().addCallback(self.handle_reply)
 
 
@@ -161,8 +166,48 @@ class _ObservedFactory(txredisapi.RedisFactory):
             self.on_state_change(False)
 
 
+class _LargeCommandGate:
+    """Bounds the bytes of large commands that Redis has been sent but not answered.
+
+    Forty 8 MiB adds sent at once keep Redis busy for longer than the call timeout,
+    so every one of them would be answered "stored state unknown" although all are
+    stored. Large commands therefore go out a few at a time, in arrival order; one
+    that cannot go out within the call timeout is refused with nothing sent. Small
+    commands never wait here.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.waiting: deque[tuple[int, Callable[[], None]]] = deque()
+
+    def try_take(self, size: int) -> bool:
+        # One command always fits when nothing else is out, however large it is.
+        if self.used and (self.waiting or self.used + size > self.limit):
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+        while self.waiting:
+            size, start = self.waiting[0]
+            if self.used and self.used + size > self.limit:
+                return
+            self.waiting.popleft()
+            self.used += size
+            start()
+
+
 class RedisClient:
     """Every Redis call the broker makes goes through here."""
+
+    #: a command this large (in RESP bytes) passes the large-command gate
+    large_command = 64 * 1024
+    #: bytes of large commands Redis may have been sent and not yet answered
+    large_in_flight = 32 * 1024 * 1024
+    #: a large command's deadline grows by a second for this many of its bytes
+    large_bytes_per_second = 4 * 1024 * 1024
 
     batch_per_connection = 32
 
@@ -190,6 +235,7 @@ class RedisClient:
         self._closing = False
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
         self._idle_waiters: list[defer.Deferred] = []
+        self._gate = _LargeCommandGate(self.large_in_flight)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -263,11 +309,8 @@ class RedisClient:
 
     def execute(self, *command: Any) -> defer.Deferred:
         """Run one Redis command; fail with StorageUnavailable rather than wait."""
-        connection = self._connection()
-        if connection is None:
-            return self._unavailable()
         writes = str(command[0]).upper() not in _READ_ONLY_COMMANDS
-        return self._track(self._send(connection, command), writes=writes)
+        return self._call(command, writes=writes)
 
     def run_script(
         self,
@@ -282,26 +325,100 @@ class RedisClient:
         run: ``on_late(reply)`` is then called, so that what it took is not lost. A
         writing script without ``on_late`` whose answer is lost fails with OutcomeUnknown.
         """
-        connection = self._connection()
-        if connection is None:
-            return self._unavailable()
-        d = self._send(connection, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        return self._call(
+            ("EVALSHA", script.sha, len(keys), *keys, *args),
+            on_late,
+            writes=script.writes and on_late is None,  # on_late undoes what a late reply took
+            fallback=("EVAL", script.source, len(keys), *keys, *args),
+        )
 
-        def load_if_missing(failure):
-            failure.trap(txredisapi.ResponseError)
-            if not str(failure.value).startswith("NOSCRIPT"):
-                return failure
-            return self._send(connection, ("EVAL", script.source, len(keys), *keys, *args))
+    def _call(
+        self,
+        command: Sequence[Any],
+        on_late: Callable[[Any], object] | None = None,
+        *,
+        writes: bool,
+        fallback: Sequence[Any] | None = None,
+    ) -> defer.Deferred:
+        """Send ``command`` now, or (a large one) once the gate lets it out.
 
-        writes = script.writes and on_late is None  # on_late undoes what a late reply took
-        return self._track(d.addErrback(load_if_missing), on_late, writes=writes)
-
-    @staticmethod
-    def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
+        ``fallback`` is sent instead when Redis answers NOSCRIPT.
+        """
         try:
-            return connection.send(command)
+            data = encode_command(command)
         except UnicodeEncodeError:
             return defer.fail(InvalidArgument("text that is not valid Unicode (a lone surrogate)"))
+        size = len(data)
+        if size < self.large_command:
+            return self._send_now(data, on_late, writes, fallback, 0)
+        if self._connection() is None:
+            return self._unavailable()
+        if self._gate.try_take(size):
+            return self._send_now(data, on_late, writes, fallback, size)
+        return self._send_later(data, on_late, writes, fallback, size)
+
+    def _send_now(
+        self,
+        data: bytes,
+        on_late: Callable[[Any], object] | None,
+        writes: bool,
+        fallback: Sequence[Any] | None,
+        held: int,
+    ) -> defer.Deferred:
+        connection = self._connection()
+        if connection is None:
+            if held:
+                self._gate.give_back(held)
+            return self._unavailable()
+        sent = connection.send_encoded(data)
+        if fallback is not None:
+
+            def load_if_missing(failure):
+                failure.trap(txredisapi.ResponseError)
+                if not str(failure.value).startswith("NOSCRIPT"):
+                    return failure
+                return connection.send(fallback)
+
+            sent.addErrback(load_if_missing)
+        if held:
+            # Redis has finished with it when it answers, however late that is.
+            sent.addBoth(self._gate_released, held)
+        # A large command takes time to cross the socket: its deadline grows with it.
+        extra = held / self.large_bytes_per_second if held else 0.0
+        return self._track(sent, on_late, writes=writes, extra_time=extra)
+
+    def _gate_released(self, outcome: Any, held: int) -> Any:
+        self._gate.give_back(held)
+        return outcome
+
+    def _send_later(
+        self,
+        data: bytes,
+        on_late: Callable[[Any], object] | None,
+        writes: bool,
+        fallback: Sequence[Any] | None,
+        size: int,
+    ) -> defer.Deferred:
+        answer = defer.Deferred()
+
+        def start() -> None:
+            timer.cancel()
+            self._send_now(data, on_late, writes, fallback, size).chainDeferred(answer)
+
+        def give_up() -> None:
+            self._gate.waiting.remove(entry)
+            answer.errback(
+                StorageUnavailable(
+                    f"broker busy: {self._gate.used} bytes of large writes are still with "
+                    f"Redis and this one could not go out within {self.call_timeout:g} s; "
+                    "nothing was sent to it, retry"
+                )
+            )
+
+        entry = (size, start)
+        timer = self.reactor.callLater(self.call_timeout, give_up)
+        self._gate.waiting.append(entry)
+        return answer
 
     def _connection(self):
         """A live pool connection; None when there is none or too much is in flight.
@@ -347,8 +464,10 @@ class RedisClient:
         on_late: Callable[[Any], object] | None = None,
         *,
         writes: bool = False,
+        extra_time: float = 0.0,
     ) -> defer.Deferred:
-        """The answer to a sent command, or a failure after ``call_timeout``.
+        """The answer to a sent command, or a failure after ``call_timeout``
+        (plus ``extra_time``).
 
         The command is never cancelled: once written, Redis runs it, so a pop that
         answers late has taken messages. Its late reply goes to ``on_late``. When
@@ -357,7 +476,17 @@ class RedisClient:
         """
         self._inflight += 1
         answer = defer.Deferred()
-        timer = self.reactor.callLater(self.call_timeout, self._too_late, answer, writes)
+        # The deadline is Redis's silence, not our own lateness: after a reactor turn
+        # spent on big bodies, a reply may be waiting unread in the socket. So when the
+        # deadline passes, the reactor reads what came first (one turn), then decides.
+        timer = self.reactor.callLater(
+            self.call_timeout + extra_time,
+            self.reactor.callLater,
+            0,
+            self._too_late,
+            answer,
+            writes,
+        )
 
         def arrived(outcome):
             self._inflight -= 1
@@ -382,6 +511,8 @@ class RedisClient:
         return answer
 
     def _too_late(self, answer: defer.Deferred, writes: bool) -> None:
+        if answer.called:
+            return  # the reply was read in the turn it was given
         silence = f"{self._where()} did not answer in {self.call_timeout:g} s"
         if writes:
             answer.errback(
