@@ -1018,3 +1018,47 @@ class RawSseStream:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+# -- the OpenAPI document (restmq/openapi.json) ------------------------------------------
+# jsonschema and referencing are imported where they are used: most tests never need them.
+
+OPENAPI_PATH = ROOT / "restmq" / "openapi.json"
+_OPENAPI_URI = "urn:restmq:openapi"
+
+
+def openapi_document() -> dict:
+    return json.loads(OPENAPI_PATH.read_text())
+
+
+def openapi_at(*where: str):
+    """The part of the document found by following the keys ``where``."""
+    node = openapi_document()
+    for key in where:
+        node = node[key]
+    return node
+
+
+def openapi_response(path: str, method: str, status: str) -> tuple[str, ...] | None:
+    """Where the answer documented for ``status`` is: in the operation itself, or in
+    components/responses when the operation names a shared one; None if undocumented."""
+    answer = openapi_at("paths", path, method, "responses").get(status)
+    if answer is None:
+        return None
+    if "$ref" in answer:
+        return ("components", "responses", answer["$ref"].rsplit("/", 1)[1])
+    return ("paths", path, method, "responses", status)
+
+
+def openapi_validator(*where: str):
+    """A JSON Schema validator of the schema at ``where`` whose $refs resolve in the document."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    document = Resource.from_contents({"$id": _OPENAPI_URI, **openapi_document()}, DRAFT202012)
+    pointer = "/".join(part.replace("~", "~0").replace("/", "~1") for part in where)
+    return Draft202012Validator(
+        {"$ref": f"{_OPENAPI_URI}#/{pointer}"},
+        registry=Registry().with_resource(_OPENAPI_URI, document),
+    )

@@ -13,8 +13,6 @@ from cyclone.web import URLSpec
 from hypothesis import HealthCheck, settings
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -28,45 +26,32 @@ import restmq
 from restmq.web.app import routes
 from restmq.web.base import allowed_methods
 from restmq.web.websocket import WebSocketHandler
-from tests.support import ROOT, Broker
+from tests.support import (
+    OPENAPI_PATH,
+    Broker,
+    openapi_at,
+    openapi_document,
+    openapi_response,
+    openapi_validator,
+)
 
-DOCUMENT_PATH = ROOT / "restmq" / "openapi.json"
 HTTP_METHODS = {"get", "head", "post", "put", "patch", "delete", "options", "trace"}
 
 # Streams never end on their own, so they are documented but not fuzzed.
 STREAMS = r"^/(c|ws)/"
 JSONP = re.compile(r"(?P<callback>[A-Za-z_$][\w$.]*)\((?P<json>.*)\);\r\n", re.DOTALL)
 TEXT_ANSWER = re.compile(r"OK|[A-Za-z0-9_\-.:@]+:[0-9]+")
-DOCUMENT_URI = "urn:restmq:openapi"
-
-
-def document() -> dict:
-    return json.loads(DOCUMENT_PATH.read_text())
-
-
-def json_pointer(*parts: str) -> str:
-    return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
 
 
 @functools.cache
 def validator_for(path: str, method: str, status: str) -> Draft202012Validator | None:
     """A validator of the application/json answer documented for this status, if any."""
-    spec = document()
-    answer = spec["paths"][path][method]["responses"].get(status)
-    if answer is None:
+    where = openapi_response(path, method, status)
+    if where is None:
         return None
-    where = ("paths", path, method, "responses", status)
-    if "$ref" in answer:  # one of the shared answers in components/responses
-        name = answer["$ref"].rsplit("/", 1)[1]
-        answer, where = spec["components"]["responses"][name], ("components", "responses", name)
-    if "schema" not in answer.get("content", {}).get("application/json", {}):
+    if "schema" not in openapi_at(*where).get("content", {}).get("application/json", {}):
         return None
-    # The schema's $refs point into the document: validate against it in place.
-    registry = Registry().with_resource(
-        DOCUMENT_URI, Resource.from_contents({"$id": DOCUMENT_URI, **spec}, DRAFT202012)
-    )
-    pointer = json_pointer(*where, "content", "application/json", "schema")
-    return Draft202012Validator({"$ref": f"{DOCUMENT_URI}#/{pointer}"}, registry=registry)
+    return openapi_validator(*where, "content", "application/json", "schema")
 
 
 @schemathesis.check
@@ -103,7 +88,7 @@ EXAMPLE_QUEUES = ("test", "genesis")
 JSON_BODY = {"Content-Type": "application/json"}
 
 CONFIG = schemathesis.Config.from_dict({"seed": 20091, "generation": {"deterministic": True}})
-SCHEMA = schemathesis.openapi.from_path(DOCUMENT_PATH, config=CONFIG).exclude(path_regex=STREAMS)
+SCHEMA = schemathesis.openapi.from_path(OPENAPI_PATH, config=CONFIG).exclude(path_regex=STREAMS)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +109,7 @@ def fuzzed_broker(tmp_path_factory):
 
 
 def test_the_document_is_valid_openapi_3_1():
-    spec = document()
+    spec = openapi_document()
     validate(spec)  # raises on the first error
     assert spec["openapi"].startswith("3.1.")
     assert spec["info"]["version"] == restmq.__version__
@@ -152,7 +137,7 @@ def test_every_route_and_method_is_documented_and_nothing_else():
     table = route_table()
     documented = {
         re.sub(r"\{[^}]+\}", "x", path): {m.upper() for m in item if m in HTTP_METHODS}
-        for path, item in document()["paths"].items()
+        for path, item in openapi_document()["paths"].items()
     }
     for pattern, _ in table:
         assert any(pattern.match(path) for path in documented), f"{pattern.pattern} is undocumented"
@@ -166,7 +151,7 @@ def test_the_broker_serves_the_document_as_it_is_shipped(shared_broker):
     response = shared_broker.get("/openapi.json")
     assert response.status == 200
     assert response.headers["content-type"] == "application/json; charset=UTF-8"
-    assert response.body == DOCUMENT_PATH.read_bytes()
+    assert response.body == OPENAPI_PATH.read_bytes()
     assert json.loads(response.body)["paths"]["/q/{queue}"]["post"]
 
 
