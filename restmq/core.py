@@ -495,9 +495,9 @@ class QueueEngine:
         In the same script the queue's overdue leases end first (back to the head, or
         to ``<q>:dead``; the batch says how many), so leases run out even when no broker
         sweeps. The messages keep their bodies until acked; each comes with its receipt
-        and how often it was handed out under a lease. The batch stops at ``POP_BYTES`` of bodies (one
-        message at least). Leases that Redis grants after the caller was told 503 are
-        released at once, without counting as a delivery.
+        and how often it was handed out under a lease. The batch stops at ``POP_BYTES``
+        of bodies (one message at least). Leases that Redis grants after the caller was
+        told 503 are released at once, without counting as a delivery.
         """
         validation.queue_name(queue)
         seconds = validation.lease_seconds(seconds)
