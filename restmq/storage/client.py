@@ -178,6 +178,8 @@ class RedisClient:
         self._ever_connected = False
         self._closing = False
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
+        #: called after each reply with the command or script name and the seconds it took
+        self.observe_call: Callable[[str, float], None] | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -241,7 +243,7 @@ class RedisClient:
         connection = self._connection()
         if connection is None:
             return self._unavailable()
-        return self._track(self._send(connection, command))
+        return self._track(self._send(connection, command), name=command[0])
 
     def run_script(
         self,
@@ -266,7 +268,7 @@ class RedisClient:
                 return failure
             return self._send(connection, ("EVAL", script.source, len(keys), *keys, *args))
 
-        return self._track(d.addErrback(load_if_missing), on_late)
+        return self._track(d.addErrback(load_if_missing), on_late, script.name)
 
     @staticmethod
     def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
@@ -312,19 +314,27 @@ class RedisClient:
         return defer.fail(StorageUnavailable(f"storage unavailable: {reason}"))
 
     def _track(
-        self, sent: defer.Deferred, on_late: Callable[[Any], object] | None = None
+        self,
+        sent: defer.Deferred,
+        on_late: Callable[[Any], object] | None = None,
+        name: str = "",
     ) -> defer.Deferred:
         """The answer to a sent command, or StorageUnavailable after ``call_timeout``.
 
         The command is never cancelled: once written, Redis runs it, so a pop that
         answers late has taken messages. Its late reply goes to ``on_late``.
+        ``name`` (the command or script) is what ``observe_call`` is told.
         """
         self._inflight += 1
         answer = defer.Deferred()
         timer = self.reactor.callLater(self.call_timeout, self._too_late, answer)
+        started = _now()
 
         def arrived(outcome):
             self._inflight -= 1
+            observe = self.observe_call
+            if observe is not None:
+                observe(name, _now() - started)
             if timer.active():
                 timer.cancel()
             if not answer.called:
