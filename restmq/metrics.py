@@ -1,8 +1,13 @@
-"""The broker's Prometheus metrics: counters where operations happen, gauges at scrape time.
+"""The broker's Prometheus metrics: counted where operations happen, rendered per scrape.
 
 One ``Metrics`` per broker, with its own CollectorRegistry (never the library's global
 one), so that several brokers in one process keep apart. Counters count what this
 broker process did; Prometheus sums them across brokers.
+
+Counting is on the request path, so it is a dict update: the counts are plain
+numbers (the broker counts on the reactor thread only), and the library turns them
+into metric families when Prometheus scrapes. The library's Counter and Histogram
+take a lock and validate on every call, several times the cost.
 
 Every series labelled by queue shares one bound: the first ``max_queues`` distinct
 queues a broker sees get their own series, any further queue is counted under
@@ -11,19 +16,24 @@ queues a broker sees get their own series, any further queue is counted under
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from restmq.options import DEFAULT_METRICS_MAX_QUEUES
 
@@ -55,22 +65,50 @@ class QueueLabels:
         return OTHER
 
 
-class _Children:
-    """A labelled metric's children, looked up once per label set.
+@dataclass
+class _Counter:
+    """A counter family: its totals by label values."""
 
-    The library's ``labels()`` validates and locks on every call; the request path
-    only needs a dict lookup.
-    """
+    name: str  # without _total: the library adds it
+    documentation: str
+    labels: tuple[str, ...]
+    counts: dict[tuple[str, ...], float] = field(default_factory=dict)
 
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self.metric = metric
-        self._children: dict[Hashable, Counter | Histogram] = {}
+    def add(self, labels: tuple[str, ...], n: float) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + n
 
-    def __getitem__(self, labels: tuple[str, ...]):
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self.metric.labels(*labels)
-        return child
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, count in self.counts.items():
+            family.add_metric(labels, count)
+        return family
+
+
+class _Timings:
+    """One label's histogram: the count in each bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(REDIS_BUCKETS) + 1)  # the last: above every bound
+        self.total = 0.0
+
+
+class _Collector:
+    """Hands the registry the counters, the histogram and the gauges of one scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # the families depend on what was counted; nothing to check beforehand
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
+        for counter in metrics.counters:
+            yield counter.family()
+        yield metrics.redis_histogram()
+        yield from metrics.gauges()
 
 
 @dataclass(frozen=True)
@@ -82,18 +120,102 @@ class Snapshot:
     consumers: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, transport)
 
 
-class _GaugeCollector:
-    """The gauges: built from the snapshot of the scrape under way, never from Redis."""
+class Metrics:
+    """The counters, the Redis latency histogram and the gauges of one broker."""
 
-    def __init__(self, labels: QueueLabels) -> None:
-        self.labels = labels
-        self.snapshot = Snapshot(storage_up=False)
+    def __init__(self, max_queues: int = DEFAULT_METRICS_MAX_QUEUES) -> None:
+        self.queue_label = QueueLabels(max_queues)
+        self._added = _Counter("restmq_messages_added", "Messages added", ("queue",))
+        self._taken = _Counter(
+            "restmq_messages_taken",
+            "Messages taken: popped, delivered to a streaming consumer, or leased",
+            ("queue", "how"),
+        )
+        self._acked = _Counter(
+            "restmq_messages_acked", "Leased messages acknowledged (deleted)", ("queue",)
+        )
+        self._expired = _Counter(
+            "restmq_leases_expired",
+            "Leases that ran out unacknowledged (the message went back, or died)",
+            ("queue",),
+        )
+        self._dead = _Counter(
+            "restmq_messages_dead",
+            "Messages moved to the queue's dead letters (<queue>:dead)",
+            ("queue",),
+        )
+        self._http = _Counter(
+            "restmq_http_requests",
+            "HTTP requests answered, by route pattern, method and status code",
+            ("route", "method", "code"),
+        )
+        self.counters = (self._added, self._taken, self._acked, self._expired, self._dead,
+                         self._http)  # fmt: skip
+        self._redis: dict[str, _Timings] = {}
+        self._snapshot = Snapshot(storage_up=False)
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_Collector(self))
 
-    def describe(self) -> Iterable[Metric]:
-        return ()  # the families depend on the scrape; nothing to check at registration
+    # -- counting -----------------------------------------------------------
 
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot
+    def added(self, queue: str, n: int = 1) -> None:
+        if n:
+            self._added.add((self.queue_label(queue),), n)
+
+    def taken(self, queue: str, how: str, n: int = 1) -> None:
+        """``n`` messages of ``queue`` taken; ``how``: POP, STREAM or LEASE."""
+        if n:
+            self._taken.add((self.queue_label(queue), how), n)
+
+    def acked(self, queue: str, n: int = 1) -> None:
+        if n:
+            self._acked.add((self.queue_label(queue),), n)
+
+    def leases_ended(self, queue: str, requeued: int, dead: int) -> None:
+        """Leases of ``queue`` that ran out: ``requeued`` went back, ``dead`` to <queue>:dead."""
+        if requeued + dead:
+            self._expired.add((self.queue_label(queue),), requeued + dead)
+        if dead:
+            self._dead.add((self.queue_label(queue),), dead)
+
+    def http_request(self, route: str, method: str, code: int) -> None:
+        self._http.add((route, method, str(code)), 1)
+
+    def redis_call(self, call: str, seconds: float) -> None:
+        """A Redis reply came ``seconds`` after ``call`` (a command or script name) was sent."""
+        timings = self._redis.get(call)
+        if timings is None:
+            timings = self._redis[call] = _Timings()
+        timings.counts[bisect_left(REDIS_BUCKETS, seconds)] += 1
+        timings.total += seconds
+
+    # -- scraping -----------------------------------------------------------
+
+    def render(self, snapshot: Snapshot) -> bytes:
+        """Every metric in the text format (CONTENT_TYPE), the gauges from ``snapshot``."""
+        # Set and read in one reactor turn: no other scrape can come in between.
+        self._snapshot = snapshot
+        return generate_latest(self.registry)
+
+    def redis_histogram(self) -> Metric:
+        family = HistogramMetricFamily(
+            "restmq_redis_call_seconds",
+            "Seconds from sending a Redis call to its reply, by command or script",
+            labels=["call"],
+        )
+        bounds = [*map(floatToGoString, REDIS_BUCKETS), "+Inf"]
+        for call, timings in sorted(self._redis.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, timings.counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([call], buckets, timings.total)
+        return family
+
+    def gauges(self) -> Iterator[Metric]:
+        snapshot = self._snapshot
         up = GaugeMetricFamily(
             "restmq_storage_up", "1 when the broker's Redis answered this scrape, else 0"
         )
@@ -102,131 +224,23 @@ class _GaugeCollector:
         lengths = GaugeMetricFamily(
             "restmq_queue_length", "Messages waiting in the queue", labels=["queue"]
         )
-        for (queue,), value in self._summed(
-            ((q,), n) for q, n in snapshot.queue_lengths.items()
-        ).items():
-            lengths.add_metric([queue], value)
+        rows = (((queue,), n) for queue, n in snapshot.queue_lengths.items())
+        for labels, n in self._bounded(rows).items():
+            lengths.add_metric(labels, n)
         yield lengths
         consumers = GaugeMetricFamily(
             "restmq_consumers",
             "Streaming consumers connected to this broker",
             labels=["queue", "transport"],
         )
-        for labels, value in self._summed(snapshot.consumers.items()).items():
-            consumers.add_metric(list(labels), value)
+        for labels, n in self._bounded(snapshot.consumers.items()).items():
+            consumers.add_metric(labels, n)
         yield consumers
 
-    def _summed(self, rows: Iterable[tuple[tuple[str, ...], int]]) -> dict[tuple[str, ...], int]:
-        """Values by label set, the queue (first label) bounded: past it, summed as _other."""
+    def _bounded(self, rows: Iterable[tuple[tuple[str, ...], int]]) -> dict[tuple[str, ...], int]:
+        """Values by label values, the queue (the first) bounded: past it, summed as _other."""
         out: dict[tuple[str, ...], int] = {}
         for (queue, *rest), value in sorted(rows):
-            key = (self.labels(queue), *rest)
-            out[key] = out.get(key, 0) + value
+            labels = (self.queue_label(queue), *rest)
+            out[labels] = out.get(labels, 0) + value
         return out
-
-
-class Metrics:
-    """The counters, the Redis latency histogram and the gauge collector of one broker."""
-
-    def __init__(self, max_queues: int = DEFAULT_METRICS_MAX_QUEUES) -> None:
-        self.registry = CollectorRegistry()
-        self.queue_label = QueueLabels(max_queues)
-        registry = self.registry
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        self._added = _Children(
-            Counter(
-                "restmq_messages_added",
-                "Messages added to the queue",
-                ["queue"],
-                registry=registry,
-            )
-        )
-        self._taken = _Children(
-            Counter(
-                "restmq_messages_taken",
-                "Messages taken from the queue: popped, delivered to a stream, or leased",
-                ["queue", "how"],
-                registry=registry,
-            )
-        )
-        self._acked = _Children(
-            Counter(
-                "restmq_messages_acked",
-                "Leased messages acknowledged (deleted)",
-                ["queue"],
-                registry=registry,
-            )
-        )
-        self._expired = _Children(
-            Counter(
-                "restmq_leases_expired",
-                "Leases that ran out before an ack (the message went back or died)",
-                ["queue"],
-                registry=registry,
-            )
-        )
-        self._dead = _Children(
-            Counter(
-                "restmq_messages_dead",
-                "Messages moved to the queue's dead letters (<queue>:dead)",
-                ["queue"],
-                registry=registry,
-            )
-        )
-        self._http = _Children(
-            Counter(
-                "restmq_http_requests",
-                "HTTP requests answered, by route pattern, method and status code",
-                ["route", "method", "code"],
-                registry=registry,
-            )
-        )
-        self._redis = _Children(
-            Histogram(
-                "restmq_redis_call_seconds",
-                "Seconds from sending a Redis call to its reply, by command or script",
-                ["call"],
-                buckets=REDIS_BUCKETS,
-                registry=registry,
-            )
-        )
-        self._gauges = _GaugeCollector(self.queue_label)
-        registry.register(self._gauges)
-
-    # -- counters -----------------------------------------------------------
-
-    def added(self, queue: str, n: int = 1) -> None:
-        if n:
-            self._added[(self.queue_label(queue),)].inc(n)
-
-    def taken(self, queue: str, how: str, n: int = 1) -> None:
-        """``n`` messages of ``queue`` taken; ``how``: POP, STREAM or LEASE."""
-        if n:
-            self._taken[(self.queue_label(queue), how)].inc(n)
-
-    def acked(self, queue: str, n: int = 1) -> None:
-        if n:
-            self._acked[(self.queue_label(queue),)].inc(n)
-
-    def leases_ended(self, queue: str, requeued: int, dead: int) -> None:
-        """Leases of ``queue`` that ran out: ``requeued`` went back, ``dead`` to <queue>:dead."""
-        label = self.queue_label(queue)
-        if requeued + dead:
-            self._expired[(label,)].inc(requeued + dead)
-        if dead:
-            self._dead[(label,)].inc(dead)
-
-    def http_request(self, route: str, method: str, code: int) -> None:
-        self._http[(route, method, str(code))].inc()
-
-    def redis_call(self, call: str, seconds: float) -> None:
-        self._redis[(call,)].observe(seconds)
-
-    # -- exposition ---------------------------------------------------------
-
-    def render(self, snapshot: Snapshot) -> bytes:
-        """Every metric in the text format (CONTENT_TYPE), the gauges from ``snapshot``."""
-        # Set and read in one reactor turn: no other scrape can come in between.
-        self._gauges.snapshot = snapshot
-        return generate_latest(self.registry)

@@ -268,3 +268,16 @@ async def test_leases_that_ran_out_are_counted_by_the_sweeper_and_by_takes(opera
     assert value(samples, "restmq_leases_expired_total", queue="jobs") == 3
     assert value(samples, "restmq_messages_dead_total", queue="jobs") == 2
     assert value(samples, "restmq_messages_taken_total", queue="jobs", how="lease") == 4
+
+
+def test_two_brokers_in_one_process_keep_their_counts_apart():
+    first, second = Metrics(), Metrics()
+    first.added("shared", 2)
+    first.redis_call("add", 0.0003)
+    up = Snapshot(storage_up=True)
+    assert (
+        value(parse(first.render(up).decode()), "restmq_messages_added_total", queue="shared") == 2
+    )
+    samples = parse(second.render(up).decode())
+    assert value(samples, "restmq_messages_added_total", queue="shared") == 0
+    assert value(samples, "restmq_redis_call_seconds_count", call="add") == 0
