@@ -29,6 +29,7 @@ from restmq import notices
 from restmq.budget import MemoryBudget
 from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
 from restmq.errors import StorageUnavailable, TooManyConsumers
+from restmq.metrics import STREAM, Metrics
 
 log = Logger(namespace="restmq.consumers")
 
@@ -222,8 +223,10 @@ class ConsumerRegistry:
         max_backlog: int = 4 * 1024 * 1024,
         heartbeat_interval: float = 15.0,
         budget: MemoryBudget | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics if metrics is not None else Metrics()
         # shared with request bodies (--max-buffered); unlimited when none is given
         self.budget = budget if budget is not None else MemoryBudget(sys.maxsize)
         self.reactor = reactor
@@ -374,6 +377,15 @@ class ConsumerRegistry:
     def total(self) -> int:
         return self._total
 
+    def counts_by_transport(self) -> dict[tuple[str, str], int]:
+        """Live consumers per (queue, transport kind), for the metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for queue, state in self._queues.items():
+            for consumer in state.consumers:
+                key = (queue, consumer.kind)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     # -- notices ------------------------------------------------------------
 
     def on_notice(self, channel: str, message: str) -> None:
@@ -483,6 +495,7 @@ class ConsumerRegistry:
     ) -> None:
         if batch.messages:
             leftovers = self._hand_out(state, batch, ours)
+            self.metrics.taken(queue, STREAM, len(batch.messages) - len(leftovers))
             if leftovers:
                 await self._requeue(queue, leftovers)
 

@@ -489,15 +489,15 @@ class QueueEngine:
         common = self._lease_args(queue)
         return await self.redis.run_script(script, common[:2], [*common[2:], *args], on_late)
 
-    async def lease(self, queue: str, seconds: int, n: int = 1) -> list[LeasedMessage]:
+    async def lease(self, queue: str, seconds: int, n: int = 1) -> LeaseBatch:
         """Take up to ``n`` of the oldest live messages under a lease of ``seconds``.
 
         In the same script the queue's overdue leases end first (back to the head, or
-        to ``<q>:dead``), so leases run out even when no broker sweeps. The messages
-        keep their bodies until acked; each comes with its receipt and how often it
-        was handed out under a lease. The batch stops at ``POP_BYTES`` of bodies (one
-        message at least). Leases that Redis grants after the caller was told 503 are
-        released at once, without counting as a delivery.
+        to ``<q>:dead``; the batch says how many), so leases run out even when no broker
+        sweeps. The messages keep their bodies until acked; each comes with its receipt
+        and how often it was handed out under a lease. The batch stops at ``POP_BYTES``
+        of bodies (one message at least). Leases that Redis grants after the caller was
+        told 503 are released at once, without counting as a delivery.
         """
         validation.queue_name(queue)
         seconds = validation.lease_seconds(seconds)
@@ -517,10 +517,10 @@ class QueueEngine:
         return self._leased_messages(reply, seconds)
 
     @staticmethod
-    def _leased_messages(reply: list, seconds: int) -> list[LeasedMessage]:
+    def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
         deadline = _int(reply[0])
-        messages = []
-        for i in range(1, len(reply), 5):
+        messages = LeaseBatch(requeued=_int(reply[1]), dead=_int(reply[2]))
+        for i in range(3, len(reply), 5):
             key, deliveries = _text(reply[i]), _int(reply[i + 4])
             messages.append(
                 LeasedMessage(
@@ -616,7 +616,13 @@ class QueueEngine:
             [QUEUESET, LEASING],
             [self._status_key(""), self._channel_prefix, max_queues, max_leases],
         )
-        return SweepResult(*(_int(part) for part in reply[:3]), more=bool(_int(reply[3])))
+        ended = tuple(
+            LeasesEnded(_text(reply[i]), _int(reply[i + 1]), _int(reply[i + 2]))
+            for i in range(4, len(reply), 3)
+        )
+        return SweepResult(
+            *(_int(part) for part in reply[:3]), more=bool(_int(reply[3])), by_queue=ended
+        )
 
     async def set_max_deliveries(self, queue: str, n: int) -> int:
         """Deliveries after which an unacked message goes to ``<q>:dead``; 0: no limit."""
@@ -647,6 +653,17 @@ class LeasedMessage(TakenMessage):
     deadline_ms: int = 0  # when it runs out, ms since the epoch by Redis TIME
 
 
+class LeaseBatch(list[LeasedMessage]):
+    """The messages one lease call took, and what it did first with the queue's leases
+    that had run out: ``requeued`` went back to the head, ``dead`` to ``<q>:dead``."""
+
+    def __init__(self, messages: Sequence[LeasedMessage] = (), *, requeued: int = 0,
+                 dead: int = 0) -> None:  # fmt: skip
+        super().__init__(messages)
+        self.requeued = requeued
+        self.dead = dead
+
+
 @dataclass(frozen=True)
 class ReceiptResult:
     """What an ack or release did with one receipt."""
@@ -657,11 +674,21 @@ class ReceiptResult:
 
 
 @dataclass(frozen=True)
+class LeasesEnded:
+    """Leases of one queue that ran out in a sweep."""
+
+    queue: str
+    requeued: int
+    dead: int
+
+
+@dataclass(frozen=True)
 class SweepResult:
     queues: int  # queues visited
     requeued: int  # messages put back at the head of their queue
     dead: int  # messages moved to their dead-letter queue
     more: bool = False  # leases that ran out remain: sweep again
+    by_queue: tuple[LeasesEnded, ...] = ()  # the same, per queue whose leases ended
 
 
 def _lease_script(name: str) -> LuaScript:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from restmq.core import QueueEngine
 from restmq.errors import StorageUnavailable
+from restmq.metrics import Metrics
 
 log = Logger(namespace="restmq.leases")
 
@@ -36,8 +37,10 @@ class LeaseSweeper:
         queues_per_call: int = 100,
         leases_per_call: int = 1000,
         calls_per_sweep: int = 10,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics if metrics is not None else Metrics()
         self.reactor = reactor
         self.interval = interval
         self.queues_per_call = queues_per_call
@@ -70,6 +73,8 @@ class LeaseSweeper:
         for _ in range(self.calls_per_sweep):
             result = await self.engine.sweep_leases(self.queues_per_call, self.leases_per_call)
             ended += result.requeued + result.dead
+            for queue in result.by_queue:
+                self.metrics.leases_ended(queue.queue, queue.requeued, queue.dead)
             if not result.more:
                 break
         return ended

@@ -14,8 +14,18 @@ from dataclasses import dataclass
 
 from restmq import validation
 from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import Message, QueueEngine, QueueInfo, QueueStats, TakenMessage
-from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus
+from restmq.core import (
+    LeaseBatch,
+    LeasedMessage,
+    Message,
+    QueueEngine,
+    QueueInfo,
+    QueueStats,
+    ReceiptResult,
+    TakenMessage,
+)
+from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, StorageUnavailable
+from restmq.metrics import LEASE, POP, Metrics, Snapshot
 from restmq.stats_feed import StatsFeed, StatsWatcher
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
@@ -87,6 +97,8 @@ class Operations:
         engine: QueueEngine,
         consumers: ConsumerRegistry,
         describe_storage: Callable[[], str],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.consumers = consumers
@@ -95,6 +107,8 @@ class Operations:
         self.stats_feed = StatsFeed(
             self.all_stats, consumers.reactor, heartbeat=consumers.heartbeat_interval
         )
+        # one set of counters per broker: by default the one its consumers count in
+        self.metrics = metrics if metrics is not None else consumers.metrics
 
     # -- producing ----------------------------------------------------------
 
@@ -112,7 +126,9 @@ class Operations:
             raise InvalidArgument(f"at most {validation.MAX_BATCH} messages per request")
         if not all(isinstance(value, str) for value in values):
             raise InvalidArgument("a message value must be text")
-        return Added(queue, await self.engine.add_many(queue, list(values), seconds))
+        keys = await self.engine.add_many(queue, list(values), seconds)
+        self.metrics.added(queue, len(keys))
+        return Added(queue, keys)
 
     # -- consuming ----------------------------------------------------------
 
@@ -122,12 +138,36 @@ class Operations:
         message = await self.engine.pop(queue)
         if message is None:
             raise EmptyQueue(queue)
+        self.metrics.taken(queue, POP)
         return message
 
     async def pop_many(self, queue: str, n: object) -> list[TakenMessage]:
         """Take up to ``n`` (1 to validation.MAX_BATCH) messages; an empty list when none."""
         queue = validation.queue_name(queue)
-        return await self.engine.pop_many(queue, validation.batch_size(n))
+        messages = await self.engine.pop_many(queue, validation.batch_size(n))
+        self.metrics.taken(queue, POP, len(messages))
+        return messages
+
+    async def lease(self, queue: str, seconds: object, n: object = 1) -> list[LeasedMessage]:
+        """Take up to ``n`` messages under a lease of ``seconds``; each has its receipt."""
+        queue = validation.queue_name(queue)
+        batch = await self.engine.lease(
+            queue, validation.lease_seconds(seconds), validation.batch_size(n)
+        )
+        self._count_lease(queue, batch)
+        return batch
+
+    def _count_lease(self, queue: str, batch: LeaseBatch) -> None:
+        """Count a lease call: what it took, and the overdue leases it ended first."""
+        self.metrics.taken(queue, LEASE, len(batch))
+        self.metrics.leases_ended(queue, batch.requeued, batch.dead)
+
+    async def ack(self, queue: str, receipts: Sequence[str]) -> list[ReceiptResult]:
+        """Acknowledge leased messages by receipt; each is deleted only while its lease is live."""
+        queue = validation.queue_name(queue)
+        results = await self.engine.ack(queue, receipts)
+        self.metrics.acked(queue, sum(result.done for result in results))
+        return results
 
     async def peek(self, queue: str) -> Message:
         """The oldest message, left in place, its peek count raised; EmptyQueue when none."""
@@ -209,3 +249,16 @@ class Operations:
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """For /j/<queue>: stats, the message counter and the ``newest`` pending keys."""
         return await self.engine.info(validation.queue_name(queue), newest)
+
+    async def metrics_snapshot(self) -> Snapshot:
+        """What the gauges of /metrics show: every queue's length (one engine call, the
+        one /stats/ makes), this broker's consumers, and whether Redis answered."""
+        try:
+            stats = await self.engine.stats()
+        except StorageUnavailable:
+            return Snapshot(storage_up=False, consumers=self.consumers.counts_by_transport())
+        return Snapshot(
+            storage_up=True,
+            queue_lengths={queue.name: queue.length for queue in stats},
+            consumers=self.consumers.counts_by_transport(),
+        )

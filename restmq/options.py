@@ -17,6 +17,7 @@ DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
+DEFAULT_METRICS_MAX_QUEUES = 1000
 
 
 class GivenPath(str):
@@ -189,6 +190,14 @@ class Options(usage.Options):
             "seconds a client has to send its request headers, and again its request "
             "body; slower (or idle keep-alive) connections are dropped",
             _positive_float("header-timeout"),
+        ],
+        [
+            "metrics-max-queues",
+            None,
+            DEFAULT_METRICS_MAX_QUEUES,
+            "distinct queues GET /metrics labels by name; further queues are counted "
+            'together under queue="_other"',
+            _positive_int("metrics-max-queues"),
         ],
         [
             "tls-cert",

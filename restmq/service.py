@@ -19,6 +19,7 @@ from restmq.budget import MemoryBudget
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
+from restmq.metrics import Metrics
 from restmq.operations import Operations
 from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
@@ -98,6 +99,10 @@ class BrokerService(service.Service):
             call_timeout=options["redis-timeout"],
         )
         engine = QueueEngine(self.redis)
+        # this broker's counters and gauges (GET /metrics); Operations counts in the
+        # consumers' Metrics
+        self.metrics = Metrics(max_queues=options["metrics-max-queues"])
+        self.redis.observe_call = self.metrics.redis_call
         budget = MemoryBudget(options["max-buffered"])
         self.consumers = ConsumerRegistry(
             engine,
@@ -106,6 +111,7 @@ class BrokerService(service.Service):
             max_backlog=options["consumer-buffer"],
             heartbeat_interval=options["sse-heartbeat"],
             budget=budget,
+            metrics=self.metrics,
         )
         self.notifications = Notifications(
             reactor,
@@ -120,7 +126,7 @@ class BrokerService(service.Service):
             trusted_proxies=options["trusted-proxies"],
         )
         self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
-        self.lease_sweeper = LeaseSweeper(engine, reactor)
+        self.lease_sweeper = LeaseSweeper(engine, reactor, metrics=self.metrics)
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],

@@ -236,6 +236,8 @@ class RedisClient:
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
         self._idle_waiters: list[defer.Deferred] = []
         self._gate = _LargeCommandGate(self.large_in_flight)
+        #: called after each reply with the command or script name and the seconds it took
+        self.observe_call: Callable[[str, float], None] | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -310,7 +312,7 @@ class RedisClient:
     def execute(self, *command: Any) -> defer.Deferred:
         """Run one Redis command; fail with StorageUnavailable rather than wait."""
         writes = str(command[0]).upper() not in _READ_ONLY_COMMANDS
-        return self._call(command, writes=writes)
+        return self._call(command, writes=writes, name=str(command[0]))
 
     def run_script(
         self,
@@ -330,6 +332,7 @@ class RedisClient:
             on_late,
             writes=script.writes and on_late is None,  # on_late undoes what a late reply took
             fallback=("EVAL", script.source, len(keys), *keys, *args),
+            name=script.name,
         )
 
     def _call(
@@ -339,6 +342,7 @@ class RedisClient:
         *,
         writes: bool,
         fallback: Sequence[Any] | None = None,
+        name: str = "",
     ) -> defer.Deferred:
         """Send ``command`` now, or (a large one) once the gate lets it out.
 
@@ -350,12 +354,12 @@ class RedisClient:
             return defer.fail(InvalidArgument("text that is not valid Unicode (a lone surrogate)"))
         size = len(data)
         if size < self.large_command:
-            return self._send_now(data, on_late, writes, fallback, 0)
+            return self._send_now(data, on_late, writes, fallback, 0, name)
         if self._connection() is None:
             return self._unavailable()
         if self._gate.try_take(size):
-            return self._send_now(data, on_late, writes, fallback, size)
-        return self._send_later(data, on_late, writes, fallback, size)
+            return self._send_now(data, on_late, writes, fallback, size, name)
+        return self._send_later(data, on_late, writes, fallback, size, name)
 
     def _send_now(
         self,
@@ -364,6 +368,7 @@ class RedisClient:
         writes: bool,
         fallback: Sequence[Any] | None,
         held: int,
+        name: str = "",
     ) -> defer.Deferred:
         connection = self._connection()
         if connection is None:
@@ -385,7 +390,7 @@ class RedisClient:
             sent.addBoth(self._gate_released, held)
         # A large command takes time to cross the socket: its deadline grows with it.
         extra = held / self.large_bytes_per_second if held else 0.0
-        return self._track(sent, on_late, writes=writes, extra_time=extra)
+        return self._track(sent, on_late, writes=writes, extra_time=extra, name=name)
 
     def _gate_released(self, outcome: Any, held: int) -> Any:
         self._gate.give_back(held)
@@ -398,12 +403,13 @@ class RedisClient:
         writes: bool,
         fallback: Sequence[Any] | None,
         size: int,
+        name: str = "",
     ) -> defer.Deferred:
         answer = defer.Deferred()
 
         def start() -> None:
             timer.cancel()
-            self._send_now(data, on_late, writes, fallback, size).chainDeferred(answer)
+            self._send_now(data, on_late, writes, fallback, size, name).chainDeferred(answer)
 
         def give_up() -> None:
             self._gate.waiting.remove(entry)
@@ -465,6 +471,7 @@ class RedisClient:
         *,
         writes: bool = False,
         extra_time: float = 0.0,
+        name: str = "",
     ) -> defer.Deferred:
         """The answer to a sent command, or a failure after ``call_timeout``
         (plus ``extra_time``).
@@ -473,6 +480,7 @@ class RedisClient:
         answers late has taken messages. Its late reply goes to ``on_late``. When
         the answer of a ``writes`` command is lost (too late, or the connection
         dropped), the failure is OutcomeUnknown: it may have been stored.
+        ``name`` (the command or script) is what ``observe_call`` is told.
         """
         self._inflight += 1
         answer = defer.Deferred()
@@ -487,9 +495,13 @@ class RedisClient:
             answer,
             writes,
         )
+        started = _now()
 
         def arrived(outcome):
             self._inflight -= 1
+            observe = self.observe_call
+            if observe is not None:
+                observe(name, _now() - started)
             if timer.active():
                 timer.cancel()
             if not answer.called:

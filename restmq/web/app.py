@@ -10,7 +10,18 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web import admin, health, jsonproto, openapi, pages, rest, streaming, websocket, xmlrpc
+from restmq.web import (
+    admin,
+    health,
+    jsonproto,
+    openapi,
+    pages,
+    prometheus,
+    rest,
+    streaming,
+    websocket,
+    xmlrpc,
+)
 from restmq.web.base import NotFoundHandler
 from restmq.web.cyclone_fixes import FixedChunked
 from restmq.web.draining import CloseWhenStopping, DrainingHTTPConnection, OpenConnections
@@ -36,6 +47,7 @@ def routes() -> list:
         route(r"/control/(.*)", admin.ControlHandler),
         route(r"/stats/(.*)", admin.StatsHandler),
         route(r"/health", health.HealthHandler),
+        route(r"/metrics", prometheus.MetricsHandler),
         route(r"/j/(.*)", pages.JobsHandler),
         route(r"/c/(.*)", streaming.StreamHandler),
         route(r"/ws/(.*)", websocket.WebSocketHandler),
@@ -44,6 +56,31 @@ def routes() -> list:
         route(r"/openapi\.json", openapi.OpenApiHandler),
         (r"/static/(.*)", pages.StaticHandler, {"path": str(PACKAGE.joinpath("static"))}),
     ]
+
+
+#: the methods restmq_http_requests_total names; any other is counted as "other"
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+UNMATCHED = "unmatched"  # the route label of a path no route matches
+
+
+def route_label(pattern: str) -> str:
+    """The route as metrics name it: ``/q/(.*)`` is ``/q/{queue}``, never a raw path."""
+    placeholder = "{path}" if pattern.startswith("/static/") else "{queue}"
+    return pattern.replace("(.*)", placeholder).replace("\\", "")
+
+
+def route_labels(specs: list) -> dict[object, str]:
+    """Each route's label, keyed as ``label_of`` looks it up: by the ``route`` regex
+    our handlers keep (see ``route``), else by the handler class."""
+    labels: dict[object, str] = {}
+    for spec in specs:
+        if isinstance(spec, cyclone.web.URLSpec):
+            pattern = spec.regex.pattern.removesuffix("$")
+            handler, kwargs = spec.handler_class, spec.kwargs
+        else:
+            pattern, handler, kwargs = spec
+        labels[kwargs.get("route") or handler] = route_label(pattern)
+    return labels
 
 
 class BrokerApplication(cyclone.web.Application):
@@ -64,8 +101,10 @@ class BrokerApplication(cyclone.web.Application):
     ) -> None:
         self.broker = broker
         self.connections = OpenConnections()  # what a stop winds down and waits for
+        specs = routes()
+        self._route_labels = route_labels(specs)
         super().__init__(
-            routes(),
+            specs,
             transforms=[FixedChunked, CloseWhenStopping],
             template_path=str(PACKAGE.joinpath("templates")),
             error_handler=NotFoundHandler,
@@ -77,9 +116,17 @@ class BrokerApplication(cyclone.web.Application):
             debug=debug,
         )
 
-    @staticmethod
-    def _log_request(handler) -> None:
+    def label_of(self, handler) -> str:
+        """The route label of the request ``handler`` answered."""
+        labels = self._route_labels
+        return labels.get(getattr(handler, "route", None)) or labels.get(type(handler), UNMATCHED)
+
+    def _log_request(self, handler) -> None:
         status = handler.get_status()
+        method = handler.request.method
+        self.broker.operations.metrics.http_request(
+            self.label_of(handler), method if method in KNOWN_METHODS else "other", status
+        )
         if status < 400:
             return  # a broker at full speed would drown its log in 200s
         emit = log.warn if status >= 500 else log.info
