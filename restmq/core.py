@@ -195,6 +195,7 @@ class QueueEngine:
             _ADD,
             [QUEUESET, self._counter(queue), self._list(queue), self._status_key(queue)],
             [queue, ttl or 0, self.channel(queue), *values],
+            replicated=True,
         )
         return [_text(key) for key in keys]
 
@@ -476,9 +477,13 @@ class QueueEngine:
         queue: str,
         args: Sequence[Any] = (),
         on_late: Callable[[Any], object] | None = None,
+        *,
+        replicated: bool = False,
     ) -> Any:
         common = self._lease_args(queue)
-        return await self.redis.run_script(script, common[:2], [*common[2:], *args], on_late)
+        return await self.redis.run_script(
+            script, common[:2], [*common[2:], *args], on_late, replicated=replicated
+        )
 
     async def lease(self, queue: str, seconds: int, n: int = 1) -> list[LeasedMessage]:
         """Take up to ``n`` of the oldest live messages under a lease of ``seconds``.
@@ -538,7 +543,7 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_ACK, queue, flat)
+        reply = await self._run_lease_script(_ACK, queue, flat, replicated=True)
         return self._receipt_results(parsed, reply)
 
     async def extend(self, queue: str, receipt: str, seconds: int) -> bool:

@@ -12,7 +12,14 @@ class DataConflict(Exception):
 
 
 class StorageUnavailable(Exception):
-    """Redis could not be reached in time; the request may be retried (HTTP 503)."""
+    """Redis could not be asked; nothing was stored, the request may be retried (HTTP 503)."""
 
 
-__all__ = ["DataConflict", "InvalidArgument", "StorageUnavailable"]
+class OutcomeUnknown(StorageUnavailable):
+    """A write reached Redis but its answer did not come back (HTTP 504).
+
+    It may have happened: a blind retry could store twice, so the client must check first.
+    """
+
+
+__all__ = ["DataConflict", "InvalidArgument", "OutcomeUnknown", "StorageUnavailable"]

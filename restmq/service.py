@@ -22,6 +22,7 @@ from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
+from restmq.storage.sentinel import SentinelAddress
 from restmq.tls import TLSConfigError, server_options
 from restmq.web.app import BrokerApplication
 
@@ -101,6 +102,10 @@ class BrokerService(service.Service):
         if options.embedded:
             self.valkey = EmbeddedValkey(options["data-dir"], reactor)
             address = RedisAddress(socket=self.valkey.socket_path)
+        elif options["redis-sentinel"]:
+            address = SentinelAddress.create(
+                reactor, options["redis-sentinel"], options["redis-service"]
+            )
         elif options["redis-socket"]:
             address = RedisAddress(socket=options["redis-socket"])
         else:
@@ -112,6 +117,7 @@ class BrokerService(service.Service):
             dbid=options["redis-db"],
             password=options["redis-password"],
             call_timeout=options["redis-timeout"],
+            wait_replicas=options["redis-wait-replicas"],
         )
         engine = QueueEngine(self.redis)
         self.consumers = ConsumerRegistry(

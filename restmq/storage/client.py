@@ -13,16 +13,16 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import failure
 
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
 
 log = Logger(namespace="restmq.storage")
 
@@ -44,7 +44,18 @@ _REFUSALS = {
     "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
     "WRONGPASS": "Redis refused the password given with --redis-password",
     "NOPERM": "the Redis user lacks a permission RestMQ needs",
+    "NOREPLICAS": "Redis has fewer replicas than its min-replicas-to-write",
 }
+
+
+class ServerAddress(Protocol):
+    """Where the pool connects: a RedisAddress, or a Sentinel service (storage.sentinel)."""
+
+    master_only: bool
+
+    def describe(self) -> str: ...
+
+    def endpoint(self, reactor, timeout: float) -> IStreamClientEndpoint: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,9 @@ class RedisAddress:
     host: str | None = None
     port: int | None = None
     socket: str | None = None
+
+    #: whether the pool admits only a server that says it is the master (Sentinel)
+    master_only = False
 
     def describe(self) -> str:
         return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
@@ -74,6 +88,7 @@ class LuaScript:
 
 
 STALL_AFTER = 0.05  # seconds without a reply after which a busy connection is passed over
+ROLE_TIMEOUT = 2.0  # seconds a new connection has to say whether its server is the master
 _now = time.monotonic
 
 
@@ -102,6 +117,13 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
     def replyReceived(self, reply):
         self.last_progress = _now()
         super().replyReceived(reply)
+        if (
+            isinstance(reply, txredisapi.ResponseError)
+            and self.factory.master_only
+            and str(reply).startswith("READONLY")
+        ):
+            # The master was demoted under us: reconnect, which asks Sentinel anew.
+            self.transport.loseConnection()
 
     def stalled(self, now: float) -> bool:
         """Replies are due but none came lately: Redis is stuck on this connection."""
@@ -131,6 +153,7 @@ class _ObservedFactory(txredisapi.RedisFactory):
 
     on_state_change: Callable[[bool], None] = staticmethod(lambda up: None)
     on_refusal: Callable[[str], None] = staticmethod(lambda why: None)
+    master_only = False  # admit a connection only once its server says it is the master
 
     def connectionError(self, why):
         # AUTH or SELECT failed: txredisapi stops retrying that connection for good.
@@ -138,6 +161,21 @@ class _ObservedFactory(txredisapi.RedisFactory):
         self.on_refusal(str(why))
 
     def addConnection(self, conn):
+        if not self.master_only or not conn.connected:
+            return self._admit(conn)  # (which drops a connection that died meanwhile)
+        # A sentinel's answer may be stale (a failover under way): ask the server itself.
+        from twisted.internet import reactor
+
+        role = conn.send(("ROLE",)).addTimeout(ROLE_TIMEOUT, reactor)
+        role.addBoth(self._admit_if_master, conn)
+
+    def _admit_if_master(self, role, conn) -> None:
+        if isinstance(role, list) and role and role[0] == "master":
+            self._admit(conn)
+        elif conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _admit(self, conn) -> None:
         before = self.size
         super().addConnection(conn)
         if before == 0 and self.size > 0:
@@ -158,17 +196,20 @@ class RedisClient:
     def __init__(
         self,
         reactor: IReactorTime,
-        address: RedisAddress,
+        address: ServerAddress,
         *,
         poolsize: int = 10,
         dbid: int = 0,
         password: str | None = None,
         call_timeout: float = 1.5,
         max_inflight: int = 1000,
+        wait_replicas: int = 0,
     ) -> None:
         self.reactor = reactor
         self.address = address
         self.call_timeout = call_timeout
+        # writes asked to be replicated answer once this many replicas have them
+        self.wait_replicas = wait_replicas
         self.poolsize = poolsize
         self.dbid = dbid
         self._password = password
@@ -194,6 +235,7 @@ class RedisClient:
         )
         factory.on_state_change = self._state_changed
         factory.on_refusal = self._refused
+        factory.master_only = self.address.master_only
         factory.startConnecting(self.address.endpoint(self.reactor, timeout=2))
         self._factory = factory
 
@@ -256,24 +298,62 @@ class RedisClient:
         keys: Sequence[str],
         args: Sequence[Any] = (),
         on_late: Callable[[Any], object] | None = None,
+        *,
+        replicated: bool = False,
     ) -> defer.Deferred:
         """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it.
 
         A script that answers after the caller was told StorageUnavailable has still
         run: ``on_late(reply)`` is then called, so that what it took is not lost.
+        ``replicated``: answer only once ``wait_replicas`` replicas have what it wrote.
         """
         connection = self._connection()
         if connection is None:
             return self._unavailable()
-        d = self._send(connection, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        send = self._send_replicated if replicated and self.wait_replicas else self._send
+        d = send(connection, ("EVALSHA", script.sha, len(keys), *keys, *args))
 
         def load_if_missing(failure):
             failure.trap(txredisapi.ResponseError)
             if not str(failure.value).startswith("NOSCRIPT"):
                 return failure
-            return self._send(connection, ("EVAL", script.source, len(keys), *keys, *args))
+            return send(connection, ("EVAL", script.source, len(keys), *keys, *args))
 
-        return self._track(d.addErrback(load_if_missing), on_late)
+        # A replicated call may wait for the write, then as long again for the replicas.
+        timeout = self.call_timeout * (2 if send is not self._send else 1)
+        return self._track(d.addErrback(load_if_missing), on_late, timeout=timeout)
+
+    def _send_replicated(
+        self, connection: _BrokerProtocol, command: Sequence[Any]
+    ) -> defer.Deferred:
+        """``command``, then ``WAIT`` pipelined behind it on the same connection.
+
+        No extra round trip: both leave in one write. WAIT counts the replicas that
+        have every write this connection made so far, so this one included; it gives
+        up after ``call_timeout``. The write is then on the master but not (yet) on
+        enough replicas: a failover could lose it, so its fate is unknown (504), and
+        a blind retry could store it twice.
+        """
+        reply = self._send(connection, command)
+        if reply.called:  # it could not be encoded: nothing was sent
+            return reply
+        wait_ms = max(1, round(self.call_timeout * 1000))  # WAIT 0 would wait forever
+        confirmed = self._send(connection, ("WAIT", self.wait_replicas, wait_ms))
+        both = defer.DeferredList([reply, confirmed], consumeErrors=True)
+        return both.addCallback(self._replicated)
+
+    def _replicated(self, results: list[tuple[bool, Any]]) -> Any:
+        (written, reply), (waited, replicas) = results
+        if not written or not waited:
+            return reply if not written else replicas  # the Failure
+        if int(replicas) < self.wait_replicas:
+            raise OutcomeUnknown(
+                f"stored state unknown: not replicated: {int(replicas)} of "
+                f"{self.wait_replicas} replica(s) confirmed the write within "
+                f"{self.call_timeout:g} s; it is on the master, which may lose it if it "
+                "fails: check before retrying"
+            )
+        return reply
 
     @staticmethod
     def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
@@ -319,7 +399,11 @@ class RedisClient:
         return defer.fail(StorageUnavailable(f"storage unavailable: {reason}"))
 
     def _track(
-        self, sent: defer.Deferred, on_late: Callable[[Any], object] | None = None
+        self,
+        sent: defer.Deferred,
+        on_late: Callable[[Any], object] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> defer.Deferred:
         """The answer to a sent command, or StorageUnavailable after ``call_timeout``.
 
@@ -328,7 +412,7 @@ class RedisClient:
         """
         self._inflight += 1
         answer = defer.Deferred()
-        timer = self.reactor.callLater(self.call_timeout, self._too_late, answer)
+        timer = self.reactor.callLater(timeout or self.call_timeout, self._too_late, answer)
 
         def arrived(outcome):
             self._inflight -= 1

@@ -13,7 +13,7 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq.storage.client import RedisAddress
+from restmq.storage.client import ServerAddress
 
 log = Logger(namespace="restmq.storage")
 
@@ -50,7 +50,7 @@ class Notifications:
     def __init__(
         self,
         reactor,
-        address: RedisAddress,
+        address: ServerAddress,
         on_message: Callable[[str, str], None],
         *,
         password: str | None = None,

@@ -15,7 +15,7 @@ import cyclone.web
 from twisted.logger import Logger
 
 from restmq import __version__, acl, jsontext, validation
-from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
 from restmq.web import compat
 
 log = Logger(namespace="restmq.http")
@@ -48,6 +48,8 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(exc.status, exc.message, exc.headers)
     if isinstance(exc, DataConflict):
         return ApiError(409, str(exc))
+    if isinstance(exc, OutcomeUnknown):  # no Retry-After: a blind retry may store twice
+        return ApiError(504, str(exc))
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, str(exc), {"Retry-After": "1"})
     return None
