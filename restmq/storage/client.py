@@ -122,7 +122,12 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
             and self.factory.master_only
             and str(reply).startswith("READONLY")
         ):
-            # The master was demoted under us: reconnect, which asks Sentinel anew.
+            # The master was demoted under us: leave it on every connection to it, and
+            # reconnect, which asks Sentinel anew.
+            peer = self.transport.getPeer()
+            for conn in list(self.factory.pool):
+                if conn is self or conn.transport.getPeer() == peer:
+                    conn.transport.loseConnection()
             self.transport.loseConnection()
 
     def stalled(self, now: float) -> bool:
