@@ -145,3 +145,21 @@ def test_an_http_add_not_replicated_in_time_is_504_without_retry_after(
     # the message is there: a consumer gets it
     taken = broker.get(f"/q/{queue}")
     assert taken.status == 200 and taken.json()["value"] == "maybe"
+
+
+def wait_calls(server: ValkeyNode) -> int:
+    stats = server.command("INFO", "commandstats")
+    line = next((row for row in stats.splitlines() if row.startswith("cmdstat_wait:")), "")
+    return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_adds_sent_together_share_one_wait(durable, servers, queue):
+    master, replica = servers
+    before = wait_calls(master)
+    keys = await defer.gatherResults(
+        [defer.ensureDeferred(durable.add(queue, f"m{n}")) for n in range(30)]
+    )
+    # one WAIT per connection that carried some of them (the pool has two), not 30
+    assert 1 <= wait_calls(master) - before <= 2
+    assert [replica.command("GET", key) for key in keys] == [f"m{n}" for n in range(30)]

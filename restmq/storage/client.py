@@ -22,7 +22,8 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import failure
 
-from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
+from restmq.errors import DataConflict, InvalidArgument, StorageUnavailable
+from restmq.storage.replication import ReplicaFence
 
 log = Logger(namespace="restmq.storage")
 
@@ -215,6 +216,7 @@ class RedisClient:
         self.call_timeout = call_timeout
         # writes asked to be replicated answer once this many replicas have them
         self.wait_replicas = wait_replicas
+        self._fence = ReplicaFence(reactor, wait_replicas, call_timeout)
         self.poolsize = poolsize
         self.dbid = dbid
         self._password = password
@@ -331,34 +333,11 @@ class RedisClient:
     def _send_replicated(
         self, connection: _BrokerProtocol, command: Sequence[Any]
     ) -> defer.Deferred:
-        """``command``, then ``WAIT`` pipelined behind it on the same connection.
-
-        No extra round trip: both leave in one write. WAIT counts the replicas that
-        have every write this connection made so far, so this one included; it gives
-        up after ``call_timeout``. The write is then on the master but not (yet) on
-        enough replicas: a failover could lose it, so its fate is unknown (504), and
-        a blind retry could store it twice.
-        """
+        """``command``, its reply held back until ``wait_replicas`` replicas have it."""
         reply = self._send(connection, command)
         if reply.called:  # it could not be encoded: nothing was sent
             return reply
-        wait_ms = max(1, round(self.call_timeout * 1000))  # WAIT 0 would wait forever
-        confirmed = self._send(connection, ("WAIT", self.wait_replicas, wait_ms))
-        both = defer.DeferredList([reply, confirmed], consumeErrors=True)
-        return both.addCallback(self._replicated)
-
-    def _replicated(self, results: list[tuple[bool, Any]]) -> Any:
-        (written, reply), (waited, replicas) = results
-        if not written or not waited:
-            return reply if not written else replicas  # the Failure
-        if int(replicas) < self.wait_replicas:
-            raise OutcomeUnknown(
-                f"stored state unknown: not replicated: {int(replicas)} of "
-                f"{self.wait_replicas} replica(s) confirmed the write within "
-                f"{self.call_timeout:g} s; it is on the master, which may lose it if it "
-                "fails: check before retrying"
-            )
-        return reply
+        return self._fence.after(connection, reply)
 
     @staticmethod
     def _send(connection: _BrokerProtocol, command: Sequence[Any]) -> defer.Deferred:
