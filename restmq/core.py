@@ -195,7 +195,7 @@ class QueueEngine:
             _ADD,
             [QUEUESET, self._counter(queue), self._list(queue), self._status_key(queue)],
             [queue, ttl or 0, self.channel(queue), *values],
-            replicated=True,
+            replicated=True,  # with --redis-wait-replicas: once replicas have them
         )
         return [_text(key) for key in keys]
 
@@ -538,7 +538,8 @@ class QueueEngine:
         A message is deleted (body, lease, delivery count) only while the lease its
         receipt names is live; otherwise (ran out, the message was handed out again,
         acked already) its result is ``done=False`` and nothing changes. A receipt
-        that is not one of ``queue`` is InvalidArgument and nothing is acked.
+        that is not one of ``queue`` is InvalidArgument and nothing is acked. With
+        ``--redis-wait-replicas`` this answers once that many replicas have the acks.
         """
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
