@@ -3,8 +3,8 @@
 The master is killed (SIGKILL) under a producer's load; the sentinels promote a
 replica. Meanwhile every request answers at once or within the Redis timeout
 (never hangs), writes resume on the promoted replica, every add answered 200
-under ``--redis-wait-replicas 1`` is on the new master, and an SSE stream opened
-before the failover delivers again after it.
+under ``--redis-wait-replicas 1`` is on the new master, and SSE and WebSocket
+streams opened before the failover deliver again after it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.stream_clients import HttpStream
+from tests.stream_clients import HttpStream, WebSocketStream
 from tests.support import SentinelGroup, request, wait_for
 
 REDIS_TIMEOUT = 1.0
@@ -84,13 +84,27 @@ class Producer(threading.Thread):
         return [a for a in self.answers if a.status == 200 and a.sent > moment]
 
 
+def open_streams(broker, queue: str) -> dict:
+    """An SSE and a WebSocket consumer, each on its own queue, both delivering."""
+    streams = {
+        f"{queue}-sse": HttpStream(broker.port, f"{queue}-sse", sse=True).start(),
+        f"{queue}-ws": WebSocketStream(broker.port, f"{queue}-ws").start(),
+    }
+    for name in streams:
+        wait_for(lambda name=name: broker.get(f"/stats/{name}").json()["consumers"] == 1, 10,
+                 what=f"the consumer of {name}")  # fmt: skip
+    assert_streams_deliver(broker, streams, "before")
+    return streams
+
+
+def assert_streams_deliver(broker, streams: dict, value: str) -> None:
+    for name, stream in streams.items():
+        assert broker.post(f"/q/{name}", value=value).status == 200
+        assert stream.next_message(10)["value"] == value, name
+
+
 def test_writes_follow_a_killed_master_to_the_promoted_replica(group, broker, queue):
-    stream_queue = f"{queue}-sse"
-    stream = HttpStream(broker.port, stream_queue, sse=True).start()
-    wait_for(lambda: broker.get(f"/stats/{stream_queue}").json()["consumers"] == 1, 10,
-             what="the SSE consumer")  # fmt: skip
-    assert broker.post(f"/q/{stream_queue}", value="before").status == 200
-    assert stream.next_message(10)["value"] == "before"
+    streams = open_streams(broker, queue)
 
     producer = Producer(broker.port, queue)
     producer.start()
@@ -130,10 +144,10 @@ def test_writes_follow_a_killed_master_to_the_promoted_replica(group, broker, qu
     for answer in stored[:: max(1, len(stored) // 50)]:
         assert new_master.command("GET", answer.body.strip()) == answer.value
 
-    # The SSE stream opened before the failover delivers again (pub/sub followed too).
-    assert broker.post(f"/q/{stream_queue}", value="after").status == 200
-    assert stream.next_message(10)["value"] == "after"
-    stream.close()
+    # The streams opened before the failover deliver again (pub/sub followed too).
+    assert_streams_deliver(broker, streams, "after")
+    for stream in streams.values():
+        stream.close()
 
     stats = broker.get("/stats/").json()
     assert f"127.0.0.1:{new_master.port}" in stats["redis"]
@@ -143,6 +157,7 @@ def test_a_coordinated_switchover_loses_no_acknowledged_add(group, broker, queue
     """A planned switchover (``SENTINEL FAILOVER <service> COORDINATED``): the old master
     holds writes until the replica caught up, then answers READONLY; the broker moves."""
     old_port = group.master_port()
+    streams = open_streams(broker, queue)
     producer = Producer(broker.port, queue)
     producer.start()
     wait_for(lambda: len(producer.stored_after(0)) >= 20, 10, what="the producer's first adds")
@@ -169,3 +184,6 @@ def test_a_coordinated_switchover_loses_no_acknowledged_add(group, broker, queue
     old = group.node(old_port)
     assert "role:slave" in old.command("INFO", "replication")
     assert f"127.0.0.1:{new_master.port}" in broker.get("/stats/").json()["redis"]
+    assert_streams_deliver(broker, streams, "after")
+    for stream in streams.values():
+        stream.close()
