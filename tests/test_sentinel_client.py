@@ -6,6 +6,7 @@ master and its replica, and standalone servers turned into replicas under the cl
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -67,6 +68,23 @@ async def test_no_sentinel_reachable_fails_at_once_not_after_ten_seconds():
     with pytest.raises(NoMaster):
         await locator.locate()
     assert time.monotonic() - started < 1.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sentinel_that_never_answers_costs_at_most_the_timeout(group):
+    with socket.socket() as silent:  # accepts connections (the backlog does), says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        mute = silent.getsockname()
+        locator = MasterLocator(reactor, [mute, *sentinels_of(group)], group.service, 0.5)
+        started = time.monotonic()
+        assert await locator.locate() == ("127.0.0.1", group.master_port())
+        assert time.monotonic() - started < 1.0
+        alone = MasterLocator(reactor, [mute], group.service, 0.5)
+        with pytest.raises(NoMaster) as caught:
+            await alone.locate()
+        assert "no answer in time" in str(caught.value)
+        assert time.monotonic() - started < 2.0
 
 
 @pytest_twisted.ensureDeferred

@@ -10,8 +10,9 @@ and the next question to the sentinels names the new master.
 
 txredisapi has a Sentinel client, but it waits up to ten seconds for an answer
 naming a healthy master and queues its questions on sentinel connections with
-no timeout; here a question fails as soon as every sentinel has answered
-without one, and each sentinel has ``timeout`` seconds to answer.
+no timeout; here each sentinel has ``timeout`` seconds to answer, the question
+fails as soon as all have answered without a master that is up, and the master
+named with the newest configuration epoch wins (docs/failover.md).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class MasterLocator:
         self, reactor, sentinels: Sequence[tuple[str, int]], service: str, timeout: float = 1.0
     ) -> None:
         self.reactor = reactor
-        self.sentinels = list(sentinels)
+        self.sentinels = tuple(sentinels)
         self.service = service
         self.timeout = timeout
         self.master: tuple[str, int] | None = None
@@ -152,11 +153,10 @@ class MasterLocator:
         failover yet does not send us back to the old master. NoMaster when none
         names a master that is up.
         """
-        asked = list(self.sentinels)
-        answers = [self._ask(sentinel) for sentinel in asked]
-        return defer.gatherResults(answers).addCallback(self._choose, asked)
+        answers = [self._ask(sentinel) for sentinel in self.sentinels]
+        return defer.gatherResults(answers).addCallback(self._choose, self.sentinels)
 
-    def _choose(self, answers: list, asked: list[tuple[str, int]]) -> tuple[str, int]:
+    def _choose(self, answers: list, asked: Sequence[tuple[str, int]]) -> tuple[str, int]:
         usable = [(a[0], i) for i, a in enumerate(answers) if isinstance(a, tuple)]
         if not usable:
             why = "; ".join(f"{_host_port(s)}: {a}" for s, a in zip(asked, answers, strict=True))
@@ -184,18 +184,22 @@ class MasterLocator:
                 timer.cancel()
             return outcome
 
-        connected.addErrback(lambda f: question.answer.called or question.answer.errback(f))
+        def not_connected(reason):
+            if not question.answer.called:
+                question.answer.errback(reason)
+
+        connected.addErrback(not_connected)
         d = question.answer.addBoth(done)
         return d.addCallbacks(self._usable_master, lambda f: f.getErrorMessage())
 
     @staticmethod
     def _give_up(question: _OneQuestion, connected: defer.Deferred) -> None:
+        if not question.answer.called:
+            question.answer.errback(error.TimeoutError(string="no answer in time"))
         if not connected.called:
             connected.cancel()
         elif question.transport is not None:
             question.transport.abortConnection()
-        if not question.answer.called:
-            question.answer.errback(error.TimeoutError("no answer in time"))
 
     @staticmethod
     def _usable_master(reply) -> tuple[int, tuple[str, int]] | str:
@@ -251,7 +255,7 @@ class SentinelAddress:
 
     sentinels: tuple[tuple[str, int], ...]
     service: str
-    locator: MasterLocator = field(compare=False, repr=False, default=None)
+    locator: MasterLocator | None = field(compare=False, repr=False, default=None)
 
     #: connections are admitted to the pool only if the server says it is the master
     master_only = True
