@@ -134,6 +134,9 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             on_reconnect=self.consumers.sweep,
         )
+        if isinstance(address, SentinelAddress):
+            # The pool found the master elsewhere: pub/sub must leave the old one too.
+            address.locator.on_move(lambda master: self.notifications.reconnect())
         self.access = acl.AccessControl(
             options["acl"] or None,
             required=options["acl-given"],

@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor
 
 from restmq.errors import StorageUnavailable
 from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import MasterLocator, NoMaster, SentinelAddress
 from tests.support import SentinelGroup, ValkeyNode, free_port, wait_for
 
@@ -190,3 +191,79 @@ async def test_a_master_demoted_under_the_pool_is_left_at_its_first_readonly(pai
         assert await client.execute("SET", "x", "2") == "OK"
     finally:
         await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_master_that_moved_is_told_to_whoever_follows_it(tmp_path_factory):
+    own = SentinelGroup(tmp_path_factory.mktemp("moving"), replicas=1).start()
+    try:
+        locator = MasterLocator(reactor, sentinels_of(own), own.service)
+        moves: list = []
+        locator.on_move(moves.append)
+        first = await locator.locate()
+        assert first == ("127.0.0.1", own.master_port()) and moves == []
+        own.watchers[0].command("SENTINEL", "FAILOVER", own.service, "COORDINATED")
+        await wait_until(lambda: own.master_port() != first[1], 20)
+        await wait_until(lambda: "role:slave" in own.node(first[1]).command("INFO", "replication"))
+        second = await locator.locate()
+        print(
+            "DEBUG",
+            first,
+            second,
+            own.master_port(),
+            [own.sentinel_state(w)["port"] for w in own.watchers],
+            [(n.port, n.proc.poll()) for n in own.nodes],
+        )
+        assert second == ("127.0.0.1", own.master_port()) != first
+        assert moves == [second]
+    finally:
+        own.stop()
+
+
+# -- pub/sub through Sentinel -------------------------------------------------------------
+
+
+def notifications_on(server: ValkeyNode, heard: list) -> Notifications:
+    address = MasterOnlyAddress(host="127.0.0.1", port=server.port)
+    notifications = Notifications(reactor, address, lambda channel, message: heard.append(message))
+    notifications.start()
+    return notifications
+
+
+@pytest_twisted.ensureDeferred
+async def test_pub_sub_subscribes_on_a_master_only(pair):
+    master, replica = pair
+    replica.command("REPLICAOF", "127.0.0.1", str(master.port))
+    wait_for(replica.replica_in_sync, 10, what="the replica")
+    heard: list = []
+    notifications = notifications_on(replica, heard)
+    try:
+        await notifications.subscribe("news")
+        await pause(0.5)
+        assert replica.command("PUBSUB", "NUMSUB", "news")[1] == 0
+        assert not notifications.is_subscribed("news")
+        replica.command("REPLICAOF", "NO", "ONE")
+        await wait_until(lambda: notifications.is_subscribed("news"))
+        assert replica.command("PUBLISH", "news", "hello") == 1
+        await wait_until(lambda: heard == ["hello"])
+    finally:
+        await notifications.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pub_sub_told_to_reconnect_subscribes_again(pair):
+    server, _ = pair
+    heard: list = []
+    notifications = notifications_on(server, heard)
+    try:
+        await notifications.subscribe("news")
+        await wait_until(lambda: notifications.is_subscribed("news"))
+        clients_before = server.command("INFO", "stats")
+        notifications.reconnect()
+        await wait_until(lambda: not notifications.is_subscribed("news"))
+        await wait_until(lambda: notifications.is_subscribed("news"))
+        assert server.command("INFO", "stats") != clients_before  # a new connection
+        assert server.command("PUBLISH", "news", "again") == 1
+        await wait_until(lambda: heard == ["again"])
+    finally:
+        await notifications.stop()

@@ -97,6 +97,14 @@ def open_streams(broker, queue: str) -> dict:
     return streams
 
 
+def assert_subscribed_on(server, streams: dict) -> None:
+    """The broker listens for notices on ``server``, the master: PUBLISH counts it."""
+    for name in streams:
+        channel = f"restmq:notify:0:{name}"
+        wait_for(lambda channel=channel: server.command("PUBSUB", "NUMSUB", channel)[1] == 1,
+                 10, what=f"a subscriber of {channel} on the master")  # fmt: skip
+
+
 def assert_streams_deliver(broker, streams: dict, value: str) -> None:
     for name, stream in streams.items():
         assert broker.post(f"/q/{name}", value=value).status == 200
@@ -145,6 +153,7 @@ def test_writes_follow_a_killed_master_to_the_promoted_replica(group, broker, qu
         assert new_master.command("GET", answer.body.strip()) == answer.value
 
     # The streams opened before the failover deliver again (pub/sub followed too).
+    assert_subscribed_on(new_master, streams)
     assert_streams_deliver(broker, streams, "after")
     for stream in streams.values():
         stream.close()
@@ -184,6 +193,8 @@ def test_a_coordinated_switchover_loses_no_acknowledged_add(group, broker, queue
     old = group.node(old_port)
     assert "role:slave" in old.command("INFO", "replication")
     assert f"127.0.0.1:{new_master.port}" in broker.get("/stats/").json()["redis"]
+    assert_subscribed_on(new_master, streams)
+    assert all(old.command("PUBSUB", "NUMSUB", f"restmq:notify:0:{n}")[1] == 0 for n in streams)
     assert_streams_deliver(broker, streams, "after")
     for stream in streams.values():
         stream.close()

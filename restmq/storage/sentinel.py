@@ -17,7 +17,7 @@ named with the newest configuration epoch wins (docs/failover.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import hiredis
@@ -70,22 +70,24 @@ def _host_port(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _OneQuestion(protocol.Protocol):
-    """Send one command, read one reply, hang up."""
+class _Questions(protocol.Protocol):
+    """Send some commands at once, read their replies (a list), hang up."""
 
-    def __init__(self, command: Sequence[str]) -> None:
-        self.command = command
+    def __init__(self, *commands: Sequence[str]) -> None:
+        self.commands = commands
+        self.replies: list = []
         self.reader = hiredis.Reader(encoding="utf-8", errors="replace")
         self.answer: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(encode_command(self.command))
+        self.transport.write(b"".join(encode_command(c) for c in self.commands))
 
     def dataReceived(self, data: bytes) -> None:
         self.reader.feed(data)
-        reply = self.reader.gets()
-        if reply is not False and not self.answer.called:
-            self.answer.callback(reply)
+        while (reply := self.reader.gets()) is not False:
+            self.replies.append(reply)
+        if len(self.replies) >= len(self.commands) and not self.answer.called:
+            self.answer.callback(self.replies)
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
@@ -98,10 +100,10 @@ class _QuietFactory(protocol.ClientFactory):
 
     noisy = False
 
-    def __init__(self, question: _OneQuestion) -> None:
+    def __init__(self, question: _Questions) -> None:
         self.question = question
 
-    def buildProtocol(self, addr) -> _OneQuestion:
+    def buildProtocol(self, addr) -> _Questions:
         return self.question
 
 
@@ -119,6 +121,11 @@ class MasterLocator:
         self._asking: defer.Deferred | None = None
         self._waiting: list[defer.Deferred] = []
         self._said_none = False
+        self._on_move: list[Callable[[tuple[str, int]], object]] = []
+
+    def on_move(self, listener: Callable[[tuple[str, int]], object]) -> None:
+        """Call ``listener(new_master)`` each time the master is found somewhere else."""
+        self._on_move.append(listener)
 
     def locate(self) -> defer.Deferred:
         """The master's ``(host, port)``; fails with NoMaster.
@@ -149,9 +156,9 @@ class MasterLocator:
         """Ask every sentinel at once and wait for all (each has ``timeout`` seconds).
 
         During a failover the sentinels disagree for a moment: the master named with
-        the newest configuration epoch wins, so a sentinel that has not heard of the
-        failover yet does not send us back to the old master. NoMaster when none
-        names a master that is up.
+        the newest configuration epoch wins, a replica just promoted before the old
+        master, so a sentinel that has not heard of the failover yet does not send us
+        back to the old master. NoMaster when none names a master that is up.
         """
         answers = [self._ask(sentinel) for sentinel in self.sentinels]
         return defer.gatherResults(answers).addCallback(self._choose, self.sentinels)
@@ -171,10 +178,13 @@ class MasterLocator:
         return master
 
     def _ask(self, sentinel: tuple[str, int]) -> defer.Deferred:
-        """One sentinel's view: ``(epoch, (host, port))`` of the master, or why it has
-        none (a str). Never fails."""
+        """One sentinel's view (see ``_usable_master``), or why it has none (a str).
+        Never fails."""
         host, port = sentinel
-        question = _OneQuestion(("SENTINEL", "MASTER", self.service))
+        question = _Questions(
+            ("SENTINEL", "MASTER", self.service),
+            ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service),
+        )
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
         connected = endpoint.connect(_QuietFactory(question))
         timer = self.reactor.callLater(self.timeout, self._give_up, question, connected)
@@ -193,7 +203,7 @@ class MasterLocator:
         return d.addCallbacks(self._usable_master, lambda f: f.getErrorMessage())
 
     @staticmethod
-    def _give_up(question: _OneQuestion, connected: defer.Deferred) -> None:
+    def _give_up(question: _Questions, connected: defer.Deferred) -> None:
         if not question.answer.called:
             question.answer.errback(error.TimeoutError(string="no answer in time"))
         if not connected.called:
@@ -202,19 +212,31 @@ class MasterLocator:
             question.transport.abortConnection()
 
     @staticmethod
-    def _usable_master(reply) -> tuple[int, tuple[str, int]] | str:
-        if isinstance(reply, hiredis.ReplyError):
-            return str(reply)
-        if not isinstance(reply, list):
-            return f"unexpected answer {reply!r:.80}"
-        state = dict(zip(reply[::2], reply[1::2], strict=False))
-        flags = set(state.get("flags", "").split(","))
-        if "master" not in flags or flags & {"s_down", "o_down", "disconnected"}:
-            return f"its master is {state.get('flags', 'unknown')}"
+    def _usable_master(replies: list) -> tuple[tuple[int, int], tuple[str, int]] | str:
+        """``((epoch, promoted), address)`` of the master one sentinel names, or why
+        it names none.
+
+        ``SENTINEL MASTER`` gives the master's state; ``GET-MASTER-ADDR-BY-NAME`` gives
+        the replica being promoted as soon as a failover has promoted it, before the
+        master's own entry changes (about a second later).
+        """
+        state_reply, address_reply = replies
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                return str(reply)
         try:
-            return int(state.get("config-epoch", 0)), (state["ip"], int(state["port"]))
-        except (KeyError, ValueError):
-            return f"unexpected answer {reply!r:.80}"
+            state = dict(zip(state_reply[::2], state_reply[1::2], strict=False))
+            epoch = int(state.get("config-epoch", 0))
+            known = (state["ip"], int(state["port"]))
+            address = (address_reply[0], int(address_reply[1]))
+        except (KeyError, ValueError, TypeError, IndexError):
+            return f"unexpected answer {replies!r:.80}"
+        if address != known:
+            return (epoch, 1), address  # a promoted replica
+        flags = set(state.get("flags", "").split(","))
+        if "master" not in flags or flags & {"s_down", "o_down"}:
+            return f"its master is {state.get('flags', 'unknown')}"
+        return (epoch, 0), address
 
     def _found(self, master: tuple[str, int], sentinel: tuple[str, int]) -> None:
         self._said_none = False
@@ -229,6 +251,8 @@ class MasterLocator:
                 log.warn("Sentinel {sentinel}: the master of {service} moved from {before} "
                          "to {master}", sentinel=_host_port(sentinel), service=self.service,
                          before=_host_port(before), master=_host_port(master))  # fmt: skip
+                for listener in self._on_move:
+                    listener(master)
 
 
 @implementer(IStreamClientEndpoint)
