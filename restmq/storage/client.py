@@ -126,10 +126,9 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
             # The master was demoted under us: leave it on every connection to it, and
             # reconnect, which asks Sentinel anew.
             peer = self.transport.getPeer()
-            for conn in list(self.factory.pool):
+            for conn in [self, *self.factory.pool]:
                 if conn is self or conn.transport.getPeer() == peer:
                     conn.transport.loseConnection()
-            self.transport.loseConnection()
 
     def stalled(self, now: float) -> bool:
         """Replies are due but none came lately: Redis is stuck on this connection."""
@@ -170,7 +169,7 @@ class _ObservedFactory(txredisapi.RedisFactory):
         if not self.master_only or not conn.connected:
             return self._admit(conn)  # (which drops a connection that died meanwhile)
         # A sentinel's answer may be stale (a failover under way): ask the server itself.
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # as txredisapi's own timers do
 
         role = conn.send(("ROLE",)).addTimeout(ROLE_TIMEOUT, reactor)
         role.addBoth(self._admit_if_master, conn)
@@ -389,7 +388,8 @@ class RedisClient:
         *,
         timeout: float | None = None,
     ) -> defer.Deferred:
-        """The answer to a sent command, or StorageUnavailable after ``call_timeout``.
+        """The answer to a sent command, or StorageUnavailable after ``timeout``
+        (``call_timeout`` unless given).
 
         The command is never cancelled: once written, Redis runs it, so a pop that
         answers late has taken messages. Its late reply goes to ``on_late``.
