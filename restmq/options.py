@@ -136,7 +136,7 @@ class Options(usage.Options):
             None,
             0,
             "answer an add or an ack only once this many replicas have it (Redis WAIT, up to "
-            "--redis-timeout; otherwise 504 'not replicated') [default: 0, do not wait]",
+            "--redis-timeout; otherwise 504 'not replicated'); 0: do not wait",
             _non_negative_int("redis-wait-replicas"),
         ],
         [
