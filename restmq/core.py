@@ -192,6 +192,7 @@ class QueueEngine:
             _ADD,
             [QUEUESET, self._counter(queue), self._list(queue), self._status_key(queue)],
             [queue, ttl or 0, self.channel(queue), notices.ADD, *values],
+            replicated=True,  # with --redis-wait-replicas: once replicas have them
         )
         return [_text(key) for key in keys]
 
@@ -485,9 +486,13 @@ class QueueEngine:
         queue: str,
         args: Sequence[Any] = (),
         on_late: Callable[[Any], object] | None = None,
+        *,
+        replicated: bool = False,
     ) -> Any:
         common = self._lease_args(queue)
-        return await self.redis.run_script(script, common[:2], [*common[2:], *args], on_late)
+        return await self.redis.run_script(
+            script, common[:2], [*common[2:], *args], on_late, replicated=replicated
+        )
 
     async def lease(self, queue: str, seconds: int, n: int = 1) -> LeaseBatch:
         """Take up to ``n`` of the oldest live messages under a lease of ``seconds``.
@@ -542,12 +547,13 @@ class QueueEngine:
         A message is deleted (body, lease, delivery count) only while the lease its
         receipt names is live; otherwise (ran out, the message was handed out again,
         acked already) its result is ``done=False`` and nothing changes. A receipt
-        that is not one of ``queue`` is InvalidArgument and nothing is acked.
+        that is not one of ``queue`` is InvalidArgument and nothing is acked. With
+        ``--redis-wait-replicas`` this answers once that many replicas have the acks.
         """
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_ACK, queue, flat)
+        reply = await self._run_lease_script(_ACK, queue, flat, replicated=True)
         return self._receipt_results(parsed, reply)
 
     async def extend(self, queue: str, receipt: str, seconds: int) -> bool:

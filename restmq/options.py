@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from restmq import __version__
 from restmq.acl import AclError, parse_trusted_proxies
+from restmq.storage.sentinel import parse_sentinels
 
 DEFAULT_PORT = 8888
 DEFAULT_REDIS_PORT = 6379
@@ -79,7 +80,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "RestMQ: a message broker over HTTP/JSON that keeps its queues in Redis. "
-        "With none of --redis-host, --redis-port or --redis-socket, RestMQ starts "
+        "With none of --redis-host, --redis-port, --redis-socket or --redis-sentinel, RestMQ "
+        "starts "
         "an embedded Valkey server that stores its data under --data-dir; "
         "otherwise it uses the Redis or Valkey server you name."
     )
@@ -110,6 +112,19 @@ class Options(usage.Options):
             _port("redis-port"),
         ],
         ["redis-socket", None, None, "unix socket path of an external Redis/Valkey server"],
+        [
+            "redis-sentinel",
+            None,
+            None,
+            "Sentinel addresses (host:port[,host:port...], port 26379 by default): find the "
+            "Redis master of --redis-service through them, and follow it when it fails over",
+        ],
+        [
+            "redis-service",
+            None,
+            None,
+            "the master name the sentinels watch (with --redis-sentinel)",
+        ],
         ["redis-password", None, None, "password for the Redis server (AUTH)"],
         ["redis-pool", None, 10, "Redis connection pool size", _positive_int("redis-pool")],
         ["redis-db", None, 0, "Redis database number", _non_negative_int("redis-db")],
@@ -119,6 +134,14 @@ class Options(usage.Options):
             1.5,
             "seconds to wait for Redis before a request answers 503",
             _positive_float("redis-timeout"),
+        ],
+        [
+            "redis-wait-replicas",
+            None,
+            0,
+            "answer an add or an ack only once this many replicas have it (Redis WAIT, up to "
+            "--redis-timeout; otherwise 504 'not replicated'); 0: do not wait",
+            _non_negative_int("redis-wait-replicas"),
         ],
         [
             "data-dir",
@@ -221,14 +244,16 @@ class Options(usage.Options):
             self["redis-host"] is None
             and self["redis-port"] is None
             and self["redis-socket"] is None
+            and self["redis-sentinel"] is None
         )
 
     def postOptions(self) -> None:
+        self._check_sentinel()
         if self["redis-socket"] and (self["redis-host"] or self["redis-port"]):
             raise usage.UsageError(
                 "give either --redis-socket or --redis-host/--redis-port, not both"
             )
-        if not self.embedded and not self["redis-socket"]:
+        if not self.embedded and not self["redis-socket"] and not self["redis-sentinel"]:
             self["redis-host"] = self["redis-host"] or "127.0.0.1"
             self["redis-port"] = self["redis-port"] or DEFAULT_REDIS_PORT
         if self["max-body"] > self["max-buffered"]:
@@ -244,3 +269,27 @@ class Options(usage.Options):
             self["trusted-proxies"] = parse_trusted_proxies(self["trusted-proxies"])
         except AclError as exc:
             raise usage.UsageError(f"--trusted-proxies: {exc}") from None
+
+    def _check_sentinel(self) -> None:
+        if self["redis-sentinel"] is None:
+            if self["redis-service"] is not None:
+                raise usage.UsageError("--redis-service goes with --redis-sentinel")
+        else:
+            if self["redis-host"] or self["redis-port"] or self["redis-socket"]:
+                raise usage.UsageError(
+                    "give either --redis-sentinel or --redis-host/--redis-port/--redis-socket, "
+                    "not both: Sentinel names the master"
+                )
+            if not self["redis-service"]:
+                raise usage.UsageError(
+                    "--redis-sentinel needs --redis-service, the master name the sentinels watch"
+                )
+            try:
+                self["redis-sentinel"] = parse_sentinels(self["redis-sentinel"])
+            except ValueError as exc:
+                raise usage.UsageError(f"--redis-sentinel: {exc}") from None
+        if self["redis-wait-replicas"] and self.embedded:
+            raise usage.UsageError(
+                "--redis-wait-replicas needs an external Redis with replicas (--redis-host or "
+                "--redis-sentinel): the embedded Valkey has none"
+            )

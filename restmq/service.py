@@ -25,6 +25,7 @@ from restmq.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
+from restmq.storage.sentinel import SentinelAddress
 from restmq.tls import TLSConfigError, server_options
 from restmq.web.app import BrokerApplication
 
@@ -86,6 +87,10 @@ class BrokerService(service.Service):
         if options.embedded:
             self.valkey = EmbeddedValkey(options["data-dir"], reactor)
             address = RedisAddress(socket=self.valkey.socket_path)
+        elif options["redis-sentinel"]:
+            address = SentinelAddress.create(
+                reactor, options["redis-sentinel"], options["redis-service"]
+            )
         elif options["redis-socket"]:
             address = RedisAddress(socket=options["redis-socket"])
         else:
@@ -97,6 +102,7 @@ class BrokerService(service.Service):
             dbid=options["redis-db"],
             password=options["redis-password"],
             call_timeout=options["redis-timeout"],
+            wait_replicas=options["redis-wait-replicas"],
         )
         engine = QueueEngine(self.redis)
         # this broker's counters and gauges (GET /metrics); Operations counts in the
@@ -120,6 +126,9 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             on_reconnect=self.consumers.sweep,
         )
+        if isinstance(address, SentinelAddress):
+            # The pool found the master elsewhere: pub/sub must leave the old one too.
+            address.locator.on_move(lambda master: self.notifications.reconnect())
         self.access = acl.AccessControl(
             options["acl"] or None,
             required=options["acl-given"],

@@ -1062,3 +1062,131 @@ def openapi_validator(*where: str):
         {"$ref": f"{_OPENAPI_URI}#/{pointer}"},
         registry=Registry().with_resource(_OPENAPI_URI, document),
     )
+
+
+@dataclass
+class ValkeyNode:
+    """A valkey-server on loopback started with the arguments given: a replica, or a
+    sentinel (``sentinel=True``: its config file, which Sentinel rewrites, is written here)."""
+
+    workdir: Path
+    args: list[str] = field(default_factory=list)
+    sentinel: bool = False
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> ValkeyNode:
+        self.port = self.port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        common = [
+            "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+            "--logfile", str(self.workdir / "valkey.log"), "--save", "",
+        ]  # fmt: skip
+        if self.sentinel:
+            config = self.workdir / "sentinel.conf"
+            config.write_text("\n".join(self.args) + "\n")
+            argv = [valkey_binary(), str(config), "--sentinel", *common]
+        else:
+            argv = [valkey_binary(), *common, *self.args]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 10, what=f"valkey on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return self.command("PING") == "PONG"
+        except OSError:
+            return False
+
+    def command(self, *args):
+        return redis_command(("127.0.0.1", self.port), *args)
+
+    def replica_in_sync(self) -> bool:
+        return "master_link_status:up" in self.command("INFO", "replication")
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to tell anyone."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class SentinelGroup:
+    """A master, its replicas and sentinels watching it as ``service``, all on loopback.
+
+    Short Sentinel timings: a master that does not answer for ``down_after_ms`` is
+    down, and a failover is retried after ``failover_timeout_ms``.
+    """
+
+    workdir: Path
+    service: str = "restmq"
+    replicas: int = 1
+    sentinels: int = 3
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    nodes: list[ValkeyNode] = field(default_factory=list)
+    watchers: list[ValkeyNode] = field(default_factory=list)
+
+    def start(self) -> SentinelGroup:
+        fast_sync = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        master = ValkeyNode(self.workdir / "node0", list(fast_sync)).start()
+        self.nodes.append(master)
+        for i in range(self.replicas):
+            args = [*fast_sync, "--replicaof", "127.0.0.1", str(master.port)]
+            self.nodes.append(ValkeyNode(self.workdir / f"node{i + 1}", args).start())
+        for node in self.nodes[1:]:
+            wait_for(lambda node=node: node.replica_in_sync(), 15, what="the replica to sync")
+        quorum = self.sentinels // 2 + 1
+        for i in range(self.sentinels):
+            config = [
+                f"sentinel monitor {self.service} 127.0.0.1 {master.port} {quorum}",
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {self.service} 1",
+            ]
+            watcher = ValkeyNode(self.workdir / f"sentinel{i}", config, sentinel=True).start()
+            self.watchers.append(watcher)
+        wait_for(self._sentinels_see_each_other, 15, what="the sentinels to find each other")
+        return self
+
+    def _sentinels_see_each_other(self) -> bool:
+        for watcher in self.watchers:
+            state = self.sentinel_state(watcher)
+            if int(state.get("num-other-sentinels", 0)) < len(self.watchers) - 1:
+                return False
+            if int(state.get("num-slaves", 0)) < self.replicas:
+                return False
+        return True
+
+    def sentinel_state(self, watcher: ValkeyNode) -> dict:
+        reply = watcher.command("SENTINEL", "MASTER", self.service)
+        return dict(zip(reply[::2], reply[1::2], strict=False))
+
+    @property
+    def sentinel_option(self) -> str:
+        return ",".join(f"127.0.0.1:{w.port}" for w in self.watchers)
+
+    def master_port(self) -> int:
+        """The master's port, as the first sentinel that answers says."""
+        for watcher in self.watchers:
+            try:
+                return int(watcher.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+            except OSError:
+                continue
+        raise AssertionError("no sentinel answers")
+
+    def node(self, port: int) -> ValkeyNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for server in [*self.watchers, *self.nodes]:
+            server.stop()

@@ -14,16 +14,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import failure
 
 from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
+from restmq.storage.replication import ReplicaFence
 
 log = Logger(namespace="restmq.storage")
 
@@ -45,6 +46,7 @@ _REFUSALS = {
     "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
     "WRONGPASS": "Redis refused the password given with --redis-password",
     "NOPERM": "the Redis user lacks a permission RestMQ needs",
+    "NOREPLICAS": "Redis has fewer replicas than its min-replicas-to-write",
 }
 # Commands that change nothing: when their answer is lost, nothing can have been stored.
 _READ_ONLY_COMMANDS = frozenset(
@@ -54,6 +56,16 @@ _READ_ONLY_COMMANDS = frozenset(
 )  # fmt: skip
 
 
+class ServerAddress(Protocol):
+    """Where the pool connects: a RedisAddress, or a Sentinel service (storage.sentinel)."""
+
+    master_only: bool
+
+    def describe(self) -> str: ...
+
+    def endpoint(self, reactor, timeout: float) -> IStreamClientEndpoint: ...
+
+
 @dataclass(frozen=True)
 class RedisAddress:
     """Where the Redis server is: a unix socket path, or a host and port."""
@@ -61,6 +73,9 @@ class RedisAddress:
     host: str | None = None
     port: int | None = None
     socket: str | None = None
+
+    #: whether the pool admits only a server that says it is the master (Sentinel)
+    master_only = False
 
     def describe(self) -> str:
         return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
@@ -86,6 +101,7 @@ class LuaScript:
 
 
 STALL_AFTER = 0.05  # seconds without a reply after which a busy connection is passed over
+ROLE_TIMEOUT = 2.0  # seconds a new connection has to say whether its server is the master
 _now = time.monotonic
 
 
@@ -114,6 +130,17 @@ class _BrokerProtocol(txredisapi.RedisProtocol):
     def replyReceived(self, reply):
         self.last_progress = _now()
         super().replyReceived(reply)
+        if (
+            isinstance(reply, txredisapi.ResponseError)
+            and self.factory.master_only
+            and str(reply).startswith("READONLY")
+        ):
+            # The master was demoted under us: leave it on every connection to it, and
+            # reconnect, which asks Sentinel anew.
+            peer = self.transport.getPeer()
+            for conn in [self, *self.factory.pool]:
+                if conn is self or conn.transport.getPeer() == peer:
+                    conn.transport.loseConnection()
 
     def stalled(self, now: float) -> bool:
         """Replies are due but none came lately: Redis is stuck on this connection."""
@@ -147,6 +174,7 @@ class _ObservedFactory(txredisapi.RedisFactory):
 
     on_state_change: Callable[[bool], None] = staticmethod(lambda up: None)
     on_refusal: Callable[[str], None] = staticmethod(lambda why: None)
+    master_only = False  # admit a connection only once its server says it is the master
 
     def connectionError(self, why):
         # AUTH or SELECT failed: txredisapi stops retrying that connection for good.
@@ -154,6 +182,21 @@ class _ObservedFactory(txredisapi.RedisFactory):
         self.on_refusal(str(why))
 
     def addConnection(self, conn):
+        if not self.master_only or not conn.connected:
+            return self._admit(conn)  # (which drops a connection that died meanwhile)
+        # A sentinel's answer may be stale (a failover under way): ask the server itself.
+        from twisted.internet import reactor  # as txredisapi's own timers do
+
+        role = conn.send(("ROLE",)).addTimeout(ROLE_TIMEOUT, reactor)
+        role.addBoth(self._admit_if_master, conn)
+
+    def _admit_if_master(self, role, conn) -> None:
+        if isinstance(role, list) and role and role[0] == "master":
+            self._admit(conn)
+        elif conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _admit(self, conn) -> None:
         before = self.size
         super().addConnection(conn)
         if before == 0 and self.size > 0:
@@ -164,6 +207,22 @@ class _ObservedFactory(txredisapi.RedisFactory):
         super().delConnection(conn)
         if before > 0 and self.size == 0:
             self.on_state_change(False)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One command on its way to Redis, encoded."""
+
+    data: bytes
+    on_late: Callable[[Any], object] | None
+    writes: bool
+    fallback: Sequence[Any] | None
+    name: str
+    replicated: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 class _LargeCommandGate:
@@ -214,17 +273,21 @@ class RedisClient:
     def __init__(
         self,
         reactor: IReactorTime,
-        address: RedisAddress,
+        address: ServerAddress,
         *,
         poolsize: int = 10,
         dbid: int = 0,
         password: str | None = None,
         call_timeout: float = 1.5,
         max_inflight: int = 1000,
+        wait_replicas: int = 0,
     ) -> None:
         self.reactor = reactor
         self.address = address
         self.call_timeout = call_timeout
+        # writes asked to be replicated answer once this many replicas have them
+        self.wait_replicas = wait_replicas
+        self._fence = ReplicaFence(reactor, wait_replicas, call_timeout)
         self.poolsize = poolsize
         self.dbid = dbid
         self._password = password
@@ -253,6 +316,7 @@ class RedisClient:
         )
         factory.on_state_change = self._state_changed
         factory.on_refusal = self._refused
+        factory.master_only = self.address.master_only
         factory.startConnecting(self.address.endpoint(self.reactor, timeout=2))
         self._factory = factory
 
@@ -320,12 +384,15 @@ class RedisClient:
         keys: Sequence[str],
         args: Sequence[Any] = (),
         on_late: Callable[[Any], object] | None = None,
+        *,
+        replicated: bool = False,
     ) -> defer.Deferred:
         """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it.
 
         A script that answers after the caller was told StorageUnavailable has still
         run: ``on_late(reply)`` is then called, so that what it took is not lost. A
         writing script without ``on_late`` whose answer is lost fails with OutcomeUnknown.
+        ``replicated``: answer only once ``wait_replicas`` replicas have what it wrote.
         """
         return self._call(
             ("EVALSHA", script.sha, len(keys), *keys, *args),
@@ -333,6 +400,7 @@ class RedisClient:
             writes=script.writes and on_late is None,  # on_late undoes what a late reply took
             fallback=("EVAL", script.source, len(keys), *keys, *args),
             name=script.name,
+            replicated=replicated and bool(self.wait_replicas),
         )
 
     def _call(
@@ -343,6 +411,7 @@ class RedisClient:
         writes: bool,
         fallback: Sequence[Any] | None = None,
         name: str = "",
+        replicated: bool = False,
     ) -> defer.Deferred:
         """Send ``command`` now, or (a large one) once the gate lets it out.
 
@@ -352,64 +421,55 @@ class RedisClient:
             data = encode_command(command)
         except UnicodeEncodeError:
             return defer.fail(InvalidArgument("text that is not valid Unicode (a lone surrogate)"))
-        size = len(data)
-        if size < self.large_command:
-            return self._send_now(data, on_late, writes, fallback, 0, name)
+        call = _Call(data, on_late, writes, fallback, name, replicated)
+        if call.size < self.large_command:
+            return self._send_now(call, held=0)
         if self._connection() is None:
             return self._unavailable()
-        if self._gate.try_take(size):
-            return self._send_now(data, on_late, writes, fallback, size, name)
-        return self._send_later(data, on_late, writes, fallback, size, name)
+        if self._gate.try_take(call.size):
+            return self._send_now(call, held=call.size)
+        return self._send_later(call)
 
-    def _send_now(
-        self,
-        data: bytes,
-        on_late: Callable[[Any], object] | None,
-        writes: bool,
-        fallback: Sequence[Any] | None,
-        held: int,
-        name: str = "",
-    ) -> defer.Deferred:
+    def _send_now(self, call: _Call, held: int) -> defer.Deferred:
         connection = self._connection()
         if connection is None:
             if held:
                 self._gate.give_back(held)
             return self._unavailable()
-        sent = connection.send_encoded(data)
-        if fallback is not None:
+
+        def send(reply: defer.Deferred) -> defer.Deferred:
+            return self._fence.after(connection, reply) if call.replicated else reply
+
+        sent = send(connection.send_encoded(call.data))
+        if call.fallback is not None:
 
             def load_if_missing(failure):
                 failure.trap(txredisapi.ResponseError)
                 if not str(failure.value).startswith("NOSCRIPT"):
                     return failure
-                return connection.send(fallback)
+                return send(connection.send(call.fallback))
 
             sent.addErrback(load_if_missing)
         if held:
             # Redis has finished with it when it answers, however late that is.
             sent.addBoth(self._gate_released, held)
-        # A large command takes time to cross the socket: its deadline grows with it.
-        extra = held / self.large_bytes_per_second if held else 0.0
-        return self._track(sent, on_late, writes=writes, extra_time=extra, name=name)
+        # A large command takes time to cross the socket: its deadline grows with it;
+        # a replicated one may wait for the write, then as long again for the replicas.
+        extra = held / self.large_bytes_per_second
+        if call.replicated:
+            extra += self.call_timeout
+        return self._track(sent, call.on_late, writes=call.writes, extra_time=extra, name=call.name)
 
     def _gate_released(self, outcome: Any, held: int) -> Any:
         self._gate.give_back(held)
         return outcome
 
-    def _send_later(
-        self,
-        data: bytes,
-        on_late: Callable[[Any], object] | None,
-        writes: bool,
-        fallback: Sequence[Any] | None,
-        size: int,
-        name: str = "",
-    ) -> defer.Deferred:
+    def _send_later(self, call: _Call) -> defer.Deferred:
         answer = defer.Deferred()
 
         def start() -> None:
             timer.cancel()
-            self._send_now(data, on_late, writes, fallback, size, name).chainDeferred(answer)
+            self._send_now(call, held=call.size).chainDeferred(answer)
 
         def give_up() -> None:
             self._gate.waiting.remove(entry)
@@ -421,7 +481,7 @@ class RedisClient:
                 )
             )
 
-        entry = (size, start)
+        entry = (call.size, start)
         timer = self.reactor.callLater(self.call_timeout, give_up)
         self._gate.waiting.append(entry)
         return answer

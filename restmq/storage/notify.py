@@ -13,7 +13,7 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq.storage.client import RedisAddress
+from restmq.storage.client import ServerAddress
 
 log = Logger(namespace="restmq.storage")
 
@@ -50,7 +50,7 @@ class Notifications:
     def __init__(
         self,
         reactor,
-        address: RedisAddress,
+        address: ServerAddress,
         on_message: Callable[[str, str], None],
         *,
         password: str | None = None,
@@ -95,7 +95,27 @@ class Notifications:
         log.warn("pub/sub {command} failed: {error}", command=command,
                  error=failure.getErrorMessage())  # fmt: skip
 
+    def reconnect(self) -> None:
+        """Leave the server now and connect again (the master moved elsewhere)."""
+        if self._connection is not None:
+            self._connection.transport.loseConnection()
+
     def _connected(self, connection: _SubscriberProtocol) -> None:
+        if self.address.master_only:
+            # Subscribed on a replica we would still hear every notice, but PUBLISH on
+            # the master would not count us, and broadcast batches rely on that count.
+            role = connection.execute_command("ROLE").addTimeout(2, self.reactor)
+            role.addBoth(self._subscribe_if_master, connection)
+            return
+        self._subscribe(connection)
+
+    def _subscribe_if_master(self, role, connection: _SubscriberProtocol) -> None:
+        if isinstance(role, list) and role and role[0] == "master":
+            self._subscribe(connection)
+        elif connection.transport is not None:
+            connection.transport.loseConnection()
+
+    def _subscribe(self, connection: _SubscriberProtocol) -> None:
         self._connection = connection
         if self._channels:
             connection.subscribe(sorted(self._channels)).addErrback(self._failed, "SUBSCRIBE")
