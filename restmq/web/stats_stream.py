@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from restmq import shapes
-from restmq.web import compat
+from restmq.web import cyclone_fixes
 from restmq.web.base import encode_json
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ class StatsEventStream:
 
     def open(self) -> None:
         handler = self.handler
-        handler._auto_finish = False  # the response stays open
-        compat.stream_without_keep_alive(handler)
+        cyclone_fixes.keep_open(handler)  # the response stays open
+        cyclone_fixes.stream_without_keep_alive(handler)
         handler.set_header("Content-Type", f"{EVENT_STREAM}; charset=UTF-8")
         handler.set_header("Cache-Control", "no-cache")
         handler.set_header("X-Accel-Buffering", "no")  # tell nginx not to buffer the stream
@@ -85,7 +85,7 @@ class StatsEventStream:
     def end(self, reason: str) -> None:
         self.gone = True
         handler = self.handler
-        if not handler._finished and not compat.client_is_gone(handler):
+        if not cyclone_fixes.is_finished(handler) and not cyclone_fixes.client_is_gone(handler):
             handler.write(b"event: end\ndata: null\n\n")
             handler.finish()
         transport = handler.request.connection.transport
@@ -116,6 +116,6 @@ class StatsEventStream:
 
     def _write(self, data: bytes) -> None:
         handler = self.handler
-        if not self.gone and not handler._finished:
+        if not self.gone and not cyclone_fixes.is_finished(handler):
             handler.write(data)
             handler.flush()
