@@ -516,6 +516,64 @@ class QueueEngine:
         )
         return self._leased_messages(reply, seconds)
 
+    async def lease_for_streams(
+        self,
+        queue: str,
+        seconds: int,
+        n: int,
+        *,
+        origin: str,
+        max_bytes: int = STREAM_BATCH_BYTES,
+        on_late: Callable[[LeasedBatch], object] | None = None,
+    ) -> LeasedBatch:
+        """Lease up to ``n`` messages for one leased streaming consumer, in one atomic step.
+
+        As ``lease`` (overdue leases end first), but a stopped queue gives nothing, and
+        under broadcast the batch is also published like a ``take_for_streams`` batch, for
+        the unleased consumers of every broker. A batch Redis hands over after the caller
+        gave up goes to ``on_late`` (whose job is to release it).
+        """
+        args = [
+            queue,
+            seconds * 1000,
+            n,
+            max_bytes,
+            LEASE_RETURN_LIMIT,
+            origin,
+            notices.BATCH_VERSION,
+            notices.VERSION_FIELD,
+            notices.ORIGIN_FIELD,
+            notices.MESSAGES_FIELD,
+        ]
+        late = None if on_late is None else lambda r: on_late(self._leased_batch(r, seconds))
+        reply = await self._run_lease_script(_LEASE_FOR_STREAMS, queue, args, late)
+        return self._leased_batch(reply, seconds)
+
+    @staticmethod
+    def _leased_batch(reply: list, seconds: int) -> LeasedBatch:
+        deadline = _int(reply[4])
+        messages = []
+        for i in range(5, len(reply), 4):
+            key, deliveries = _text(reply[i]), _int(reply[i + 3])
+            messages.append(
+                LeasedMessage(
+                    key=key,
+                    value=_text(reply[i + 1]),
+                    ttl_ms=_int(reply[i + 2], -1),
+                    receipt=f"{key}@{deliveries}",
+                    deliveries=deliveries,
+                    lease=seconds,
+                    deadline_ms=deadline,
+                )
+            )
+        return LeasedBatch(
+            started=_int(reply[0]) == STARTED,
+            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
+            messages=messages,
+            published_to=_int(reply[2]),
+            remaining=_int(reply[3]),
+        )
+
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> list[LeasedMessage]:
         deadline = _int(reply[0])
@@ -547,7 +605,7 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_ACK, queue, flat)
+        reply = await self._run_lease_script(_ACK, queue, [notices.SETTLED, *flat])
         return self._receipt_results(parsed, reply)
 
     async def extend(self, queue: str, receipt: str, seconds: int) -> bool:
@@ -562,7 +620,9 @@ class QueueEngine:
         if seconds == 0:
             return (await self.release(queue, [receipt]))[0].done
         key, count = self._receipt(queue, receipt)
-        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [seconds * 1000, 1, key, count])
+        reply = await self._run_lease_script(
+            _CHANGE_LEASE, queue, [seconds * 1000, 1, notices.SETTLED, key, count]
+        )
         return bool(_int(reply[0]))
 
     async def release(
@@ -579,7 +639,9 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [0, int(delivered), *flat])
+        reply = await self._run_lease_script(
+            _CHANGE_LEASE, queue, [0, int(delivered), notices.SETTLED, *flat]
+        )
         return self._receipt_results(parsed, reply)
 
     @staticmethod
@@ -648,6 +710,17 @@ class LeasedMessage(TakenMessage):
 
 
 @dataclass(frozen=True)
+class LeasedBatch:
+    """What ``lease_for_streams`` got for one leased streaming consumer."""
+
+    started: bool
+    policy: str
+    messages: list[LeasedMessage]
+    published_to: int  # brokers the batch was published to (broadcast), this one included
+    remaining: int = 0  # messages still queued after the batch
+
+
+@dataclass(frozen=True)
 class ReceiptResult:
     """What an ack or release did with one receipt."""
 
@@ -676,3 +749,4 @@ _ACK = _lease_script("ack")
 _CHANGE_LEASE = _lease_script("change_lease")
 _REQUEUE_OVERDUE = _lease_script("requeue_overdue")
 _SWEEP_LEASES = _lease_script("sweep_leases")
+_LEASE_FOR_STREAMS = _lease_script("lease_for_streams")
