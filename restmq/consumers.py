@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -98,7 +98,7 @@ class StreamConsumer:
         self.lease: int | None = None  # seconds each message is leased for; None: unleased
         self.prefetch = 0  # unacknowledged messages a leased consumer may hold
         # receipt -> (the leased message, the timer that frees its slot when the lease ends)
-        self.held: dict[str, tuple[LeasedMessage, object]] = {}
+        self.held: dict[str, tuple[LeasedMessage, IDelayedCall]] = {}
 
     def use_lease(self, seconds: int, prefetch: int) -> None:
         """Make this a leased consumer: messages under a lease of ``seconds``, at most
@@ -120,7 +120,7 @@ class StreamConsumer:
         if entry is None:
             return False
         timer = entry[1]
-        if timer is not None and timer.active():
+        if timer.active():
             timer.cancel()
         return True
 
@@ -619,7 +619,9 @@ class ConsumerRegistry:
                      receipt=receipt, kind=consumer.kind, peer=consumer.peer)  # fmt: skip
             self.wake(queue)
 
-    def _release_held(self, queue: str, state: _QueueConsumers | None, consumer) -> None:
+    def _release_held(
+        self, queue: str, state: _QueueConsumers | None, consumer: StreamConsumer
+    ) -> None:
         """A leased consumer is gone: what it held goes back to the head of the queue now
         (what it never got does not count as a delivery)."""
         if not consumer.held:
