@@ -15,8 +15,10 @@ A slow periodic sweep only covers notices lost while pub/sub was reconnecting.
 A **leased** consumer (``?lease=S&prefetch=P``) gets each message under a lease and
 holds at most P unacknowledged ones. It takes its own batches (one lease script call
 each, sized to its free window) and competes for messages under either policy; under
-broadcast its batches are copied to the unleased consumers, which then take nothing
-themselves on this broker (see docs/architecture.md). A window slot opens when the
+broadcast its batches are copied to the unleased consumers, on this broker and (the
+script publishes them) on the others, and no broker takes broadcast batches for
+unleased consumers while the queue has leased streams anywhere (each broker says so in
+Redis, refreshed by the sweep; see docs/architecture.md). A window slot opens when the
 ack script (any front end, any broker) announces the receipt, or when the lease runs
 out here. A leased consumer that leaves releases what it holds to the head of the queue.
 """
@@ -320,6 +322,7 @@ class ConsumerRegistry:
             if loop.running:
                 loop.stop()
         await self._settled()  # a batch being taken now is handed out (or put back) first
+        self._mark_leased_streams(self._leased_queues(), withdraw=True)
         for queue, state in list(self._queues.items()):
             back = []
             for consumer in list(state.consumers):
@@ -360,8 +363,11 @@ class ConsumerRegistry:
         if first:
             state = self._queues[consumer.queue] = _QueueConsumers()
         consumer.registry = self
+        first_leased = consumer.leased and not any(c.leased for c in state.consumers)
         state.consumers.append(consumer)
         self._total += 1
+        if first_leased:
+            self._mark_leased_streams([consumer.queue])
         log.debug("{kind} consumer {peer} joined queue {queue}", kind=consumer.kind,
                   peer=consumer.peer, queue=consumer.queue)  # fmt: skip
         if first and self.notifications is not None:
@@ -379,6 +385,8 @@ class ConsumerRegistry:
         state.consumers.remove(consumer)
         self._total -= 1
         self._release_held(consumer.queue, state, consumer)
+        if consumer.leased and not any(c.leased for c in state.consumers):
+            self._mark_leased_streams([consumer.queue], withdraw=True)
         # What it held that no consumer wrote goes back to the queue, for the others.
         undelivered = consumer.take_backlog()
         if undelivered:
@@ -423,6 +431,26 @@ class ConsumerRegistry:
             dropped += 1
         return dropped
 
+    # -- leased streams, as other brokers see them --------------------------
+
+    def _leased_queues(self) -> list[str]:
+        return [q for q, state in self._queues.items() if any(c.leased for c in state.consumers)]
+
+    def _mark_leased_streams(self, queues: list[str], withdraw: bool = False) -> None:
+        """Tell every broker (through Redis) that this one has leased streams of ``queues``,
+        for three sweeps; or no longer. Failures are logged: the entries run out alone."""
+        if not queues:
+            return
+        ttl_ms = 0 if withdraw else int(3 * self.sweep_interval * 1000)
+        d = defer.ensureDeferred(self.engine.mark_leased_streams(queues, self.origin, ttl_ms))
+        d.addErrback(self._could_not_mark)
+        self._keep_track(d)
+
+    @staticmethod
+    def _could_not_mark(failure) -> None:
+        log.warn("could not tell other brokers about leased streams: {error}",
+                 error=failure.getErrorMessage())  # fmt: skip
+
     def count(self, queue: str) -> int:
         state = self._queues.get(queue)
         return len(state.consumers) if state else 0
@@ -451,6 +479,8 @@ class ConsumerRegistry:
         state = self._queues.pop(queue, None)
         if state is None:
             return
+        if any(c.leased for c in state.consumers):
+            self._mark_leased_streams([queue], withdraw=True)
         for consumer in list(state.consumers):
             self._total -= 1
             consumer.gone = True
@@ -470,6 +500,7 @@ class ConsumerRegistry:
         """
         if self._sweeping is not None:
             return self._sweeping
+        self._mark_leased_streams(self._leased_queues())  # refreshed before they run out
 
         def look(queue: str):
             state = self._queues.get(queue)

@@ -19,15 +19,18 @@ key                         type     holds
 ``<q>:maxdeliveries``       string   deliveries before a message is dead (absent: no limit)
 ``restmq:leasing``          zset     queues that have leases, scored by their earliest
                                      deadline (what the sweepers read)
+``<q>:leasedstreams``       zset     brokers with leased streaming consumers of q ->
+                                     until when (ms, Redis ``TIME``); expires unrefreshed
 ==========================  =======  =============================================
 
-The last four exist only once leases (or max_deliveries) are used, so a queue used
+The leased-stream key exists only while some broker has leased streams of the queue.
+The four before it exist only once leases (or max_deliveries) are used, so a queue used
 without them keeps exactly the original keys. A leased message keeps its body until it is
 acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
 holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
 key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
-``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:<n>`` or ``:<n>:refcount``, or
-start with ``queuestat::``.
+``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
+``:<n>:refcount``, or start with ``queuestat::``.
 
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
@@ -82,6 +85,7 @@ _STATS = _script("stats", writes=False)
 _QUEUE_INFO = _script("queue_info", writes=False)
 _TAKE_FOR_STREAMS = _script("take_for_streams")
 _REQUEUE = _script("requeue")
+_STREAM_LEASERS = _script("stream_leasers")
 
 
 def _text(value: Any) -> str:
@@ -362,7 +366,8 @@ class QueueEngine:
         max_bytes: int = STREAM_BATCH_BYTES,
         on_late: Callable[[StreamBatch], object] | None = None,
     ) -> StreamBatch:
-        """Take a batch for streaming consumers in one atomic step (none if stopped).
+        """Take a batch for streaming consumers in one atomic step (none if stopped,
+        nor under broadcast while some broker has leased streams of the queue).
 
         Under broadcast the batch is also published on the queue's channel as
         ``{"v": 1, "o": origin, "m": [key, body, ...]}`` for the other brokers
@@ -377,6 +382,7 @@ class QueueEngine:
                 self._status_key(queue),
                 self._policy_key(queue),
                 self._deliveries(queue),
+                self._leased_streams(queue),
             ],
             [
                 roundrobin_batch,
@@ -405,6 +411,22 @@ class QueueEngine:
             messages=messages,
             published_to=_int(reply[2]),
             remaining=_int(reply[3]),
+        )
+
+    @staticmethod
+    def _leased_streams(queue: str) -> str:
+        return f"{queue}:leasedstreams"
+
+    async def mark_leased_streams(self, queues: Sequence[str], broker: str, ttl_ms: int) -> None:
+        """Say, for ``ttl_ms``, that ``broker`` has leased streaming consumers of ``queues``
+        (one call for all); ``ttl_ms == 0`` withdraws it. Under broadcast no broker takes
+        batches for unleased consumers of such a queue (see take_for_streams)."""
+        if not queues:
+            return
+        await self.redis.run_script(
+            _STREAM_LEASERS,
+            [self._leased_streams(queue) for queue in queues],
+            [broker, ttl_ms, notices.ADD, *(self.channel(queue) for queue in queues)],
         )
 
     async def requeue(self, queue: str, messages: list[TakenMessage]) -> None:

@@ -371,3 +371,43 @@ def test_sigterm_under_leased_load_loses_nothing(broker_factory, valkey_factory)
     assert all(server.command("EXISTS", key) == 0 for key in acked - waiting)
     again = broker_factory("--redis-port", str(server.port))
     assert again.get(f"/stats/{queue}").json()["len"] == len(waiting)
+
+
+def test_under_broadcast_a_leased_consumer_on_another_broker_gets_every_message(
+    broker_factory, valkey_factory
+):
+    """Broker B has only an unleased consumer: it takes nothing itself while broker A has
+    a leased one, so each message reaches the leased consumer, and B's still gets all."""
+    server = valkey_factory()
+    a = broker_factory("--redis-port", str(server.port))
+    b = broker_factory("--redis-port", str(server.port))
+    queue = "mixed-brokers"
+    plain = WebSocketStream(b.port, queue).start()
+    leased = WebSocketStream(a.port, f"{queue}?lease=60&prefetch=2").start()
+    try:
+        wait_consumers(a, queue, 1)
+        wait_consumers(b, queue, 1)
+        wait_for(lambda: server.command("EXISTS", f"{queue}:leasedstreams") == 1, 5,
+                 what="broker A's leased stream seen in Redis")  # fmt: skip
+        keys = add(b, queue, *(f"m{i}" for i in range(6)))
+        taken: list[str] = []
+
+        def ack_all() -> bool:
+            for raw in leased.drain(0.1):
+                message = json.loads(raw)
+                taken.append(message["key"])
+                leased.ws.send(json.dumps({"ack": message["receipt"]}))
+            return len(taken) >= len(keys)
+
+        wait_for(ack_all, 10, what="the leased consumer to take every message")
+        assert taken == keys
+        assert [plain.next_message()["key"] for _ in keys] == keys
+        leased.close()
+        # A withdraws: B's consumer takes by itself again, at once
+        wait_for(lambda: server.command("EXISTS", f"{queue}:leasedstreams") == 0, 5,
+                 what="the leased stream withdrawn")  # fmt: skip
+        later = add(b, queue, "after")
+        assert plain.next_message(timeout=3)["key"] == later[0]
+    finally:
+        plain.close()
+        leased.close()
