@@ -70,6 +70,10 @@ async def released(engine: QueueEngine, left: int = 0) -> None:
     raise AssertionError("leases were not released")
 
 
+def texts(values: list) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
 async def settled_a_while() -> None:
     await task.deferLater(reactor, 0.2, lambda: None)
 
@@ -153,7 +157,21 @@ async def test_a_leaving_consumer_releases_what_it_holds_to_the_head(engine):
     await until(lambda: len(consumer.received) == 2)
     registry.remove(consumer)
     await released(engine)
-    waiting = await engine.redis.execute("LRANGE", "q:queue", 0, -1)
-    assert [k.decode() if isinstance(k, bytes) else k for k in reversed(waiting)] == keys
+    waiting = texts(await engine.redis.execute("LRANGE", "q:queue", 0, -1))
+    assert waiting[::-1] == keys
     # written to its socket, so the release counted as a delivery
     assert await engine.redis.execute("HGET", "q:deliveries", keys[0]) in ("1", b"1", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_releases_the_streams_leases_and_leaves_plain_ones_to_run(engine):
+    registry = ConsumerRegistry(engine, task.Clock())
+    keys = await engine.add_many("q", ["plain", "a", "b", "c"])
+    (plain,) = await engine.lease("q", 30, 1)  # a plain leased take, as GET ?lease=30
+    consumer = leased_consumer(registry, 30, 2)
+    await until(lambda: len(consumer.received) == 2)
+    await registry.stop()
+    assert consumer.gone
+    assert texts(await engine.redis.execute("ZRANGE", "q:leased", 0, -1)) == [plain.key]
+    waiting = texts(await engine.redis.execute("LRANGE", "q:queue", 0, -1))
+    assert waiting[::-1] == keys[1:]  # the stream's two back at the head, before c
