@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from urllib.parse import unquote
 
 from twisted.internet import defer
@@ -22,7 +21,7 @@ from twisted.logger import Logger
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from restmq import acl, shapes, validation
+from restmq import acl, jsontext, shapes, validation
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
 from restmq.errors import InvalidArgument, StorageUnavailable, TooManyConsumers
@@ -221,8 +220,8 @@ class WebSocketHandler(BaseHandler):
         """``{"ack": R}`` or ``{"nack": R}`` from a leased consumer; what went wrong is
         told in an ``{"error": ..., "receipt": R}`` frame, and the stream goes on."""
         try:
-            frame = json.loads(text)
-        except ValueError:
+            frame = jsontext.decode(text, what="frame")
+        except InvalidArgument:
             frame = None
         verbs = [verb for verb in ("ack", "nack") if isinstance(frame, dict) and verb in frame]
         if len(verbs) != 1 or len(frame) != 1:
