@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.bodies import BodiesScenario
 from bench.consumers import RouteMissing
+from bench.leased import LeasedScenario
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
@@ -29,6 +30,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "memory": IdleMemoryScenario,
     "bodies": BodiesScenario,
     "shutdown": ShutdownScenario,
+    "leased": LeasedScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -55,10 +57,14 @@ scenarios (--only):
   shutdown acknowledged messages lost when the broker is stopped under load:
            --stop-trials SIGTERM and as many SIGKILL trials, --stop-consumers SSE
            consumers (target: 0 lost on SIGTERM; SIGKILL reported)
+  leased   messages acked per second by --leased-consumers leased WebSocket
+           consumers acking with frames, then as many leased SSE consumers
+           acking with DELETE /q/<q>?receipt=R, each with --prefetch
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 3-4 minutes (shutdown: about 70 s).
+With the defaults the whole run takes about 4 minutes (shutdown: about 70 s, leased:
+about 20 s).
 """
 
 
@@ -117,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "streaming, all); default: all")  # fmt: skip
+             "shutdown, leased, streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
     add("--warmup", type=_positive(float), default=1.0, metavar="S",
@@ -149,6 +155,10 @@ def parser() -> argparse.ArgumentParser:
         help="SIGTERM trials of the shutdown scenario, as many SIGKILL (default 5)")  # fmt: skip
     add("--stop-consumers", type=_positive(int), default=10, metavar="N",
         help="SSE consumers of the shutdown scenario (default 10)")  # fmt: skip
+    add("--leased-consumers", type=_positive(int), default=10, metavar="N",
+        help="leased consumers per transport of the leased scenario (default 10)")  # fmt: skip
+    add("--prefetch", type=_positive(int), default=10, metavar="N",
+        help="prefetch window of each leased consumer (default 10)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -11,6 +11,16 @@ a batch with one script call, then hands it out by the queue's policy:
   brokers race for batches sized to their consumers, so no message goes twice.
 
 A slow periodic sweep only covers notices lost while pub/sub was reconnecting.
+
+A **leased** consumer (``?lease=S&prefetch=P``) gets each message under a lease and
+holds at most P unacknowledged ones. It takes its own batches (one lease script call
+each, sized to its free window) and competes for messages under either policy; under
+broadcast its batches are copied to the unleased consumers, on this broker and (the
+script publishes them) on the others, and no broker takes broadcast batches for
+unleased consumers while the queue has leased streams anywhere (each broker says so in
+Redis, refreshed by the sweep; see docs/architecture.md). A window slot opens when the
+ack script (any front end, any broker) announces the receipt, or when the lease runs
+out here. A leased consumer that leaves releases what it holds to the head of the queue.
 """
 
 from __future__ import annotations
@@ -21,13 +31,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from restmq import notices
 from restmq.budget import MemoryBudget
-from restmq.core import Message, QueueEngine, StreamBatch, TakenMessage
+from restmq.core import (
+    LeasedBatch,
+    LeasedMessage,
+    Message,
+    QueueEngine,
+    StreamBatch,
+    TakenMessage,
+)
 from restmq.errors import StorageUnavailable, TooManyConsumers
 from restmq.metrics import STREAM, Metrics
 
@@ -81,6 +98,44 @@ class StreamConsumer:
         self._backlog: deque[tuple[Message, bytes, Copies | None]] = deque()
         self._backlog_bytes = 0
         self._reserved = 0  # backlog bytes held in the registry's memory budget
+        self.lease: int | None = None  # seconds each message is leased for; None: unleased
+        self.prefetch = 0  # unacknowledged messages a leased consumer may hold
+        # receipt -> (the leased message, the timer that frees its slot when the lease ends)
+        self.held: dict[str, tuple[LeasedMessage, IDelayedCall]] = {}
+
+    def use_lease(self, seconds: int, prefetch: int) -> None:
+        """Make this a leased consumer: messages under a lease of ``seconds``, at most
+        ``prefetch`` of them unacknowledged."""
+        self.lease = seconds
+        self.prefetch = prefetch
+
+    @property
+    def leased(self) -> bool:
+        return self.lease is not None
+
+    def window(self) -> int:
+        """How many more leased messages this consumer may be sent now."""
+        return max(0, self.prefetch - len(self.held))
+
+    def forget(self, receipt: str) -> bool:
+        """The lease of ``receipt`` was settled or ran out: its slot is free."""
+        entry = self.held.pop(receipt, None)
+        if entry is None:
+            return False
+        timer = entry[1]
+        if timer.active():
+            timer.cancel()
+        return True
+
+    def let_go_leases(self) -> tuple[list[str], list[str]]:
+        """Forget every lease held; return the receipts (oldest first) of those written to
+        the socket and of those still waiting in the backlog."""
+        waiting = {m.receipt for m, _, _ in self._backlog if isinstance(m, LeasedMessage)}
+        receipts = list(self.held)
+        for receipt in receipts:
+            self.forget(receipt)
+        written = [r for r in receipts if r not in waiting]
+        return written, [r for r in receipts if r in waiting]
 
     @property
     def backlog_bytes(self) -> int:
@@ -206,6 +261,8 @@ class _QueueConsumers:
     next_index: int = 0
     draining: bool = False
     again: bool = False
+    policy: str | None = None  # as the last batch found it
+    holders: dict[str, StreamConsumer] = field(default_factory=dict)  # receipt -> consumer
 
 
 class ConsumerRegistry:
@@ -268,9 +325,11 @@ class ConsumerRegistry:
             if loop.running:
                 loop.stop()
         await self._settled()  # a batch being taken now is handed out (or put back) first
+        self._mark_leased_streams(self._leased_queues(), withdraw=True)
         for queue, state in list(self._queues.items()):
             back = []
             for consumer in list(state.consumers):
+                self._release_held(queue, state, consumer)  # their holders are gone too
                 back += consumer.take_backlog()
                 consumer.close("the broker is stopping", code=CLOSE_GOING_AWAY)
             self._keep_track(defer.ensureDeferred(self._requeue(queue, back)))
@@ -307,8 +366,11 @@ class ConsumerRegistry:
         if first:
             state = self._queues[consumer.queue] = _QueueConsumers()
         consumer.registry = self
+        first_leased = consumer.leased and not any(c.leased for c in state.consumers)
         state.consumers.append(consumer)
         self._total += 1
+        if first_leased:
+            self._mark_leased_streams([consumer.queue])
         log.debug("{kind} consumer {peer} joined queue {queue}", kind=consumer.kind,
                   peer=consumer.peer, queue=consumer.queue)  # fmt: skip
         if first and self.notifications is not None:
@@ -325,6 +387,9 @@ class ConsumerRegistry:
             return
         state.consumers.remove(consumer)
         self._total -= 1
+        self._release_held(consumer.queue, state, consumer)
+        if consumer.leased and not any(c.leased for c in state.consumers):
+            self._mark_leased_streams([consumer.queue], withdraw=True)
         # What it held that no consumer wrote goes back to the queue, for the others.
         undelivered = consumer.take_backlog()
         if undelivered:
@@ -369,6 +434,26 @@ class ConsumerRegistry:
             dropped += 1
         return dropped
 
+    # -- leased streams, as other brokers see them --------------------------
+
+    def _leased_queues(self) -> list[str]:
+        return [q for q, state in self._queues.items() if any(c.leased for c in state.consumers)]
+
+    def _mark_leased_streams(self, queues: list[str], withdraw: bool = False) -> None:
+        """Tell every broker (through Redis) that this one has leased streams of ``queues``,
+        for three sweeps; or no longer. Failures are logged: the entries run out alone."""
+        if not queues:
+            return
+        ttl_ms = 0 if withdraw else int(3 * self.sweep_interval * 1000)
+        d = defer.ensureDeferred(self.engine.mark_leased_streams(queues, self.origin, ttl_ms))
+        d.addErrback(self._could_not_mark)
+        self._keep_track(d)
+
+    @staticmethod
+    def _could_not_mark(failure) -> None:
+        log.warn("could not tell other brokers about leased streams: {error}",
+                 error=failure.getErrorMessage())  # fmt: skip
+
     def count(self, queue: str) -> int:
         state = self._queues.get(queue)
         return len(state.consumers) if state else 0
@@ -395,6 +480,8 @@ class ConsumerRegistry:
             return
         if notices.is_batch(message):
             self._deliver_published(queue, message)
+        elif notices.is_settled(message):
+            self.settle(queue, notices.settled_receipts(message))
         elif message in (notices.ADD, notices.START):
             self.wake(queue)
         elif message == notices.PURGE:
@@ -404,9 +491,12 @@ class ConsumerRegistry:
         state = self._queues.pop(queue, None)
         if state is None:
             return
+        if any(c.leased for c in state.consumers):
+            self._mark_leased_streams([queue], withdraw=True)
         for consumer in list(state.consumers):
             self._total -= 1
             consumer.gone = True
+            consumer.let_go_leases()  # the purge dropped the leases too
             consumer.take_backlog()  # the queue is gone, and with it what was buffered
             consumer.close(reason)
         if self.notifications is not None:
@@ -422,6 +512,7 @@ class ConsumerRegistry:
         """
         if self._sweeping is not None:
             return self._sweeping
+        self._mark_leased_streams(self._leased_queues())  # refreshed before they run out
 
         def look(queue: str):
             state = self._queues.get(queue)
@@ -466,22 +557,9 @@ class ConsumerRegistry:
         try:
             while state.consumers and not self.stopping:
                 state.again = False
-                ready = sum(1 for c in state.consumers if c.can_take_more())
-                if not ready:
-                    return  # resumeProducing wakes us again
-                # Whether the batch's PUBLISH counts us, known before it runs (a stop
-                # may close the subscription before the reply is handed out).
-                ours = self._hears(queue)
-                batch = await self.engine.take_for_streams(
-                    queue,
-                    roundrobin_batch=min(ready, self.batch_size),
-                    broadcast_batch=self.batch_size,
-                    origin=self.origin,
-                    max_bytes=self.batch_bytes,
-                    on_late=lambda late, ours=ours: self._late_batch(queue, late, ours),
-                )
-                await self._deliver(queue, state, batch, ours)
-                if not batch.started or not (batch.remaining or state.again):
+                more = await self._feed_leased(queue, state)
+                more = await self._feed_unleased(queue, state) or more
+                if not (more or state.again):
                     return
         except StorageUnavailable as exc:
             log.warn("could not feed the consumers of {queue}: {error}", queue=queue, error=exc)
@@ -489,6 +567,134 @@ class ConsumerRegistry:
             log.failure("delivery to the consumers of {queue} failed", queue=queue)
         finally:
             state.draining = False
+
+    async def _feed_unleased(self, queue: str, state: _QueueConsumers) -> bool:
+        """One take_for_streams batch for the unleased consumers that can take more;
+        True when the queue has more for them."""
+        ready = sum(1 for c in self._unleased(state) if c.can_take_more())
+        if not ready:
+            return False  # resumeProducing wakes us again
+        leased_here = any(c.leased for c in state.consumers)
+        if leased_here and state.policy == "broadcast":
+            return False  # they get copies of what the leased consumers take
+        # Whether the batch's PUBLISH counts us, known before it runs (a stop
+        # may close the subscription before the reply is handed out).
+        ours = self._hears(queue)
+        batch = await self.engine.take_for_streams(
+            queue,
+            roundrobin_batch=min(ready, self.batch_size),
+            # with leased consumers here a broadcast batch is theirs to take
+            broadcast_batch=0 if leased_here else self.batch_size,
+            origin=self.origin,
+            max_bytes=self.batch_bytes,
+            on_late=lambda late, ours=ours: self._late_batch(queue, late, ours),
+        )
+        state.policy = batch.policy
+        await self._deliver(queue, state, batch, ours)
+        return batch.started and bool(batch.messages) and batch.remaining > 0
+
+    async def _feed_leased(self, queue: str, state: _QueueConsumers) -> bool:
+        """One lease batch for each leased consumer with a free window, sized to it;
+        True when the queue has more for them."""
+        more = False
+        for consumer in [c for c in state.consumers if c.leased]:
+            free = consumer.window()
+            if not free or not consumer.can_take_more() or self.stopping:
+                continue
+            assert consumer.lease is not None
+            batch = await self.engine.lease_for_streams(
+                queue,
+                consumer.lease,
+                min(free, self.batch_size),
+                origin=self.origin,
+                max_bytes=self.batch_bytes,
+                on_late=lambda late: self._release_unsent(queue, late.messages),
+            )
+            state.policy = batch.policy
+            self._hand_out_leased(queue, state, consumer, batch)
+            if not batch.started or not batch.messages:
+                return False
+            more = batch.remaining > 0
+        return more
+
+    def _hand_out_leased(
+        self, queue: str, state: _QueueConsumers, consumer: StreamConsumer, batch: LeasedBatch
+    ) -> None:
+        """Send a leased batch to the consumer it was taken for, each message holding a
+        window slot until it is settled or its lease runs out; under broadcast, copies go
+        to the unleased consumers here (the script published it for the other brokers)."""
+        if consumer.gone or self._queues.get(queue) is not state:
+            self._release_unsent(queue, batch.messages)  # it left while the batch was taken
+            return
+        for message in batch.messages:
+            timer = self.reactor.callLater(
+                message.lease, self._lease_ran_out, queue, message.receipt
+            )
+            consumer.held[message.receipt] = (message, timer)
+            state.holders[message.receipt] = consumer
+            consumer.send(message)
+            if batch.policy == "broadcast":
+                copy = Message(message.key, message.value)  # no receipt: not theirs to ack
+                for other in self._unleased(state):
+                    other.send(copy)
+
+    def settle(self, queue: str, receipts: list[str]) -> None:
+        """Leases were acked or released (by anyone, on any broker): the consumers that
+        held them here may take more."""
+        state = self._queues.get(queue)
+        if state is None:
+            return
+        freed = False
+        for receipt in receipts:
+            consumer = state.holders.pop(receipt, None)
+            if consumer is not None:
+                freed = consumer.forget(receipt) or freed
+        if freed:
+            self.wake(queue)
+
+    def _lease_ran_out(self, queue: str, receipt: str) -> None:
+        """A stream's lease ended unsettled: the message went back (lease sweeps, or the
+        next take); the slot is free again."""
+        state = self._queues.get(queue)
+        consumer = state.holders.pop(receipt, None) if state else None
+        if consumer is not None and consumer.forget(receipt):
+            log.info("lease {receipt} of {kind} consumer {peer} ran out unacknowledged",
+                     receipt=receipt, kind=consumer.kind, peer=consumer.peer)  # fmt: skip
+            self.wake(queue)
+
+    def _release_held(
+        self, queue: str, state: _QueueConsumers | None, consumer: StreamConsumer
+    ) -> None:
+        """A leased consumer is gone: what it held goes back to the head of the queue now
+        (what it never got does not count as a delivery)."""
+        if not consumer.held:
+            return
+        if state is not None:
+            for receipt in consumer.held:
+                state.holders.pop(receipt, None)
+        written, unsent = consumer.let_go_leases()
+        if written:
+            self._keep_track(defer.ensureDeferred(self._release(queue, written, True)))
+        if unsent:
+            self._keep_track(defer.ensureDeferred(self._release(queue, unsent, False)))
+
+    def _release_unsent(self, queue: str, messages: list[LeasedMessage]) -> None:
+        receipts = [message.receipt for message in messages]
+        if receipts:
+            self._keep_track(defer.ensureDeferred(self._release(queue, receipts, False)))
+
+    async def _release(self, queue: str, receipts: list[str], delivered: bool) -> None:
+        try:
+            await self.engine.release(queue, receipts, delivered=delivered)
+            log.info("released {n} unacknowledged message(s) of queue {queue} to its head",
+                     n=len(receipts), queue=queue)  # fmt: skip
+        except Exception:
+            log.failure(
+                "could not release {n} leased message(s) of queue {queue}; "
+                "they go back when their leases run out",
+                n=len(receipts),
+                queue=queue,
+            )
 
     async def _deliver(
         self, queue: str, state: _QueueConsumers, batch: StreamBatch, ours: bool
@@ -525,7 +731,7 @@ class ConsumerRegistry:
         if batch.policy != "roundrobin" and batch.published_to > int(ours):
             # Other brokers hand this batch to their consumers too: never put it back.
             for message in batch.messages:
-                for consumer in list(state.consumers):
+                for consumer in self._unleased(state):
                     consumer.send(message)
             return []
         leftovers = []
@@ -537,14 +743,18 @@ class ConsumerRegistry:
             if batch.policy == "roundrobin":
                 self._send_to_next(state, message, copies)
             else:
-                for consumer in list(state.consumers):
+                for consumer in self._unleased(state):
                     consumer.send(message, copies)
             if copies.let_go():
                 leftovers.append(message)  # no consumer here took it
         return leftovers
 
+    @staticmethod
+    def _unleased(state: _QueueConsumers) -> list[StreamConsumer]:
+        return [consumer for consumer in state.consumers if not consumer.leased]
+
     def _send_to_next(self, state: _QueueConsumers, message: TakenMessage, copies: Copies) -> bool:
-        consumers = state.consumers
+        consumers = self._unleased(state)
         for _ in range(len(consumers)):
             if not consumers:
                 return False
@@ -569,7 +779,7 @@ class ConsumerRegistry:
             return
         for key, body in batch.messages:
             message = Message(key, body)
-            for consumer in list(state.consumers):
+            for consumer in self._unleased(state):
                 consumer.send(message)
 
     async def _requeue(self, queue: str, messages: list[TakenMessage]) -> None:

@@ -19,15 +19,18 @@ key                         type     holds
 ``<q>:maxdeliveries``       string   deliveries before a message is dead (absent: no limit)
 ``restmq:leasing``          zset     queues that have leases, scored by their earliest
                                      deadline (what the sweepers read)
+``<q>:leasedstreams``       zset     brokers with leased streaming consumers of q ->
+                                     until when (ms, Redis ``TIME``); expires unrefreshed
 ==========================  =======  =============================================
 
-The last four exist only once leases (or max_deliveries) are used, so a queue used
+The leased-stream key exists only while some broker has leased streams of the queue.
+The four before it exist only once leases (or max_deliveries) are used, so a queue used
 without them keeps exactly the original keys. A leased message keeps its body until it is
 acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
 holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
 key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
-``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:<n>`` or ``:<n>:refcount``, or
-start with ``queuestat::``.
+``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
+``:<n>:refcount``, or start with ``queuestat::``.
 
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
@@ -82,6 +85,7 @@ _STATS = _script("stats", writes=False)
 _QUEUE_INFO = _script("queue_info", writes=False)
 _TAKE_FOR_STREAMS = _script("take_for_streams")
 _REQUEUE = _script("requeue")
+_STREAM_LEASERS = _script("stream_leasers")
 
 
 def _text(value: Any) -> str:
@@ -363,7 +367,8 @@ class QueueEngine:
         max_bytes: int = STREAM_BATCH_BYTES,
         on_late: Callable[[StreamBatch], object] | None = None,
     ) -> StreamBatch:
-        """Take a batch for streaming consumers in one atomic step (none if stopped).
+        """Take a batch for streaming consumers in one atomic step (none if stopped,
+        nor under broadcast while some broker has leased streams of the queue).
 
         Under broadcast the batch is also published on the queue's channel as
         ``{"v": 1, "o": origin, "m": [key, body, ...]}`` for the other brokers
@@ -378,6 +383,7 @@ class QueueEngine:
                 self._status_key(queue),
                 self._policy_key(queue),
                 self._deliveries(queue),
+                self._leased_streams(queue),
             ],
             [
                 roundrobin_batch,
@@ -406,6 +412,22 @@ class QueueEngine:
             messages=messages,
             published_to=_int(reply[2]),
             remaining=_int(reply[3]),
+        )
+
+    @staticmethod
+    def _leased_streams(queue: str) -> str:
+        return f"{queue}:leasedstreams"
+
+    async def mark_leased_streams(self, queues: Sequence[str], broker: str, ttl_ms: int) -> None:
+        """Say, for ``ttl_ms``, that ``broker`` has leased streaming consumers of ``queues``
+        (one call for all); ``ttl_ms == 0`` withdraws it. Under broadcast no broker takes
+        batches for unleased consumers of such a queue (see take_for_streams)."""
+        if not queues:
+            return
+        await self.redis.run_script(
+            _STREAM_LEASERS,
+            [self._leased_streams(queue) for queue in queues],
+            [broker, ttl_ms, notices.ADD, *(self.channel(queue) for queue in queues)],
         )
 
     async def requeue(self, queue: str, messages: list[TakenMessage]) -> None:
@@ -521,6 +543,64 @@ class QueueEngine:
         )
         return self._leased_messages(reply, seconds)
 
+    async def lease_for_streams(
+        self,
+        queue: str,
+        seconds: int,
+        n: int,
+        *,
+        origin: str,
+        max_bytes: int = STREAM_BATCH_BYTES,
+        on_late: Callable[[LeasedBatch], object] | None = None,
+    ) -> LeasedBatch:
+        """Lease up to ``n`` messages for one leased streaming consumer, in one atomic step.
+
+        As ``lease`` (overdue leases end first), but a stopped queue gives nothing, and
+        under broadcast the batch is also published like a ``take_for_streams`` batch, for
+        the unleased consumers of every broker. A batch Redis hands over after the caller
+        gave up goes to ``on_late`` (whose job is to release it).
+        """
+        args = [
+            queue,
+            seconds * 1000,
+            n,
+            max_bytes,
+            LEASE_RETURN_LIMIT,
+            origin,
+            notices.BATCH_VERSION,
+            notices.VERSION_FIELD,
+            notices.ORIGIN_FIELD,
+            notices.MESSAGES_FIELD,
+        ]
+        late = None if on_late is None else lambda r: on_late(self._leased_batch(r, seconds))
+        reply = await self._run_lease_script(_LEASE_FOR_STREAMS, queue, args, late)
+        return self._leased_batch(reply, seconds)
+
+    @staticmethod
+    def _leased_batch(reply: list, seconds: int) -> LeasedBatch:
+        deadline = _int(reply[4])
+        messages = []
+        for i in range(5, len(reply), 4):
+            key, deliveries = _text(reply[i]), _int(reply[i + 3])
+            messages.append(
+                LeasedMessage(
+                    key=key,
+                    value=_text(reply[i + 1]),
+                    ttl_ms=_int(reply[i + 2], -1),
+                    receipt=f"{key}@{deliveries}",
+                    deliveries=deliveries,
+                    lease=seconds,
+                    deadline_ms=deadline,
+                )
+            )
+        return LeasedBatch(
+            started=_int(reply[0]) == STARTED,
+            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
+            messages=messages,
+            published_to=_int(reply[2]),
+            remaining=_int(reply[3]),
+        )
+
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
         deadline = _int(reply[0])
@@ -553,7 +633,9 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_ACK, queue, flat, replicated=True)
+        reply = await self._run_lease_script(
+            _ACK, queue, [notices.SETTLED, *flat], replicated=True
+        )
         return self._receipt_results(parsed, reply)
 
     async def extend(self, queue: str, receipt: str, seconds: int) -> bool:
@@ -568,7 +650,9 @@ class QueueEngine:
         if seconds == 0:
             return (await self.release(queue, [receipt]))[0].done
         key, count = self._receipt(queue, receipt)
-        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [seconds * 1000, 1, key, count])
+        reply = await self._run_lease_script(
+            _CHANGE_LEASE, queue, [seconds * 1000, 1, notices.SETTLED, key, count]
+        )
         return bool(_int(reply[0]))
 
     async def release(
@@ -585,7 +669,9 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(_CHANGE_LEASE, queue, [0, int(delivered), *flat])
+        reply = await self._run_lease_script(
+            _CHANGE_LEASE, queue, [0, int(delivered), notices.SETTLED, *flat]
+        )
         return self._receipt_results(parsed, reply)
 
     @staticmethod
@@ -671,6 +757,17 @@ class LeaseBatch(list[LeasedMessage]):
 
 
 @dataclass(frozen=True)
+class LeasedBatch:
+    """What ``lease_for_streams`` got for one leased streaming consumer."""
+
+    started: bool
+    policy: str
+    messages: list[LeasedMessage]
+    published_to: int  # brokers the batch was published to (broadcast), this one included
+    remaining: int = 0  # messages still queued after the batch
+
+
+@dataclass(frozen=True)
 class ReceiptResult:
     """What an ack or release did with one receipt."""
 
@@ -709,3 +806,4 @@ _ACK = _lease_script("ack")
 _CHANGE_LEASE = _lease_script("change_lease")
 _REQUEUE_OVERDUE = _lease_script("requeue_overdue")
 _SWEEP_LEASES = _lease_script("sweep_leases")
+_LEASE_FOR_STREAMS = _lease_script("lease_for_streams")

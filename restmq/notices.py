@@ -1,8 +1,9 @@
 """The messages brokers sharing one Redis publish to each other (see docs/brokers.md).
 
 Each queue has a channel (restmq.core.QueueEngine.channel). The Lua scripts publish
-on it; every broker with streaming consumers of the queue listens. Two kinds of
-message travel there: a bare notice word, and a broadcast batch (a JSON object).
+on it; every broker with streaming consumers of the queue listens. Three kinds of
+message travel there: a bare notice word, a settled notice (the word ``settled``
+and receipts), and a broadcast batch (a JSON object).
 The words are passed into the scripts as arguments, so this is the one place
 that spells them.
 """
@@ -19,6 +20,20 @@ POLICY = "policy"  # the delivery policy changed (informational)
 START = "start"  # the queue was started: deliver its backlog
 STOP = "stop"  # the queue was stopped (informational)
 WORDS = (ADD, PURGE, POLICY, START, STOP)
+
+#: Leases were acked or released: ``settled <receipt> <receipt>...`` (receipts hold no
+#: space, as queue names do not). The leased stream holding them may take more.
+SETTLED = "settled"
+
+
+def is_settled(message: str) -> bool:
+    return message.startswith(SETTLED + " ")
+
+
+def settled_receipts(message: str) -> list[str]:
+    """The receipts a settled notice names."""
+    return message.split()[1:]
+
 
 #: Version of the broadcast batch message. A broker reads a batch without "v"
 #: (from an older broker) as version 1. New optional fields do not change it; a

@@ -189,10 +189,42 @@ class Operations:
         queue = validation.queue_name(queue)
         return Purged(queue, await self.engine.purge(queue))
 
-    def open_stream(self, consumer: StreamConsumer) -> None:
-        """Register a streaming consumer of ``consumer.queue``; TooManyConsumers when full."""
+    def open_stream(
+        self, consumer: StreamConsumer, lease: object = None, prefetch: object = None
+    ) -> None:
+        """Register a streaming consumer of ``consumer.queue``; TooManyConsumers when full.
+
+        With ``lease`` (seconds) it is a leased stream: each message comes under a lease,
+        at most ``prefetch`` (default validation.DEFAULT_PREFETCH) unacknowledged.
+        """
         validation.queue_name(consumer.queue)
+        if lease is not None:
+            window = validation.DEFAULT_PREFETCH if prefetch is None else prefetch
+            consumer.use_lease(validation.lease_seconds(lease), validation.prefetch(window))
+        elif prefetch is not None:
+            raise InvalidArgument("prefetch needs lease: it is the leased stream's window")
         self.consumers.add(consumer)
+
+    async def ack_receipt(self, queue: str, receipt: object) -> bool:
+        """Ack one leased message by its receipt; False when its lease is gone."""
+        queue = validation.queue_name(queue)
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidArgument("a receipt is required, such as q:5@1")
+        return (await self.engine.ack(queue, [receipt]))[0].done
+
+    async def settle_stream(self, consumer: StreamConsumer, receipt: object, ack: bool) -> bool:
+        """A leased stream's own ack (``ack``) or release to the head of the queue; False
+        when the lease is gone. Its window opens at once, as the notice may come later."""
+        queue = consumer.queue
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidArgument("a receipt is required, such as q:5@1")
+        if ack:
+            results = await self.engine.ack(queue, [receipt])
+        else:
+            results = await self.engine.release(queue, [receipt])
+        # Refused too: the lease ran out, so the slot is not held any more.
+        self.consumers.settle(queue, [receipt])
+        return results[0].done
 
     def close_stream(self, consumer: StreamConsumer) -> None:
         self.consumers.remove(consumer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from restmq.core import POLICIES, Message
+from restmq.core import POLICIES, LeasedMessage, Message
 from restmq.operations import AllStats, Deleted, OneStats, Policy, Purged, Status
 
 # -- REST: JSON over HTTP (/, /q, /p, /control, /stats) ------------------------
@@ -93,8 +93,11 @@ def one_stats(result: OneStats) -> dict[str, Any]:
 # -- streams: COMET, Server-Sent Events, WebSocket ----------------------------
 
 
-def stream_message(m: Message) -> dict[str, str]:
-    """What every streaming consumer is sent for a message: ``{"key", "value"}``."""
+def stream_message(m: Message) -> dict[str, Any]:
+    """What every streaming consumer is sent for a message: ``{"key", "value"}``; a
+    leased stream's message adds ``receipt`` (what an ack needs) and ``deliveries``."""
+    if isinstance(m, LeasedMessage):
+        return {"key": m.key, "value": m.value, "receipt": m.receipt, "deliveries": m.deliveries}
     return {"key": m.key, "value": m.value}
 
 

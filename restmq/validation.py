@@ -103,6 +103,15 @@ def lease_seconds(value: object, *, release: bool = False) -> int:
     return _whole_number(value, "lease", 0 if release else 1, MAX_LEASE)
 
 
+MAX_PREFETCH = 1000  # unacknowledged messages a leased stream may hold
+DEFAULT_PREFETCH = 10
+
+
+def prefetch(value: object) -> int:
+    """A leased stream's window: 1 to MAX_PREFETCH unacknowledged messages."""
+    return _whole_number(value, "prefetch", 1, MAX_PREFETCH)
+
+
 def max_deliveries(value: object) -> int:
     """A queue's max_deliveries: 0 (no limit) to MAX_DELIVERIES."""
     return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)

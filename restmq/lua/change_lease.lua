@@ -2,20 +2,23 @@
 -- its receipt. A lease of S > 0 ms now ends S ms from now; 0 releases the message at
 -- once: back to the head of the queue (the first receipt next to be taken), or to the
 -- dead letters when it was handed out max_deliveries times.
+-- Released receipts are announced on the queue's channel like acked ones (ack.lua).
 -- ARGV: 3 queue, 4 new lease in ms (0: release), 5 1 if a released delivery counts,
---       0 if it never reached anyone, then key, delivery count for each receipt
+--       0 if it never reached anyone, 6 the settled notice word, then key, delivery
+--       count for each receipt
 -- Returns 1 (done) or 0 for each receipt, in order.
 local k = queue_keys(ARGV[3])
 local lease, counted = tonumber(ARGV[4]), ARGV[5] == '1'
 local now = now_ms()
-local out, released = {}, {}
-for i = 6, #ARGV, 2 do
+local out, released, settled = {}, {}, {ARGV[6]}
+for i = 7, #ARGV, 2 do
   local key = ARGV[i]
   if holds(k, key, ARGV[i + 1], now) then
     if lease > 0 then
       redis.call('ZADD', k.leased, 'XX', now + lease, key)
     else
       released[#released + 1] = key
+      settled[#settled + 1] = key .. '@' .. ARGV[i + 1]
     end
     out[#out + 1] = 1
   else
@@ -24,6 +27,7 @@ for i = 6, #ARGV, 2 do
 end
 if #released > 0 then
   end_leases(k, released, counted)
+  redis.call('PUBLISH', k.channel, table.concat(settled, ' '))
 end
 index_queue(k)
 return out

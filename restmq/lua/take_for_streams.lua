@@ -2,8 +2,10 @@
 -- Nothing is taken from a stopped queue. Under the broadcast policy the batch is
 -- also published, so that every other broker sharing this Redis hands it to its
 -- own consumers; roundrobin batches go to this broker's consumers only.
+-- Under broadcast nothing is taken while some broker has leased streams of the queue
+-- (stream_leasers.lua): theirs are the takes, published for every unleased consumer.
 -- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:deliveries (a taken
---       message's lease count goes with it)
+--       message's lease count goes with it), 5 <q>:leasedstreams
 -- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
 --       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
 --       stops once its bodies reach it; one message at least), 6 batch version,
@@ -18,6 +20,11 @@ if redis.call('GET', KEYS[2]) == '0' then
   return {0, policy, 0, 0}
 end
 local wanted = tonumber(policy == '2' and ARGV[1] or ARGV[2])
+if policy == '1' and redis.call('EXISTS', KEYS[5]) == 1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') > 0 then wanted = 0 end
+end
 local out = {1, policy, 0, 0}
 local published = {}
 local taken, bytes, budget = 0, 0, tonumber(ARGV[5])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from restmq import acl, jsontext, shapes
 from restmq.errors import EmptyQueue, InvalidArgument
-from restmq.web.base import BaseHandler
+from restmq.web.base import ApiError, BaseHandler
 from restmq.web.pages import queue_list_page
 
 NOT_FOUND = "404 with an error body"
@@ -160,6 +160,21 @@ class QueueHandler(RestHandler):
         added = await self.operations.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
 
+    def prepare(self):
+        # An ack (DELETE with a receipt) consumes: acl.conf's consumer section guards it.
+        if self.request.method == "DELETE" and "receipt" in self.request.arguments:
+            self.access = {**self.access, "DELETE": acl.CONSUMER}
+        return super().prepare()
+
     async def delete(self, queue: str) -> None:
+        """Without ``receipt``: purge. With one: ack it (409 when its lease is gone)."""
         callback = self.callback()
-        self.answer(shapes.purged(await self.operations.purge(queue)), callback=callback)
+        receipt = self.arg("receipt")
+        if receipt is None:
+            self.answer(shapes.purged(await self.operations.purge(queue)), callback=callback)
+            return
+        acked = await self.operations.ack_receipt(queue, receipt)
+        if not acked:
+            raise ApiError(409, f"the lease of receipt {receipt[:200]!r} is gone")
+        key = receipt.rpartition("@")[0]
+        self.answer({"queue": queue, "key": key, "acked": True}, callback=callback)

@@ -1,4 +1,8 @@
-"""``GET /c/<queue>``: COMET (one JSON line per message) or Server-Sent Events."""
+"""``GET /c/<queue>``: COMET (one JSON line per message) or Server-Sent Events.
+
+``?lease=S&prefetch=P`` makes it a leased stream: each message carries its
+``receipt``, at most P unacknowledged; acks are ``DELETE /q/<queue>?receipt=R``.
+"""
 
 from __future__ import annotations
 
@@ -84,7 +88,8 @@ class StreamHandler(BaseHandler):
         callback = self.callback()
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         consumer = SseConsumer(self, queue, None) if sse else CometConsumer(self, queue, callback)
-        self.operations.open_stream(consumer)  # a bad name, or TooManyConsumers: no stream
+        # a bad name, lease or prefetch, or TooManyConsumers: no stream
+        self.operations.open_stream(consumer, self.arg("lease"), self.arg("prefetch"))
         self.consumer = consumer
         cyclone_fixes.keep_open(self)  # the response stays open
         cyclone_fixes.stream_without_keep_alive(self)

@@ -3,6 +3,11 @@
 cyclone.websocket does not work on Python 3 (see docs/cyclone.md), so this
 handler takes the connection over itself: it answers the upgrade, puts the
 HTTP connection in raw mode and feeds every byte to a wsproto Connection.
+
+``?lease=S&prefetch=P`` makes it a leased stream: each message carries its
+``receipt``, and the client's text frames ``{"ack": R}`` and ``{"nack": R}`` ack
+a message or release it to the head of the queue. Without lease, the client's
+frames are echoed, as the original did.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ import base64
 import hashlib
 from urllib.parse import unquote
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from restmq import acl, shapes, validation
+from restmq import acl, jsontext, shapes, validation
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
-from restmq.errors import InvalidArgument, TooManyConsumers
+from restmq.errors import InvalidArgument, StorageUnavailable, TooManyConsumers
 from restmq.web import cyclone_fixes
 from restmq.web.base import ApiError, BaseHandler, encode_json
 from restmq.web.frame_guard import FrameSizeGuard
@@ -86,6 +92,11 @@ class WebSocketHandler(BaseHandler):
         cyclone_fixes.remember_transforms(self, transforms)
         try:
             queue = self._check_upgrade()
+            lease, prefetch = self.arg("lease"), self.arg("prefetch")
+            if lease is not None:
+                validation.lease_seconds(lease)  # refused before the upgrade, as HTTP
+            if prefetch is not None:
+                validation.prefetch(prefetch)
         except (ApiError, InvalidArgument) as exc:
             self._handle_request_exception(exc)
             return
@@ -93,7 +104,7 @@ class WebSocketHandler(BaseHandler):
         # thread); meanwhile the HTTP connection keeps any bytes the client sent after
         # its handshake, unparsed, until _upgrade hands them to wsproto.
         checking = self.broker.check_access_async(self.request, acl.WEBSOCKET)
-        checking.addCallbacks(lambda _: self._upgrade(queue), self._refused)
+        checking.addCallbacks(lambda _: self._upgrade(queue, lease, prefetch), self._refused)
         checking.addErrback(self._failed)
 
     def _refused(self, failure) -> None:
@@ -111,7 +122,7 @@ class WebSocketHandler(BaseHandler):
         elif not cyclone_fixes.is_finished(self):
             self.send_error(500)
 
-    def _upgrade(self, queue: str) -> None:
+    def _upgrade(self, queue: str, lease: str | None, prefetch: str | None) -> None:
         if cyclone_fixes.client_is_gone(self):
             return  # it left while its password was checked: nothing to register
         connection = self.request.connection
@@ -119,8 +130,8 @@ class WebSocketHandler(BaseHandler):
         ws = Connection(ConnectionType.SERVER)
         consumer = WebSocketConsumer(queue, self.request.remote_ip, transport, ws)
         try:
-            self.operations.open_stream(consumer)
-        except TooManyConsumers as exc:
+            self.operations.open_stream(consumer, lease, prefetch)
+        except (TooManyConsumers, InvalidArgument) as exc:
             self._handle_request_exception(exc)  # answered like every refusal (as_api_error)
             return
         self.consumer = consumer
@@ -192,6 +203,9 @@ class WebSocketHandler(BaseHandler):
                     else b"".join(self._incoming)
                 )
                 self._incoming, self._incoming_size = [], 0
+                if self.consumer.leased and isinstance(event, TextMessage):
+                    self._settle(whole)
+                    return
                 # The original echoes what a consumer sends.
                 kind = TextMessage if isinstance(event, TextMessage) else BytesMessage
                 self.consumer.transport.write(self.ws.send(kind(data=whole)))
@@ -201,6 +215,37 @@ class WebSocketHandler(BaseHandler):
             self.operations.close_stream(self.consumer)
             # The answer repeats the client's code and reason (RFC 6455 5.5.1).
             self.consumer.close(event.reason or "", code=event.code)
+
+    def _settle(self, text: str) -> None:
+        """``{"ack": R}`` or ``{"nack": R}`` from a leased consumer; what went wrong is
+        told in an ``{"error": ..., "receipt": R}`` frame, and the stream goes on."""
+        try:
+            frame = jsontext.decode(text, what="frame")
+        except InvalidArgument:
+            frame = None
+        verbs = [verb for verb in ("ack", "nack") if isinstance(frame, dict) and verb in frame]
+        if len(verbs) != 1 or len(frame) != 1:
+            self._tell({"error": 'send {"ack": receipt} or {"nack": receipt}'})
+            return
+        receipt = frame[verbs[0]]
+        d = defer.ensureDeferred(
+            self.operations.settle_stream(self.consumer, receipt, ack=verbs[0] == "ack")
+        )
+
+        def done(settled: bool) -> None:
+            if not settled:
+                self._tell({"error": "the lease is gone (ran out, or settled)", "receipt": receipt})
+
+        def failed(failure) -> None:
+            failure.trap(InvalidArgument, StorageUnavailable)
+            self._tell({"error": failure.getErrorMessage(), "receipt": str(receipt)[:200]})
+
+        d.addCallbacks(done, failed)
+        d.addErrback(lambda f: log.failure("settling {receipt} failed", f, receipt=receipt))
+
+    def _tell(self, obj: dict) -> None:
+        if not self.consumer.gone:
+            self.consumer.transport.write(self.ws.send(TextMessage(data=encode_json(obj))))
 
     def _connection_lost(self, result):
         self.operations.close_stream(self.consumer)
