@@ -477,7 +477,7 @@ class QueueEngine:
 
     def _lease_args(self, queue: str) -> list[Any]:
         """KEYS and the first ARGV every lease script takes (see lua/lease_lib.lua)."""
-        return [QUEUESET, LEASING, self._status_key(""), self._channel_prefix, queue]
+        return [QUEUESET, LEASING, self._status_key(""), self._channel_prefix, notices.ADD, queue]
 
     async def _run_lease_script(
         self,
@@ -614,7 +614,7 @@ class QueueEngine:
         reply = await self.redis.run_script(
             _SWEEP_LEASES,
             [QUEUESET, LEASING],
-            [self._status_key(""), self._channel_prefix, max_queues, max_leases],
+            [self._status_key(""), self._channel_prefix, notices.ADD, max_queues, max_leases],
         )
         return SweepResult(*(_int(part) for part in reply[:3]), more=bool(_int(reply[3])))
 

@@ -1,12 +1,12 @@
 -- Acknowledge leased messages: delete each one whose lease is live and whose delivery
 -- count matches its receipt (body, peek counter, lease, delivery count). A late ack or
 -- the receipt of an earlier delivery changes nothing.
--- ARGV: 3 queue, then key, delivery count for each receipt
+-- ARGV: 4 queue, then key, delivery count for each receipt
 -- Returns 1 (acked) or 0 for each receipt, in order.
-local k = queue_keys(ARGV[3])
+local k = queue_keys(ARGV[4])
 local now = now_ms()
 local out = {}
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local key = ARGV[i]
   if holds(k, key, ARGV[i + 1], now) then
     redis.call('ZREM', k.leased, key)
