@@ -14,8 +14,18 @@ from dataclasses import dataclass
 
 from restmq import validation
 from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import Message, QueueEngine, QueueInfo, QueueStats, TakenMessage
-from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus
+from restmq.core import (
+    POLICIES,
+    LeasedMessage,
+    Message,
+    QueueEngine,
+    QueueInfo,
+    QueueStats,
+    ReceiptResult,
+    TakenMessage,
+)
+from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, LeaseGone
+from restmq.waiters import WaiterRegistry
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
@@ -48,6 +58,24 @@ class Purged:
 class Policy:
     queue: str
     policy: str  # "broadcast" or "roundrobin"
+    max_deliveries: int | None = None  # deliveries before a message is dead; 0 no limit
+
+
+@dataclass(frozen=True)
+class Acked:
+    queue: str
+    key: str
+    acked: bool  # False: the lease had run out, was settled, or is of an earlier delivery
+
+
+@dataclass(frozen=True)
+class LeaseChanged:
+    """An extended or released lease."""
+
+    queue: str
+    key: str
+    receipt: str
+    lease: int  # seconds from now it ends; 0: released, the message is back at the head
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,8 @@ class OneStats:
     queue: str
     length: int
     consumers: int  # streaming consumers of the queue on this broker
+    leased: int = 0  # messages handed out under a lease and not yet acked
+    dead: int | None = None  # length of <queue>:dead; None when there is no such queue
 
 
 class Operations:
@@ -86,10 +116,13 @@ class Operations:
         engine: QueueEngine,
         consumers: ConsumerRegistry,
         describe_storage: Callable[[], str],
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.consumers = consumers
         self.describe_storage = describe_storage
+        # long-poll requests parked until their queue has a message
+        self.waiters = waiters if waiters is not None else WaiterRegistry(engine, consumers.reactor)
 
     # -- producing ----------------------------------------------------------
 
@@ -107,7 +140,10 @@ class Operations:
             raise InvalidArgument(f"at most {validation.MAX_BATCH} messages per request")
         if not all(isinstance(value, str) for value in values):
             raise InvalidArgument("a message value must be text")
-        return Added(queue, await self.engine.add_many(queue, list(values), seconds))
+        added = Added(queue, await self.engine.add_many(queue, list(values), seconds))
+        # Our own waiters need not wait for the add notice to come back from Redis.
+        self.waiters.wake(queue)
+        return added
 
     # -- consuming ----------------------------------------------------------
 
@@ -123,6 +159,94 @@ class Operations:
         """Take up to ``n`` (1 to validation.MAX_BATCH) messages; an empty list when none."""
         queue = validation.queue_name(queue)
         return await self.engine.pop_many(queue, validation.batch_size(n))
+
+    async def take(
+        self,
+        queue: str,
+        n: object = None,
+        lease: object = None,
+        wait: object = None,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> list[TakenMessage]:
+        """Take up to ``n`` messages (1 when None), under a lease of ``lease`` seconds
+        when given (LeasedMessage, each with its receipt); [] when there are none.
+
+        With ``wait`` seconds (0 to validation.MAX_WAIT) an empty queue is waited on
+        until a message arrives, oldest waiter first; [] when none came in time.
+        ``gone()`` says the client left: what was taken for it goes back to the head.
+        """
+        queue = validation.queue_name(queue)
+        count = 1 if n is None else validation.batch_size(n)
+        seconds = None if lease is None else validation.lease_seconds(lease)
+        patience = validation.wait_seconds(wait)
+
+        async def take_now() -> list[TakenMessage]:
+            if seconds is None:
+                return await self.engine.pop_many(queue, count)
+            return list(await self.engine.lease(queue, seconds, count))
+
+        async def give_back(messages: list[TakenMessage]) -> None:
+            if seconds is None:
+                await self.engine.requeue(queue, messages)
+            else:  # nobody got them: the delivery does not count
+                receipts = [m.receipt for m in messages if isinstance(m, LeasedMessage)]
+                await self.engine.release(queue, receipts, delivered=False)
+
+        if not patience or not self.waiters.has_waiters(queue):
+            # Older waiters go first; without any, try at once.
+            messages = await take_now()
+            if messages and gone():
+                await give_back(messages)
+                return []
+            if messages or not patience:
+                return messages
+        return await self.waiters.wait(queue, take_now, give_back, patience, gone)
+
+    async def ack(self, queue: str, receipts: Sequence[str]) -> list[Acked]:
+        """Acknowledge leased messages by receipt (1 to validation.MAX_BATCH), in one step.
+
+        Each message is deleted only while the lease its receipt names is live."""
+        queue = validation.queue_name(queue)
+        if isinstance(receipts, str) or not all(isinstance(r, str) for r in receipts):
+            raise InvalidArgument("a receipt is text such as q:5@1")
+        return [self._acked(queue, result) for result in await self.engine.ack(queue, receipts)]
+
+    async def ack_one(self, queue: str, receipt: object) -> Acked:
+        """Acknowledge one leased message; LeaseGone when its lease is gone."""
+        acked = (await self.ack(queue, [self._receipt_text(receipt)]))[0]
+        if not acked.acked:
+            raise LeaseGone(acked.queue, str(receipt))
+        return acked
+
+    async def change_lease(self, queue: str, receipt: object, lease: object) -> LeaseChanged:
+        """Make the lease of ``receipt`` end ``lease`` seconds from now; 0 releases it (the
+        message goes back to the head). LeaseGone when the lease is gone."""
+        queue = validation.queue_name(queue)
+        receipt = self._receipt_text(receipt)
+        if lease is None or lease == "":
+            raise InvalidArgument(
+                "lease is required with a receipt: seconds from now, or 0 to release"
+            )
+        seconds = validation.lease_seconds(lease, release=True)
+        if not await self.engine.extend(queue, receipt, seconds):
+            raise LeaseGone(queue, receipt)
+        return LeaseChanged(queue, receipt.rpartition("@")[0], receipt, seconds)
+
+    async def release(self, queue: str, receipt: object) -> bool:
+        """Release one lease now (the message goes back to the head); False when it is gone."""
+        queue = validation.queue_name(queue)
+        results = await self.engine.release(queue, [self._receipt_text(receipt)])
+        return results[0].done
+
+    @staticmethod
+    def _receipt_text(receipt: object) -> str:
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidArgument("a receipt is required, such as q:5@1")
+        return receipt
+
+    @staticmethod
+    def _acked(queue: str, result: ReceiptResult) -> Acked:
+        return Acked(queue, result.key, result.done)
 
     async def peek(self, queue: str) -> Message:
         """The oldest message, left in place, its peek count raised; EmptyQueue when none."""
@@ -155,8 +279,31 @@ class Operations:
     # -- settings -----------------------------------------------------------
 
     async def policy(self, queue: str) -> Policy:
+        """The delivery policy and max_deliveries of ``queue``."""
         queue = validation.queue_name(queue)
-        return Policy(queue, await self.engine.get_policy(queue))
+        policy = await self.engine.get_policy(queue)
+        return Policy(queue, policy, await self.engine.get_max_deliveries(queue))
+
+    async def configure(self, queue: str, policy: object, max_deliveries: object) -> None:
+        """``/p/<queue>``: set the policy, max_deliveries, or both (both checked first).
+        Without max_deliveries the policy is required, as it always was."""
+        queue = validation.queue_name(queue)
+        if max_deliveries is not None:
+            validation.max_deliveries(max_deliveries)
+            if policy is not None and policy not in POLICIES:
+                raise InvalidArgument(
+                    f"invalid policy {str(policy)[:40]!r}: use broadcast or roundrobin"
+                )
+        if policy is not None or max_deliveries is None:
+            await self.set_policy(queue, policy)
+        if max_deliveries is not None:
+            await self.set_max_deliveries(queue, max_deliveries)
+
+    async def set_max_deliveries(self, queue: str, n: object) -> int:
+        """Deliveries (0 to validation.MAX_DELIVERIES, 0: no limit) after which an
+        unacknowledged message goes to ``<queue>:dead``."""
+        queue = validation.queue_name(queue)
+        return await self.engine.set_max_deliveries(queue, validation.max_deliveries(n))
 
     async def set_policy(self, queue: str, policy: object) -> Policy:
         """Set ``broadcast`` or ``roundrobin``."""
@@ -191,8 +338,15 @@ class Operations:
 
     async def stats(self, queue: str) -> OneStats:
         queue = validation.queue_name(queue)
-        length = await self.engine.length(queue)
-        return OneStats(self.describe_storage(), queue, length, self.consumers.count(queue))
+        stats = (await self.engine.info(queue, newest=0)).stats
+        return OneStats(
+            self.describe_storage(),
+            queue,
+            stats.length,
+            self.consumers.count(queue),
+            leased=stats.leased,
+            dead=stats.dead,
+        )
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """For /j/<queue>: stats, the message counter and the ``newest`` pending keys."""

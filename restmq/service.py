@@ -25,6 +25,7 @@ from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
 from restmq.tls import TLSConfigError, server_options
+from restmq.waiters import WaiterRegistry
 from restmq.web.app import BrokerApplication
 
 log = Logger(namespace="restmq")
@@ -40,6 +41,7 @@ class Broker:
         consumers: ConsumerRegistry,
         access: acl.AccessControl | None = None,
         budget: MemoryBudget | None = None,
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.redis = redis
         # request bodies in flight and consumer backlogs, together (--max-buffered)
@@ -47,7 +49,7 @@ class Broker:
         self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
-        self.operations = Operations(engine, consumers, self.describe_storage)
+        self.operations = Operations(engine, consumers, self.describe_storage, waiters)
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -105,19 +107,22 @@ class BrokerService(service.Service):
             heartbeat_interval=options["sse-heartbeat"],
             budget=budget,
         )
+        self.waiters = WaiterRegistry(engine, reactor)
         self.notifications = Notifications(
             reactor,
             address,
-            self.consumers.on_notice,
+            self._on_notice,
             password=options["redis-password"],
-            on_reconnect=self.consumers.sweep,
+            on_reconnect=self._on_reconnect,
         )
         self.access = acl.AccessControl(
             options["acl"] or None,
             required=options["acl-given"],
             trusted_proxies=options["trusted-proxies"],
         )
-        self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
+        self.broker = Broker(
+            self.redis, engine, self.consumers, self.access, budget, waiters=self.waiters
+        )
         self.lease_sweeper = LeaseSweeper(engine, reactor)
         self.application = BrokerApplication(
             self.broker, max_body=options["max-body"], header_timeout=options["header-timeout"]
@@ -158,6 +163,7 @@ class BrokerService(service.Service):
         await self.redis.wait_until_ready()
         self.notifications.start()
         self.consumers.start(self.notifications)
+        self.waiters.start(self.notifications)
         self.lease_sweeper.start()
         interface = self.options["listen"]
         if self.tls is not None:
@@ -177,6 +183,16 @@ class BrokerService(service.Service):
             host=host,
             port=address.port,
         )
+
+    def _on_notice(self, channel: str, message: str) -> None:
+        """A queue's channel speaks: streaming consumers and long-poll waiters listen."""
+        self.consumers.on_notice(channel, message)
+        self.waiters.on_notice(channel, message)
+
+    def _on_reconnect(self) -> None:
+        # Notices published while pub/sub was away are gone: everyone looks again.
+        self.consumers.sweep()
+        self.waiters.sweep()
 
     def _start_failed(self, failure) -> None:
         if failure.check(defer.CancelledError):
@@ -199,6 +215,7 @@ class BrokerService(service.Service):
         if self.port is not None:
             await self.port.stopListening()
             log.info("HTTP port closed")
+        self.waiters.stop()  # long-poll waiters are answered 204 at once
         await self.consumers.stop()
         await self.notifications.stop()
         await self.lease_sweeper.stop()
