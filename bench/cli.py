@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.bodies import BodiesScenario
 from bench.consumers import RouteMissing
+from bench.leases import LeasesScenario
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "fanout": FanoutScenario,
     "memory": IdleMemoryScenario,
     "bodies": BodiesScenario,
+    "leases": LeasesScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -50,6 +52,9 @@ scenarios (--only):
            consumers (target <= 50 MB); valkey RSS shown apart
   bodies   broker RSS before, at the peak of, and after --big-posts concurrent POSTs
            of 8 MB (the memory budget, --max-buffered, at its default)
+  leases   consumed msg/s with --lease-consumers consumers: plain pops, leased take +
+           ack (target >= 0.45x plain), n=10 + one ack (target >= 2x plain); long-poll
+           wake-up p50/p99 next to SSE delivery (target: p50 <= 1.5x SSE p50)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
@@ -111,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
-        help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
+        help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, leases, "
              "streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
@@ -140,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
         help="transports the idle consumers are spread over (default sse,comet,ws)")  # fmt: skip
     add("--big-posts", type=_positive(int), default=40, metavar="N",
         help="concurrent 8 MB POSTs of the bodies scenario (default 40)")  # fmt: skip
+    add("--lease-consumers", type=_positive(int), default=50, metavar="N",
+        help="concurrent consumers of the leases scenario (default 50)")  # fmt: skip
+    add("--wake-up-samples", type=_positive(int), default=200, metavar="N",
+        help="long-poll and SSE deliveries timed by the leases scenario (default 200)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -114,7 +114,8 @@ def summary(results: list[ScenarioResult]) -> str:
         for check in result.checks:
             if check.note and check.note != result.skipped:
                 notes.append(f"  {check.target}: {check.note}")
-            table.add(f"#{check.issue}", check.target, check.measured or "-", check.status)
+            issue = f"#{check.issue}" if check.issue else "-"
+            table.add(issue, check.target, check.measured or "-", check.status)
     missed = sum(c.status == MISSED for r in results for c in r.checks)
     passed = sum(c.status == PASS for r in results for c in r.checks)
     other = sum(c.status in (SKIPPED, ERROR) for r in results for c in r.checks)
