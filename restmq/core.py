@@ -73,7 +73,6 @@ def _script(name: str) -> LuaScript:
 
 
 _ADD = _script("add")
-_POP = _script("pop")
 _PEEK = _script("peek")
 _DELETE = _script("delete")
 _PURGE = _script("purge")
@@ -205,15 +204,17 @@ class QueueEngine:
     async def pop_many(self, queue: str, n: int) -> list[TakenMessage]:
         """Take up to ``n`` of the oldest live messages in one atomic step.
 
+        The queue's leases that ran out end first (back to the head, or to the dead
+        letters), in the same script, as for a leased take.
         The batch stops early at ``POP_BYTES`` of bodies (one message at least).
         A pop that Redis answers after the client was told 503 has still taken
         its messages: they go back to the head of the queue.
         """
         validation.queue_name(queue)
-        flat = await self.redis.run_script(
+        flat = await self._run_lease_script(
             _POP,
-            [self._list(queue), self._deliveries(queue)],
-            [n, POP_BYTES],
+            queue,
+            [n, POP_BYTES, LEASE_RETURN_LIMIT],
             on_late=lambda reply: self._requeue_late(queue, self._popped(reply)),
         )
         return self._popped(flat)
@@ -422,8 +423,8 @@ class QueueEngine:
     # receipt it got (``<key>@<deliveries>``), or the lease runs out and the message
     # goes back to the head of its queue, or to the dead letters ``<q>:dead`` once it
     # was handed out max_deliveries times. A script touches only the leases its
-    # receipts name, except ``lease`` (which first ends the queue's overdue leases)
-    # and the sweeps. Times come from Redis ``TIME``, so brokers with different
+    # receipts name, except ``lease`` and ``pop_many`` (which first end the queue's
+    # overdue leases) and the sweeps. Times come from Redis ``TIME``, so brokers with different
     # clocks agree on when a lease runs out.
 
     @staticmethod
@@ -672,6 +673,7 @@ def _lease_script(name: str) -> LuaScript:
 
 
 _LEASE = _lease_script("lease")
+_POP = _lease_script("pop")
 _ACK = _lease_script("ack")
 _CHANGE_LEASE = _lease_script("change_lease")
 _REQUEUE_OVERDUE = _lease_script("requeue_overdue")
