@@ -201,7 +201,7 @@ def test_json_protocol_takes_under_a_lease_and_acks(shared_broker, queue):
 
 def test_xmlrpc_lease_ack_and_release(shared_broker, queue):
     b = shared_broker
-    rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{b.port}/xmlrpc", allow_none=True)
+    rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{b.port}/xmlrpc")
     first = post_value(b, queue, "first")
     taken = rpc.lease(queue, 30)
     assert taken == {"key": first, "value": "first", "receipt": f"{first}@1", "deliveries": 1}
