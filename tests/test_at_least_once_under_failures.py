@@ -93,8 +93,8 @@ def test_every_add_answered_200_survives_the_embedded_valkey_being_killed(broker
                 continue
             if response.status == 200:
                 accepted.append(response.text.strip())
-            else:
-                assert response.status == 503, response.body
+            else:  # not stored (503), or not known to be (504): not counted as added
+                assert response.status in (503, 504), response.body
                 refused += 1
 
     with ThreadPoolExecutor(2) as pool:
