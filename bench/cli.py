@@ -16,6 +16,7 @@ from pathlib import Path
 from bench.bodies import BodiesScenario
 from bench.consumers import RouteMissing
 from bench.leased import LeasedScenario
+from bench.leases import LeasesScenario
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "bodies": BodiesScenario,
     "shutdown": ShutdownScenario,
     "leased": LeasedScenario,
+    "leases": LeasesScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -60,6 +62,9 @@ scenarios (--only):
   leased   messages acked per second by --leased-consumers leased WebSocket
            consumers acking with frames, then as many leased SSE consumers
            acking with DELETE /q/<q>?receipt=R, each with --prefetch
+  leases   consumed msg/s with --lease-consumers consumers: plain pops, leased take +
+           ack (target >= 0.45x plain), n=10 + one ack (target >= 2x plain); long-poll
+           wake-up p50/p99 next to SSE delivery (target: p50 <= 1.5x SSE p50)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
@@ -123,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "shutdown, leased, streaming, all); default: all")  # fmt: skip
+             "shutdown, leased, leases, streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
     add("--warmup", type=_positive(float), default=1.0, metavar="S",
@@ -159,6 +164,10 @@ def parser() -> argparse.ArgumentParser:
         help="leased consumers per transport of the leased scenario (default 10)")  # fmt: skip
     add("--prefetch", type=_positive(int), default=10, metavar="N",
         help="prefetch window of each leased consumer (default 10)")  # fmt: skip
+    add("--lease-consumers", type=_positive(int), default=50, metavar="N",
+        help="concurrent consumers of the leases scenario (default 50)")  # fmt: skip
+    add("--wake-up-samples", type=_positive(int), default=200, metavar="N",
+        help="long-poll and SSE deliveries timed by the leases scenario (default 200)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -76,7 +76,6 @@ def _script(name: str, *, writes: bool = True) -> LuaScript:
 
 
 _ADD = _script("add")
-_POP = _script("pop")
 _PEEK = _script("peek", writes=False)  # only its peek counter changes
 _DELETE = _script("delete")
 _PURGE = _script("purge")
@@ -210,15 +209,17 @@ class QueueEngine:
     async def pop_many(self, queue: str, n: int) -> list[TakenMessage]:
         """Take up to ``n`` of the oldest live messages in one atomic step.
 
+        The queue's leases that ran out end first (back to the head, or to the dead
+        letters), in the same script, as for a leased take.
         The batch stops early at ``POP_BYTES`` of bodies (one message at least).
         A pop that Redis answers after the client was told 503 has still taken
         its messages: they go back to the head of the queue.
         """
         validation.queue_name(queue)
-        flat = await self.redis.run_script(
+        flat = await self._run_lease_script(
             _POP,
-            [self._list(queue), self._deliveries(queue)],
-            [n, POP_BYTES],
+            queue,
+            [n, POP_BYTES, LEASE_RETURN_LIMIT],
             on_late=lambda reply: self._requeue_late(queue, self._popped(reply)),
         )
         return self._popped(flat)
@@ -445,8 +446,8 @@ class QueueEngine:
     # receipt it got (``<key>@<deliveries>``), or the lease runs out and the message
     # goes back to the head of its queue, or to the dead letters ``<q>:dead`` once it
     # was handed out max_deliveries times. A script touches only the leases its
-    # receipts name, except ``lease`` (which first ends the queue's overdue leases)
-    # and the sweeps. Times come from Redis ``TIME``, so brokers with different
+    # receipts name, except ``lease`` and ``pop_many`` (which first end the queue's
+    # overdue leases) and the sweeps. Times come from Redis ``TIME``, so brokers with different
     # clocks agree on when a lease runs out.
 
     @staticmethod
@@ -500,7 +501,7 @@ class QueueEngine:
 
     def _lease_args(self, queue: str) -> list[Any]:
         """KEYS and the first ARGV every lease script takes (see lua/lease_lib.lua)."""
-        return [QUEUESET, LEASING, self._status_key(""), self._channel_prefix, queue]
+        return [QUEUESET, LEASING, self._status_key(""), self._channel_prefix, notices.ADD, queue]
 
     async def _run_lease_script(
         self,
@@ -633,9 +634,7 @@ class QueueEngine:
         validation.queue_name(queue)
         parsed = self._receipts(queue, receipts)
         flat = [part for key, count in parsed for part in (key, count)]
-        reply = await self._run_lease_script(
-            _ACK, queue, [notices.SETTLED, *flat], replicated=True
-        )
+        reply = await self._run_lease_script(_ACK, queue, [notices.SETTLED, *flat], replicated=True)
         return self._receipt_results(parsed, reply)
 
     async def extend(self, queue: str, receipt: str, seconds: int) -> bool:
@@ -706,7 +705,7 @@ class QueueEngine:
         reply = await self.redis.run_script(
             _SWEEP_LEASES,
             [QUEUESET, LEASING],
-            [self._status_key(""), self._channel_prefix, max_queues, max_leases],
+            [self._status_key(""), self._channel_prefix, notices.ADD, max_queues, max_leases],
         )
         ended = tuple(
             LeasesEnded(_text(reply[i]), _int(reply[i + 1]), _int(reply[i + 2]))
@@ -802,6 +801,7 @@ def _lease_script(name: str) -> LuaScript:
 
 
 _LEASE = _lease_script("lease")
+_POP = _lease_script("pop")
 _ACK = _lease_script("ack")
 _CHANGE_LEASE = _lease_script("change_lease")
 _REQUEUE_OVERDUE = _lease_script("requeue_overdue")

@@ -13,9 +13,15 @@ from restmq import acl, jsontext, shapes
 from restmq.errors import EmptyQueue, InvalidArgument
 from restmq.operations import Operations
 
-COMMANDS = ("add", "get", "take", "del")
-#: the acl.conf section each command needs: get/take consume, the rest produce
-SECTIONS = {"add": acl.PRODUCER, "get": acl.CONSUMER, "take": acl.CONSUMER, "del": acl.PRODUCER}
+COMMANDS = ("add", "get", "take", "del", "ack")
+#: the acl.conf section each command needs: get/take/ack consume, the rest produce
+SECTIONS = {
+    "add": acl.PRODUCER,
+    "get": acl.CONSUMER,
+    "take": acl.CONSUMER,
+    "del": acl.PRODUCER,
+    "ack": acl.CONSUMER,
+}
 #: the original's answer to a command it does not know, byte for byte
 UNKNOWN_COMMAND = "null resultset"
 
@@ -48,8 +54,18 @@ async def dispatch(ops: Operations, command: Any, default_queue: str | None = No
             message = await ops.peek(queue)
             return shapes.json_peeked(queue, message)
         if cmd == "take":
-            message = await ops.pop(queue)
-            return shapes.json_taken(queue, message)
+            if command.get("lease") is None:
+                message = await ops.pop(queue)
+                return shapes.json_taken(queue, message)
+            taken = await ops.take(queue, lease=command["lease"])
+            if not taken:
+                raise EmptyQueue(queue)
+            return shapes.json_taken(queue, taken[0])
+        if cmd == "ack":
+            receipt = command.get("receipt")
+            if not isinstance(receipt, str) or not receipt:
+                raise InvalidArgument('the ack command needs a "receipt", such as "q:5@1"')
+            return shapes.acked((await ops.ack(queue, [receipt]))[0])
         # del
         if not command.get("key"):
             raise InvalidArgument("the del command needs the key of a message")

@@ -28,6 +28,16 @@ class EmptyQueue(LookupError):
         self.queue = queue
 
 
+class LeaseGone(LookupError):
+    """The lease a receipt names ran out, was settled, or belongs to an earlier delivery
+    (HTTP 409): the message went back, or to someone else."""
+
+    def __init__(self, queue: str, receipt: str) -> None:
+        super().__init__(f"the lease of receipt {receipt!r} on queue {queue!r} is gone")
+        self.queue = queue
+        self.receipt = receipt
+
+
 class DataConflict(Exception):
     """Redis holds data of another shape where RestMQ expects its own (HTTP 409)."""
 
@@ -52,6 +62,7 @@ __all__ = [
     "EmptyQueue",
     "InvalidArgument",
     "InvalidStatus",
+    "LeaseGone",
     "OutcomeUnknown",
     "StorageUnavailable",
     "TooManyConsumers",

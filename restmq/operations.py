@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from restmq import validation
 from restmq.consumers import ConsumerRegistry, StreamConsumer
 from restmq.core import (
-    LeaseBatch,
+    POLICIES,
     LeasedMessage,
     Message,
     QueueEngine,
@@ -24,9 +24,16 @@ from restmq.core import (
     ReceiptResult,
     TakenMessage,
 )
-from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, StorageUnavailable
+from restmq.errors import (
+    EmptyQueue,
+    InvalidArgument,
+    InvalidStatus,
+    LeaseGone,
+    StorageUnavailable,
+)
 from restmq.metrics import LEASE, POP, Metrics, Snapshot
 from restmq.stats_feed import StatsFeed, StatsWatcher
+from restmq.waiters import WaiterRegistry
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
@@ -59,6 +66,24 @@ class Purged:
 class Policy:
     queue: str
     policy: str  # "broadcast" or "roundrobin"
+    max_deliveries: int | None = None  # deliveries before a message is dead; 0 no limit
+
+
+@dataclass(frozen=True)
+class Acked:
+    queue: str
+    key: str
+    acked: bool  # False: the lease had run out, was settled, or is of an earlier delivery
+
+
+@dataclass(frozen=True)
+class LeaseChanged:
+    """An extended or released lease."""
+
+    queue: str
+    key: str
+    receipt: str
+    lease: int  # seconds from now it ends; 0: released, the message is back at the head
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,8 @@ class OneStats:
     queue: str
     length: int
     consumers: int  # streaming consumers of the queue on this broker
+    leased: int = 0  # messages handed out under a lease and not yet acked
+    dead: int | None = None  # length of <queue>:dead; None when there is no such queue
 
 
 class Operations:
@@ -99,6 +126,7 @@ class Operations:
         describe_storage: Callable[[], str],
         *,
         metrics: Metrics | None = None,
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.consumers = consumers
@@ -109,6 +137,8 @@ class Operations:
         )
         # one set of counters per broker: by default the one its consumers count in
         self.metrics = metrics if metrics is not None else consumers.metrics
+        # long-poll requests parked until their queue has a message
+        self.waiters = waiters if waiters is not None else WaiterRegistry(engine, consumers.reactor)
 
     # -- producing ----------------------------------------------------------
 
@@ -128,6 +158,8 @@ class Operations:
             raise InvalidArgument("a message value must be text")
         keys = await self.engine.add_many(queue, list(values), seconds)
         self.metrics.added(queue, len(keys))
+        # Our own waiters need not wait for the add notice to come back from Redis.
+        self.waiters.wake(queue)
         return Added(queue, keys)
 
     # -- consuming ----------------------------------------------------------
@@ -148,26 +180,104 @@ class Operations:
         self.metrics.taken(queue, POP, len(messages))
         return messages
 
-    async def lease(self, queue: str, seconds: object, n: object = 1) -> list[LeasedMessage]:
+    async def lease(self, queue: str, seconds: object, n: object = 1) -> list[TakenMessage]:
         """Take up to ``n`` messages under a lease of ``seconds``; each has its receipt."""
-        queue = validation.queue_name(queue)
-        batch = await self.engine.lease(
-            queue, validation.lease_seconds(seconds), validation.batch_size(n)
-        )
-        self._count_lease(queue, batch)
-        return batch
+        return await self.take(queue, n, lease=seconds)
 
-    def _count_lease(self, queue: str, batch: LeaseBatch) -> None:
-        """Count a lease call: what it took, and the overdue leases it ended first."""
-        self.metrics.taken(queue, LEASE, len(batch))
-        self.metrics.leases_ended(queue, batch.requeued, batch.dead)
+    async def take(
+        self,
+        queue: str,
+        n: object = None,
+        lease: object = None,
+        wait: object = None,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> list[TakenMessage]:
+        """Take up to ``n`` messages (1 when None), under a lease of ``lease`` seconds
+        when given (LeasedMessage, each with its receipt); [] when there are none.
 
-    async def ack(self, queue: str, receipts: Sequence[str]) -> list[ReceiptResult]:
-        """Acknowledge leased messages by receipt; each is deleted only while its lease is live."""
+        With ``wait`` seconds (0 to validation.MAX_WAIT) an empty queue is waited on
+        until a message arrives, oldest waiter first; [] when none came in time.
+        ``gone()`` says the client left: what was taken for it goes back to the head.
+        """
         queue = validation.queue_name(queue)
+        count = 1 if n is None else validation.batch_size(n)
+        seconds = None if lease is None else validation.lease_seconds(lease)
+        patience = validation.wait_seconds(wait)
+
+        async def take_now() -> list[TakenMessage]:
+            if seconds is None:
+                return await self.engine.pop_many(queue, count)
+            batch = await self.engine.lease(queue, seconds, count)
+            # it ended the queue's overdue leases first
+            self.metrics.leases_ended(queue, batch.requeued, batch.dead)
+            return list(batch)
+
+        async def give_back(messages: list[TakenMessage]) -> None:
+            if seconds is None:
+                await self.engine.requeue(queue, messages)
+            else:  # nobody got them: the delivery does not count
+                receipts = [m.receipt for m in messages if isinstance(m, LeasedMessage)]
+                await self.engine.release(queue, receipts, delivered=False)
+
+        messages: list[TakenMessage] = []
+        if not patience or not self.waiters.has_waiters(queue):
+            # Older waiters go first; without any, try at once.
+            messages = await take_now()
+            if messages and gone():
+                await give_back(messages)
+                return []
+        if not messages and patience:
+            messages = await self.waiters.wait(queue, take_now, give_back, patience, gone)
+        self.metrics.taken(queue, POP if seconds is None else LEASE, len(messages))
+        return messages
+
+    async def ack(self, queue: str, receipts: Sequence[str]) -> list[Acked]:
+        """Acknowledge leased messages by receipt (1 to validation.MAX_BATCH), in one step.
+
+        Each message is deleted only while the lease its receipt names is live."""
+        queue = validation.queue_name(queue)
+        if isinstance(receipts, str) or not all(isinstance(r, str) for r in receipts):
+            raise InvalidArgument("a receipt is text such as q:5@1")
         results = await self.engine.ack(queue, receipts)
         self.metrics.acked(queue, sum(result.done for result in results))
-        return results
+        return [self._acked(queue, result) for result in results]
+
+    async def ack_one(self, queue: str, receipt: object) -> Acked:
+        """Acknowledge one leased message; LeaseGone when its lease is gone."""
+        acked = (await self.ack(queue, [self._receipt_text(receipt)]))[0]
+        if not acked.acked:
+            raise LeaseGone(acked.queue, str(receipt))
+        return acked
+
+    async def change_lease(self, queue: str, receipt: object, lease: object) -> LeaseChanged:
+        """Make the lease of ``receipt`` end ``lease`` seconds from now; 0 releases it (the
+        message goes back to the head). LeaseGone when the lease is gone."""
+        queue = validation.queue_name(queue)
+        receipt = self._receipt_text(receipt)
+        if lease is None or lease == "":
+            raise InvalidArgument(
+                "lease is required with a receipt: seconds from now, or 0 to release"
+            )
+        seconds = validation.lease_seconds(lease, release=True)
+        if not await self.engine.extend(queue, receipt, seconds):
+            raise LeaseGone(queue, receipt)
+        return LeaseChanged(queue, receipt.rpartition("@")[0], receipt, seconds)
+
+    async def release(self, queue: str, receipt: object) -> bool:
+        """Release one lease now (the message goes back to the head); False when it is gone."""
+        queue = validation.queue_name(queue)
+        results = await self.engine.release(queue, [self._receipt_text(receipt)])
+        return results[0].done
+
+    @staticmethod
+    def _receipt_text(receipt: object) -> str:
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidArgument("a receipt is required, such as q:5@1")
+        return receipt
+
+    @staticmethod
+    def _acked(queue: str, result: ReceiptResult) -> Acked:
+        return Acked(queue, result.key, result.done)
 
     async def peek(self, queue: str) -> Message:
         """The oldest message, left in place, its peek count raised; EmptyQueue when none."""
@@ -205,13 +315,6 @@ class Operations:
             raise InvalidArgument("prefetch needs lease: it is the leased stream's window")
         self.consumers.add(consumer)
 
-    async def ack_receipt(self, queue: str, receipt: object) -> bool:
-        """Ack one leased message by its receipt; False when its lease is gone."""
-        queue = validation.queue_name(queue)
-        if not isinstance(receipt, str) or not receipt:
-            raise InvalidArgument("a receipt is required, such as q:5@1")
-        return (await self.engine.ack(queue, [receipt]))[0].done
-
     async def settle_stream(self, consumer: StreamConsumer, receipt: object, ack: bool) -> bool:
         """A leased stream's own ack (``ack``) or release to the head of the queue; False
         when the lease is gone. Its window opens at once, as the notice may come later."""
@@ -220,6 +323,7 @@ class Operations:
             raise InvalidArgument("a receipt is required, such as q:5@1")
         if ack:
             results = await self.engine.ack(queue, [receipt])
+            self.metrics.acked(queue, sum(result.done for result in results))
         else:
             results = await self.engine.release(queue, [receipt])
         # Refused too: the lease ran out, so the slot is not held any more.
@@ -232,8 +336,31 @@ class Operations:
     # -- settings -----------------------------------------------------------
 
     async def policy(self, queue: str) -> Policy:
+        """The delivery policy and max_deliveries of ``queue``."""
         queue = validation.queue_name(queue)
-        return Policy(queue, await self.engine.get_policy(queue))
+        policy = await self.engine.get_policy(queue)
+        return Policy(queue, policy, await self.engine.get_max_deliveries(queue))
+
+    async def configure(self, queue: str, policy: object, max_deliveries: object) -> None:
+        """``/p/<queue>``: set the policy, max_deliveries, or both (both checked first).
+        Without max_deliveries the policy is required, as it always was."""
+        queue = validation.queue_name(queue)
+        if max_deliveries is not None:
+            validation.max_deliveries(max_deliveries)
+            if policy is not None and policy not in POLICIES:
+                raise InvalidArgument(
+                    f"invalid policy {str(policy)[:40]!r}: use broadcast or roundrobin"
+                )
+        if policy is not None or max_deliveries is None:
+            await self.set_policy(queue, policy)
+        if max_deliveries is not None:
+            await self.set_max_deliveries(queue, max_deliveries)
+
+    async def set_max_deliveries(self, queue: str, n: object) -> int:
+        """Deliveries (0 to validation.MAX_DELIVERIES, 0: no limit) after which an
+        unacknowledged message goes to ``<queue>:dead``."""
+        queue = validation.queue_name(queue)
+        return await self.engine.set_max_deliveries(queue, validation.max_deliveries(n))
 
     async def set_policy(self, queue: str, policy: object) -> Policy:
         """Set ``broadcast`` or ``roundrobin``."""
@@ -275,8 +402,15 @@ class Operations:
 
     async def stats(self, queue: str) -> OneStats:
         queue = validation.queue_name(queue)
-        length = await self.engine.length(queue)
-        return OneStats(self.describe_storage(), queue, length, self.consumers.count(queue))
+        stats = (await self.engine.info(queue, newest=0)).stats
+        return OneStats(
+            self.describe_storage(),
+            queue,
+            stats.length,
+            self.consumers.count(queue),
+            leased=stats.leased,
+            dead=stats.dead,
+        )
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """For /j/<queue>: stats, the message counter and the ``newest`` pending keys."""

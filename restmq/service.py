@@ -27,6 +27,7 @@ from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
 from restmq.tls import TLSConfigError, server_options
+from restmq.waiters import WaiterRegistry
 from restmq.web.app import BrokerApplication
 
 log = Logger(namespace="restmq")
@@ -44,6 +45,7 @@ class Broker:
         consumers: ConsumerRegistry,
         access: acl.AccessControl | None = None,
         budget: MemoryBudget | None = None,
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.redis = redis
         # request bodies in flight and consumer backlogs, together (--max-buffered)
@@ -51,7 +53,7 @@ class Broker:
         self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
-        self.operations = Operations(engine, consumers, self.describe_storage)
+        self.operations = Operations(engine, consumers, self.describe_storage, waiters)
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -119,12 +121,13 @@ class BrokerService(service.Service):
             budget=budget,
             metrics=self.metrics,
         )
+        self.waiters = WaiterRegistry(engine, reactor)
         self.notifications = Notifications(
             reactor,
             address,
-            self.consumers.on_notice,
+            self._on_notice,
             password=options["redis-password"],
-            on_reconnect=self.consumers.sweep,
+            on_reconnect=self._on_reconnect,
         )
         if isinstance(address, SentinelAddress):
             # The pool found the master elsewhere: pub/sub must leave the old one too.
@@ -134,7 +137,9 @@ class BrokerService(service.Service):
             required=options["acl-given"],
             trusted_proxies=options["trusted-proxies"],
         )
-        self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
+        self.broker = Broker(
+            self.redis, engine, self.consumers, self.access, budget, waiters=self.waiters
+        )
         self.lease_sweeper = LeaseSweeper(engine, reactor, metrics=self.metrics)
         self.application = BrokerApplication(
             self.broker,
@@ -179,6 +184,7 @@ class BrokerService(service.Service):
         await self.redis.wait_until_ready()
         self.notifications.start()
         self.consumers.start(self.notifications)
+        self.waiters.start(self.notifications)
         self.lease_sweeper.start()
         interface = self.options["listen"]
         if self.tls is not None:
@@ -198,6 +204,16 @@ class BrokerService(service.Service):
             host=host,
             port=address.port,
         )
+
+    def _on_notice(self, channel: str, message: str) -> None:
+        """A queue's channel speaks: streaming consumers and long-poll waiters listen."""
+        self.consumers.on_notice(channel, message)
+        self.waiters.on_notice(channel, message)
+
+    def _on_reconnect(self) -> None:
+        # Notices published while pub/sub was away are gone: everyone looks again.
+        self.consumers.sweep()
+        self.waiters.sweep()
 
     async def _redis_calls_done(self) -> None:
         """Late replies still due (a batch taken for a stream, say) are handled first."""
@@ -242,6 +258,7 @@ class BrokerService(service.Service):
             connections.stop()
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
         self.broker.operations.stats_feed.stop()  # dashboards see the broker go
+        self.waiters.stop()  # long-poll waiters are answered 204 at once
         await self.consumers.stop()
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
         await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some

@@ -9,14 +9,46 @@ from __future__ import annotations
 from typing import Any
 
 from restmq.core import POLICIES, LeasedMessage, Message
-from restmq.operations import AllStats, Deleted, OneStats, Policy, Purged, Status
+from restmq.operations import (
+    Acked,
+    AllStats,
+    Deleted,
+    LeaseChanged,
+    OneStats,
+    Policy,
+    Purged,
+    Status,
+)
 
 # -- REST: JSON over HTTP (/, /q, /p, /control, /stats) ------------------------
 
 
 def message(m: Message) -> dict[str, Any]:
-    """A popped message: ``{"key", "value", "count"}``."""
+    """A popped message: ``{"key", "value", "count"}``; a leased one adds
+    ``"receipt"``, ``"deliveries"`` and ``"lease"`` (seconds)."""
+    if isinstance(m, LeasedMessage):
+        return {
+            "key": m.key,
+            "value": m.value,
+            "count": m.count,
+            "receipt": m.receipt,
+            "deliveries": m.deliveries,
+            "lease": m.lease,
+        }
     return {"key": m.key, "value": m.value, "count": m.count}
+
+
+def acked(result: Acked) -> dict[str, Any]:
+    return {"queue": result.queue, "key": result.key, "acked": result.acked}
+
+
+def lease_changed(result: LeaseChanged) -> dict[str, Any]:
+    return {
+        "queue": result.queue,
+        "key": result.key,
+        "receipt": result.receipt,
+        "lease": result.lease,
+    }
 
 
 def purged(result: Purged) -> dict[str, Any]:
@@ -25,7 +57,16 @@ def purged(result: Purged) -> dict[str, Any]:
 
 
 def policy(result: Policy) -> dict[str, Any]:
-    return {"queue": result.queue, "value": result.policy}
+    # max_deliveries only once set: a queue without it answers as the original did
+    answer: dict[str, Any] = {"queue": result.queue, "value": result.policy}
+    if result.max_deliveries:
+        answer["max_deliveries"] = result.max_deliveries
+    return answer
+
+
+def _lease_figures(leased: int, dead: int | None) -> dict[str, int]:
+    """``"leased"``, and ``"dead"`` when the queue has a dead-letter queue."""
+    return {"leased": leased} if dead is None else {"leased": leased, "dead": dead}
 
 
 def status(storage: str, result: Status) -> dict[str, Any]:
@@ -62,6 +103,7 @@ def all_stats(result: AllStats) -> dict[str, Any]:
             # the number the original stored: 1 broadcast, 2 roundrobin
             "policy": int(POLICIES[row.stats.policy]),
             "consumers": row.consumers,
+            **_lease_figures(row.stats.leased, row.stats.dead),
         }
         for row in result.queues
     }
@@ -87,6 +129,7 @@ def one_stats(result: OneStats) -> dict[str, Any]:
         "queue": result.queue,
         "len": result.length,
         "consumers": result.consumers,
+        **_lease_figures(result.leased, result.dead),
     }
 
 
@@ -115,6 +158,15 @@ def json_peeked(queue: str, m: Message) -> dict[str, Any]:
 
 
 def json_taken(queue: str, m: Message) -> dict[str, Any]:
+    """A taken message; under a lease with its ``"receipt"`` and ``"deliveries"``."""
+    if isinstance(m, LeasedMessage):
+        return {
+            "queue": queue,
+            "value": m.value,
+            "key": m.key,
+            "receipt": m.receipt,
+            "deliveries": m.deliveries,
+        }
     return {"queue": queue, "value": m.value, "key": m.key}
 
 
@@ -127,3 +179,7 @@ def json_deleted(result: Deleted) -> dict[str, Any]:
 
 def xmlrpc_taken(queue: str, m: Message) -> dict[str, Any]:
     return {"queue": queue, "key": m.key, "value": m.value}
+
+
+def xmlrpc_leased(m: LeasedMessage) -> dict[str, Any]:
+    return {"key": m.key, "value": m.value, "receipt": m.receipt, "deliveries": m.deliveries}

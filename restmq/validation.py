@@ -115,3 +115,13 @@ def prefetch(value: object) -> int:
 def max_deliveries(value: object) -> int:
     """A queue's max_deliveries: 0 (no limit) to MAX_DELIVERIES."""
     return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)
+
+
+MAX_WAIT = 60  # seconds a long-poll request may wait for a message
+
+
+def wait_seconds(value: object) -> int:
+    """How long a take may wait for a message: 0 (not at all; also when absent) to MAX_WAIT."""
+    if value is None or value == "":
+        return 0
+    return _whole_number(value, "wait", 0, MAX_WAIT)

@@ -136,7 +136,7 @@ async def test_purge_counts_what_was_pending(ops):
 
 @pytest_twisted.ensureDeferred
 async def test_policy_words(ops, server):
-    assert await ops.policy("q") == Policy("q", "broadcast")
+    assert await ops.policy("q") == Policy("q", "broadcast", 0)
     for missing in (None, ""):
         with pytest.raises(InvalidArgument, match=r"^policy is required"):
             await ops.set_policy("q", missing)
@@ -144,7 +144,7 @@ async def test_policy_words(ops, server):
         await ops.set_policy("q", "fifo")
     assert server.command("EXISTS", "q:queuepolicy") == 0
     assert await ops.set_policy("q", "roundrobin") == Policy("q", "roundrobin")
-    assert await ops.policy("q") == Policy("q", "roundrobin")
+    assert await ops.policy("q") == Policy("q", "roundrobin", 0)
 
 
 @pytest_twisted.ensureDeferred

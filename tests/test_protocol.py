@@ -447,7 +447,7 @@ def test_stats_of_one_queue(shared_broker, queue):
     response = b.get(f"/stats/{queue}")
     redis = response.json()["redis"]
     assert REDIS_FIELD.fullmatch(redis), redis
-    expected = {"redis": redis, "queue": queue, "len": 3, "consumers": 0}
+    expected = {"redis": redis, "queue": queue, "len": 3, "consumers": 0, "leased": 0}
     assert_answer(response, line(expected))
     response = b.get(f"/stats/{queue}?callback=stats.show")
     assert_answer(response, jsonp("stats.show", expected), 200, JSONP_TYPE)
@@ -470,8 +470,8 @@ def test_stats_and_control_of_all_queues_byte_for_byte(broker_factory):
     response = broker.get("/stats/")
     redis = response.json()["redis"]
     queues = {
-        "alpha": {"name": "alpha", "len": 1, "status": 0, "policy": 1, "consumers": 0},
-        "beta": {"name": "beta", "len": 3, "status": 1, "policy": 2, "consumers": 0},
+        "alpha": {"name": "alpha", "len": 1, "status": 0, "policy": 1, "consumers": 0, "leased": 0},
+        "beta": {"name": "beta", "len": 3, "status": 1, "policy": 2, "consumers": 0, "leased": 0},
     }
     assert_answer(response, line({"queues": queues, "redis": redis, "count": 2}))
     response = broker.get("/stats/?callback=cb")

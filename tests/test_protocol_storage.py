@@ -102,9 +102,11 @@ def test_a_redis_written_by_the_original_is_served_as_is(shared_broker, queue):
     b.redis("SET", f"queuestat::{stopped}", "0")
 
     stats = b.get("/stats/").json()["queues"]
-    assert stats[legacy] == {"name": legacy, "len": 3, "status": 1, "policy": 2, "consumers": 0}
+    assert stats[legacy] == {
+        "name": legacy, "len": 3, "status": 1, "policy": 2, "consumers": 0, "leased": 0,
+    }  # fmt: skip
     assert stats[stopped] == {
-        "name": stopped, "len": 1, "status": 0, "policy": 1, "consumers": 0,
+        "name": stopped, "len": 1, "status": 0, "policy": 1, "consumers": 0, "leased": 0,
     }  # fmt: skip
     assert b.get(f"/p/{legacy}").json()["value"] == "roundrobin"
     assert b.get(f"/p/{stopped}").json()["value"] == "broadcast"

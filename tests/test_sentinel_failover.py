@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.stream_clients import HttpStream, WebSocketStream
-from tests.support import SentinelGroup, request, wait_for
+from tests.support import HttpStream, SentinelGroup, WebSocketStream, request, wait_for
 
 REDIS_TIMEOUT = 1.0
 # 503 at once while there is no master; an add whose WAIT or connection failed

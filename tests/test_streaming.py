@@ -223,6 +223,7 @@ def test_delete_purges_and_ends_every_stream(shared_broker, queue):
         "queue": queue,
         "len": 0,
         "consumers": 0,
+        "leased": 0,
     }
 
 

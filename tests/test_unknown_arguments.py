@@ -7,13 +7,13 @@ import pytest
 from tests.support import JSONP_TYPE, assert_answer, assert_error, jsonp, line, post_value
 
 
-@pytest.mark.parametrize("argument", ["lease=30", "wait=5", "peek=1", "calback=cb"])
+@pytest.mark.parametrize("argument", ["leas=30", "timeout=5", "peek=1", "calback=cb"])
 def test_get_q_names_the_unknown_argument_and_keeps_the_message(shared_broker, queue, argument):
     b = shared_broker
     post_value(b, queue, "kept")
     name = argument.split("=")[0]
     error = assert_error(b.get(f"/q/{queue}?{argument}"), 400)
-    assert error == f"unknown argument {name!r} for GET /q/<queue>; known: callback, n"
+    assert error == f"unknown argument {name!r} for GET /q/<queue>; known: callback, n, lease, wait"
     assert b.redis("LLEN", f"{queue}:queue") == 1
 
 

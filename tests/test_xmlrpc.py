@@ -37,7 +37,7 @@ hosts_deny = 127.0.0.3
 EVERY_METHOD = {
     "set", "get", "add", "take", "del", "len", "queues", "policy_get", "policy_set",
     "status", "start", "stop", "stats", "system.listMethods", "system.methodHelp",
-    "system.methodSignature", "system.multicall",
+    "system.methodSignature", "system.multicall", "lease", "ack", "release",
 }  # fmt: skip
 
 

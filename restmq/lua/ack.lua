@@ -2,12 +2,12 @@
 -- count matches its receipt (body, peek counter, lease, delivery count). A late ack or
 -- the receipt of an earlier delivery changes nothing. The receipts acked are announced on
 -- the queue's channel, so that the leased stream holding them (on any broker) gets more.
--- ARGV: 3 queue, 4 the settled notice word, then key, delivery count for each receipt
+-- ARGV: 4 queue, 5 the settled notice word, then key, delivery count for each receipt
 -- Returns 1 (acked) or 0 for each receipt, in order.
-local k = queue_keys(ARGV[3])
+local k = queue_keys(ARGV[4])
 local now = now_ms()
-local out, settled = {}, {ARGV[4]}
-for i = 5, #ARGV, 2 do
+local out, settled = {}, {ARGV[5]}
+for i = 6, #ARGV, 2 do
   local key = ARGV[i]
   if holds(k, key, ARGV[i + 1], now) then
     redis.call('ZREM', k.leased, key)

@@ -3,15 +3,15 @@
 -- once: back to the head of the queue (the first receipt next to be taken), or to the
 -- dead letters when it was handed out max_deliveries times.
 -- Released receipts are announced on the queue's channel like acked ones (ack.lua).
--- ARGV: 3 queue, 4 new lease in ms (0: release), 5 1 if a released delivery counts,
---       0 if it never reached anyone, 6 the settled notice word, then key, delivery
+-- ARGV: 4 queue, 5 new lease in ms (0: release), 6 1 if a released delivery counts,
+--       0 if it never reached anyone, 7 the settled notice word, then key, delivery
 --       count for each receipt
 -- Returns 1 (done) or 0 for each receipt, in order.
-local k = queue_keys(ARGV[3])
-local lease, counted = tonumber(ARGV[4]), ARGV[5] == '1'
+local k = queue_keys(ARGV[4])
+local lease, counted = tonumber(ARGV[5]), ARGV[6] == '1'
 local now = now_ms()
-local out, released, settled = {}, {}, {ARGV[6]}
-for i = 7, #ARGV, 2 do
+local out, released, settled = {}, {}, {ARGV[7]}
+for i = 8, #ARGV, 2 do
   local key = ARGV[i]
   if holds(k, key, ARGV[i + 1], now) then
     if lease > 0 then

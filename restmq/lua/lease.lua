@@ -3,13 +3,13 @@
 -- out even when no broker is sweeping. A leased message keeps its body until acked.
 -- Keys whose body expired are dropped on the way, as a pop does; the batch stops once
 -- its bodies reach the byte budget (one message at least).
--- ARGV: 3 queue, 4 lease in ms, 5 N, 6 byte budget, 7 most overdue leases to end first
+-- ARGV: 4 queue, 5 lease in ms, 6 N, 7 byte budget, 8 most overdue leases to end first
 -- Returns a flat list: deadline (ms), how many overdue leases went back and how many
 -- died, then key, body, peek count, ms to live (-1 none), deliveries, for each message taken.
-local k = queue_keys(ARGV[3])
-local lease, wanted, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local k = queue_keys(ARGV[4])
+local lease, wanted, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
-local back, dead = return_overdue(k, now, tonumber(ARGV[7]))
+local back, dead = return_overdue(k, now, tonumber(ARGV[8]))
 local deadline = now + lease
 local out = {deadline, back, dead}
 local taken, bytes = 0, 0

@@ -1,7 +1,8 @@
 -- Shared by the lease scripts: restmq.core puts this text in front of each of them.
 -- Every lease script gets KEYS 1 QUEUESET, 2 the leasing index (a sorted set of the
 -- queues that have leases, scored by their earliest lease deadline), and ARGV
--- 1 status key prefix, 2 channel prefix; its own arguments follow.
+-- 1 status key prefix, 2 channel prefix, 3 the notice word published when messages
+-- come back to a queue (restmq.notices.ADD); its own arguments follow.
 
 -- Milliseconds since the epoch by the server's clock: the one clock every broker shares.
 local function now_ms()
@@ -79,7 +80,7 @@ local function end_leases(k, keys, counted)
     redis.call('RPUSH', k.list, back[i])
   end
   if #back > 0 then
-    redis.call('PUBLISH', k.channel, 'add')
+    redis.call('PUBLISH', k.channel, ARGV[3])
   end
   if #dead > 0 then
     for _, key in ipairs(dead) do
@@ -88,7 +89,7 @@ local function end_leases(k, keys, counted)
     if redis.call('SADD', KEYS[1], k.dead) == 1 then
       redis.call('SET', k.dead_status, '1', 'NX')
     end
-    redis.call('PUBLISH', k.dead_channel, 'add')
+    redis.call('PUBLISH', k.dead_channel, ARGV[3])
   end
   return #back, #dead
 end

@@ -1,16 +1,26 @@
 -- Take up to N of the oldest live messages off a queue and delete their bodies.
+-- Leases of the queue that ran out end first (back to the head, or to the dead
+-- letters), as for a leased take; a queue that never had leases pays one EXISTS.
 -- Keys whose body expired (ttl) or vanished are dropped on the way. The batch
 -- stops early once its bodies reach the byte budget (always one message at least),
 -- so a batch of large messages cannot swamp the broker.
--- KEYS: 1 <q>:queue, 2 <q>:deliveries (a taken message's lease count goes with it)
--- ARGV: 1 N, 2 byte budget
+-- A lease script (lua/lease_lib.lua comes first): ARGV 4 queue, 5 N, 6 byte budget,
+-- 7 most overdue leases to end first.
 -- Returns a flat list: key, body, peek count, ms to live (-1 none), key, body, ...
-local wanted, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local queue = ARGV[4]
+local list, deliveries = queue .. ':queue', queue .. ':deliveries'
+local wanted, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('EXISTS', queue .. ':leased') == 1 then
+  local k = queue_keys(queue)
+  local _, _, ended = return_overdue(k, now_ms(), tonumber(ARGV[7]))
+  if ended > 0 then index_queue(k) end
+end
 local out = {}
 local taken, bytes = 0, 0
-local counted = redis.call('EXISTS', KEYS[2]) == 1
+-- a taken message's lease count goes with it
+local counted = redis.call('EXISTS', deliveries) == 1
 while taken < wanted and (taken == 0 or bytes < budget) do
-  local key = redis.call('RPOP', KEYS[1])
+  local key = redis.call('RPOP', list)
   if not key then break end
   local body = redis.call('GET', key)
   local peeks = redis.call('GET', key .. ':refcount') or '0'
@@ -23,6 +33,6 @@ while taken < wanted and (taken == 0 or bytes < budget) do
     bytes = bytes + #body
   end
   redis.call('DEL', key, key .. ':refcount')
-  if counted then redis.call('HDEL', KEYS[2], key) end
+  if counted then redis.call('HDEL', deliveries, key) end
 end
 return out

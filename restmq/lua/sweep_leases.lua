@@ -1,12 +1,12 @@
 -- One sweep step over every queue: end the leases that ran out, taking the queues
 -- from the leasing index (only those whose earliest deadline has passed).
--- ARGV: 3 most queues to visit, 4 most leases to end
+-- ARGV: 4 most queues to visit, 5 most leases to end
 -- Returns: queues visited, leases ended back to their queue, ended as dead letters,
 --          1 if leases that ran out remain (call again), else 0; then, for each queue
 --          whose leases ended: its name, how many went back, how many died.
 local now = now_ms()
-local queues = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local budget = tonumber(ARGV[4])
+local queues = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local budget = tonumber(ARGV[5])
 local visited, back, dead = 0, 0, 0
 local per_queue = {}
 for _, name in ipairs(queues) do

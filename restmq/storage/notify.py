@@ -1,12 +1,13 @@
 """Redis pub/sub: how brokers sharing one Redis tell each other about their queues.
 
 One subscriber connection per broker. Channels are subscribed while this broker
-has streaming consumers of their queue, and subscribed again after a reconnect
-(txredisapi does not do that by itself).
+has streaming consumers or long-poll waiters of their queue, and subscribed again
+after a reconnect (txredisapi does not do that by itself).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import txredisapi
@@ -61,7 +62,8 @@ class Notifications:
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self._password = password
-        self._channels: set[str] = set()
+        # channel -> how many holders (consumers, waiters) asked for it
+        self._channels: Counter[str] = Counter()
         self._connection: _SubscriberProtocol | None = None
         self._factory: _SubscriberFactory | None = None
         self._ever_connected = False
@@ -80,14 +82,21 @@ class Notifications:
         return self._connection is not None and channel in self._channels
 
     def subscribe(self, channel: str) -> defer.Deferred:
-        """Listen on ``channel``; fires once the server confirmed (or at once when offline)."""
-        self._channels.add(channel)
+        """Listen on ``channel``; fires once the server confirmed (or at once when offline).
+
+        Each subscribe needs its own unsubscribe: the channel stays subscribed while
+        anyone still holds it.
+        """
+        self._channels[channel] += 1
         if self._connection is None:
             return defer.succeed(None)  # subscribed on (re)connect
         return self._connection.subscribe(channel).addErrback(self._failed, "SUBSCRIBE")
 
     def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
+        if self._channels[channel] > 1:
+            self._channels[channel] -= 1
+            return
+        del self._channels[channel]
         if self._connection is not None:
             self._connection.unsubscribe(channel).addErrback(self._failed, "UNSUBSCRIBE")
 

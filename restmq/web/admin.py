@@ -9,7 +9,8 @@ from restmq.web.base import BaseHandler
 
 
 class PolicyHandler(BaseHandler):
-    """``/p/<queue>``: GET the delivery policy, POST ``policy=broadcast|roundrobin``."""
+    """``/p/<queue>``: GET the delivery policy and max_deliveries; POST
+    ``policy=broadcast|roundrobin`` and/or ``max_deliveries=N``."""
 
     access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER}
 
@@ -19,7 +20,7 @@ class PolicyHandler(BaseHandler):
 
     async def post(self, queue: str) -> None:
         callback = self.callback()
-        await self.operations.set_policy(queue, self.arg("policy"))
+        await self.operations.configure(queue, self.arg("policy"), self.arg("max_deliveries"))
         # The original answers a bare OK; under JSONP it is quoted.
         if callback:
             self.answer("OK", callback=callback)

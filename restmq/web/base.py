@@ -18,6 +18,7 @@ from restmq.errors import (
     DataConflict,
     EmptyQueue,
     InvalidArgument,
+    LeaseGone,
     OutcomeUnknown,
     StorageUnavailable,
     TooManyConsumers,
@@ -57,7 +58,7 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(exc.status, exc.message, exc.headers)
     if isinstance(exc, EmptyQueue):
         return ApiError(404, str(exc))
-    if isinstance(exc, DataConflict):
+    if isinstance(exc, DataConflict | LeaseGone):
         return ApiError(409, str(exc))
     if isinstance(exc, OutcomeUnknown):  # no Retry-After: a blind retry may store twice
         return ApiError(504, str(exc))
@@ -106,8 +107,13 @@ class BrokerRequestMixin:
     def broker(self):
         return self.application.broker
 
+    def required_section(self) -> str | None:
+        """The acl.conf section this request needs; a route whose arguments change what
+        a method does (an ack is a DELETE that consumes) overrides this."""
+        return self.access.get(self.request.method)
+
     def prepare(self):
-        section = self.access.get(self.request.method)
+        section = self.required_section()
         if section is None or self.broker.access_is_open(section):
             return self._admitted()
         # Fired at once unless acl.conf wants a scrypt password checked (in a thread);

@@ -1,4 +1,5 @@
-"""The REST routes: ``/`` and ``/q/<queue>`` (produce, pop, batch pop, purge).
+"""The REST routes: ``/`` and ``/q/<queue>`` (produce, pop, batch pop, purge; on
+``/q/<queue>`` also leases, acks, extend/release and long polling).
 
 Each handler reads HTTP, calls one operation and renders its result. Where the
 routes differ (the original's choices, kept for its clients) the table below
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 from restmq import acl, jsontext, shapes
 from restmq.errors import EmptyQueue, InvalidArgument
-from restmq.web.base import ApiError, BaseHandler
+from restmq.web import cyclone_fixes
+from restmq.web.base import BaseHandler
 from restmq.web.pages import queue_list_page
 
 NOT_FOUND = "404 with an error body"
@@ -41,7 +43,7 @@ INDEX = Route(
 )
 QUEUE = Route(
     path="/q/<queue>",
-    get_arguments=("callback", "n"),
+    get_arguments=("callback", "n", "lease", "wait"),
     on_empty=NO_CONTENT,
     value_fields=("msg", "value"),  # the original stored ``msg or value`` here
     missing_value=(
@@ -117,10 +119,33 @@ class IndexHandler(RestHandler):
 
 
 class QueueHandler(RestHandler):
-    """``/q/<queue>``: GET pops (``?n=`` for a batch), POST adds, DELETE purges."""
+    """``/q/<queue>``: GET pops (``?n=`` for a batch, ``?lease=`` to lease, ``?wait=`` to
+    long-poll), POST adds (with ``receipt``: extends or releases a lease), DELETE purges
+    (with ``receipt``: acks)."""
 
     access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER, "DELETE": acl.PRODUCER}
     rules = QUEUE
+
+    def required_section(self) -> str | None:
+        # An ack (DELETE) or an extend/release (POST) with a receipt consumes.
+        if self.request.method in ("DELETE", "POST") and "receipt" in self.request.arguments:
+            return acl.CONSUMER
+        return super().required_section()
+
+    def client_gone(self) -> bool:
+        return cyclone_fixes.client_is_gone(self)
+
+    def all_args(self, name: str) -> list[str]:
+        """Every value of a repeated argument (``receipt=a&receipt=b``), as text."""
+        values = []
+        for value in self.request.arguments.get(name, []):
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
+            values.append(value)
+        return values
 
     async def get(self, queue: str) -> None:
         if not queue:
@@ -129,6 +154,10 @@ class QueueHandler(RestHandler):
         self.refuse_unknown_arguments()
         callback = self.callback()
         n = self.arg("n")
+        lease, wait = self.arg("lease"), self.arg("wait")
+        if lease is not None or wait is not None:
+            await self._take(queue, n, lease, wait, callback)
+            return
         if n is not None:
             messages = await self.operations.pop_many(queue, n)
             self.answer([shapes.message(m) for m in messages], callback=callback)
@@ -140,8 +169,30 @@ class QueueHandler(RestHandler):
             return
         self.answer(shapes.message(message), callback=callback)
 
+    async def _take(
+        self, queue: str, n: str | None, lease: str | None, wait: str | None, callback: str | None
+    ) -> None:
+        """A leased take, a long poll, or both. A long poll that got nothing is a 204,
+        with or without ``n``."""
+        messages = await self.operations.take(queue, n, lease, wait, gone=self.client_gone)
+        if self.client_gone():
+            self._finished = True  # nobody to answer; what it took went back
+            return
+        if not messages and (wait is not None or n is None):
+            self.answer_empty(EmptyQueue(queue))
+        elif n is not None:
+            self.answer([shapes.message(m) for m in messages], callback=callback)
+        else:
+            self.answer(shapes.message(messages[0]), callback=callback)
+
     async def post(self, queue: str) -> None:
         callback = self.callback()
+        if "receipt" in self.request.arguments:  # extend or release a lease, not an add
+            changed = await self.operations.change_lease(
+                queue, self.arg("receipt"), self.arg("lease")
+            )
+            self.answer(shapes.lease_changed(changed), callback=callback)
+            return
         if not self.is_json_body():
             added = await self.operations.add(queue, self.form_value(), self.arg("ttl"))
             self.answer_key(added.key, callback)
@@ -167,14 +218,15 @@ class QueueHandler(RestHandler):
         return super().prepare()
 
     async def delete(self, queue: str) -> None:
-        """Without ``receipt``: purge. With one: ack it (409 when its lease is gone)."""
+        """Without ``receipt``: purge. With one: ack it (409 when its lease is gone); with
+        several: ack them all, a list of results."""
         callback = self.callback()
-        receipt = self.arg("receipt")
-        if receipt is None:
+        receipts = self.all_args("receipt")
+        if not receipts:
             self.answer(shapes.purged(await self.operations.purge(queue)), callback=callback)
-            return
-        acked = await self.operations.ack_receipt(queue, receipt)
-        if not acked:
-            raise ApiError(409, f"the lease of receipt {receipt[:200]!r} is gone")
-        key = receipt.rpartition("@")[0]
-        self.answer({"queue": queue, "key": key, "acked": True}, callback=callback)
+        elif len(receipts) == 1:
+            acked = await self.operations.ack_one(queue, receipts[0])
+            self.answer(shapes.acked(acked), callback=callback)
+        else:
+            results = await self.operations.ack(queue, receipts)
+            self.answer([shapes.acked(result) for result in results], callback=callback)

@@ -90,6 +90,7 @@ class Method:
     section: str | None  # the acl.conf section a caller needs (None: each inner call checks)
     signatures: tuple[tuple[str, ...], ...]  # (return type, argument types...)
     help: str
+    nil_when_empty: bool = False  # answers <nil/> for an empty queue (needs the extension)
 
     def check_arguments(self, params: tuple) -> None:
         counts = sorted({len(signature) - 1 for signature in self.signatures})
@@ -112,6 +113,21 @@ async def _get(handler: XmlRpcHandler, queue: Any) -> str:
 async def _take(handler: XmlRpcHandler, queue: Any) -> dict:
     message = await handler.operations.pop(queue)
     return shapes.xmlrpc_taken(queue, message)
+
+
+async def _lease(handler: XmlRpcHandler, queue: Any, seconds: Any) -> dict | None:
+    taken = await handler.operations.take(queue, lease=seconds)
+    return shapes.xmlrpc_leased(taken[0]) if taken else None
+
+
+async def _ack(handler: XmlRpcHandler, queue: Any, receipt: Any) -> bool:
+    if not isinstance(receipt, str) or not receipt:
+        raise InvalidArgument("a receipt is required, such as q:5@1")
+    return (await handler.operations.ack(queue, [receipt]))[0].acked
+
+
+async def _release(handler: XmlRpcHandler, queue: Any, receipt: Any) -> bool:
+    return await handler.operations.release(queue, receipt)
 
 
 async def _del(handler: XmlRpcHandler, queue: Any, key: Any) -> bool:
@@ -207,6 +223,17 @@ METHODS: dict[str, Method] = {
         Method("take", _take, acl.CONSUMER, ((_STRUCT, _S),),
                "take(queue) -> {queue, key, value}: take the oldest message; "
                "fault 404 when the queue is empty"),
+        Method("lease", _lease, acl.CONSUMER, ((_STRUCT, _S, _I),),
+               "lease(queue, seconds) -> {key, value, receipt, deliveries}: take the oldest "
+               "message under a lease of 1-43200 seconds; ack it with its receipt before the "
+               "lease ends, or it goes back to the head of the queue; nil when the queue is "
+               "empty", nil_when_empty=True),
+        Method("ack", _ack, acl.CONSUMER, ((_B, _S, _S),),
+               "ack(queue, receipt) -> boolean: delete a leased message; false when its "
+               "lease is gone (ran out, or the message was handed out again)"),
+        Method("release", _release, acl.CONSUMER, ((_B, _S, _S),),
+               "release(queue, receipt) -> boolean: end a lease now, the message back at "
+               "the head of the queue; false when the lease is gone"),
         Method("del", _del, acl.PRODUCER, ((_B, _S, _S),),
                "del(queue, key) -> boolean: delete a pending message by key; "
                "true if it was there"),
@@ -280,9 +307,10 @@ class _Marshaller(xmlrpc.client.Marshaller):
     dispatch[str] = dump_text
 
 
-def response_body(result: Any) -> bytes:
-    """A <methodResponse> holding ``result``, or the fault when it is one."""
-    marshaller = _Marshaller("utf-8", allow_none=False)
+def response_body(result: Any, allow_none: bool = False) -> bytes:
+    """A <methodResponse> holding ``result``, or the fault when it is one. ``<nil/>`` is
+    written only where a method says so (``allow_none``)."""
+    marshaller = _Marshaller("utf-8", allow_none=allow_none)
     payload = (
         marshaller.dumps(result)
         if isinstance(result, xmlrpc.client.Fault)
@@ -312,8 +340,11 @@ class XmlRpcHandler(BaseHandler):
     """
 
     async def post(self) -> None:
+        allow_none = False
         try:
             name, params = parse_call(self.request.body or b"")
+            method = METHODS.get(name)
+            allow_none = method is not None and method.nil_when_empty
             result = await self.call(name, params)
         except xmlrpc.client.Fault as fault:
             result = fault
@@ -321,7 +352,7 @@ class XmlRpcHandler(BaseHandler):
             log.failure("XML-RPC call failed")
             result = xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
         try:
-            body = response_body(result)
+            body = response_body(result, allow_none)
         except (OverflowError, TypeError) as exc:
             log.error("XML-RPC answer cannot be encoded: {error}", error=exc)
             body = response_body(xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT))
