@@ -53,7 +53,7 @@ class Broker:
         self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
-        self.operations = Operations(engine, consumers, self.describe_storage, waiters)
+        self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
