@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from restmq import shapes
-from restmq.web import compat
+from restmq.web import cyclone_fixes as compat
 from restmq.web.base import encode_json
 
 if TYPE_CHECKING:
