@@ -59,7 +59,8 @@ class Status:
 
 @dataclass(frozen=True)
 class QueueFigures:
-    """One queue's line in /stats/: its stored stats and this broker's consumers."""
+    """One queue's line in /stats/: its stored stats and its streaming consumers on
+    every broker (and worker) sharing the Redis."""
 
     stats: QueueStats
     consumers: int
@@ -76,7 +77,7 @@ class OneStats:
     storage: str
     queue: str
     length: int
-    consumers: int  # streaming consumers of the queue on this broker
+    consumers: int  # streaming consumers of the queue on every broker sharing the Redis
 
 
 class Operations:
@@ -190,8 +191,15 @@ class Operations:
         return await self.engine.queues()
 
     async def all_stats(self) -> AllStats:
-        """Every queue's length, status and policy (one engine call), with consumers here."""
-        rows = [QueueFigures(s, self.consumers.count(s.name)) for s in await self.engine.stats()]
+        """Every queue's length, status, policy and consumers (one engine call).
+
+        Consumers here are counted as they are now; those of other brokers as they
+        last wrote them to Redis (about every second).
+        """
+        rows = [
+            QueueFigures(s, s.other_consumers + self.consumers.count(s.name))
+            for s in await self.engine.stats()
+        ]
         return AllStats(self.describe_storage(), rows)
 
     def watch_stats(self, watcher: StatsWatcher) -> None:
@@ -203,8 +211,9 @@ class Operations:
 
     async def stats(self, queue: str) -> OneStats:
         queue = validation.queue_name(queue)
-        length = await self.engine.length(queue)
-        return OneStats(self.describe_storage(), queue, length, self.consumers.count(queue))
+        length, elsewhere = await self.engine.length_and_consumers(queue)
+        consumers = elsewhere + self.consumers.count(queue)
+        return OneStats(self.describe_storage(), queue, length, consumers)
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """For /j/<queue>: stats, the message counter and the ``newest`` pending keys."""

@@ -14,8 +14,9 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 
-from restmq import __version__, acl, memory
+from restmq import __version__, acl, memory, workers
 from restmq.budget import MemoryBudget
+from restmq.census import ConsumerCensus
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
@@ -121,6 +122,9 @@ class BrokerService(service.Service):
         )
         self.broker = Broker(self.redis, engine, self.consumers, self.access, budget)
         self.lease_sweeper = LeaseSweeper(engine, reactor)
+        # This process's consumer counts, kept in Redis for everyone's /stats/.
+        self.census = ConsumerCensus(engine, self.consumers, reactor)
+        self.workers: workers.WorkerPool | None = None
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -134,6 +138,8 @@ class BrokerService(service.Service):
 
     def prepare(self) -> None:
         """Checks that must pass before twistd goes on (run from makeService)."""
+        if self.options.is_worker:
+            workers.become_worker()
         # Configuration first: a broken acl.conf or certificate must not touch the data dir.
         self.access.load()
         if self.options["tls-cert"]:
@@ -150,6 +156,8 @@ class BrokerService(service.Service):
         memory.keep_large_blocks_on_mmap()
         if self.valkey is not None:
             log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
+        elif self.options.is_worker:
+            log.info("storage: the main process's, {where}", where=self.redis.address.describe())
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
         self.access.start_watching(self.reactor)
@@ -165,7 +173,14 @@ class BrokerService(service.Service):
         self.notifications.start()
         self.consumers.start(self.notifications)
         self.lease_sweeper.start()
+        self.census.start()
         interface = self.options["listen"]
+        if self.options.is_worker:
+            self.port = workers.adopt_port(
+                self.reactor, self.options["worker-fd"], interface, self.application, self.tls
+            )
+            log.info("worker {pid} serving the broker's port", pid=os.getpid())
+            return
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(
                 self.reactor, self.options["port"], self.tls, interface=interface
@@ -183,6 +198,20 @@ class BrokerService(service.Service):
             host=host,
             port=address.port,
         )
+        if self.options["workers"] > 1:
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        storage = self.valkey.socket_path if self.valkey is not None else None
+        fd = self.port.fileno()
+        self.workers = workers.WorkerPool(
+            self.reactor,
+            self.options["workers"] - 1,
+            lambda: workers.worker_command(self.options.arguments, fd, storage),
+            fd,
+            self.options.directory,
+        )
+        self.workers.start()
 
     async def _redis_calls_done(self) -> None:
         """Late replies still due (a batch taken for a stream, say) are handled first."""
@@ -221,6 +250,8 @@ class BrokerService(service.Service):
         """
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        # The workers do the same stop, at the same time; the storage waits for them.
+        workers_stopped = self.workers.stop() if self.workers is not None else None
         connections = self.application.connections
         if self.port is not None:
             await self.port.stopListening()
@@ -228,11 +259,14 @@ class BrokerService(service.Service):
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
         self.broker.operations.stats_feed.stop()  # dashboards see the broker go
         await self.consumers.stop()
+        await self.census.stop()  # no streams left here: other brokers count none of ours
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
         await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
         await self._redis_calls_done()
         await self.notifications.stop()
         await self.redis.disconnect()
+        if workers_stopped is not None:
+            await workers_stopped
         if self.valkey is not None:
             await self.valkey.stop()
         log.info("RestMQ stopped")
