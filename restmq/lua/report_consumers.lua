@@ -24,5 +24,7 @@ else
   redis.call('PEXPIRE', KEYS[2], lifetime)
 end
 redis.call('ZADD', KEYS[1], now + lifetime, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], lifetime)
+-- The index lasts as long as the last of its brokers' counts.
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]))
 return 1
