@@ -21,6 +21,7 @@ from bench.scenario import Context, Scenario, cpu_count
 from bench.servers import stop_all
 from bench.shutdown import ShutdownScenario
 from bench.streaming import FanoutScenario, IdleMemoryScenario, LatencyScenario
+from bench.workers import WorkersScenario
 
 SCENARIOS: dict[str, type[Scenario]] = {
     "rest": RestScenario,
@@ -29,6 +30,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "memory": IdleMemoryScenario,
     "bodies": BodiesScenario,
     "shutdown": ShutdownScenario,
+    "workers": WorkersScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -55,10 +57,14 @@ scenarios (--only):
   shutdown acknowledged messages lost when the broker is stopped under load:
            --stop-trials SIGTERM and as many SIGKILL trials, --stop-consumers SSE
            consumers (target: 0 lost on SIGTERM; SIGKILL reported)
+  workers  produce and pop req/s of a broker run with --workers 1 and with
+           --workers N (default: one per core, at least 2), CPU% of every
+           process (target >= 1.5x, judged only on machines with >= 4 cores)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 3-4 minutes (shutdown: about 70 s).
+With the defaults the whole run takes about 4-5 minutes (shutdown: about 70 s,
+workers: about 50 s).
 """
 
 
@@ -116,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
-        help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
+        help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, workers, "
              "streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
@@ -149,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
         help="SIGTERM trials of the shutdown scenario, as many SIGKILL (default 5)")  # fmt: skip
     add("--stop-consumers", type=_positive(int), default=10, metavar="N",
         help="SSE consumers of the shutdown scenario (default 10)")  # fmt: skip
+    add("--workers", type=_positive(int), default=max(2, cpu_count()), metavar="N",
+        help="broker processes of the workers scenario, compared with 1 (default: one per "
+             "core, at least 2)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

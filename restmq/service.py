@@ -174,21 +174,10 @@ class BrokerService(service.Service):
         self.consumers.start(self.notifications)
         self.lease_sweeper.start()
         self.census.start()
-        interface = self.options["listen"]
+        self.port = await self._listen()
         if self.options.is_worker:
-            self.port = workers.adopt_port(
-                self.reactor, self.options["worker-fd"], interface, self.application, self.tls
-            )
             log.info("worker {pid} serving the broker's port", pid=os.getpid())
             return
-        if self.tls is not None:
-            endpoint = SSL4ServerEndpoint(
-                self.reactor, self.options["port"], self.tls, interface=interface
-            )
-        else:
-            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
-        self.port = await endpoint.listen(self.application)
         address = self.port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
         scheme = "https" if self.tls is not None else "http"
@@ -200,6 +189,25 @@ class BrokerService(service.Service):
         )
         if self.options["workers"] > 1:
             self._start_workers()
+
+    async def _listen(self):
+        """The HTTP port: opened here, or, in a worker, the main process's adopted."""
+        interface = self.options["listen"]
+        if self.options.is_worker:
+            fd = self.options["worker-fd"]
+            return workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
+        if self.options["workers"] > 1:
+            return workers.listen_shared(
+                self.reactor, self.options["port"], interface, self.application, self.tls
+            )
+        if self.tls is not None:
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, self.options["port"], self.tls, interface=interface
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
+        return await endpoint.listen(self.application)
 
     def _start_workers(self) -> None:
         storage = self.valkey.socket_path if self.valkey is not None else None

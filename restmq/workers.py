@@ -24,7 +24,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -63,17 +63,42 @@ def become_worker() -> None:
     os.setpgid(0, 0)
 
 
-def adopt_port(reactor, fd: int, interface: str, factory, tls=None) -> IListeningPort:
-    """Accept connections on the main process's listening socket ``fd``.
+class SharedPort(tcp.Port):
+    """A listening port that several processes accept on, one connection per turn.
 
-    With TLS the TCP socket is adopted and each connection wrapped here, as
-    ``listenSSL`` would do.
+    Twisted takes up to a hundred queued connections per wake-up (more under load).
+    On a shared socket that lets whichever process wakes first take a whole burst of
+    new connections (a client's keep-alive pool, say) while the others idle; taking
+    one at a time, a busy process leaves the next connections to idle ones.
+    """
+
+    def doRead(self) -> None:
+        self.numberAccepts = 1
+        super().doRead()
+
+
+def _with_tls(factory, tls):
+    # What listenSSL does: TLS is a protocol wrapper over each TCP connection.
+    return factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
+
+
+def listen_shared(reactor, port: int, interface: str, factory, tls=None) -> IListeningPort:
+    """Open the port that the workers will adopt (in the main process)."""
+    listening = SharedPort(port, _with_tls(factory, tls), interface=interface, reactor=reactor)
+    listening.startListening()
+    return listening
+
+
+def adopt_port(reactor, fd: int, interface: str, factory, tls=None) -> IListeningPort:
+    """Accept connections on the main process's listening socket ``fd`` (in a worker).
+
+    What ``reactor.adoptStreamPort`` does, with a SharedPort; with TLS the TCP socket
+    is adopted and each connection wrapped here.
     """
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    if tls is not None:
-        factory = TLSMemoryBIOFactory(tls, False, factory)
-    port = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)  # the reactor listens on a duplicate of it
+    port = SharedPort._fromListeningDescriptor(reactor, fd, family, _with_tls(factory, tls))
+    port.startListening()
+    os.close(fd)  # the port listens on a duplicate of it
     return port
 
 
