@@ -35,7 +35,7 @@ from restmq.lifeline import die_with_parent
 log = Logger(namespace="restmq.workers")
 
 PARENT_PID_VARIABLE = "RESTMQ_PARENT_PID"
-STOP_TIMEOUT = 30.0  # seconds a worker has for its loss-free stop before SIGKILL
+STOP_TIMEOUT = 20.0  # seconds a worker has for its loss-free stop before SIGKILL
 
 # twistd starts each log line with a timestamp; the main process's own log adds one.
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
