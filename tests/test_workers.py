@@ -161,6 +161,27 @@ def _consumers_on(conn: http.client.HTTPConnection, queue: str) -> int:
     return json.loads(conn.getresponse().read())["consumers"]
 
 
+def test_an_acl_conf_change_reaches_every_process(broker_factory, tmp_path):
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    acl = workdir / "acl.conf"  # found in the working directory, by every process
+    acl.write_text("# every route open\n")
+    broker = broker_factory("--workers", "2", workdir=workdir)
+    pids = _wait_serving(broker, 2)
+    acl.write_text("[rest:consumer]\nhosts_deny = all\n")
+    for pid in pids:
+        conn = _connection_to(broker, pid)
+        wait_for(lambda c=conn: _status(c, "/stats/") == 403, 15, what=f"{pid} to reload")
+        conn.close()
+
+
+def _status(conn: http.client.HTTPConnection, path: str) -> int:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
 def test_a_killed_worker_is_started_again_and_sigterm_stops_all(workers_broker):
     broker = workers_broker
     (worker,) = _workers(broker)
