@@ -246,7 +246,10 @@ class BrokerService(service.Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.access.stop_watching()
-        return defer.ensureDeferred(self._stop())
+        stopping = defer.ensureDeferred(self._stop())
+        # twistd would drop a failed stop without a word, and exit with Redis calls still out
+        stopping.addErrback(lambda failure: log.failure("RestMQ could not stop cleanly", failure))
+        return stopping
 
     async def _stop(self) -> None:
         """Stop so that nothing acknowledged is lost, in a few seconds at most.
@@ -262,7 +265,7 @@ class BrokerService(service.Service):
         workers_stopped = self.workers.stop() if self.workers is not None else None
         connections = self.application.connections
         if self.port is not None:
-            await self.port.stopListening()
+            await defer.maybeDeferred(self.port.stopListening)  # None if closed already
             connections.stop()
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
         self.broker.operations.stats_feed.stop()  # dashboards see the broker go

@@ -72,6 +72,10 @@ class SharedPort(tcp.Port):
     one at a time, a busy process leaves the next connections to idle ones.
     """
 
+    # Closing must not shut the socket down: that would stop it listening in every
+    # process. Twisted already leaves adopted sockets alone; the main process's too.
+    _shouldShutdown = False
+
     def doRead(self) -> None:
         self.numberAccepts = 1
         super().doRead()
