@@ -193,12 +193,15 @@ class BrokerService(service.Service):
     async def _listen(self):
         """The HTTP port: opened here, or, in a worker, the main process's adopted."""
         interface = self.options["listen"]
+        serving = self.application.connections.__len__
         if self.options.is_worker:
             fd = self.options["worker-fd"]
-            return workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
+            return workers.adopt_port(
+                self.reactor, fd, interface, self.application, self.tls, serving
+            )
         if self.options["workers"] > 1:
             return workers.listen_shared(
-                self.reactor, self.options["port"], interface, self.application, self.tls
+                self.reactor, self.options["port"], interface, self.application, self.tls, serving
             )
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(

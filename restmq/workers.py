@@ -64,21 +64,42 @@ def become_worker() -> None:
 
 
 class SharedPort(tcp.Port):
-    """A listening port that several processes accept on, one connection per turn.
+    """A listening port that several processes accept on, sharing new connections.
 
-    Twisted takes up to a hundred queued connections per wake-up (more under load).
-    On a shared socket that lets whichever process wakes first take a whole burst of
-    new connections (a client's keep-alive pool, say) while the others idle; taking
-    one at a time, a busy process leaves the next connections to idle ones.
+    The kernel wakes every process when a connection comes; the first to call
+    accept() gets it. Twisted would take up to a hundred queued connections per
+    wake-up, so one process could take a whole burst (a client's keep-alive pool,
+    say) while the others idle. Here a process takes one connection per turn and
+    then waits a moment that grows with the connections it already serves, which
+    leaves the next ones to less busy processes.
     """
 
     # Closing must not shut the socket down: that would stop it listening in every
     # process. Twisted already leaves adopted sockets alone; the main process's too.
     _shouldShutdown = False
 
+    pause_per_connection = 0.0001  # seconds
+    longest_pause = 0.001
+    serving: Callable[[], int] = staticmethod(lambda: 0)  # connections open here
+    _resume = None
+
     def doRead(self) -> None:
         self.numberAccepts = 1
         super().doRead()
+        pause = min(self.longest_pause, self.pause_per_connection * self.serving())
+        if pause > 0 and self.connected and not self.disconnecting:
+            self.stopReading()
+            self._resume = self.reactor.callLater(pause, self._accept_again)
+
+    def _accept_again(self) -> None:
+        self._resume = None
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def connectionLost(self, reason) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        super().connectionLost(reason)
 
 
 def _with_tls(factory, tls):
@@ -86,14 +107,23 @@ def _with_tls(factory, tls):
     return factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
 
 
-def listen_shared(reactor, port: int, interface: str, factory, tls=None) -> IListeningPort:
-    """Open the port that the workers will adopt (in the main process)."""
+def listen_shared(
+    reactor, port: int, interface: str, factory, tls=None, serving: Callable[[], int] | None = None
+) -> IListeningPort:
+    """Open the port that the workers will adopt (in the main process).
+
+    ``serving()`` tells how many connections this process has open.
+    """
     listening = SharedPort(port, _with_tls(factory, tls), interface=interface, reactor=reactor)
+    if serving is not None:
+        listening.serving = serving
     listening.startListening()
     return listening
 
 
-def adopt_port(reactor, fd: int, interface: str, factory, tls=None) -> IListeningPort:
+def adopt_port(
+    reactor, fd: int, interface: str, factory, tls=None, serving: Callable[[], int] | None = None
+) -> IListeningPort:
     """Accept connections on the main process's listening socket ``fd`` (in a worker).
 
     What ``reactor.adoptStreamPort`` does, with a SharedPort; with TLS the TCP socket
@@ -101,6 +131,8 @@ def adopt_port(reactor, fd: int, interface: str, factory, tls=None) -> IListenin
     """
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     port = SharedPort._fromListeningDescriptor(reactor, fd, family, _with_tls(factory, tls))
+    if serving is not None:
+        port.serving = serving
     port.startListening()
     os.close(fd)  # the port listens on a duplicate of it
     return port

@@ -6,10 +6,12 @@ Real brokers; which process holds a connection is read from the operating system
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import http.client
 import ipaddress
 import json
+import re
 import signal
 import socket
 import ssl
@@ -133,6 +135,36 @@ def test_two_processes_serve_one_port_and_one_queue(workers_broker, queue):
         conn.close()
     finally:
         stream.close()
+
+
+def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_broker, queue):
+    broker = workers_broker
+    post_value(broker, queue, "x")
+    request = f"GET /stats/{queue} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+    async def pool_at_once() -> list:
+        # a client's connection pool: opened together, each busy with requests at once
+        pool = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", broker.port) for _ in range(16))
+        )
+
+        async def use(reader, writer) -> None:
+            for _ in range(20):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+                await reader.readexactly(length)
+
+        try:
+            await asyncio.gather(*(use(reader, writer) for reader, writer in pool))
+            return [_holder(broker, writer.get_extra_info("socket")) for _, writer in pool]
+        finally:
+            for _, writer in pool:
+                writer.close()
+
+    held = asyncio.run(pool_at_once())
+    counts = {pid: held.count(pid) for pid in _live_pids(broker)}
+    assert min(counts.values()) >= 3, counts
 
 
 def test_stats_count_the_consumers_of_every_process(workers_broker, queue):
