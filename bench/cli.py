@@ -23,6 +23,7 @@ from bench.scenario import Context, Scenario, cpu_count
 from bench.servers import stop_all
 from bench.shutdown import ShutdownScenario
 from bench.streaming import FanoutScenario, IdleMemoryScenario, LatencyScenario
+from bench.workers import WorkersScenario
 
 SCENARIOS: dict[str, type[Scenario]] = {
     "rest": RestScenario,
@@ -33,6 +34,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "shutdown": ShutdownScenario,
     "leased": LeasedScenario,
     "leases": LeasesScenario,
+    "workers": WorkersScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -65,11 +67,14 @@ scenarios (--only):
   leases   consumed msg/s with --lease-consumers consumers: plain pops, leased take +
            ack (target >= 0.45x plain), n=10 + one ack (target >= 2x plain); long-poll
            wake-up p50/p99 next to SSE delivery (target: p50 <= 1.5x SSE p50)
+  workers  produce and pop req/s of a broker run with --workers 1 and with
+           --workers N (default: one per core, at least 2), CPU% of every
+           process (target >= 1.5x, judged only on machines with >= 4 cores)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 4 minutes (shutdown: about 70 s, leased:
-about 20 s).
+With the defaults the whole run takes about 6 minutes (shutdown: about 70 s,
+workers: about 50 s, leased: about 20 s).
 """
 
 
@@ -128,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "shutdown, leased, leases, streaming, all); default: all")  # fmt: skip
+             "shutdown, leased, leases, workers, streaming, all); default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
     add("--warmup", type=_positive(float), default=1.0, metavar="S",
@@ -168,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
         help="concurrent consumers of the leases scenario (default 50)")  # fmt: skip
     add("--wake-up-samples", type=_positive(int), default=200, metavar="N",
         help="long-poll and SSE deliveries timed by the leases scenario (default 200)")  # fmt: skip
+    add("--workers", type=_positive(int), default=max(2, cpu_count()), metavar="N",
+        help="broker processes of the workers scenario, compared with 1 (default: one per "
+             "core, at least 2)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -458,6 +458,10 @@ class ConsumerRegistry:
         state = self._queues.get(queue)
         return len(state.consumers) if state else 0
 
+    def counts(self) -> dict[str, int]:
+        """Streaming consumers per queue (queues with none left out)."""
+        return {queue: len(state.consumers) for queue, state in self._queues.items()}
+
     @property
     def total(self) -> int:
         return self._total

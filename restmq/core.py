@@ -21,6 +21,10 @@ key                         type     holds
                                      deadline (what the sweepers read)
 ``<q>:leasedstreams``       zset     brokers with leased streaming consumers of q ->
                                      until when (ms, Redis ``TIME``); expires unrefreshed
+``restmq:brokers``          zset     ids of the brokers that have streaming consumers,
+                                     scored by when their counts expire (ms)
+``restmq:consumers:<id>``   hash     queue -> streaming consumers of broker ``<id>``;
+                                     expires unless the broker writes it again
 ==========================  =======  =============================================
 
 The leased-stream key exists only while some broker has leased streams of the queue.
@@ -30,7 +34,8 @@ acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its l
 holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
 key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
 ``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
-``:<n>:refcount``, or start with ``queuestat::``.
+``:<n>:refcount``, or start with ``queuestat::``; neither can ``restmq:brokers`` nor
+``restmq:consumers:<id>``, as a broker id is ``b`` and hex digits.
 
 Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
 the database number: channels are server-wide) on which the scripts announce
@@ -41,7 +46,8 @@ wake its streaming consumers at once (restmq.notices, docs/brokers.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -63,6 +69,8 @@ STARTED, STOPPED = 1, 0
 POP_BYTES = 16 * 1024 * 1024  # a batch pop stops once its bodies reach this
 STREAM_BATCH_BYTES = 1024 * 1024  # likewise a batch taken for streaming consumers
 LEASING = "restmq:leasing"  # the leasing index (see the key table above)
+BROKERS = "restmq:brokers"  # brokers whose consumer counts are live
+CONSUMERS_PREFIX = "restmq:consumers:"  # + broker id: its consumer counts
 DEAD_SUFFIX = ":dead"  # the dead letters of q are the queue q:dead
 LEASE_RETURN_LIMIT = 1000  # overdue leases one script call ends at most
 SWEEP_QUEUES = 100  # queues one sweep step visits at most
@@ -81,6 +89,8 @@ _DELETE = _script("delete")
 _PURGE = _script("purge")
 _SET_AND_NOTIFY = _script("set_and_notify")
 _STATS = _script("stats", writes=False)
+_QUEUE_STATS = _script("queue_stats", writes=False)
+_REPORT_CONSUMERS = _script("report_consumers")
 _QUEUE_INFO = _script("queue_info", writes=False)
 _TAKE_FOR_STREAMS = _script("take_for_streams")
 _REQUEUE = _script("requeue")
@@ -132,6 +142,17 @@ class QueueStats:
     policy: str  # "broadcast" or "roundrobin"
     leased: int = 0  # messages handed out under a lease and not yet acked
     dead: int | None = None  # length of the dead-letter queue <q>:dead; None: no such queue
+    other_consumers: int = 0  # streaming consumers of the other brokers sharing the Redis
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """What /stats/<q> shows of a queue that only Redis knows."""
+
+    length: int
+    consumers_elsewhere: int  # streaming consumers of the other brokers sharing the Redis
+    leased: int
+    dead: int | None  # length of <q>:dead; None when there is no such queue
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,8 @@ class QueueEngine:
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._channel_prefix = f"{NOTIFY_PREFIX}{redis.dbid}:"
+        # Names this broker process's consumer counts in Redis; never a queue key's end.
+        self.broker_id = f"b{uuid.uuid4().hex[:16]}"
 
     # -- key layout ---------------------------------------------------------
 
@@ -315,8 +338,16 @@ class QueueEngine:
         """Length, status, policy, leases and dead letters of every queue, in one call."""
         flat = await self.redis.run_script(
             _STATS,
-            [QUEUESET],
-            [self._status_key(""), ":queue", ":queuepolicy", ":leased", DEAD_SUFFIX],
+            [QUEUESET, BROKERS],
+            [
+                self._status_key(""),
+                ":queue",
+                ":queuepolicy",
+                ":leased",
+                DEAD_SUFFIX,
+                CONSUMERS_PREFIX,
+                self.broker_id,
+            ],
         )
         return [
             QueueStats(
@@ -326,9 +357,49 @@ class QueueEngine:
                 policy=_POLICY_NAMES.get(_text(flat[i + 3]), "broadcast"),
                 leased=_int(flat[i + 4]),
                 dead=None if flat[i + 5] in ("", b"") else _int(flat[i + 5]),
+                other_consumers=_int(flat[i + 6]),
             )
-            for i in range(0, len(flat or ()), 6)
+            for i in range(0, len(flat or ()), 7)
         ]
+
+    async def queue_counts(self, queue: str) -> QueueCounts:
+        """The /stats/<q> figures: length, leases, dead letters and the streaming
+        consumers other brokers serve on the queue, in one call."""
+        validation.queue_name(queue)
+        dead_queue = self._dead_queue(queue)
+        reply = await self.redis.run_script(
+            _QUEUE_STATS,
+            [self._list(queue), BROKERS, self._leased(queue), QUEUESET, self._list(dead_queue)],
+            [CONSUMERS_PREFIX, self.broker_id, queue, dead_queue],
+        )
+        return QueueCounts(
+            length=_int(reply[0]),
+            consumers_elsewhere=_int(reply[1]),
+            leased=_int(reply[2]),
+            dead=None if reply[3] in ("", b"") else _int(reply[3]),
+        )
+
+    # -- consumer counts ----------------------------------------------------
+
+    async def report_consumers(
+        self, counts: Mapping[str, int], lifetime_ms: int, *, refresh: bool = False
+    ) -> bool:
+        """Record this broker's streaming consumers per queue for ``lifetime_ms``.
+
+        ``refresh`` only keeps the counts written last alive; it returns False when
+        they had expired already (write them in full then). Empty ``counts`` clear them.
+        """
+        args: list[Any] = [self.broker_id, lifetime_ms]
+        if refresh:
+            args.append("refresh")
+        else:
+            args.append("set")
+            for queue, count in counts.items():
+                args += [queue, count]
+        reply = await self.redis.run_script(
+            _REPORT_CONSUMERS, [BROKERS, CONSUMERS_PREFIX + self.broker_id], args
+        )
+        return bool(_int(reply))
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """One queue's stats, its message counter and its ``newest`` pending keys."""

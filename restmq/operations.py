@@ -94,7 +94,8 @@ class Status:
 
 @dataclass(frozen=True)
 class QueueFigures:
-    """One queue's line in /stats/: its stored stats and this broker's consumers."""
+    """One queue's line in /stats/: its stored stats and its streaming consumers on
+    every broker (and worker) sharing the Redis."""
 
     stats: QueueStats
     consumers: int
@@ -111,7 +112,7 @@ class OneStats:
     storage: str
     queue: str
     length: int
-    consumers: int  # streaming consumers of the queue on this broker
+    consumers: int  # streaming consumers of the queue on every broker sharing the Redis
     leased: int = 0  # messages handed out under a lease and not yet acked
     dead: int | None = None  # length of <queue>:dead; None when there is no such queue
 
@@ -389,8 +390,15 @@ class Operations:
         return await self.engine.queues()
 
     async def all_stats(self) -> AllStats:
-        """Every queue's length, status and policy (one engine call), with consumers here."""
-        rows = [QueueFigures(s, self.consumers.count(s.name)) for s in await self.engine.stats()]
+        """Every queue's length, status, policy and consumers (one engine call).
+
+        Consumers here are counted as they are now; those of other brokers as they
+        last wrote them to Redis (about every second).
+        """
+        rows = [
+            QueueFigures(s, s.other_consumers + self.consumers.count(s.name))
+            for s in await self.engine.stats()
+        ]
         return AllStats(self.describe_storage(), rows)
 
     def watch_stats(self, watcher: StatsWatcher) -> None:
@@ -402,14 +410,14 @@ class Operations:
 
     async def stats(self, queue: str) -> OneStats:
         queue = validation.queue_name(queue)
-        stats = (await self.engine.info(queue, newest=0)).stats
+        counts = await self.engine.queue_counts(queue)
         return OneStats(
             self.describe_storage(),
             queue,
-            stats.length,
-            self.consumers.count(queue),
-            leased=stats.leased,
-            dead=stats.dead,
+            counts.length,
+            counts.consumers_elsewhere + self.consumers.count(queue),
+            leased=counts.leased,
+            dead=counts.dead,
         )
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.python import usage
 
@@ -59,6 +60,13 @@ def _non_negative_int(name: str):
         return number
 
     return parse
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a count of processes, or ``auto`` for one per core."""
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _positive_int("workers")(value)
 
 
 def _positive_float(name: str):
@@ -230,7 +238,35 @@ class Options(usage.Options):
             "HTTPS and wss:// on --port, with --tls-key [default: none, plain HTTP]",
         ],
         ["tls-key", None, None, "PEM private key file of --tls-cert"],
+        [
+            "workers",
+            None,
+            1,
+            "broker processes serving --port together, to use more than one core: this "
+            "one and N-1 workers it starts, watches and stops (they share its storage); "
+            "'auto' = one per core",
+            _workers,
+        ],
+        # Set by the main process on the workers it starts; hidden from --help.
+        ["worker-fd", None, None, "", _non_negative_int("worker-fd")],
     ]
+
+    #: Options that only the broker itself passes (see getUsage).
+    hidden = ("worker-fd",)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept so that the workers are started with the very arguments this broker got.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        self.directory = os.getcwd()  # relative paths in them are relative to it
+        super().parseOptions(options)
+
+    def getUsage(self, width: int | None = None) -> str:
+        shown = [name for name in self.longOpt if name.rstrip("=") not in self.hidden]
+        every, self.longOpt = self.longOpt, shown
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = every
 
     def opt_version(self) -> None:
         """Print the RestMQ version and exit."""
@@ -247,8 +283,15 @@ class Options(usage.Options):
             and self["redis-sentinel"] is None
         )
 
+    @property
+    def is_worker(self) -> bool:
+        """True in a worker process started by a broker run with --workers."""
+        return self["worker-fd"] is not None
+
     def postOptions(self) -> None:
         self._check_sentinel()
+        if self.is_worker:
+            self["workers"] = 1  # a worker starts no workers of its own
         if self["redis-socket"] and (self["redis-host"] or self["redis-port"]):
             raise usage.UsageError(
                 "give either --redis-socket or --redis-host/--redis-port, not both"

@@ -14,8 +14,9 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 
-from restmq import __version__, acl, memory
+from restmq import __version__, acl, memory, workers
 from restmq.budget import MemoryBudget
+from restmq.census import ConsumerCensus
 from restmq.consumers import ConsumerRegistry
 from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
@@ -141,6 +142,9 @@ class BrokerService(service.Service):
             self.redis, engine, self.consumers, self.access, budget, waiters=self.waiters
         )
         self.lease_sweeper = LeaseSweeper(engine, reactor, metrics=self.metrics)
+        # This process's consumer counts, kept in Redis for everyone's /stats/.
+        self.census = ConsumerCensus(engine, self.consumers, reactor)
+        self.workers: workers.WorkerPool | None = None
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -154,6 +158,8 @@ class BrokerService(service.Service):
 
     def prepare(self) -> None:
         """Checks that must pass before twistd goes on (run from makeService)."""
+        if self.options.is_worker:
+            workers.become_worker()
         # Configuration first: a broken acl.conf or certificate must not touch the data dir.
         self.access.load()
         if self.options["tls-cert"]:
@@ -170,6 +176,8 @@ class BrokerService(service.Service):
         memory.keep_large_blocks_on_mmap()
         if self.valkey is not None:
             log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
+        elif self.options.is_worker:
+            log.info("storage: the main process's, {where}", where=self.redis.address.describe())
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
         self.access.start_watching(self.reactor)
@@ -186,15 +194,11 @@ class BrokerService(service.Service):
         self.consumers.start(self.notifications)
         self.waiters.start(self.notifications)
         self.lease_sweeper.start()
-        interface = self.options["listen"]
-        if self.tls is not None:
-            endpoint = SSL4ServerEndpoint(
-                self.reactor, self.options["port"], self.tls, interface=interface
-            )
-        else:
-            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
-        self.port = await endpoint.listen(self.application)
+        self.census.start()
+        self.port = await self._listen()
+        if self.options.is_worker:
+            log.info("worker {pid} serving the broker's port", pid=os.getpid())
+            return
         address = self.port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
         scheme = "https" if self.tls is not None else "http"
@@ -204,6 +208,42 @@ class BrokerService(service.Service):
             host=host,
             port=address.port,
         )
+        if self.options["workers"] > 1:
+            self._start_workers()
+
+    async def _listen(self):
+        """The HTTP port: opened here, or, in a worker, the main process's adopted."""
+        interface = self.options["listen"]
+        serving = self.application.connections.__len__
+        if self.options.is_worker:
+            fd = self.options["worker-fd"]
+            return workers.adopt_port(
+                self.reactor, fd, interface, self.application, self.tls, serving
+            )
+        if self.options["workers"] > 1:
+            return workers.listen_shared(
+                self.reactor, self.options["port"], interface, self.application, self.tls, serving
+            )
+        if self.tls is not None:
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, self.options["port"], self.tls, interface=interface
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
+        return await endpoint.listen(self.application)
+
+    def _start_workers(self) -> None:
+        storage = self.valkey.socket_path if self.valkey is not None else None
+        fd = self.port.fileno()
+        self.workers = workers.WorkerPool(
+            self.reactor,
+            self.options["workers"] - 1,
+            lambda: workers.worker_command(self.options.arguments, fd, storage),
+            fd,
+            self.options.directory,
+        )
+        self.workers.start()
 
     def _on_notice(self, channel: str, message: str) -> None:
         """A queue's channel speaks: streaming consumers and long-poll waiters listen."""
@@ -240,7 +280,10 @@ class BrokerService(service.Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.access.stop_watching()
-        return defer.ensureDeferred(self._stop())
+        stopping = defer.ensureDeferred(self._stop())
+        # twistd would drop a failed stop without a word, and exit with Redis calls still out
+        stopping.addErrback(lambda failure: log.failure("RestMQ could not stop cleanly", failure))
+        return stopping
 
     async def _stop(self) -> None:
         """Stop so that nothing acknowledged is lost, in a few seconds at most.
@@ -252,19 +295,24 @@ class BrokerService(service.Service):
         """
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        # The workers do the same stop, at the same time; the storage waits for them.
+        workers_stopped = self.workers.stop() if self.workers is not None else None
         connections = self.application.connections
         if self.port is not None:
-            await self.port.stopListening()
+            await defer.maybeDeferred(self.port.stopListening)  # None if closed already
             connections.stop()
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
         self.broker.operations.stats_feed.stop()  # dashboards see the broker go
         self.waiters.stop()  # long-poll waiters are answered 204 at once
         await self.consumers.stop()
+        await self.census.stop()  # no streams left here: other brokers count none of ours
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
         await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
         await self._redis_calls_done()
         await self.notifications.stop()
         await self.redis.disconnect()
+        if workers_stopped is not None:
+            await workers_stopped
         if self.valkey is not None:
             await self.valkey.stop()
         log.info("RestMQ stopped")

@@ -44,7 +44,7 @@ def test_help_explains_the_options():
     assert result.returncode == 0, result.stderr
     for option in ("--only", "--duration", "--connections", "--client-procs", "--rate"):
         assert option in result.stdout
-    for scenario in ("rest", "latency", "fanout", "memory"):
+    for scenario in ("rest", "latency", "fanout", "memory", "workers"):
         assert re.search(rf"^\s+{scenario}\s", result.stdout, re.MULTILINE), scenario
 
 
@@ -96,6 +96,27 @@ def test_rest_scenario_prints_figures_ratios_and_round_trips_and_cleans_up():
     assert len(started) == 2, out
     for pid in map(int, started):
         assert not still_running(pid, (workdir.encode(), b"bench.baseline"))
+
+
+def test_workers_scenario_compares_one_process_with_two_and_cleans_up():
+    result = run_bench(
+        "--only", "workers", "--workers", "2", "--duration", "1", "--warmup", "0.2",
+        "--connections", "4", timeout=150,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Traceback" not in out + result.stderr
+    rows = re.findall(r"^\s+--workers ([12])\s+(POST|GET)\s+/q/<q>\s+([\d,]+)\s", out, re.M)
+    assert {(n, method) for n, method, _ in rows} == {
+        ("1", "POST"), ("1", "GET"), ("2", "POST"), ("2", "GET"),
+    }, out  # fmt: skip
+    assert all(int(rate.replace(",", "")) > 0 for _, _, rate in rows), out
+    assert "worker 1 " in out, "the CPU use of the worker process is shown"
+    assert re.search(r"speed-up with --workers 2: produce [\d.]+x\s+pop [\d.]+x", out), out
+    assert re.search(r"machine: \d+ cores", out), "the core count is reported"
+    workdir = re.search(r"work dir (\S+)", out)[1]
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
 
 
 def still_running(pid: int, marks: tuple[bytes, ...]) -> bool:

@@ -11,7 +11,12 @@ def test_a_broker_with_storage_is_healthy(shared_broker):
     assert answer.status == 200
     assert answer.headers["content-type"].startswith("application/json")
     assert answer.headers["cache-control"] == "no-store"
-    assert answer.json() == {"status": "ok", "storage": "up", "version": __version__}
+    assert answer.json() == {
+        "status": "ok",
+        "storage": "up",
+        "version": __version__,
+        "pid": shared_broker.proc.pid,  # the process that answered (--workers)
+    }
     # probes that only look at the status line may use HEAD
     head = shared_broker.request("HEAD", "/health")
     assert (head.status, head.body) == (200, b"")

@@ -37,6 +37,7 @@ VARIABLES = [
     "RESTMQ_DATA_DIR",
     "RESTMQ_ACL",
     "RESTMQ_PIDFILE",
+    "RESTMQ_WORKERS",
 ]
 
 
@@ -205,6 +206,18 @@ def test_script_uses_a_redis_unix_socket(script_broker):
         server.terminate()
         server.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_script_runs_workers(script_broker):
+    broker = script_broker({"RESTMQ_WORKERS": "2"})
+    assert "--workers=2" in broker.cmdline()
+    answering: set[int] = set()
+
+    def both_answer() -> bool:
+        answering.update(broker.get("/health").json()["pid"] for _ in range(10))
+        return len(answering) == 2
+
+    wait_for(both_answer, 30, what="two processes answering")
 
 
 def test_script_help_lists_every_variable():

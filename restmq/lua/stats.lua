@@ -1,9 +1,11 @@
--- Length, status, policy, leases and dead letters of every queue, in one call.
--- KEYS: 1 QUEUESET
+-- Length, status, policy, leases, dead letters and the streaming consumers of the other
+-- brokers of every queue, in one call.
+-- KEYS: 1 QUEUESET, 2 the brokers index (zset of broker ids)
 -- ARGV: 1 status key prefix, 2 list key suffix, 3 policy key suffix, 4 leased key suffix,
---       5 dead-letter queue suffix
--- Returns a flat list: name, length, status, policy, leased, dead, ... (status/policy ''
--- when unset; dead is the length of <q>:dead, '' when there is no such queue)
+--       5 dead-letter queue suffix, 6 consumer counts key prefix, 7 the asking broker's id
+-- Returns a flat list: name, length, status, policy, leased, dead, consumers, ...
+-- (status/policy '' when unset; dead is the length of <q>:dead, '' when there is no such
+-- queue; consumers counts those of every broker but the asking one)
 -- A key that holds another type (something else wrote it) reads as empty rather than
 -- failing the whole listing, which is also the broker's readiness answer.
 local out = {}
@@ -11,6 +13,17 @@ local names = redis.call('SMEMBERS', KEYS[1])
 table.sort(names)
 local known = {}
 for _, name in ipairs(names) do known[name] = true end
+local consumers = {}
+for _, broker in ipairs(redis.pcall('ZRANGE', KEYS[2], 0, -1)) do
+  if broker ~= ARGV[7] then
+    local counts = redis.pcall('HGETALL', ARGV[6] .. broker)
+    if type(counts) == 'table' then
+      for i = 1, #counts, 2 do
+        consumers[counts[i]] = (consumers[counts[i]] or 0) + (tonumber(counts[i + 1]) or 0)
+      end
+    end
+  end
+end
 for _, name in ipairs(names) do
   out[#out + 1] = name
   local length = redis.pcall('LLEN', name .. ARGV[2])
@@ -27,5 +40,6 @@ for _, name in ipairs(names) do
     dead = type(n) == 'number' and n or 0
   end
   out[#out + 1] = dead
+  out[#out + 1] = consumers[name] or 0
 end
 return out

@@ -14,32 +14,17 @@ On systems without ``prctl`` the broker reaps a leftover server at its next star
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
 import sys
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    # The parent may have died before prctl took effect.
-    if os.getppid() != parent_pid:
-        raise SystemExit(1)
+from restmq.lifeline import die_with_parent
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit("usage: python -m restmq.storage.launcher VALKEY-BINARY [ARGS...]")
     parent = int(os.environ.pop("RESTMQ_PARENT_PID", os.getppid()))
-    if sys.platform.startswith("linux"):
-        _die_with_parent(parent)
+    die_with_parent(parent)
     os.setpgid(0, 0)
     os.execv(argv[1], argv[1:])
 

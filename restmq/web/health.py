@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from restmq import __version__
 from restmq.web.base import BaseHandler
 
@@ -28,7 +30,8 @@ class HealthHandler(BaseHandler):
                 status=503,
             )
             return
-        self.answer({"status": "ok", "storage": "up", "version": __version__})
+        # pid: which process answered, when several serve the port (--workers)
+        self.answer({"status": "ok", "storage": "up", "version": __version__, "pid": os.getpid()})
 
     async def head(self) -> None:
         await self.get()

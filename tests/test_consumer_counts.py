@@ -1,0 +1,105 @@
+"""Streaming consumer counts of several brokers in one Redis: QueueEngine on a real Valkey.
+
+Each broker (each --workers process too) records its counts under its own id for a
+short while; /stats/ adds up those of the others to its own, in the same script call.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from restmq.core import QueueEngine
+from restmq.storage.client import RedisAddress, RedisClient
+
+
+@pytest.fixture
+def server(valkey_factory):
+    return valkey_factory()
+
+
+@pytest.fixture
+def engines(server):
+    """Three brokers' engines on the same Redis."""
+    clients = []
+    for _ in range(3):
+        client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port))
+        client.connect()
+        pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
+        clients.append(client)
+    yield [QueueEngine(client) for client in clients]
+    for client in clients:
+        pytest_twisted.blockon(client.disconnect())
+
+
+def _consumers(stats, name: str) -> int:
+    return next(s.other_consumers for s in stats if s.name == name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_broker_sees_the_sum_of_the_others(engines):
+    a, b, c = engines
+    await a.add("orders", "x")
+    await a.add("mail", "y")
+    await a.report_consumers({"orders": 2, "mail": 1}, 10_000)
+    await b.report_consumers({"orders": 3}, 10_000)
+    stats = await c.stats()
+    assert (_consumers(stats, "orders"), _consumers(stats, "mail")) == (5, 1)
+    assert await _length_and_consumers(c, "orders") == (1, 5)
+    # a broker counts its own consumers itself, live: Redis gives it only the others'
+    assert _consumers(await a.stats(), "orders") == 3
+    assert await _length_and_consumers(b, "orders") == (1, 2)
+    assert await _length_and_consumers(c, "nobody-here") == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_counts_replace_the_old_and_none_clear_them(engines, server):
+    a, _, c = engines
+    await a.add("orders", "x")
+    await a.report_consumers({"orders": 2, "mail": 1}, 10_000)
+    await a.report_consumers({"orders": 4}, 10_000)
+    assert await _length_and_consumers(c, "orders") == (1, 4)
+    assert await _length_and_consumers(c, "mail") == (0, 0)
+    await a.report_consumers({}, 10_000)
+    assert await _length_and_consumers(c, "orders") == (1, 0)
+    assert server.command("KEYS", "restmq:*") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_counts_not_kept_alive_drop_out(engines, server):
+    a, b, c = engines
+    await a.add("orders", "x")
+    await a.report_consumers({"orders": 2}, 300)
+    await b.report_consumers({"orders": 1}, 60_000)
+    assert await a.report_consumers({}, 300, refresh=True), "a refresh keeps them alive"
+    await task.deferLater(reactor, 0.5, lambda: None)  # a died: it wrote nothing since
+    assert await _length_and_consumers(c, "orders") == (1, 1)
+    assert _consumers(await c.stats(), "orders") == 1
+    assert not await a.report_consumers({}, 300, refresh=True), "gone: write them in full"
+    await b.report_consumers({"orders": 1}, 60_000)  # the next write drops a from the index
+    assert server.command("ZRANGE", "restmq:brokers", "0", "-1") == [b.broker_id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_count_keys_are_apart_from_every_queue_key(engines, server):
+    a, _, c = engines
+    for name in ("restmq", "restmq:consumers", "restmq:brokers"):
+        await a.add(name, "x")
+    await a.report_consumers({"restmq:consumers": 7}, 10_000)
+    keys = set(server.command("KEYS", "*"))
+    assert keys >= {"restmq:brokers", f"restmq:consumers:{a.broker_id}"}
+    assert a.broker_id.startswith("b") and a.broker_id[1:].isalnum()
+    stats = {s.name: s for s in await c.stats()}
+    assert {name: stats[name].length for name in stats} == {
+        "restmq": 1,
+        "restmq:consumers": 1,
+        "restmq:brokers": 1,
+    }
+    assert stats["restmq:consumers"].other_consumers == 7
+    assert [await c.pop(name) is not None for name in stats] == [True, True, True]
+
+
+async def _length_and_consumers(engine, queue: str) -> tuple[int, int]:
+    counts = await engine.queue_counts(queue)
+    return counts.length, counts.consumers_elsewhere

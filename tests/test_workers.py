@@ -1,0 +1,340 @@
+"""``--workers N``: one port served by N `twistd restmq` processes sharing one Redis.
+
+Real brokers; which process holds a connection is read from the operating system
+(psutil), and /health names the process that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import http.client
+import ipaddress
+import json
+import re
+import signal
+import socket
+import ssl
+
+import psutil
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from restmq.options import Options
+from tests.support import (
+    Broker,
+    HttpStream,
+    consumers_of,
+    pid_alive,
+    post_value,
+    valkey_pids,
+    wait_for,
+)
+
+
+def _workers(broker: Broker) -> list[psutil.Process]:
+    children = psutil.Process(broker.proc.pid).children()
+    return [p for p in children if "--worker-fd" in p.cmdline()]
+
+
+def _answering_pids(broker: Broker, tries: int = 60) -> set[int]:
+    """The pids /health names over ``tries`` fresh connections."""
+    return {broker.get("/health").json()["pid"] for _ in range(tries)}
+
+
+def _wait_serving(broker: Broker, count: int, timeout: float = 30.0) -> set[int]:
+    """Wait until ``count`` processes answer on the broker's port; their pids."""
+    seen: set[int] = set()
+
+    def all_answer() -> bool:
+        seen.update(_answering_pids(broker, 10))
+        return len(seen & _live_pids(broker)) >= count
+
+    wait_for(all_answer, timeout, interval=0.1, what=f"{count} processes serving")
+    return seen & _live_pids(broker)
+
+
+def _live_pids(broker: Broker) -> set[int]:
+    return {broker.proc.pid, *(p.pid for p in _workers(broker))}
+
+
+def _holder(broker: Broker, client: socket.socket) -> int | None:
+    """The pid of the broker process that accepted ``client``'s connection."""
+    local = client.getsockname()[:2]
+    for pid in _live_pids(broker):
+        try:
+            connections = psutil.Process(pid).net_connections("tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.raddr and (c.raddr.ip, c.raddr.port) == local for c in connections):
+            return pid
+    return None
+
+
+def _connection_to(broker: Broker, pid: int) -> http.client.HTTPConnection:
+    """A keep-alive connection that process ``pid`` accepted."""
+    for _ in range(200):
+        conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
+        conn.connect()
+        holder = wait_for(lambda c=conn: _holder(broker, c.sock), 5, what="the accepting pid")
+        if holder == pid:
+            return conn
+        conn.close()
+    raise AssertionError(f"no connection reached process {pid}")
+
+
+def _stream_held_by(broker: Broker, queue: str, pid: int) -> HttpStream:
+    for _ in range(200):
+        stream = HttpStream(broker.port, queue, sse=True).start()
+        holder = wait_for(
+            lambda s=stream: _holder(broker, s.conn.sock), 5, what="the stream's process"
+        )
+        if holder == pid:
+            return stream
+        stream.close()
+    raise AssertionError(f"no stream reached process {pid}")
+
+
+def _gone(pids) -> bool:
+    return not any(pid_alive(pid) for pid in pids)
+
+
+@pytest.fixture
+def workers_broker(broker_factory):
+    broker = broker_factory("--workers", "2")
+    _wait_serving(broker, 2)
+    return broker
+
+
+def test_two_processes_serve_one_port_and_one_queue(workers_broker, queue):
+    broker = workers_broker
+    main = broker.proc.pid
+    (worker,) = (p.pid for p in _workers(broker))
+    assert _answering_pids(broker) == {main, worker}
+    # a stream held by the worker gets what is posted through the main process
+    stream = _stream_held_by(broker, queue, worker)
+    try:
+        conn = _connection_to(broker, main)
+        conn.request(
+            "POST",
+            f"/q/{queue}",
+            body="value=hello",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert stream.next_message()["value"] == "hello"
+        # and the other way round: a pop through the worker takes what the main stored
+        post_value(broker, queue + "-pop", "popped")
+        conn = _connection_to(broker, worker)
+        conn.request("GET", f"/q/{queue}-pop")
+        assert b"popped" in conn.getresponse().read()
+        conn.close()
+    finally:
+        stream.close()
+
+
+def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_broker, queue):
+    broker = workers_broker
+    post_value(broker, queue, "x")
+    request = f"GET /stats/{queue} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+    async def pool_at_once() -> list:
+        # a client's connection pool: opened together, each busy with requests at once
+        pool = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", broker.port) for _ in range(16))
+        )
+
+        async def use(reader, writer) -> None:
+            for _ in range(20):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+                await reader.readexactly(length)
+
+        try:
+            await asyncio.gather(*(use(reader, writer) for reader, writer in pool))
+            return [_holder(broker, writer.get_extra_info("socket")) for _, writer in pool]
+        finally:
+            for _, writer in pool:
+                writer.close()
+
+    held = asyncio.run(pool_at_once())
+    counts = {pid: held.count(pid) for pid in _live_pids(broker)}
+    assert min(counts.values()) >= 3, counts
+
+
+def test_stats_count_the_consumers_of_every_process(workers_broker, queue):
+    broker = workers_broker
+    main = broker.proc.pid
+    (worker,) = (p.pid for p in _workers(broker))
+    post_value(broker, queue, "listed")
+    streams = [_stream_held_by(broker, queue, pid) for pid in (main, worker, worker)]
+    try:
+        # whichever process answers, it counts all three
+        for pid in (main, worker):
+            conn = _connection_to(broker, pid)
+            wait_for(lambda c=conn: _consumers_on(c, queue) == 3, 5, what="3 consumers")
+            conn.request("GET", "/stats/")
+            listing = json.loads(conn.getresponse().read())
+            assert listing["queues"][queue]["consumers"] == 3
+            conn.close()
+    finally:
+        for stream in streams:
+            stream.close()
+    wait_for(lambda: consumers_of(broker, queue) == 0, 5, what="no consumer left")
+
+
+def _consumers_on(conn: http.client.HTTPConnection, queue: str) -> int:
+    conn.request("GET", f"/stats/{queue}")
+    return json.loads(conn.getresponse().read())["consumers"]
+
+
+def test_an_acl_conf_change_reaches_every_process(broker_factory, tmp_path):
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    acl = workdir / "acl.conf"  # found in the working directory, by every process
+    acl.write_text("# every route open\n")
+    broker = broker_factory("--workers", "2", workdir=workdir)
+    pids = _wait_serving(broker, 2)
+    acl.write_text("[rest:consumer]\nhosts_deny = all\n")
+    for pid in pids:
+        conn = _connection_to(broker, pid)
+        wait_for(lambda c=conn: _status(c, "/stats/") == 403, 15, what=f"{pid} to reload")
+        conn.close()
+
+
+def _status(conn: http.client.HTTPConnection, path: str) -> int:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def test_a_killed_worker_is_started_again_and_sigterm_stops_all(workers_broker):
+    broker = workers_broker
+    (worker,) = _workers(broker)
+    valkeys = valkey_pids(broker.data_dir)
+    worker.kill()
+    wait_for(lambda: _gone([worker.pid]), 10, what="the worker to die")
+    wait_for(
+        lambda: [p.pid for p in _workers(broker)] not in ([], [worker.pid]),
+        15,
+        what="a new worker",
+    )
+    (again,) = _workers(broker)
+    assert again.pid in _wait_serving(broker, 2)
+    assert f"worker 1 (pid {worker.pid}) ended (signal 9); starting it again" in broker.log()
+    everything = [broker.proc.pid, again.pid, *valkeys]
+    assert broker.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    wait_for(lambda: _gone(everything), 20, what="every process to stop")
+    worker_lines = [line for line in broker.log().splitlines() if f"worker {again.pid}:" in line]
+    assert any("RestMQ stopped" in line for line in worker_lines), "it did its own stop"
+
+
+def test_sigkill_of_the_main_process_leaves_nothing_behind(workers_broker):
+    broker = workers_broker
+    everything = [p.pid for p in _workers(broker)] + valkey_pids(broker.data_dir)
+    assert len(everything) == 2
+    broker.stop(signal.SIGKILL)
+    wait_for(lambda: _gone(everything), 20, what="the worker and valkey-server to go")
+
+
+def test_brokers_sharing_a_redis_add_up_consumers_and_a_dead_one_drops_out(
+    broker_factory, valkey_factory, queue
+):
+    server = valkey_factory()
+    storage = ("--redis-host", "127.0.0.1", "--redis-port", str(server.port))
+    first = broker_factory(*storage, "--workers", "2")
+    second = broker_factory(*storage)
+    _wait_serving(first, 2)
+    post_value(first, queue, "listed")
+    streams = [HttpStream(first.port, queue, sse=True).start() for _ in range(3)]
+    streams += [HttpStream(second.port, queue, sse=True).start() for _ in range(2)]
+    try:
+        for broker in (first, second):
+            wait_for(lambda b=broker: consumers_of(b, queue) == 5, 5, what="5 consumers")
+        second.stop(signal.SIGKILL)
+        wait_for(lambda: consumers_of(first, queue) == 3, 6, what="the dead broker's drop")
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_tls_is_served_by_every_worker(broker_factory, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    broker = broker_factory("--workers", "2", "--tls-cert", str(cert), "--tls-key", str(key),
+                            wait=False)  # fmt: skip
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def pids() -> set[int]:
+        seen = set()
+        for _ in range(10):
+            conn = http.client.HTTPSConnection("127.0.0.1", broker.port, context=context)
+            try:
+                conn.request("GET", "/health")
+                seen.add(json.loads(conn.getresponse().read())["pid"])
+            except OSError:
+                pass
+            finally:
+                conn.close()
+        return seen
+
+    everyone: set[int] = set()
+
+    def both_answer() -> bool:
+        everyone.update(pids())
+        return len(everyone) >= 2
+
+    wait_for(both_answer, 30, interval=0.1, what="both processes answering over TLS")
+    assert everyone == _live_pids(broker)
+
+
+def _self_signed(directory) -> tuple:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_workers_option():
+    def parsed(*args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    assert parsed()["workers"] == 1
+    assert parsed("--workers", "3")["workers"] == 3
+    assert parsed("--workers", "auto")["workers"] == (psutil.cpu_count() or 1)
+    assert parsed("--workers", "4", "--worker-fd", "5")["workers"] == 1, "no nested workers"
+    for wrong in ("0", "-1", "many"):
+        with pytest.raises(Exception, match="--workers"):
+            parsed("--workers", wrong)
+    usage = Options().getUsage()
+    assert "--workers" in usage and "worker-fd" not in usage
