@@ -7,8 +7,12 @@ import itertools
 import uuid
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from restmq.core import QueueEngine
+from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 
 
@@ -41,6 +45,37 @@ def valkey_factory(tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def server(valkey_factory):
+    """A standalone Valkey for a test that runs the broker's parts in this process."""
+    return valkey_factory()
+
+
+@pytest.fixture
+def connect_client():
+    """Connect RedisClients in this process (the reactor runs under pytest-twisted), as a
+    broker does; every one is disconnected after the test."""
+    clients: list[RedisClient] = []
+
+    def connect(server, **kwargs) -> RedisClient:
+        kwargs.setdefault("poolsize", 2)
+        client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), **kwargs)
+        client.connect()
+        pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        pytest_twisted.blockon(client.disconnect())
+
+
+@pytest.fixture
+def engine(server, connect_client):
+    """A QueueEngine over a real Valkey (``server``), in this process."""
+    return QueueEngine(connect_client(server))
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq import notices
 from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
 
 
@@ -36,20 +35,6 @@ class ListConsumer(StreamConsumer):
 
     def abort(self) -> None:
         self.gone = True
-
-
-@pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-@pytest.fixture
-def engine(server):
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
 
 
 @pytest.fixture

@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from restmq.core import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
 
 
 @pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-@pytest.fixture
-def engines(server):
+def engines(server, connect_client):
     """Three brokers' engines on the same Redis."""
-    clients = []
-    for _ in range(3):
-        client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port))
-        client.connect()
-        pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-        clients.append(client)
-    yield [QueueEngine(client) for client in clients]
-    for client in clients:
-        pytest_twisted.blockon(client.disconnect())
+    return [QueueEngine(connect_client(server, poolsize=10)) for _ in range(3)]
 
 
 def _consumers(stats, name: str) -> int:

@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-
-from restmq.core import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
-
-
-@pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-@pytest.fixture
-def engine(server):
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
 
 
 @pytest_twisted.ensureDeferred

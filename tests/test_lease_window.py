@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from restmq import notices
 from restmq.consumers import ConsumerRegistry, StreamConsumer
 from restmq.core import QueueEngine
 from restmq.shapes import stream_message
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
 
 
@@ -37,20 +36,6 @@ class ListConsumer(StreamConsumer):
 
     def abort(self) -> None:
         self.gone = True
-
-
-@pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-@pytest.fixture
-def engine(server):
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
 
 
 async def until(predicate, timeout: float = 5.0) -> None:

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from restmq.core import LEASING, QueueEngine
 from restmq.errors import InvalidArgument, StorageUnavailable
@@ -20,30 +20,9 @@ from restmq.storage.notify import Notifications
 
 
 @pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-def _connect(server) -> RedisClient:
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    return client
-
-
-@pytest.fixture
-def engine(server):
-    client = _connect(server)
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
-
-
-@pytest.fixture
-def other_engine(server):
+def other_engine(server, connect_client):
     """A second broker's engine on the same Redis."""
-    client = _connect(server)
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
+    return QueueEngine(connect_client(server))
 
 
 async def _sleep(seconds: float) -> None:

@@ -18,9 +18,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from restmq.consumers import ConsumerRegistry
-from restmq.core import QueueEngine
 from restmq.operations import Operations
-from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import Broker, Response, post_json, post_value, request, wait_for
 
 
@@ -178,14 +176,8 @@ def test_sigterm_answers_waiters_204_at_once(broker_factory, queue):
 
 
 @pytest.fixture
-def ops(valkey_factory):
-    server = valkey_factory()
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    engine = QueueEngine(client)
-    yield Operations(engine, ConsumerRegistry(engine, reactor), lambda: "test storage")
-    pytest_twisted.blockon(client.disconnect())
+def ops(engine):
+    return Operations(engine, ConsumerRegistry(engine, reactor), lambda: "test storage")
 
 
 @pytest.mark.parametrize("lease", [None, 30])

@@ -6,15 +6,13 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from restmq.consumers import ConsumerRegistry
-from restmq.core import QueueEngine
 from restmq.leases import LeaseSweeper
 from restmq.metrics import Metrics, Snapshot
 from restmq.operations import Operations
 from restmq.options import Options
-from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import Broker, HttpStream, basic, start_broker, wait_answering, wait_for
 
 Samples = dict[tuple[str, frozenset], float]
@@ -210,15 +208,9 @@ def test_help_names_the_bound():
 
 
 @pytest.fixture
-def operations(valkey_factory):
-    server = valkey_factory()
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    engine = QueueEngine(client)
+def operations(engine):
     consumers = ConsumerRegistry(engine, reactor, metrics=Metrics())
-    yield Operations(engine, consumers, lambda: "test")
-    pytest_twisted.blockon(client.disconnect())
+    return Operations(engine, consumers, lambda: "test")
 
 
 def counters(operations: Operations) -> Samples:

@@ -6,14 +6,12 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
 from restmq import validation
 from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import QueueEngine
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
 from restmq.operations import Added, AllStats, Deleted, OneStats, Operations, Policy, Purged, Status
-from restmq.storage.client import RedisAddress, RedisClient
 
 
 class SilentConsumer(StreamConsumer):
@@ -38,19 +36,9 @@ class SilentConsumer(StreamConsumer):
 
 
 @pytest.fixture
-def server(valkey_factory):
-    return valkey_factory()
-
-
-@pytest.fixture
-def ops(server):
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    engine = QueueEngine(client)
+def ops(engine):
     registry = ConsumerRegistry(engine, reactor, max_consumers=2)
-    yield Operations(engine, registry, lambda: "test storage")
-    pytest_twisted.blockon(client.disconnect())
+    return Operations(engine, registry, lambda: "test storage")
 
 
 @pytest_twisted.ensureDeferred

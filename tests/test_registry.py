@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
 
 
 class InMemoryConsumer(StreamConsumer):
@@ -31,16 +29,6 @@ class InMemoryConsumer(StreamConsumer):
 
     def abort(self) -> None:
         self.gone = True
-
-
-@pytest.fixture
-def engine(valkey_factory):
-    server = valkey_factory()
-    client = RedisClient(reactor, RedisAddress(host="127.0.0.1", port=server.port), poolsize=2)
-    client.connect()
-    pytest_twisted.blockon(defer.ensureDeferred(client.wait_until_ready()))
-    yield QueueEngine(client)
-    pytest_twisted.blockon(client.disconnect())
 
 
 async def settle(seconds: float = 0.2) -> None:
