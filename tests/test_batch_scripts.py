@@ -87,3 +87,15 @@ async def test_a_batch_pop_stops_at_the_byte_budget_and_keeps_the_order(
     later = await engine.pop_many("budget", 8)
     assert [m.value[:2] for m in later] == ["03", "04", "05"]
     assert [m.value[:2] for m in await engine.pop_many("budget", 8)] == ["06", "07"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_another_client_stored_as_bytes_come_back_as_text(engine, server):
+    await engine.add_many("raw", ["before"])
+    server.command("SET", "raw:90", b"caf\xc3\xa9")  # UTF-8
+    server.command("SET", "raw:91", b"\xff\xfe")  # not UTF-8
+    server.command("LPUSH", "raw:queue", "raw:90", "raw:91")
+    await engine.add_many("raw", ["after"])
+    taken = await engine.pop_many("raw", 10)
+    assert [m.value for m in taken] == ["before", "café", "\ufffd\ufffd", "after"]
+    assert all(isinstance(m.key, str) for m in taken)

@@ -39,10 +39,14 @@ class ApiError(cyclone.web.HTTPError):
         self.headers = headers or {}
 
 
+# The original's encoding: ", " and ": " separators, non-ASCII escaped. Never
+# NaN/Infinity: they are not JSON (input refuses them, see restmq.jsontext). Made once:
+# json.dumps with an option builds a new encoder for every answer.
+_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def encode_json(obj: Any) -> str:
-    # The original's encoding: ", " and ": " separators, non-ASCII escaped. Never
-    # NaN/Infinity: they are not JSON (input refuses them, see restmq.jsontext).
-    return json.dumps(obj, allow_nan=False)
+    return _JSON.encode(obj)
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
