@@ -129,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     add("--client-procs", type=_positive(int), default=1, metavar="N",
         help="load-generator processes for the rest runs (default 1: on 2 cores the servers "
              "need the other one)")  # fmt: skip
+    add("--repeat", type=_positive(int), default=1, metavar="N",
+        help="rest: measure each run N times (one after the other) and keep the fastest; "
+             "on a shared machine 2 or 3 make the ratios steadier (default 1)")  # fmt: skip
     add("--value-size", type=_positive(int), default=100, metavar="BYTES",
         help="size of each message value (default 100)")  # fmt: skip
     add("--round-trip-sample", type=_positive(int), default=100, metavar="N",
