@@ -238,7 +238,7 @@ class QueueEngine:
             _taken(
                 key if key.__class__ is str else _text(key),
                 value if value.__class__ is str else _text(value),
-                _int(count),
+                count if count.__class__ is int else _int(count),
                 ttl if ttl.__class__ is int else _int(ttl, -1),
             )
             for key, value, count, ttl in zip(fields, fields, fields, fields, strict=False)

@@ -4,7 +4,7 @@
 -- so a batch of large messages cannot swamp the broker.
 -- KEYS: 1 <q>:queue, 2 <q>:deliveries (a taken message's lease count goes with it)
 -- ARGV: 1 N, 2 byte budget
--- Returns a flat list: key, body, peek count, ms to live (-1 none), key, body, ...
+-- Returns a flat list: key, body, peek count (a number), ms to live (-1 none), key, ...
 -- A batch takes its keys CHUNK at a time and reads their bodies with one MGET: one
 -- command per message (PTTL) rather than five.
 local CHUNK = 1000
@@ -34,13 +34,13 @@ while taken < wanted and (taken == 0 or bytes < budget) do
     if body then
       out[#out + 1] = key
       out[#out + 1] = body
-      out[#out + 1] = peeks[i] or '0'
+      out[#out + 1] = tonumber(peeks[i]) or 0
       out[#out + 1] = redis.call('PTTL', key)
       taken = taken + 1
       bytes = bytes + #body
     end
     gone[#gone + 1] = key
-    gone[#gone + 1] = refcounts[i]
+    if peeks[i] then gone[#gone + 1] = refcounts[i] end -- most messages were never peeked
     i = i - 1
   end
   if i >= 1 then
@@ -49,9 +49,7 @@ while taken < wanted and (taken == 0 or bytes < budget) do
   end
   redis.call('DEL', unpack(gone))
   if counted then
-    local fields = {}
-    for j = 1, #gone, 2 do fields[#fields + 1] = gone[j] end
-    redis.call('HDEL', KEYS[2], unpack(fields))
+    redis.call('HDEL', KEYS[2], unpack(keys, i + 1, #keys))
   end
 end
 return out
