@@ -202,8 +202,11 @@ class BaseHandler(
 
     def answer(self, obj: Any, status: int = 200, callback: str | None = None) -> None:
         """Finish with ``obj`` as JSON and CRLF, or as ``callback(obj);`` (JSONP)."""
+        self.answer_json_text(encode_json(obj), status, callback)
+
+    def answer_json_text(self, text: str, status: int = 200, callback: str | None = None) -> None:
+        """Finish with ``text``, already JSON, as ``answer`` does."""
         self.set_status(status)
-        text = encode_json(obj)
         if callback:
             self.set_header("Content-Type", "application/javascript; charset=UTF-8")
             self.finish(f"{callback}({text});\r\n")
