@@ -1,10 +1,14 @@
-"""The baseline server: a bare cyclone handler, the framework's own ceiling.
+"""The baseline servers: a bare cyclone handler, the framework's own ceiling.
 
-Run as ``python -m bench.baseline --port P``. One process, Twisted's default
-reactor (the one ``twistd`` picks too), the broker's HTTP connection class
-(``BrokerHTTPConnection``) and output transform (``FixedChunked``), so that the
-only difference from the broker is the work behind the handler: no Redis call,
-no validation, just an answer of the same size the broker gives.
+Run as ``python -m bench.baseline --port P [--stock]``. One process, Twisted's
+default reactor (the one ``twistd`` picks too), and a handler that does no Redis
+call and no validation, just answers with the bytes the broker gives.
+
+- By default the application uses the broker's HTTP connection class
+  (``BrokerHTTPConnection``) and output transform (``FixedChunked``), so that the
+  only difference from the broker is the work behind the handler.
+- With ``--stock`` it is cyclone as shipped: its own Application, HTTPConnection
+  and transforms, nothing of ours; what our HTTP layer costs is measured against it.
 
 - ``POST /q/<q>`` answers ``<q>:<n>\\r\\n`` (text/plain), like a produce.
 - ``GET /q/<q>`` answers ``{"key": "<q>:<n>", "value": "...", "count": 0}\\r\\n``
@@ -62,17 +66,31 @@ class BaselineApplication(cyclone.web.Application):
         )
 
 
+class StockApplication(cyclone.web.Application):
+    """cyclone's own connection class and default transforms, nothing of ours."""
+
+    noisy = False
+
+    def __init__(self) -> None:
+        super().__init__([(r"/q/(.*)", BareQueueHandler)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument(
+        "--stock", action="store_true", help="cyclone as shipped: no connection class of ours"
+    )
     args = parser.parse_args(argv)
     BareQueueHandler.value = "v" * args.value_size
 
     from twisted.internet import reactor
 
-    reactor.listenTCP(args.port, BaselineApplication(), interface="127.0.0.1")
-    print(f"baseline listening on 127.0.0.1:{args.port} ({type(reactor).__name__})", flush=True)
+    application = StockApplication() if args.stock else BaselineApplication()
+    reactor.listenTCP(args.port, application, interface="127.0.0.1")
+    kind = "stock cyclone" if args.stock else "baseline"
+    print(f"{kind} listening on 127.0.0.1:{args.port} ({type(reactor).__name__})", flush=True)
     reactor.run()
 
 

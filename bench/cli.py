@@ -47,9 +47,11 @@ targets of the REST and streaming routes. It is a report: the exit status is 0 e
 is MISSED (1 only if the benchmark itself could not run, 130 on Ctrl-C).
 
 scenarios (--only):
-  rest     POST /q/<q> and GET /q/<q> req/s and p50/p99 latency, broker vs
-           bare cyclone handler, ratio (target >= 0.7x), Redis round trips per
-           request (target: exactly 1)
+  rest     POST /q/<q> and GET /q/<q> req/s and p50/p99 latency: stock cyclone,
+           a bare cyclone handler on our connection class (target >= 0.9x stock)
+           and the broker (target >= 0.7x stock); batches of 100 messages (POST
+           "values", GET ?n=100) in msg/s (target >= 40x the single-message
+           req/s); Redis round trips per request (target: exactly 1)
   latency  publish -> delivery latency p50/p99 with --sse-consumers SSE
            consumers at --rate msg/s (targets p50 <= 5 ms, p99 <= 50 ms)
   fanout   messages delivered per second to --fanout consumers, over
@@ -143,6 +145,9 @@ def parser() -> argparse.ArgumentParser:
     add("--client-procs", type=_positive(int), default=1, metavar="N",
         help="load-generator processes for the rest runs (default 1: on 2 cores the servers "
              "need the other one)")  # fmt: skip
+    add("--repeat", type=_positive(int), default=1, metavar="N",
+        help="rest: measure each run N times (one after the other) and keep the fastest; "
+             "on a shared machine 2 or 3 make the ratios steadier (default 1)")  # fmt: skip
     add("--value-size", type=_positive(int), default=100, metavar="BYTES",
         help="size of each message value (default 100)")  # fmt: skip
     add("--round-trip-sample", type=_positive(int), default=100, metavar="N",

@@ -2,7 +2,8 @@
 
 - ``BrokerServer``: ``twistd -n --pidfile= restmq`` on the embedded Valkey, with a
   fresh data directory in a temporary work dir.
-- ``BaselineServer``: ``python -m bench.baseline``, the bare cyclone handler.
+- ``BaselineServer``: ``python -m bench.baseline``, the bare cyclone handler
+  (``stock=True``: on cyclone as shipped, without our connection class).
 
 Both listen on loopback only. Each runs in its own session so that a Ctrl-C meant
 for the benchmark does not hit them half-way: ``stop_all()`` stops them in order.
@@ -204,14 +205,16 @@ class BaselineServer(ServerProcess):
     name = "baseline"
     ready_path = "/q/ready"
 
-    def __init__(self, workdir: Path, value_size: int) -> None:
+    def __init__(self, workdir: Path, value_size: int, stock: bool = False) -> None:
         super().__init__(workdir)
         self.value_size = value_size
+        self.stock = stock
 
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "bench.baseline",
             "--port", str(self.port), "--value-size", str(self.value_size),
+            *(["--stock"] if self.stock else []),
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ServerProcess:

@@ -13,7 +13,8 @@ from pathlib import Path
 from tests.support import ROOT
 
 ROW = re.compile(
-    r"^\s+(bare cyclone|broker)\s+(POST|GET)\s+/q/<q>\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)"
+    r"^\s+(stock cyclone|bare cyclone|broker)\s+(POST|GET)\s+/q/<q>(\s\S+ values|\?n=\d+)?"
+    r"\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)"
 )
 
 
@@ -63,19 +64,35 @@ def test_rest_scenario_prints_figures_ratios_and_round_trips_and_cleans_up():
     assert result.returncode == 0, out + result.stderr
     assert "Traceback" not in out + result.stderr
 
-    rows = {(m[1], m[2]): m for m in map(ROW.match, out.splitlines()) if m}
+    rows = {(m[1], m[2], m[3] or ""): m for m in map(ROW.match, out.splitlines()) if m}
     assert set(rows) == {
-        ("bare cyclone", "POST"),
-        ("bare cyclone", "GET"),
-        ("broker", "POST"),
-        ("broker", "GET"),
+        ("stock cyclone", "POST", ""),
+        ("stock cyclone", "GET", ""),
+        ("bare cyclone", "POST", ""),
+        ("bare cyclone", "GET", ""),
+        ("broker", "POST", ""),
+        ("broker", "GET", ""),
+        ("broker", "POST", " 100 values"),
+        ("broker", "GET", "?n=100"),
     }, out
     for row in rows.values():
-        assert int(row[3].replace(",", "")) > 0, row[0]  # each run got answers
+        assert int(row[4].replace(",", "")) > 0, row[0]  # each run got answers
+    # a batch row counts its messages: 100 per answer
+    batch = rows[("broker", "GET", "?n=100")]
+    requests, messages = (int(batch[i].replace(",", "")) for i in (4, 5))
+    assert abs(messages - 100 * requests) <= 100, batch[0]
 
-    ratio = re.search(r"ratio broker / bare cyclone:\s+produce ([\d.]+)x\s+pop ([\d.]+)x", out)
-    assert ratio, out
-    assert float(ratio[1]) > 0 and float(ratio[2]) > 0
+    for label in (
+        r"bare cyclone \(our connection class\) / stock cyclone",
+        r"broker / stock cyclone",
+        r"broker / bare cyclone",
+    ):
+        ratio = re.search(rf"ratio {label}:\s+produce ([\d.]+)x\s+pop ([\d.]+)x", out)
+        assert ratio, out
+        assert float(ratio[1]) > 0 and float(ratio[2]) > 0
+    batches = re.search(r"batches of 100, msg/s .*:\s+produce ([\d.]+)x\s+pop ([\d.]+)x", out)
+    assert batches, out
+    assert float(batches[1]) > 0 and float(batches[2]) > 0
 
     # pops were given a pre-filled queue; none may find it empty
     assert re.search(r"pops that found the queue empty \(204\): 0 of [\d,]+", out), out
@@ -86,14 +103,14 @@ def test_rest_scenario_prints_figures_ratios_and_round_trips_and_cleans_up():
     # the summary names the performance targets with a verdict each
     summary = out.split("=== summary", 1)[1]
     verdicts = re.findall(r"^\s+rest\s+.+\s(PASS|MISSED)$", summary, re.MULTILINE)
-    assert len(verdicts) == 4, summary
+    assert len(verdicts) == 8, summary
 
     # every process it started is gone (servers, embedded Valkey), and its work dir too
     workdir = re.search(r"work dir (\S+)", out)[1]
     assert not Path(workdir).exists()
     assert processes_mentioning(workdir) == []
     started = re.findall(r"(?:handler on port|broker on port) \d+ \((?:twistd )?pid (\d+)", out)
-    assert len(started) == 2, out
+    assert len(started) == 3, out
     for pid in map(int, started):
         assert not still_running(pid, (workdir.encode(), b"bench.baseline"))
 

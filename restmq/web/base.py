@@ -40,10 +40,14 @@ class ApiError(cyclone.web.HTTPError):
         self.headers = headers or {}
 
 
+# The original's encoding: ", " and ": " separators, non-ASCII escaped. Never
+# NaN/Infinity: they are not JSON (input refuses them, see restmq.jsontext). Made once:
+# json.dumps with an option builds a new encoder for every answer.
+_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def encode_json(obj: Any) -> str:
-    # The original's encoding: ", " and ": " separators, non-ASCII escaped. Never
-    # NaN/Infinity: they are not JSON (input refuses them, see restmq.jsontext).
-    return json.dumps(obj, allow_nan=False)
+    return _JSON.encode(obj)
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
@@ -204,8 +208,11 @@ class BaseHandler(
 
     def answer(self, obj: Any, status: int = 200, callback: str | None = None) -> None:
         """Finish with ``obj`` as JSON and CRLF, or as ``callback(obj);`` (JSONP)."""
+        self.answer_json_text(encode_json(obj), status, callback)
+
+    def answer_json_text(self, text: str, status: int = 200, callback: str | None = None) -> None:
+        """Finish with ``text``, already JSON, as ``answer`` does."""
         self.set_status(status)
-        text = encode_json(obj)
         if callback:
             self.set_header("Content-Type", "application/javascript; charset=UTF-8")
             self.finish(f"{callback}({text});\r\n")

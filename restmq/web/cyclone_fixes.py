@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import re
+import tempfile
 from collections.abc import Callable
 from email.utils import parsedate
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import cyclone.httpserver
+import cyclone.httputil
 import cyclone.web
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
@@ -204,6 +207,8 @@ class RequestHead:
 
     cyclone drops the connection without a word on much of what is refused here, or
     reads it in a way another server in front of us might not (request smuggling).
+    The head is parsed once, here; cyclone gets its request built from this parse
+    (``FixedHTTPConnection.serve_head``) instead of reading the bytes again.
     """
 
     def __init__(self, method: bytes, target: bytes, version: bytes, fields: list) -> None:
@@ -211,14 +216,10 @@ class RequestHead:
         self.target = target
         self.version = version
         self.fields = fields  # [(name, value)], names as sent
+        self.content_length = 0  # set by _check_framing: every Content-Length agrees
 
     def values(self, name: bytes) -> list[bytes]:
         return [value for key, value in self.fields if key.lower() == name]
-
-    @property
-    def content_length(self) -> int:
-        values = self.values(b"content-length")  # checked: all the same number
-        return int(values[0].split(b",")[0]) if values else 0
 
     @property
     def expects_continue(self) -> bool:
@@ -241,12 +242,12 @@ class RequestHead:
                 "only HTTP/1.0 and HTTP/1.1 are supported", 505, "HTTP Version Not Supported"
             )
         try:
-            lines[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequestHead("the request line is not valid UTF-8") from None
-        try:
             data.decode("utf-8")
         except UnicodeDecodeError:
+            try:
+                lines[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequestHead("the request line is not valid UTF-8") from None
             raise BadRequestHead("the request headers are not valid UTF-8") from None
         head = cls(method, target, version, [_field(line) for line in lines[1:]])
         head._check_framing()
@@ -254,8 +255,15 @@ class RequestHead:
 
     def _check_framing(self) -> None:
         """One way only to tell where the body ends (RFC 9112 6.3)."""
-        lengths = {v.strip() for value in self.values(b"content-length") for v in value.split(b",")}
-        encodings = self.values(b"transfer-encoding")
+        lengths: set[bytes] = set()
+        encodings: list[bytes] = []
+        for name, value in self.fields:
+            if len(name) == 14 and name.lower() == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                encodings.append(value)
+        if not lengths and not encodings:
+            return  # most requests: no body
         if encodings and lengths:
             raise BadRequestHead(
                 "a request must not have both Transfer-Encoding and Content-Length"
@@ -271,26 +279,35 @@ class RequestHead:
                 411,
                 "Length Required",
             )
+        if lengths:
+            self.content_length = int(next(iter(lengths)))
 
-    def for_cyclone(self) -> bytes:
-        """The head as cyclone can read it: an origin-form target (cyclone would take
-        ``http://host/q/x`` for the path) and at most one Content-Length."""
+    def origin_target(self) -> bytes:
+        """The target in origin form: cyclone would take ``http://host/q/x`` for the path."""
         target = self.target
         if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
             parts = urlsplit(target)
             target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
-        lines = [b" ".join((self.method, target, self.version))]
+        return target
+
+    def cyclone_headers(self) -> cyclone.httputil.HTTPHeaders:
+        """The header fields as cyclone's request holds them (text, names in Http-Case),
+        with at most one Content-Length (cyclone would read "7,7") and no
+        Transfer-Encoding (only "identity" gets here: the same as none)."""
+        headers = cyclone.httputil.HTTPHeaders()
+        add = headers.add
         length_seen = False
         for name, value in self.fields:
-            if name.lower() == b"content-length":
+            lower = name.lower()
+            if lower == b"content-length":
                 if length_seen:
-                    continue  # identical repeats (checked); cyclone would read "7,7"
+                    continue  # identical repeats (checked)
                 length_seen = True
                 value = b"%d" % self.content_length
-            elif name.lower() == b"transfer-encoding":
-                continue  # only "identity" gets here: the same as none
-            lines.append(name + b": " + value.strip())
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            elif lower == b"transfer-encoding":
+                continue
+            add(name.decode("ascii"), value.decode("utf-8").strip())  # both checked in parse
+        return headers
 
 
 def _field(line: bytes) -> tuple[bytes, bytes]:
@@ -306,6 +323,9 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
 
 
 # -- the connection ---------------------------------------------------------------------------
+
+#: a request body from this size on is kept in a temporary file while it arrives (as cyclone does)
+SPOOL_BODY_AFTER = 100_000
 
 #: ``refuse(..., discard=UNTIL_CLOSED)``: read and drop whatever follows until we hang up
 UNTIL_CLOSED = -1
@@ -337,6 +357,7 @@ class FixedHTTPConnection(cyclone.httpserver.HTTPConnection):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.request_callback = self._serve_one
+        self.peer_ip = self._remote_ip  # the same for every request on this connection
         self._discarding = False
         self._discard_left = 0
 
@@ -361,8 +382,32 @@ class FixedHTTPConnection(cyclone.httpserver.HTTPConnection):
         self.serve_head(head)
 
     def serve_head(self, head: RequestHead) -> None:
-        """Let cyclone read the head: it serves the request, or waits for its body."""
-        super()._on_headers(head.for_cyclone())
+        """Hand cyclone the request: served now, or once its body is in.
+
+        What cyclone's own ``_on_headers`` does after it has parsed the head, from our
+        parse: the head is read once, not twice.
+        """
+        request = cyclone.httpserver.HTTPRequest(
+            connection=self,
+            method=head.method.decode("ascii"),
+            uri=head.origin_target().decode("utf-8"),
+            version=head.version.decode("ascii"),
+            headers=head.cyclone_headers(),
+            remote_ip=self.peer_ip,
+        )
+        self._request = request
+        length = head.content_length
+        if not length:
+            self.request_callback(request)
+            return
+        if head.expects_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # like cyclone: a large body waits in a temporary file, not in memory
+        self._contentbuffer = (
+            io.BytesIO() if length < SPOOL_BODY_AFTER else tempfile.TemporaryFile()  # noqa: SIM115 (freed once read)
+        )
+        self.content_length = length
+        self.setRawMode()
 
     def receiving_head(self) -> bool:
         return bool(self._headersbuffer)

@@ -56,6 +56,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
     """
 
     _idle_timer = None
+    _idle_deadline: float | None = None  # when the client's time runs out; None: not counting
     _head_bytes = 0
     _head_lines = 0
 
@@ -64,6 +65,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
         settings = self.factory.settings
         self.max_header_bytes = settings.get("max_header_bytes") or DEFAULT_MAX_HEADER_BYTES
         self.max_headers = settings.get("max_headers") or DEFAULT_MAX_HEADERS
+        self.header_timeout = settings.get("header_timeout")
         # A single line longer than the whole head may be is refused as it arrives.
         self.MAX_LENGTH = self.max_header_bytes
         self._arm_idle_timer()
@@ -72,21 +74,40 @@ class BrokerHTTPConnection(FixedHTTPConnection):
         return raw_error_response(status, reason, message)
 
     # -- timeouts -----------------------------------------------------------
+    # Each request starts and stops the clock twice. Moving a deadline is cheap; a
+    # reactor timer is not, so one timer per connection stays armed and, when it
+    # fires early (the deadline moved on), is set again for what is left.
 
     def _arm_idle_timer(self) -> None:
-        timeout = self.factory.settings.get("header_timeout")
+        timeout = self.header_timeout
         if not timeout:
             return
-        self._cancel_idle_timer()
-        self._idle_timer = self.clock.callLater(timeout, self._idle_timeout)
+        self._idle_deadline = self.clock.seconds() + timeout
+        if self._idle_timer is None:
+            self._idle_timer = self.clock.callLater(timeout, self._idle_check)
 
     def _cancel_idle_timer(self) -> None:
+        self._idle_deadline = None
+
+    def _stop_idle_timer(self) -> None:
+        self._idle_deadline = None
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
 
-    def _idle_timeout(self) -> None:
+    def _idle_check(self) -> None:
         self._idle_timer = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return  # not counting now: the next _arm_idle_timer sets a timer again
+        left = deadline - self.clock.seconds()
+        if left > 1e-6:  # (not a rounding error of the clock's float arithmetic)
+            self._idle_timer = self.clock.callLater(left, self._idle_check)
+            return
+        self._idle_timeout()
+
+    def _idle_timeout(self) -> None:
+        self._idle_deadline = None
         if self.receiving_head():
             log.info("dropping a client that did not finish its headers in time")
         elif self.receiving_body():
@@ -94,7 +115,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
         self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
-        self._cancel_idle_timer()
+        self._stop_idle_timer()
         super().connectionLost(reason)
 
     def request_finished(self) -> None:
@@ -126,7 +147,7 @@ class BrokerHTTPConnection(FixedHTTPConnection):
             client=self.transport.getPeer().host,
             message=message,
         )
-        self._cancel_idle_timer()
+        self._stop_idle_timer()
         self.refuse(431, "Request Header Fields Too Large", message, discard=UNTIL_CLOSED)
 
     # -- admission ----------------------------------------------------------

@@ -160,7 +160,7 @@ class QueueHandler(RestHandler):
             return
         if n is not None:
             messages = await self.operations.pop_many(queue, n)
-            self.answer([shapes.message(m) for m in messages], callback=callback)
+            self.answer_json_text(shapes.messages_json(messages), callback=callback)
             return
         try:
             message = await self.operations.pop(queue)
