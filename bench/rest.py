@@ -157,11 +157,13 @@ class RestScenario(Scenario):
             prefilled = 0
 
             def pop_spec() -> LoadSpec:
-                nonlocal prefilled
+                nonlocal prefilled, before
                 prefilled = _prefill(broker, queue, wanted, value)
+                # Count from here: the fill's adds are not the pops' commands. (With
+                # --repeat, the count is of the last run, the answers of the best one.)
+                before = redisinfo.command_calls(broker.valkey_socket)
                 return _on(pop, broker.port, max_requests=prefilled)
 
-            before = redisinfo.command_calls(broker.valkey_socket)
             get_run = _best(ctx, "broker        GET  /q/<q>", pop_spec, servers)
             get_calls = redisinfo.calls_between(
                 before, redisinfo.command_calls(broker.valkey_socket)
