@@ -347,6 +347,10 @@ class QueueEngine:
 
     # -- listings -----------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Returns when Redis answers a PING; raises what stopped it otherwise."""
+        await self.redis.execute("PING")
+
     async def queues(self) -> list[str]:
         return sorted(_text(name) for name in await self.redis.execute("SMEMBERS", QUEUESET))
 
