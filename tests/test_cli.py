@@ -263,11 +263,11 @@ def test_stats_shows_every_queue_as_a_table(rmq, queue):
     result = rmq("stats")
     assert result.returncode == 0, result.stderr
     rows = lines(result.stdout)
-    assert rows[0].split() == ["QUEUE", "LEN", "STATUS", "POLICY", "CONSUMERS"]
-    assert [queue, "3", "stopped", "roundrobin", "0"] in [row.split() for row in rows[1:]]
+    assert rows[0].split() == ["QUEUE", "LEN", "STATUS", "POLICY", "CONSUMERS", "LEASED"]
+    assert [queue, "3", "stopped", "roundrobin", "0", "0"] in [row.split() for row in rows[1:]]
     one = rmq("stats", queue)
-    assert lines(one.stdout)[0].split() == ["QUEUE", "LEN", "CONSUMERS"]
-    assert lines(one.stdout)[1].split() == [queue, "3", "0"]
+    assert lines(one.stdout)[0].split() == ["QUEUE", "LEN", "CONSUMERS", "LEASED"]
+    assert lines(one.stdout)[1].split() == [queue, "3", "0", "0"]
     raw = json.loads(rmq("stats", "--json", queue).stdout)
     assert (raw["queue"], raw["len"]) == (queue, 3)
 
