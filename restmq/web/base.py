@@ -95,6 +95,12 @@ def _argument_text(name: str, value: str | bytes) -> str:
     return value
 
 
+def method_not_allowed(handler: cyclone.web.RequestHandler) -> str:
+    """The message of a 405; sets its ``Allow`` header, as RFC 9110 15.5.6 requires."""
+    handler.set_header("Allow", ", ".join(allowed_methods(type(handler))))
+    return f"method {handler.request.method} is not allowed on {handler.request.path}"
+
+
 def allowed_methods(handler_class: type[cyclone.web.RequestHandler]) -> tuple[str, ...]:
     """The methods a handler class answers: those it defines over cyclone's defaults.
 
@@ -234,8 +240,7 @@ class BaseHandler(
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
-            message = f"method {self.request.method} is not allowed on {self.request.path}"
-            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+            message = method_not_allowed(self)
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
         elif status_code >= 500:
