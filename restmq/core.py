@@ -114,6 +114,17 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _batch_state(reply: list) -> dict[str, Any]:
+    """The queue's state at the head of a streams batch reply (take_for_streams.lua,
+    lease_for_streams.lua): started, policy, brokers published to, messages remaining."""
+    return {
+        "started": _int(reply[0]) == STARTED,
+        "policy": _POLICY_NAMES.get(_text(reply[1]), "broadcast"),
+        "published_to": _int(reply[2]),
+        "remaining": _int(reply[3]),
+    }
+
+
 def _dead_length(value: Any) -> int | None:
     """A script's length of a dead-letter queue: empty when there is no such queue."""
     return None if value in ("", b"") else _int(value)
@@ -506,13 +517,7 @@ class QueueEngine:
             TakenMessage(_text(reply[i]), _text(reply[i + 1]), 0, _int(reply[i + 2], -1))
             for i in range(4, len(reply), 3)
         ]
-        return StreamBatch(
-            started=_int(reply[0]) == STARTED,
-            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
-            messages=messages,
-            published_to=_int(reply[2]),
-            remaining=_int(reply[3]),
-        )
+        return StreamBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_streams(queue: str) -> str:
@@ -693,13 +698,7 @@ class QueueEngine:
                     deadline_ms=deadline,
                 )
             )
-        return LeasedBatch(
-            started=_int(reply[0]) == STARTED,
-            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
-            messages=messages,
-            published_to=_int(reply[2]),
-            remaining=_int(reply[3]),
-        )
+        return LeasedBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
