@@ -17,7 +17,7 @@ from restmq.core import QueueEngine
 log = Logger(namespace="restmq.census")
 
 INTERVAL = 1.0  # seconds between writes
-LIFETIME = 3 * INTERVAL  # counts not written again within it are dropped
+LIFETIME_INTERVALS = 3  # counts not written again within this many intervals are dropped
 
 
 class ConsumerCensus:
@@ -33,7 +33,7 @@ class ConsumerCensus:
         self.engine = engine
         self.consumers = consumers
         self.interval = interval
-        self.lifetime_ms = int(interval * 3 * 1000)
+        self.lifetime_ms = int(interval * LIFETIME_INTERVALS * 1000)
         self._written: dict[str, int] = {}  # what Redis holds for us, as far as we know
         self._writing: defer.Deferred | None = None
         self._failing = False

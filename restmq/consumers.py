@@ -264,6 +264,10 @@ class _QueueConsumers:
     policy: str | None = None  # as the last batch found it
     holders: dict[str, StreamConsumer] = field(default_factory=dict)  # receipt -> consumer
 
+    def has_leased(self) -> bool:
+        """Whether any of these consumers is a leased one."""
+        return any(consumer.leased for consumer in self.consumers)
+
 
 class ConsumerRegistry:
     """Live streaming consumers per queue, and the delivery loop that feeds them."""
@@ -366,7 +370,7 @@ class ConsumerRegistry:
         if first:
             state = self._queues[consumer.queue] = _QueueConsumers()
         consumer.registry = self
-        first_leased = consumer.leased and not any(c.leased for c in state.consumers)
+        first_leased = consumer.leased and not state.has_leased()
         state.consumers.append(consumer)
         self._total += 1
         if first_leased:
@@ -388,7 +392,7 @@ class ConsumerRegistry:
         state.consumers.remove(consumer)
         self._total -= 1
         self._release_held(consumer.queue, state, consumer)
-        if consumer.leased and not any(c.leased for c in state.consumers):
+        if consumer.leased and not state.has_leased():
             self._mark_leased_streams([consumer.queue], withdraw=True)
         # What it held that no consumer wrote goes back to the queue, for the others.
         undelivered = consumer.take_backlog()
@@ -437,7 +441,7 @@ class ConsumerRegistry:
     # -- leased streams, as other brokers see them --------------------------
 
     def _leased_queues(self) -> list[str]:
-        return [q for q, state in self._queues.items() if any(c.leased for c in state.consumers)]
+        return [q for q, state in self._queues.items() if state.has_leased()]
 
     def _mark_leased_streams(self, queues: list[str], withdraw: bool = False) -> None:
         """Tell every broker (through Redis) that this one has leased streams of ``queues``,
@@ -495,7 +499,7 @@ class ConsumerRegistry:
         state = self._queues.pop(queue, None)
         if state is None:
             return
-        if any(c.leased for c in state.consumers):
+        if state.has_leased():
             self._mark_leased_streams([queue], withdraw=True)
         for consumer in list(state.consumers):
             self._total -= 1
@@ -578,7 +582,7 @@ class ConsumerRegistry:
         ready = sum(1 for c in self._unleased(state) if c.can_take_more())
         if not ready:
             return False  # resumeProducing wakes us again
-        leased_here = any(c.leased for c in state.consumers)
+        leased_here = state.has_leased()
         if leased_here and state.policy == "broadcast":
             return False  # they get copies of what the leased consumers take
         # Whether the batch's PUBLISH counts us, known before it runs (a stop
@@ -760,8 +764,6 @@ class ConsumerRegistry:
     def _send_to_next(self, state: _QueueConsumers, message: TakenMessage, copies: Copies) -> bool:
         consumers = self._unleased(state)
         for _ in range(len(consumers)):
-            if not consumers:
-                return False
             index = state.next_index % len(consumers)
             state.next_index = index + 1
             consumer = consumers[index]

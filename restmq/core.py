@@ -78,9 +78,12 @@ SWEEP_QUEUES = 100  # queues one sweep step visits at most
 log = Logger(namespace="restmq.engine")
 
 
+def _lua_source(name: str) -> str:
+    return resources.files("restmq").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
 def _script(name: str, *, writes: bool = True) -> LuaScript:
-    source = resources.files("restmq").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return LuaScript(name, source, writes=writes)
+    return LuaScript(name, _lua_source(name), writes=writes)
 
 
 _ADD = _script("add")
@@ -109,6 +112,22 @@ def _int(value: Any, default: int = 0) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _batch_state(reply: list) -> dict[str, Any]:
+    """The queue's state at the head of a streams batch reply (take_for_streams.lua,
+    lease_for_streams.lua): started, policy, brokers published to, messages remaining."""
+    return {
+        "started": _int(reply[0]) == STARTED,
+        "policy": _POLICY_NAMES.get(_text(reply[1]), "broadcast"),
+        "published_to": _int(reply[2]),
+        "remaining": _int(reply[3]),
+    }
+
+
+def _dead_length(value: Any) -> int | None:
+    """A script's length of a dead-letter queue: empty when there is no such queue."""
+    return None if value in ("", b"") else _int(value)
 
 
 @dataclass(frozen=True)
@@ -347,6 +366,10 @@ class QueueEngine:
 
     # -- listings -----------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Returns when Redis answers a PING; raises what stopped it otherwise."""
+        await self.redis.execute("PING")
+
     async def queues(self) -> list[str]:
         return sorted(_text(name) for name in await self.redis.execute("SMEMBERS", QUEUESET))
 
@@ -372,7 +395,7 @@ class QueueEngine:
                 status=STOPPED if _text(flat[i + 2]) == "0" else STARTED,
                 policy=_POLICY_NAMES.get(_text(flat[i + 3]), "broadcast"),
                 leased=_int(flat[i + 4]),
-                dead=None if flat[i + 5] in ("", b"") else _int(flat[i + 5]),
+                dead=_dead_length(flat[i + 5]),
                 other_consumers=_int(flat[i + 6]),
             )
             for i in range(0, len(flat or ()), 7)
@@ -392,7 +415,7 @@ class QueueEngine:
             length=_int(reply[0]),
             consumers_elsewhere=_int(reply[1]),
             leased=_int(reply[2]),
-            dead=None if reply[3] in ("", b"") else _int(reply[3]),
+            dead=_dead_length(reply[3]),
         )
 
     # -- consumer counts ----------------------------------------------------
@@ -439,7 +462,7 @@ class QueueEngine:
             status=STOPPED if _text(reply[1]) == "0" else STARTED,
             policy=_POLICY_NAMES.get(_text(reply[2]), "broadcast"),
             leased=_int(reply[4]),
-            dead=None if reply[5] in ("", b"") else _int(reply[5]),
+            dead=_dead_length(reply[5]),
         )
         return QueueInfo(stats, _int(reply[3]), [_text(key) for key in reply[6:]])
 
@@ -494,13 +517,7 @@ class QueueEngine:
             TakenMessage(_text(reply[i]), _text(reply[i + 1]), 0, _int(reply[i + 2], -1))
             for i in range(4, len(reply), 3)
         ]
-        return StreamBatch(
-            started=_int(reply[0]) == STARTED,
-            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
-            messages=messages,
-            published_to=_int(reply[2]),
-            remaining=_int(reply[3]),
-        )
+        return StreamBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_streams(queue: str) -> str:
@@ -533,9 +550,9 @@ class QueueEngine:
     # receipt it got (``<key>@<deliveries>``), or the lease runs out and the message
     # goes back to the head of its queue, or to the dead letters ``<q>:dead`` once it
     # was handed out max_deliveries times. A script touches only the leases its
-    # receipts name, except ``lease`` and ``pop_many`` (which first end the queue's
-    # overdue leases) and the sweeps. Times come from Redis ``TIME``, so brokers with different
-    # clocks agree on when a lease runs out.
+    # receipts name, except ``lease``, ``lease_for_streams`` and ``pop_many`` (which
+    # first end the queue's overdue leases) and the sweeps. Times come from Redis
+    # ``TIME``, so brokers with different clocks agree on when a lease runs out.
 
     @staticmethod
     def _leased(queue: str) -> str:
@@ -681,13 +698,7 @@ class QueueEngine:
                     deadline_ms=deadline,
                 )
             )
-        return LeasedBatch(
-            started=_int(reply[0]) == STARTED,
-            policy=_POLICY_NAMES.get(_text(reply[1]), "broadcast"),
-            messages=messages,
-            published_to=_int(reply[2]),
-            remaining=_int(reply[3]),
-        )
+        return LeasedBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
@@ -882,9 +893,7 @@ class SweepResult:
 
 def _lease_script(name: str) -> LuaScript:
     """A lease script with the shared lease functions (lua/lease_lib.lua) in front."""
-    lua = resources.files("restmq").joinpath("lua")
-    library = lua.joinpath("lease_lib.lua").read_text("utf-8")
-    return LuaScript(name, library + "\n" + lua.joinpath(f"{name}.lua").read_text("utf-8"))
+    return LuaScript(name, _lua_source("lease_lib") + "\n" + _lua_source(name))
 
 
 _LEASE = _lease_script("lease")

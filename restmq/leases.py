@@ -12,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from restmq.core import QueueEngine
+from restmq.core import LEASE_RETURN_LIMIT, SWEEP_QUEUES, QueueEngine
 from restmq.errors import StorageUnavailable
 from restmq.metrics import Metrics
 
@@ -34,8 +34,8 @@ class LeaseSweeper:
         reactor: IReactorTime,
         *,
         interval: float = 1.0,
-        queues_per_call: int = 100,
-        leases_per_call: int = 1000,
+        queues_per_call: int = SWEEP_QUEUES,
+        leases_per_call: int = LEASE_RETURN_LIMIT,
         calls_per_sweep: int = 10,
         metrics: Metrics | None = None,
     ) -> None:

@@ -13,6 +13,8 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+#: The environment variable in which a parent gives its child its pid (for die_with_parent).
+PARENT_PID_VARIABLE = "RESTMQ_PARENT_PID"
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:

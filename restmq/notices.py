@@ -19,7 +19,6 @@ PURGE = "purge"  # the queue was purged: end your streams of it
 POLICY = "policy"  # the delivery policy changed (informational)
 START = "start"  # the queue was started: deliver its backlog
 STOP = "stop"  # the queue was stopped (informational)
-WORDS = (ADD, PURGE, POLICY, START, STOP)
 
 #: Leases were acked or released: ``settled <receipt> <receipt>...`` (receipts hold no
 #: space, as queue names do not). The leased stream holding them may take more.

@@ -320,8 +320,7 @@ class Operations:
         """A leased stream's own ack (``ack``) or release to the head of the queue; False
         when the lease is gone. Its window opens at once, as the notice may come later."""
         queue = consumer.queue
-        if not isinstance(receipt, str) or not receipt:
-            raise InvalidArgument("a receipt is required, such as q:5@1")
+        receipt = self._receipt_text(receipt)
         if ack:
             results = await self.engine.ack(queue, [receipt])
             self.metrics.acked(queue, sum(result.done for result in results))
@@ -382,6 +381,10 @@ class Operations:
         return Status(queue, await self.engine.set_status(queue, STATUS_WORDS[word]))
 
     # -- figures ------------------------------------------------------------
+
+    async def ping_storage(self) -> None:
+        """Returns when Redis answers (for /health); raises what stopped it otherwise."""
+        await self.engine.ping()
 
     async def length(self, queue: str) -> int:
         return await self.engine.length(validation.queue_name(queue))

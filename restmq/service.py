@@ -51,7 +51,6 @@ class Broker:
         self.redis = redis
         # request bodies in flight and consumer backlogs, together (--max-buffered)
         self.budget = budget if budget is not None else consumers.budget
-        self.engine = engine
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
         self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)

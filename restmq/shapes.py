@@ -126,15 +126,9 @@ def all_stats(result: AllStats) -> dict[str, Any]:
 
 
 def stats_event(result: AllStats) -> dict[str, Any]:
-    """A ``stats`` event of the ``/stats/`` event stream: the ``/stats/`` answer, each
-    queue with its ``leased`` count and, when its dead-letter queue exists, ``dead``."""
-    answer = all_stats(result)
-    for row in result.queues:
-        line = answer["queues"][row.stats.name]
-        line["leased"] = row.stats.leased
-        if row.stats.dead is not None:
-            line["dead"] = row.stats.dead
-    return answer
+    """A ``stats`` event of the ``/stats/`` event stream: the ``/stats/`` answer (each
+    queue with its ``leased`` count and, when its dead-letter queue exists, ``dead``)."""
+    return all_stats(result)
 
 
 def one_stats(result: OneStats) -> dict[str, Any]:

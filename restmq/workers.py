@@ -30,11 +30,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from restmq.lifeline import die_with_parent
+from restmq.lifeline import PARENT_PID_VARIABLE, die_with_parent
 
 log = Logger(namespace="restmq.workers")
 
-PARENT_PID_VARIABLE = "RESTMQ_PARENT_PID"
 STOP_TIMEOUT = 20.0  # seconds a worker has for its loss-free stop before SIGKILL
 
 # twistd starts each log line with a timestamp; the main process's own log adds one.

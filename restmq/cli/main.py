@@ -23,8 +23,9 @@ from restmq.cli.connection import (
     json_of,
 )
 from restmq.cli.failures import Exit, Failure
-from restmq.cli.push import MAX_BATCH, push, stdin_lines
+from restmq.cli.push import push, stdin_lines
 from restmq.cli.tail import tail
+from restmq.validation import MAX_BATCH, MAX_LEASE, MAX_WAIT
 
 EPILOG = """\b
 Exit status:
@@ -182,14 +183,14 @@ def push_command(
 @click.option("-n", "count", type=click.IntRange(1, MAX_BATCH), help="Take up to N messages.")
 @click.option(
     "--lease",
-    type=click.IntRange(1, 43200),
+    type=click.IntRange(1, MAX_LEASE),
     metavar="S",
     help="Lease the messages for S seconds instead of removing them: each line starts "
     "with its receipt; ack it with 'restmq ack' or it goes back to the queue.",
 )
 @click.option(
     "--wait",
-    type=click.IntRange(0, 60),
+    type=click.IntRange(0, MAX_WAIT),
     metavar="S",
     help="When the queue is empty, wait up to S seconds for a message.",
 )

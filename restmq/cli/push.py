@@ -13,7 +13,6 @@ import click
 from restmq.cli.connection import BrokerConnection, json_of
 from restmq.cli.failures import Exit, Failure
 
-MAX_BATCH = 1000  # the broker takes at most this many values per request
 BATCH_BYTES = 1 << 20  # well under the broker's default --max-body (8 MiB)
 
 

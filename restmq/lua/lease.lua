@@ -1,7 +1,7 @@
 -- Take up to N of the oldest live messages of a queue under a lease. First the queue's
 -- overdue leases end (back to the head, or to the dead letters), so that a lease runs
 -- out even when no broker is sweeping. A leased message keeps its body until acked.
--- Keys whose body expired are dropped on the way, as a pop does; the batch stops once
+-- Keys whose body expired are dropped on the way (lease_next); the batch stops once
 -- its bodies reach the byte budget (one message at least).
 -- ARGV: 4 queue, 5 lease in ms, 6 N, 7 byte budget, 8 most overdue leases to end first
 -- Returns a flat list: deadline (ms), how many overdue leases went back and how many
@@ -14,22 +14,15 @@ local deadline = now + lease
 local out = {deadline, back, dead}
 local taken, bytes = 0, 0
 while taken < wanted and (taken == 0 or bytes < budget) do
-  local key = redis.call('RPOP', k.list)
+  local key, body, deliveries = lease_next(k, deadline)
   if not key then break end
-  local body = redis.call('GET', key)
-  if body then
-    redis.call('ZADD', k.leased, deadline, key)
-    out[#out + 1] = key
-    out[#out + 1] = body
-    out[#out + 1] = redis.call('GET', key .. ':refcount') or '0'
-    out[#out + 1] = redis.call('PTTL', key)
-    out[#out + 1] = redis.call('HINCRBY', k.deliveries, key, 1)
-    taken = taken + 1
-    bytes = bytes + #body
-  else
-    redis.call('DEL', key .. ':refcount')
-    redis.call('HDEL', k.deliveries, key)
-  end
+  out[#out + 1] = key
+  out[#out + 1] = body
+  out[#out + 1] = redis.call('GET', key .. ':refcount') or '0'
+  out[#out + 1] = redis.call('PTTL', key)
+  out[#out + 1] = deliveries
+  taken = taken + 1
+  bytes = bytes + #body
 end
 index_queue(k)
 return out

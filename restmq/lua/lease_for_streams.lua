@@ -25,23 +25,16 @@ local out = {1, policy, 0, 0, deadline}
 local published = {}
 local taken, bytes = 0, 0
 while taken < wanted and (taken == 0 or bytes < budget) do
-  local key = redis.call('RPOP', k.list)
+  local key, body, deliveries = lease_next(k, deadline)
   if not key then break end
-  local body = redis.call('GET', key)
-  if body then
-    redis.call('ZADD', k.leased, deadline, key)
-    out[#out + 1] = key
-    out[#out + 1] = body
-    out[#out + 1] = redis.call('PTTL', key)
-    out[#out + 1] = redis.call('HINCRBY', k.deliveries, key, 1)
-    published[#published + 1] = key
-    published[#published + 1] = body
-    taken = taken + 1
-    bytes = bytes + #body
-  else
-    redis.call('DEL', key .. ':refcount')
-    redis.call('HDEL', k.deliveries, key)
-  end
+  out[#out + 1] = key
+  out[#out + 1] = body
+  out[#out + 1] = redis.call('PTTL', key)
+  out[#out + 1] = deliveries
+  published[#published + 1] = key
+  published[#published + 1] = body
+  taken = taken + 1
+  bytes = bytes + #body
 end
 index_queue(k)
 if policy == '1' and taken > 0 then

@@ -138,3 +138,20 @@ local function return_overdue(k, now, limit)
   local back, dead = end_leases(k, keys, true)
   return back, dead, #keys
 end
+
+-- Lease the oldest live message of q until `deadline`: its key, body and delivery count
+-- (this delivery included), or nil when q has none. Keys whose body expired are dropped
+-- on the way, as a pop does.
+local function lease_next(k, deadline)
+  while true do
+    local key = redis.call('RPOP', k.list)
+    if not key then return nil end
+    local body = redis.call('GET', key)
+    if body then
+      redis.call('ZADD', k.leased, deadline, key)
+      return key, body, redis.call('HINCRBY', k.deliveries, key, 1)
+    end
+    redis.call('DEL', key .. ':refcount')
+    redis.call('HDEL', k.deliveries, key)
+  end
+end

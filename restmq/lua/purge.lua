@@ -6,22 +6,23 @@
 -- and leased messages).
 local removed = 0
 local batch = 500
-while true do
-  local keys = redis.call('LRANGE', KEYS[1], 0, batch - 1)
-  if #keys == 0 then break end
+-- Delete the messages (body and peek counter) of `keys`; how many there were.
+local function delete_messages(keys)
   for _, key in ipairs(keys) do
     redis.call('DEL', key, key .. ':refcount')
   end
-  removed = removed + #keys
+  return #keys
+end
+while true do
+  local keys = redis.call('LRANGE', KEYS[1], 0, batch - 1)
+  if #keys == 0 then break end
+  removed = removed + delete_messages(keys)
   redis.call('LTRIM', KEYS[1], #keys, -1)
 end
 while true do
   local keys = redis.call('ZRANGE', KEYS[2], 0, batch - 1)
   if #keys == 0 then break end
-  for _, key in ipairs(keys) do
-    redis.call('DEL', key, key .. ':refcount')
-  end
-  removed = removed + #keys
+  removed = removed + delete_messages(keys)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, #keys - 1)
 end
 redis.call('DEL', KEYS[3])

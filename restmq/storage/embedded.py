@@ -22,6 +22,8 @@ from pathlib import Path
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from restmq.lifeline import PARENT_PID_VARIABLE
+
 log = Logger(namespace="restmq.valkey")
 
 SOCKET_NAME = "valkey.sock"
@@ -230,7 +232,7 @@ class EmbeddedValkey:
         # A socket file left by a killed server would make the new one's bind fail.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        env = dict(os.environ, RESTMQ_PARENT_PID=str(os.getpid()))
+        env = dict(os.environ, **{PARENT_PID_VARIABLE: str(os.getpid())})
         process = _ValkeyProcess(self)
         argv = [sys.executable, "-m", "restmq.storage.launcher", *self._argv()]
         self._transport = self.reactor.spawnProcess(

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import sys
 
-from restmq.lifeline import die_with_parent
+from restmq.lifeline import PARENT_PID_VARIABLE, die_with_parent
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit("usage: python -m restmq.storage.launcher VALKEY-BINARY [ARGS...]")
-    parent = int(os.environ.pop("RESTMQ_PARENT_PID", os.getppid()))
+    parent = int(os.environ.pop(PARENT_PID_VARIABLE, os.getppid()))
     die_with_parent(parent)
     os.setpgid(0, 0)
     os.execv(argv[1], argv[1:])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from restmq import acl, shapes
 from restmq.errors import InvalidStatus
-from restmq.web import stats_stream
+from restmq.web import held_response, stats_stream
 from restmq.web.base import BaseHandler
 
 
@@ -65,7 +65,7 @@ class StatsHandler(BaseHandler):
 
     async def get(self, queue: str) -> None:
         callback = self.callback()
-        if not queue and stats_stream.wants_event_stream(self):
+        if not queue and held_response.wants_event_stream(self):
             self.stream = stats_stream.StatsEventStream(self)
             self.stream.open()
             return

@@ -32,7 +32,8 @@ PACKAGE = resources.files("restmq")
 
 
 def route(pattern: str, handler: type, **kwargs: Any) -> cyclone.web.URLSpec:
-    """A URLSpec whose handler can re-read its path arguments (see BaseHandler._execute)."""
+    """A URLSpec whose handler can re-read its path arguments (see
+    cyclone_fixes.PlusInPathMixin)."""
     regex = re.compile(pattern + "$")
     return cyclone.web.URLSpec(pattern, handler, dict(kwargs, route=regex))
 
@@ -84,7 +85,7 @@ def route_labels(specs: list) -> dict[object, str]:
 
 
 class BrokerApplication(cyclone.web.Application):
-    """The Application, holding the broker (engine, consumers) its handlers use."""
+    """The Application, holding the broker (operations, acl) its handlers use."""
 
     protocol = DrainingHTTPConnection
     noisy = False  # no "Starting factory" lines in the log

@@ -86,6 +86,21 @@ def write_json_error(
     handler.finish(error_body(message))
 
 
+def _argument_text(name: str, value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
+    return value
+
+
+def method_not_allowed(handler: cyclone.web.RequestHandler) -> str:
+    """The message of a 405; sets its ``Allow`` header, as RFC 9110 15.5.6 requires."""
+    handler.set_header("Allow", ", ".join(allowed_methods(type(handler))))
+    return f"method {handler.request.method} is not allowed on {handler.request.path}"
+
+
 def allowed_methods(handler_class: type[cyclone.web.RequestHandler]) -> tuple[str, ...]:
     """The methods a handler class answers: those it defines over cyclone's defaults.
 
@@ -185,13 +200,11 @@ class BaseHandler(
         values = self.request.arguments.get(name)
         if not values:
             return default
-        value = values[-1]
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
-        return value
+        return _argument_text(name, values[-1])
+
+    def all_args(self, name: str) -> list[str]:
+        """Every value of a repeated argument (``receipt=a&receipt=b``), as text."""
+        return [_argument_text(name, value) for value in self.request.arguments.get(name, [])]
 
     def is_json_body(self) -> bool:
         content_type = self.request.headers.get("Content-Type", "")
@@ -227,8 +240,7 @@ class BaseHandler(
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
-            message = f"method {self.request.method} is not allowed on {self.request.path}"
-            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+            message = method_not_allowed(self)
         elif status_code == 404:
             message = f"no such route: {self.request.path}"
         elif status_code >= 500:

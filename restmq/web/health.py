@@ -17,7 +17,7 @@ class HealthHandler(BaseHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         try:
-            await self.broker.redis.execute("PING")
+            await self.operations.ping_storage()
         except Exception as exc:  # whatever stops the ping makes the broker unfit to serve
             self.set_header("Retry-After", "1")
             self.answer(

@@ -10,7 +10,7 @@ from restmq.web.base import (
     SERVER,
     BaseHandler,
     BrokerRequestMixin,
-    allowed_methods,
+    method_not_allowed,
     write_json_error,
 )
 
@@ -56,8 +56,7 @@ class StaticHandler(BrokerRequestMixin, cyclone.web.StaticFileHandler):
         if status_code == 404:
             message = f"no such file: {self.request.path}"
         elif status_code == 405:
-            message = f"method {self.request.method} is not allowed on {self.request.path}"
-            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+            message = method_not_allowed(self)
         else:
             message = f"{cyclone_fixes.reason_of(self)}: {self.request.path}"
         write_json_error(self, cyclone_fixes.exception_of(kwargs), message)

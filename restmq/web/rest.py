@@ -91,6 +91,15 @@ class RestHandler(BaseHandler):
             return
         raise empty  # NOT_FOUND: as_api_error's 404
 
+    async def answer_pop(self, queue: str, callback: str | None) -> None:
+        """Pop one message and answer it, or answer as the route does for an empty queue."""
+        try:
+            message = await self.operations.pop(queue)
+        except EmptyQueue as empty:
+            self.answer_empty(empty)
+            return
+        self.answer(shapes.message(message), callback=callback)
+
 
 class IndexHandler(RestHandler):
     """``/``: the original's all-in-one route. GET pops ``queue``; POST adds to it."""
@@ -105,12 +114,7 @@ class IndexHandler(RestHandler):
             self.redirect("/static/index.html")
             return
         callback = self.callback()
-        try:
-            message = await self.operations.pop(queue)
-        except EmptyQueue as empty:
-            self.answer_empty(empty)
-            return
-        self.answer(shapes.message(message), callback=callback)
+        await self.answer_pop(queue, callback)
 
     async def post(self) -> None:
         callback = self.callback()
@@ -135,18 +139,6 @@ class QueueHandler(RestHandler):
     def client_gone(self) -> bool:
         return cyclone_fixes.client_is_gone(self)
 
-    def all_args(self, name: str) -> list[str]:
-        """Every value of a repeated argument (``receipt=a&receipt=b``), as text."""
-        values = []
-        for value in self.request.arguments.get(name, []):
-            if isinstance(value, bytes):
-                try:
-                    value = value.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
-            values.append(value)
-        return values
-
     async def get(self, queue: str) -> None:
         if not queue:
             await queue_list_page(self)
@@ -162,12 +154,7 @@ class QueueHandler(RestHandler):
             messages = await self.operations.pop_many(queue, n)
             self.answer_json_text(shapes.messages_json(messages), callback=callback)
             return
-        try:
-            message = await self.operations.pop(queue)
-        except EmptyQueue as empty:
-            self.answer_empty(empty)
-            return
-        self.answer(shapes.message(message), callback=callback)
+        await self.answer_pop(queue, callback)
 
     async def _take(
         self, queue: str, n: str | None, lease: str | None, wait: str | None, callback: str | None
@@ -176,7 +163,7 @@ class QueueHandler(RestHandler):
         with or without ``n``."""
         messages = await self.operations.take(queue, n, lease, wait, gone=self.client_gone)
         if self.client_gone():
-            self._finished = True  # nobody to answer; what it took went back
+            cyclone_fixes.mark_finished(self)  # nobody to answer; what it took went back
             return
         if not messages and (wait is not None or n is None):
             self.answer_empty(EmptyQueue(queue))
@@ -210,12 +197,6 @@ class QueueHandler(RestHandler):
             raise InvalidArgument('"values" must be a non-empty list')
         added = await self.operations.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
-
-    def prepare(self):
-        # An ack (DELETE with a receipt) consumes: acl.conf's consumer section guards it.
-        if self.request.method == "DELETE" and "receipt" in self.request.arguments:
-            self.access = {**self.access, "DELETE": acl.CONSUMER}
-        return super().prepare()
 
     async def delete(self, queue: str) -> None:
         """Without ``receipt``: purge. With one: ack it (409 when its lease is gone); with

@@ -14,20 +14,14 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from restmq import shapes
-from restmq.web import cyclone_fixes
+from restmq.web import held_response
 from restmq.web.base import encode_json
 
 if TYPE_CHECKING:
     from restmq.operations import AllStats
     from restmq.web.base import BaseHandler
 
-EVENT_STREAM = "text/event-stream"
-
 _encoded: tuple[object, bytes] = (None, b"")  # the last figures and their event
-
-
-def wants_event_stream(handler: BaseHandler) -> bool:
-    return EVENT_STREAM in handler.request.headers.get("Accept", "")
 
 
 def stats_event(stats: AllStats) -> bytes:
@@ -55,12 +49,7 @@ class StatsEventStream:
 
     def open(self) -> None:
         handler = self.handler
-        cyclone_fixes.keep_open(handler)  # the response stays open
-        cyclone_fixes.stream_without_keep_alive(handler)
-        handler.set_header("Content-Type", f"{EVENT_STREAM}; charset=UTF-8")
-        handler.set_header("Cache-Control", "no-cache")
-        handler.set_header("X-Accel-Buffering", "no")  # tell nginx not to buffer the stream
-        handler.flush()
+        held_response.hold_open(handler, f"{held_response.EVENT_STREAM}; charset=UTF-8")
         self._write(b"retry: 2000\n\n")
         handler.request.connection.transport.registerProducer(self, True)
         handler.operations.watch_stats(self)
@@ -84,13 +73,7 @@ class StatsEventStream:
 
     def end(self, reason: str) -> None:
         self.gone = True
-        handler = self.handler
-        if not cyclone_fixes.is_finished(handler) and not cyclone_fixes.client_is_gone(handler):
-            handler.write(b"event: end\ndata: null\n\n")
-            handler.finish()
-        transport = handler.request.connection.transport
-        if getattr(transport, "producer", None) is self:
-            transport.unregisterProducer()
+        held_response.end(self.handler, self, b"event: end\ndata: null\n\n")
 
     # -- IPushProducer ----------------------------------------------------------
 
@@ -116,6 +99,6 @@ class StatsEventStream:
 
     def _write(self, data: bytes) -> None:
         handler = self.handler
-        if not self.gone and not cyclone_fixes.is_finished(handler):
+        if not self.gone and held_response.can_write(handler):
             handler.write(data)
             handler.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from restmq import acl, shapes
 from restmq.consumers import CLOSE_NORMAL, StreamConsumer
 from restmq.core import Message
-from restmq.web import cyclone_fixes
+from restmq.web import held_response
 from restmq.web.base import BaseHandler, encode_json
 
 
@@ -33,7 +33,7 @@ class HttpStreamConsumer(StreamConsumer):
 
     def write(self, data: bytes) -> None:
         handler = self.handler
-        if not cyclone_fixes.is_finished(handler):
+        if held_response.can_write(handler):
             handler.write(data)
             handler.flush()
 
@@ -43,21 +43,12 @@ class HttpStreamConsumer(StreamConsumer):
 
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         self.gone = True
-        handler = self.handler
-        if not cyclone_fixes.is_finished(handler) and not cyclone_fixes.client_is_gone(handler):
-            handler.write(self._last_words())
-            handler.finish()
-        self._release()
+        held_response.end(self.handler, self, self._last_words())
 
     def abort(self) -> None:
         self.gone = True
-        self._release()
+        held_response.stop_producing_for(self.handler, self)
         self.handler.request.connection.transport.abortConnection()
-
-    def _release(self) -> None:
-        transport = self.handler.request.connection.transport
-        if getattr(transport, "producer", None) is self:
-            transport.unregisterProducer()
 
 
 class SseConsumer(HttpStreamConsumer):
@@ -86,20 +77,13 @@ class StreamHandler(BaseHandler):
 
     def get(self, queue: str) -> None:
         callback = self.callback()
-        sse = "text/event-stream" in self.request.headers.get("Accept", "")
+        sse = held_response.wants_event_stream(self)
         consumer = SseConsumer(self, queue, None) if sse else CometConsumer(self, queue, callback)
         # a bad name, lease or prefetch, or TooManyConsumers: no stream
         self.operations.open_stream(consumer, self.arg("lease"), self.arg("prefetch"))
         self.consumer = consumer
-        cyclone_fixes.keep_open(self)  # the response stays open
-        cyclone_fixes.stream_without_keep_alive(self)
-        if sse:
-            self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
-        else:
-            self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")  # tell nginx not to buffer the stream
-        self.flush()  # headers go out now; messages follow as they come
+        content = held_response.EVENT_STREAM if sse else "text/plain"
+        held_response.hold_open(self, f"{content}; charset=UTF-8")  # messages follow as they come
         if sse:
             consumer.write(b"retry: 2000\n\n")
         self.request.connection.transport.registerProducer(consumer, True)

@@ -360,7 +360,7 @@ class XmlRpcHandler(BaseHandler):
         self.finish(body)
 
     async def call(self, name: str, params: tuple) -> Any:
-        """Run one method: access check, arguments, engine call; errors become Faults."""
+        """Run one method: access check, arguments, operation call; errors become Faults."""
         method = METHODS.get(name)
         if method is None:
             raise xmlrpc.client.Fault(
