@@ -13,10 +13,18 @@ _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*", re.ASCII)  # \w as in JavaScript: ASCII only
 
 
+#: names found valid lately: every request checks its queue name at least twice (the
+#: operations layer, then the engine that builds keys from it), and a regex is not free
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_KEPT = 4096
+
+
 def queue_name(name: object) -> str:
     """Return ``name`` if it is a valid queue name, else raise InvalidArgument."""
     if not isinstance(name, str) or not name:
         raise InvalidArgument("a queue name is required")
+    if name in _VALID_NAMES:
+        return name
     if not _QUEUE_NAME.fullmatch(name):
         raise InvalidArgument(
             f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
@@ -29,6 +37,9 @@ def queue_name(name: object) -> str:
     if name.startswith(STATUS_PREFIX):
         # Its keys would be other queues' status keys (see restmq.keyspace).
         raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")
+    if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 

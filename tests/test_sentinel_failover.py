@@ -156,9 +156,26 @@ def test_writes_follow_a_killed_master_to_the_promoted_replica(group, broker, qu
     assert_streams_deliver(broker, streams, "after")
     for stream in streams.values():
         stream.close()
+    assert_a_long_poll_answers(broker, f"{queue}-poll")
 
     stats = broker.get("/stats/").json()
     assert f"127.0.0.1:{new_master.port}" in stats["redis"]
+
+
+def assert_a_long_poll_answers(broker, queue: str) -> None:
+    """A waiting ``GET /q/<q>?wait=`` answers the moment a message is added."""
+    answers = []
+    poll = threading.Thread(
+        target=lambda: answers.append(broker.get(f"/q/{queue}?wait=10", timeout=15))
+    )
+    poll.start()
+    time.sleep(0.3)  # the request is parked: the queue is empty
+    posted = time.monotonic()
+    assert broker.post(f"/q/{queue}", value="woken").status == 200
+    poll.join(15)
+    assert answers and answers[0].status == 200, answers
+    assert answers[0].json()["value"] == "woken"
+    assert time.monotonic() - posted < 2, "the long poll answered when the message came"
 
 
 def test_a_coordinated_switchover_loses_no_acknowledged_add(group, broker, queue):
