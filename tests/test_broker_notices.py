@@ -7,7 +7,6 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq import notices
 from restmq.consumers import ConsumerRegistry, StreamConsumer
@@ -108,18 +107,6 @@ def test_a_batch_from_an_older_broker_has_no_version_and_reads_as_version_1():
 def test_unreadable_batches_are_refused(text):
     with pytest.raises(notices.UnreadableBatch):
         notices.decode_batch(text)
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-
-    def observe(event) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.ensureDeferred
