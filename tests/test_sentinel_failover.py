@@ -4,7 +4,7 @@ The master is killed (SIGKILL) under a producer's load; the sentinels promote a
 replica. Meanwhile every request answers at once or within the Redis timeout
 (never hangs), writes resume on the promoted replica, every add answered 200
 under ``--redis-wait-replicas 1`` is on the new master, and SSE and WebSocket
-streams opened before the failover deliver again after it.
+streams opened before the failover deliver again after it, and a long poll answers.
 """
 
 from __future__ import annotations
