@@ -78,16 +78,7 @@ class RestScenario(Scenario):
     def run(self, ctx: Context, result: ScenarioResult) -> None:
         opts = ctx.options
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        post = LoadSpec(
-            port=0,
-            method="POST",
-            path=f"/q/{queue}",
-            body=form_body(value="v" * opts.value_size),
-            content_type=FORM,
-            connections=opts.connections,
-            warmup=opts.warmup,
-            duration=opts.duration,
-        )
+        post = produce_spec(opts, queue)
         pop = dataclasses.replace(post, method="GET", body=b"", content_type=None)
         self._describe(ctx)
         stock_post, stock_get = self._measure_bare(ctx, post, pop, stock=True)
@@ -340,6 +331,21 @@ def _ratio(broker: LoadResult, bare: LoadResult) -> float:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def produce_spec(opts: argparse.Namespace, queue: str) -> LoadSpec:
+    """POST /q/<queue> with a form value of --value-size bytes, as every REST run sends
+    it (the port is set per server)."""
+    return LoadSpec(
+        port=0,
+        method="POST",
+        path=f"/q/{queue}",
+        body=form_body(value="v" * opts.value_size),
+        content_type=FORM,
+        connections=opts.connections,
+        warmup=opts.warmup,
+        duration=opts.duration,
+    )
 
 
 def _prefill(broker: BrokerServer, queue: str, wanted: int, value: str) -> int:

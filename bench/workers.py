@@ -19,10 +19,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.httpclient import form_body
 from bench.loadgen import LoadResult, LoadSpec
 from bench.report import Check, ScenarioResult, Table, noise_warning, per_second
-from bench.rest import FORM, _prefill
+from bench.rest import _prefill, produce_spec
 from bench.scenario import Context, Scenario, cpu_count
 from bench.servers import BrokerServer, ServerError
 
@@ -102,16 +101,7 @@ class WorkersScenario(Scenario):
     def run(self, ctx: Context, result: ScenarioResult) -> None:
         opts = ctx.options
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        post = LoadSpec(
-            port=0,
-            method="POST",
-            path=f"/q/{queue}",
-            body=form_body(value="v" * opts.value_size),
-            content_type=FORM,
-            connections=opts.connections,
-            warmup=opts.warmup,
-            duration=opts.duration,
-        )
+        post = produce_spec(opts, queue)
         ctx.out(
             f"  machine: {cpu_count()} cores, shared by the broker processes, valkey and the "
             f"load generator ({opts.client_procs} process(es), {opts.connections} keep-alive "

@@ -38,7 +38,6 @@ from zope.interface import implementer
 from restmq import notices
 from restmq.budget import MemoryBudget
 from restmq.core import (
-    LeasedBatch,
     LeasedMessage,
     Message,
     QueueEngine,
@@ -626,7 +625,7 @@ class ConsumerRegistry:
         return more
 
     def _hand_out_leased(
-        self, queue: str, state: _QueueConsumers, consumer: StreamConsumer, batch: LeasedBatch
+        self, queue: str, state: _QueueConsumers, consumer: StreamConsumer, batch: StreamBatch
     ) -> None:
         """Send a leased batch to the consumer it was taken for, each message holding a
         window slot until it is settled or its lease runs out; under broadcast, copies go

@@ -156,7 +156,8 @@ def _taken(key: str, value: str, count: int, ttl_ms: int) -> TakenMessage:
 
 @dataclass(frozen=True)
 class StreamBatch:
-    """What ``take_for_streams`` got: the queue's state and the messages taken."""
+    """What ``take_for_streams`` (or ``lease_for_streams``, its messages then
+    LeasedMessage) got: the queue's state and the messages taken."""
 
     started: bool
     policy: str
@@ -656,8 +657,8 @@ class QueueEngine:
         *,
         origin: str,
         max_bytes: int = STREAM_BATCH_BYTES,
-        on_late: Callable[[LeasedBatch], object] | None = None,
-    ) -> LeasedBatch:
+        on_late: Callable[[StreamBatch], object] | None = None,
+    ) -> StreamBatch:
         """Lease up to ``n`` messages for one leased streaming consumer, in one atomic step.
 
         As ``lease`` (overdue leases end first), but a stopped queue gives nothing, and
@@ -682,7 +683,7 @@ class QueueEngine:
         return self._leased_batch(reply, seconds)
 
     @staticmethod
-    def _leased_batch(reply: list, seconds: int) -> LeasedBatch:
+    def _leased_batch(reply: list, seconds: int) -> StreamBatch:
         deadline = _int(reply[4])
         messages = []
         for i in range(5, len(reply), 4):
@@ -698,7 +699,7 @@ class QueueEngine:
                     deadline_ms=deadline,
                 )
             )
-        return LeasedBatch(messages=messages, **_batch_state(reply))
+        return StreamBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
@@ -851,17 +852,6 @@ class LeaseBatch(list[LeasedMessage]):
         super().__init__(messages)
         self.requeued = requeued
         self.dead = dead
-
-
-@dataclass(frozen=True)
-class LeasedBatch:
-    """What ``lease_for_streams`` got for one leased streaming consumer."""
-
-    started: bool
-    policy: str
-    messages: list[LeasedMessage]
-    published_to: int  # brokers the batch was published to (broadcast), this one included
-    remaining: int = 0  # messages still queued after the batch
 
 
 @dataclass(frozen=True)
