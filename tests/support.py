@@ -1187,6 +1187,26 @@ class SentinelGroup:
     def node(self, port: int) -> ValkeyNode:
         return next(node for node in self.nodes if node.port == port)
 
+    def switch_over(self, timeout: float = 40.0) -> int:
+        """A coordinated failover (``SENTINEL FAILOVER <service> COORDINATED``); returns
+        the new master's port. Sentinels refuse or abandon one now and then (a replica
+        they have not heard from lately, a failed election): it is asked for again then."""
+        old = self.master_port()
+        deadline = time.monotonic() + timeout
+        answer = None
+        while time.monotonic() < deadline:
+            answer = self.watchers[0].command("SENTINEL", "FAILOVER", self.service, "COORDINATED")
+            if answer == "OK":
+                # an accepted failover ends within failover-timeout, or is abandoned
+                settle = time.monotonic() + self.failover_timeout_ms / 1000 * 2 + 2
+                while time.monotonic() < min(settle, deadline):
+                    if self.master_port() != old:
+                        return self.master_port()
+                    time.sleep(0.1)
+            else:
+                time.sleep(0.5)
+        raise AssertionError(f"no switchover in {timeout:g} s (last answer {answer!r})")
+
     def stop(self) -> None:
         for server in [*self.watchers, *self.nodes]:
             server.stop()
