@@ -33,6 +33,16 @@ def sentinels_of(group: SentinelGroup) -> list[tuple[str, int]]:
     return [("127.0.0.1", watcher.port) for watcher in group.watchers]
 
 
+def subscriber_ids(server) -> set[str]:
+    """The ids of the server's clients subscribed to a channel."""
+    ids = set()
+    for line in server.command("CLIENT", "LIST", "TYPE", "pubsub").splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if int(fields.get("sub", "0")) > 0:
+            ids.add(fields["id"])
+    return ids
+
+
 def wait_until(predicate, timeout: float = 10.0) -> defer.Deferred:
     """Poll ``predicate`` without blocking the reactor."""
 
@@ -250,8 +260,14 @@ async def test_pub_sub_told_to_reconnect_subscribes_again(pair):
         await notifications.subscribe("news")
         await wait_until(lambda: notifications.is_subscribed("news"))
         clients_before = server.command("INFO", "stats")
+        subscribers_before = subscriber_ids(server)
+        assert subscribers_before
         notifications.reconnect()
-        await wait_until(lambda: not notifications.is_subscribed("news"))
+        # It may drop and subscribe again between two looks: wait for the server to see
+        # another connection subscribed, and the old one gone.
+        await wait_until(
+            lambda: subscriber_ids(server) - subscribers_before == subscriber_ids(server) != set()
+        )
         await wait_until(lambda: notifications.is_subscribed("news"))
         assert server.command("INFO", "stats") != clients_before  # a new connection
         assert server.command("PUBLISH", "news", "again") == 1
