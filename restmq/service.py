@@ -195,6 +195,7 @@ class BrokerService(service.Service):
         self.lease_sweeper.start()
         self.census.start()
         self.port = await self._listen()
+        memory.tune_garbage_collector()  # everything long-lived is built by now
         if self.options.is_worker:
             log.info("worker {pid} serving the broker's port", pid=os.getpid())
             return

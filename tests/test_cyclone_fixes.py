@@ -8,14 +8,20 @@ and run in this process.
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import time
 
 import cyclone.web
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
+from restmq.consumers import ConsumerRegistry
+from restmq.core import QueueEngine
+from restmq.service import Broker
+from restmq.web.app import BrokerApplication
 from restmq.web.base import BaseHandler
 from restmq.web.cyclone_fixes import FixedChunked, stream_without_keep_alive
 from restmq.web.http_policy import BrokerHTTPConnection
@@ -407,3 +413,67 @@ def test_the_broker_survives_a_client_vanishing_mid_request(shared_broker, queue
         )
     assert shared_broker.get(f"/stats/{queue}").json()["len"] == 0
     assert shared_broker.post(f"/q/{queue}", value="whole").status == 200
+
+
+# -- reference cycles -----------------------------------------------------------------
+
+
+def _handlers_alive() -> int:
+    """Request handlers that still exist: freed ones are gone, those in a cycle are not."""
+    return sum(isinstance(o, cyclone.web.RequestHandler) for o in gc.get_objects())
+
+
+def _serve_some_requests(port: int, queue: str) -> list[int]:
+    """A producer's and a consumer's requests, one connection: their statuses."""
+    with wire.connect(port) as sock:
+        reader = wire.Reader(sock)
+        statuses = []
+        for method, path, body in (
+            ("POST", f"/q/{queue}", "value=a"),
+            ("GET", f"/q/{queue}?lease=30", ""),
+            ("GET", f"/q/{queue}", ""),  # empty: 204
+            ("GET", f"/stats/{queue}", ""),
+        ):
+            sock.sendall(form(method, path, body))
+            answer = reader.read_response(method)
+            statuses.append(answer.status)
+            if method == "GET" and "lease" in path:
+                receipt = json.loads(answer.body)["receipt"]
+                sock.sendall(form("DELETE", f"/q/{queue}?receipt={receipt}"))
+                statuses.append(reader.read_response("DELETE").status)
+    return statuses
+
+
+@pytest.fixture
+def in_process_broker(server, connect_client) -> Broker:
+    """The handlers' broker, over a real Valkey, for applications served in this process."""
+    client = connect_client(server)
+    engine = QueueEngine(client)
+    return Broker(client, engine, ConsumerRegistry(engine, reactor))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_served_request_is_freed_without_the_cycle_collector(in_process_broker):
+    """cyclone's per-handler UI-module closures make every handler a reference cycle;
+    the broker's application has none, so reference counting frees each request."""
+    stock = BrokerApplication(in_process_broker, max_body=1024)
+    stock.ui_modules = {"linkify": cyclone.web._linkify}  # cyclone's default, put back
+    apps = {"broker": BrokerApplication(in_process_broker, max_body=1024), "stock": stock}
+    left: dict[str, int] = {}
+    gc.collect()
+    gc.disable()
+    try:
+        for name, app in apps.items():
+            listening = reactor.listenTCP(0, app, interface="127.0.0.1")
+            try:
+                before = _handlers_alive()
+                port = listening.getHost().port
+                statuses = await blocking(_serve_some_requests, port, f"cycles-{name}")
+                assert statuses == [200, 200, 200, 204, 200]
+                left[name] = _handlers_alive() - before
+            finally:
+                await listening.stopListening()
+    finally:
+        gc.enable()
+    assert left["broker"] == 0
+    assert left["stock"] == 5  # the defect: each handler waits for a collection

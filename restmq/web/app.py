@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from restmq.web import (
     admin,
+    cyclone_fixes,
     health,
     jsonproto,
     openapi,
@@ -116,6 +117,7 @@ class BrokerApplication(cyclone.web.Application):
             log_function=self._log_request,
             debug=debug,
         )
+        cyclone_fixes.without_ui_modules(self)
 
     def label_of(self, handler) -> str:
         """The route label of the request ``handler`` answered."""
