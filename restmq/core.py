@@ -45,7 +45,6 @@ wake its streaming consumers at once (restmq.notices, docs/brokers.md).
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,6 +111,11 @@ def _int(value: Any, default: int = 0) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _is_count(text: str, most_digits: int) -> bool:
+    """True if ``text`` is 1 to ``most_digits`` ASCII digits (no sign, no space)."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
 
 
 def _batch_state(reply: list) -> dict[str, Any]:
@@ -578,20 +582,21 @@ class QueueEngine:
         That is ``<queue>:<n>``; a dead-letter queue ``q:dead`` also holds the
         original keys ``q:<n>`` of the queue its messages died in.
         """
-        owner = queue
-        while True:
-            if re.fullmatch(re.escape(owner) + r":[0-9]+", key):
-                return True
-            if not owner.endswith(DEAD_SUFFIX):
+        owner, _, number = key.rpartition(":")
+        if not _is_count(number, len(number)):
+            return False
+        while owner != queue:
+            if not queue.endswith(DEAD_SUFFIX):
                 return False
-            owner = owner[: -len(DEAD_SUFFIX)]
+            queue = queue[: -len(DEAD_SUFFIX)]
+        return True
 
     def _receipt(self, queue: str, receipt: object) -> tuple[str, int]:
         """The message key and delivery count a receipt names; InvalidArgument if it is
         not a receipt of ``queue``."""
         if isinstance(receipt, str) and len(receipt) <= 2 * validation.MAX_QUEUE_NAME:
             key, at, count = receipt.rpartition("@")
-            if at and re.fullmatch(r"[0-9]{1,9}", count) and self._is_message_key(queue, key):
+            if at and _is_count(count, 9) and self._is_message_key(queue, key):
                 return key, int(count)
         raise InvalidArgument(f"{str(receipt)[:80]!r} is not a receipt of queue {queue!r}")
 
@@ -685,38 +690,36 @@ class QueueEngine:
     @staticmethod
     def _leased_batch(reply: list, seconds: int) -> StreamBatch:
         deadline = _int(reply[4])
-        messages = []
-        for i in range(5, len(reply), 4):
-            key, deliveries = _text(reply[i]), _int(reply[i + 3])
-            messages.append(
-                LeasedMessage(
-                    key=key,
-                    value=_text(reply[i + 1]),
-                    ttl_ms=_int(reply[i + 2], -1),
-                    receipt=f"{key}@{deliveries}",
-                    deliveries=deliveries,
-                    lease=seconds,
-                    deadline_ms=deadline,
-                )
+        messages = [
+            _leased(
+                _text(reply[i]),
+                _text(reply[i + 1]),
+                0,
+                _int(reply[i + 2], -1),
+                _int(reply[i + 3]),
+                seconds,
+                deadline,
             )
+            for i in range(5, len(reply), 4)
+        ]
         return StreamBatch(messages=messages, **_batch_state(reply))
 
     @staticmethod
     def _leased_messages(reply: list, seconds: int) -> LeaseBatch:
         deadline = _int(reply[0])
         messages = LeaseBatch(requeued=_int(reply[1]), dead=_int(reply[2]))
+        append = messages.append
         for i in range(3, len(reply), 5):
-            key, deliveries = _text(reply[i]), _int(reply[i + 4])
-            messages.append(
-                LeasedMessage(
-                    key=key,
-                    value=_text(reply[i + 1]),
-                    count=_int(reply[i + 2]),
-                    ttl_ms=_int(reply[i + 3], -1),
-                    receipt=f"{key}@{deliveries}",
-                    deliveries=deliveries,
-                    lease=seconds,
-                    deadline_ms=deadline,
+            key, value, count, ttl, deliveries = reply[i : i + 5]
+            append(
+                _leased(
+                    key if key.__class__ is str else _text(key),
+                    value if value.__class__ is str else _text(value),
+                    count if count.__class__ is int else _int(count),
+                    ttl if ttl.__class__ is int else _int(ttl, -1),
+                    deliveries if deliveries.__class__ is int else _int(deliveries),
+                    seconds,
+                    deadline,
                 )
             )
         return messages
@@ -852,6 +855,19 @@ class LeaseBatch(list[LeasedMessage]):
         super().__init__(messages)
         self.requeued = requeued
         self.dead = dead
+
+
+def _leased(
+    key: str, value: str, count: int, ttl_ms: int, deliveries: int, lease: int, deadline_ms: int
+) -> LeasedMessage:
+    """A LeasedMessage made as ``_taken`` makes a TakenMessage; its receipt is
+    ``<key>@<deliveries>``."""
+    message = _new(LeasedMessage)
+    fields = message.__dict__
+    fields["key"], fields["value"], fields["count"], fields["ttl_ms"] = key, value, count, ttl_ms
+    fields["receipt"], fields["deliveries"] = f"{key}@{deliveries}", deliveries
+    fields["lease"], fields["deadline_ms"] = lease, deadline_ms
+    return message
 
 
 @dataclass(frozen=True)

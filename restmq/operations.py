@@ -205,32 +205,40 @@ class Operations:
         seconds = None if lease is None else validation.lease_seconds(lease)
         patience = validation.wait_seconds(wait)
 
-        async def take_now() -> list[TakenMessage]:
-            if seconds is None:
-                return await self.engine.pop_many(queue, count)
-            batch = await self.engine.lease(queue, seconds, count)
-            # it ended the queue's overdue leases first
-            self.metrics.leases_ended(queue, batch.requeued, batch.dead)
-            return list(batch)
-
-        async def give_back(messages: list[TakenMessage]) -> None:
-            if seconds is None:
-                await self.engine.requeue(queue, messages)
-            else:  # nobody got them: the delivery does not count
-                receipts = [m.receipt for m in messages if isinstance(m, LeasedMessage)]
-                await self.engine.release(queue, receipts, delivered=False)
-
         messages: list[TakenMessage] = []
         if not patience or not self.waiters.has_waiters(queue):
             # Older waiters go first; without any, try at once.
-            messages = await take_now()
+            messages = await self._take_now(queue, count, seconds)
             if messages and gone():
-                await give_back(messages)
+                await self._give_back(queue, seconds, messages)
                 return []
         if not messages and patience:
-            messages = await self.waiters.wait(queue, take_now, give_back, patience, gone)
+            messages = await self.waiters.wait(
+                queue,
+                lambda: self._take_now(queue, count, seconds),
+                lambda taken: self._give_back(queue, seconds, taken),
+                patience,
+                gone,
+            )
         self.metrics.taken(queue, POP if seconds is None else LEASE, len(messages))
         return messages
+
+    async def _take_now(self, queue: str, count: int, seconds: int | None) -> list[TakenMessage]:
+        if seconds is None:
+            return await self.engine.pop_many(queue, count)
+        batch = await self.engine.lease(queue, seconds, count)
+        if batch.requeued or batch.dead:  # it ended the queue's overdue leases first
+            self.metrics.leases_ended(queue, batch.requeued, batch.dead)
+        return batch
+
+    async def _give_back(
+        self, queue: str, seconds: int | None, messages: list[TakenMessage]
+    ) -> None:
+        if seconds is None:
+            await self.engine.requeue(queue, messages)
+        else:  # nobody got them: the delivery does not count
+            receipts = [m.receipt for m in messages if isinstance(m, LeasedMessage)]
+            await self.engine.release(queue, receipts, delivered=False)
 
     async def ack(self, queue: str, receipts: Sequence[str]) -> list[Acked]:
         """Acknowledge leased messages by receipt (1 to validation.MAX_BATCH), in one step.
@@ -245,10 +253,13 @@ class Operations:
 
     async def ack_one(self, queue: str, receipt: object) -> Acked:
         """Acknowledge one leased message; LeaseGone when its lease is gone."""
-        acked = (await self.ack(queue, [self._receipt_text(receipt)]))[0]
-        if not acked.acked:
-            raise LeaseGone(acked.queue, str(receipt))
-        return acked
+        queue = validation.queue_name(queue)
+        receipt = self._receipt_text(receipt)
+        (result,) = await self.engine.ack(queue, (receipt,))
+        if not result.done:
+            raise LeaseGone(queue, receipt)
+        self.metrics.acked(queue)
+        return Acked(queue, result.key, True)
 
     async def change_lease(self, queue: str, receipt: object, lease: object) -> LeaseChanged:
         """Make the lease of ``receipt`` end ``lease`` seconds from now; 0 releases it (the

@@ -97,15 +97,16 @@ MAX_DELIVERIES = 1000  # the highest max_deliveries a queue may have
 
 def _whole_number(value: object, what: str, low: int, high: int) -> int:
     """``value`` (an int or its decimal text) if it is from ``low`` to ``high``."""
-    error = f"{what} must be a whole number from {low} to {high}"
     if isinstance(value, bool):
-        raise InvalidArgument(error)
+        raise InvalidArgument(f"{what} must be a whole number from {low} to {high}")
     try:
         number = value if isinstance(value, int) else int(str(value).strip(), 10)
     except ValueError:
-        raise InvalidArgument(f"{error}, not {str(value)[:40]!r}") from None
+        raise InvalidArgument(
+            f"{what} must be a whole number from {low} to {high}, not {str(value)[:40]!r}"
+        ) from None
     if not low <= number <= high:
-        raise InvalidArgument(f"{error}, not {number}")
+        raise InvalidArgument(f"{what} must be a whole number from {low} to {high}, not {number}")
     return number
 
 

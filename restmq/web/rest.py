@@ -8,6 +8,7 @@ says so; nothing else in this module decides a route's answer.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from restmq import acl, jsontext, shapes
@@ -29,6 +30,11 @@ class Route:
     on_empty: str  # what its GET answers when the queue is empty
     value_fields: tuple[str, ...]  # the POST form fields of a message; the first given wins
     missing_value: str  # the POST error when no message was sent
+
+    @functools.cached_property
+    def accepted(self) -> frozenset[str]:
+        """Every argument its GET takes: its own and the ignored ones."""
+        return frozenset(self.get_arguments + IGNORED)
 
 
 #: Accepted by every GET and never read: jQuery's JSONP cache-buster.
@@ -61,13 +67,15 @@ class RestHandler(BaseHandler):
     def refuse_unknown_arguments(self) -> None:
         """A GET that may pop takes no argument it does not know, so that a typo or a
         newer client's option is refused rather than ignored while a message is taken."""
+        arguments = self.request.arguments
+        if not arguments or arguments.keys() <= self.rules.accepted:
+            return
         known = self.rules.get_arguments
-        unknown = sorted(set(self.request.arguments) - set(known) - set(IGNORED))
-        if unknown:
-            raise InvalidArgument(
-                f"unknown argument {unknown[0][:40]!r} for GET {self.rules.path}; "
-                f"known: {', '.join(known)}"
-            )
+        unknown = sorted(arguments.keys() - self.rules.accepted)
+        raise InvalidArgument(
+            f"unknown argument {unknown[0][:40]!r} for GET {self.rules.path}; "
+            f"known: {', '.join(known)}"
+        )
 
     def form_value(self) -> str:
         for name in self.rules.value_fields:
