@@ -58,6 +58,7 @@ from restmq import notices, validation
 from restmq.errors import InvalidArgument
 from restmq.keyspace import STATUS_PREFIX
 from restmq.storage.client import LuaScript, RedisClient
+from restmq.turn_batch import TurnBatcher
 
 QUEUESET = "QUEUESET"
 NOTIFY_PREFIX = "restmq:notify:"
@@ -204,6 +205,10 @@ class QueueEngine:
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._channel_prefix = f"{NOTIFY_PREFIX}{redis.dbid}:"
+        # The acks of one queue made in one reactor turn go to Redis as one script call.
+        self._acks: TurnBatcher[tuple[str, int], ReceiptResult] = TurnBatcher(
+            redis.reactor, self._ack_now, validation.MAX_BATCH
+        )
         # Names this broker process's consumer counts in Redis; never a queue key's end.
         self.broker_id = f"b{uuid.uuid4().hex[:16]}"
 
@@ -622,6 +627,7 @@ class QueueEngine:
         *,
         replicated: bool = False,
     ) -> Any:
+        self._acks.flush(queue)  # acks made earlier reach Redis first
         common = self._lease_args(queue)
         return await self.redis.run_script(
             script, common[:2], [*common[2:], *args], on_late, replicated=replicated
@@ -732,9 +738,14 @@ class QueueEngine:
         acked already) its result is ``done=False`` and nothing changes. A receipt
         that is not one of ``queue`` is InvalidArgument and nothing is acked. With
         ``--redis-wait-replicas`` this answers once that many replicas have the acks.
+        The acks of ``queue`` made in the same reactor turn share that script call
+        (restmq.turn_batch); it is sent once the turn is over.
         """
         validation.queue_name(queue)
-        parsed = self._receipts(queue, receipts)
+        return await self._acks.submit(queue, self._receipts(queue, receipts))
+
+    async def _ack_now(self, queue: str, parsed: list[tuple[str, int]]) -> list[ReceiptResult]:
+        """One ack script call for the receipts of one or more ``ack`` calls."""
         flat = [part for key, count in parsed for part in (key, count)]
         reply = await self._run_lease_script(_ACK, queue, [notices.SETTLED, *flat], replicated=True)
         return self._receipt_results(parsed, reply)

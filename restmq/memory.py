@@ -61,7 +61,8 @@ def tune_garbage_collector() -> None:
     made full collections of the whole heap frequent: about 13% of the broker's CPU
     under a 50-connection load. A higher threshold lets most of them die young, and
     ``gc.freeze`` keeps full collections from walking the start-up objects (modules,
-    classes, routes), which are never garbage.
+    classes, routes). A frozen object is never collected: one that becomes garbage
+    in a cycle later (the first Redis connections, after an outage) stays, once.
     """
     gc.collect()
     gc.freeze()
