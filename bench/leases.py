@@ -67,11 +67,14 @@ class LeasesScenario(Scenario):
     def run(self, ctx: Context, result: ScenarioResult) -> None:
         opts = ctx.options
         broker = BrokerServer(ctx.workdir("broker")).start()
+        window = opts.duration / opts.lease_rounds
         ctx.out(
             f"  machine: {cpu_count()} cores shared; server: 1 twistd process (pid "
             f"{broker.pid}) + 1 embedded valkey-server; client: 1 process (asyncio), "
             f"{opts.lease_consumers} keep-alive connections in a closed loop; value "
-            f"{opts.value_size} bytes; warm-up {opts.warmup} s, measured {opts.duration} s per run"
+            f"{opts.value_size} bytes; {opts.lease_rounds} rounds of a plain, a leased and a "
+            f"batch run (warm-up {opts.warmup:g} s, measured {window:.3g} s each); each kind "
+            "keeps its fastest run"
         )
         try:
             runs = self._consume_runs(ctx, broker)
@@ -82,24 +85,36 @@ class LeasesScenario(Scenario):
 
     @staticmethod
     def _consume_runs(ctx: Context, broker: BrokerServer) -> list[Consumed]:
+        """Rounds of one run of each kind, interleaved, so that a slow spell of a shared
+        machine falls on every kind alike; each kind keeps its fastest run."""
         opts = ctx.options
         value = "v" * opts.value_size
-        runs: list[Consumed] = []
-        plain_rate = 0.0
-        for label, mode, factor in (
+        window = opts.duration / opts.lease_rounds
+        kinds = (
             ("plain pop       GET /q/<q>", "plain", 1.0),
             ("leased + ack    GET ?lease + DELETE ?receipt", "lease", 1.0),
             (f"n={BATCH} + 1 ack   GET ?n={BATCH}&lease + DELETE", "batch", 4.0),
-        ):
-            queue = f"lease-{mode}-{uuid.uuid4().hex[:8]}"
-            window = opts.warmup + opts.duration
-            wanted = int(max(plain_rate, 5000) * window * factor * 1.5) + 1000
-            _prefill(broker, queue, wanted, value)
-            run = asyncio.run(_consume(broker.port, queue, mode, label, opts.lease_consumers, opts))
-            runs.append(run)
-            if mode == "plain":
-                plain_rate = run.rate
-        return runs
+        )
+        best: dict[str, Consumed] = {}
+        rates: dict[str, list[float]] = {mode: [] for _, mode, _ in kinds}
+        expected = 12_000.0  # plain pops/s until measured: every run must find its queue full
+        for _ in range(opts.lease_rounds):
+            for label, mode, factor in kinds:
+                queue = f"lease-{mode}-{uuid.uuid4().hex[:8]}"
+                wanted = int(expected * (opts.warmup + window) * factor * 1.5) + 1000
+                _prefill(broker, queue, wanted, value)
+                run = asyncio.run(
+                    _consume(broker.port, queue, mode, label, opts.lease_consumers, opts, window)
+                )
+                rates[mode].append(run.rate)
+                if mode not in best or run.rate > best[mode].rate:
+                    best[mode] = run
+                if mode == "plain":
+                    expected = max(expected, run.rate * 1.2)
+        for label, mode, _ in kinds:
+            rounds = " / ".join(per_second(rate) for rate in rates[mode])
+            ctx.out(f"  {label}: msg/s by round {rounds}")
+        return [best[mode] for _, mode, _ in kinds]
 
     @staticmethod
     def _report(ctx: Context, result: ScenarioResult, runs: list[Consumed], lat: dict) -> None:
@@ -145,8 +160,10 @@ class LeasesScenario(Scenario):
                 check.note = "some takes found the queue empty or failed"
 
 
-async def _consume(port: int, queue: str, mode: str, label: str, workers: int, opts) -> Consumed:
-    """``workers`` closed-loop consumers for warm-up + duration; count what the window saw."""
+async def _consume(
+    port: int, queue: str, mode: str, label: str, workers: int, opts, window: float
+) -> Consumed:
+    """``workers`` closed-loop consumers for warm-up + ``window`` s; count what the window saw."""
     path = f"/q/{quote(queue)}"
     take = {
         "plain": path,
@@ -155,7 +172,7 @@ async def _consume(port: int, queue: str, mode: str, label: str, workers: int, o
     }[mode]
     take_raw = encode_request("GET", take, port=port)
     start = time.monotonic() + opts.warmup
-    end = start + opts.duration
+    end = start + window
     totals = {"messages": 0, "requests": 0, "empty": 0, "errors": 0}
 
     async def worker() -> None:
@@ -176,7 +193,7 @@ async def _consume(port: int, queue: str, mode: str, label: str, workers: int, o
             conn.close()
 
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return Consumed(label, totals["messages"], opts.duration, totals["requests"],
+    return Consumed(label, totals["messages"], window, totals["requests"],
                     totals["empty"], totals["errors"])  # fmt: skip
 
 
