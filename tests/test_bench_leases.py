@@ -21,5 +21,6 @@ def test_leases_scenario_prints_consumption_rates_and_wake_up_latencies():
         assert re.search(rf"^\s+{re.escape(row)}\s.*\d", out, re.MULTILINE), (row, out)
     for kind in ("plain pop", "leased + ack", "n=10 + 1 ack"):  # each round's figure, then the best
         assert re.search(rf"{re.escape(kind)} .*: msg/s by round [\d,]+ / [\d,]+$", out, re.M), out
+    assert "steady msg/s" in out and "mean msg/s" in out, out
     assert re.search(r"long-poll wake-up p50 .*(PASS|MISSED)", out), out
     assert "errors" in out and not re.search(r"ERROR", out), out
