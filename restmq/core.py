@@ -325,6 +325,7 @@ class QueueEngine:
         if not isinstance(key, str) or not self._is_message_key(queue, key):
             raise InvalidArgument(f"{str(key)[:80]!r} is not a message key of queue {queue!r}")
         keys = [self._list(queue), key, self._leased(queue), self._deliveries(queue)]
+        self._acks.flush(queue)  # acks made earlier reach Redis first
         return bool(await self.redis.run_script(_DELETE, keys))
 
     async def purge(self, queue: str) -> int:
@@ -332,6 +333,7 @@ class QueueEngine:
         validation.queue_name(queue)
         keys = [self._list(queue), self._leased(queue), self._deliveries(queue), LEASING]
         args = [self.channel(queue), queue, notices.PURGE]
+        self._acks.flush(queue)  # acks made earlier reach Redis first
         return _int(await self.redis.run_script(_PURGE, keys, args))
 
     # -- settings -----------------------------------------------------------
@@ -587,8 +589,8 @@ class QueueEngine:
         That is ``<queue>:<n>``; a dead-letter queue ``q:dead`` also holds the
         original keys ``q:<n>`` of the queue its messages died in.
         """
-        owner, _, number = key.rpartition(":")
-        if not _is_count(number, len(number)):
+        owner, colon, number = key.rpartition(":")
+        if not colon or not _is_count(number, len(number)):
             return False
         while owner != queue:
             if not queue.endswith(DEAD_SUFFIX):
@@ -743,6 +745,10 @@ class QueueEngine:
         """
         validation.queue_name(queue)
         return await self._acks.submit(queue, self._receipts(queue, receipts))
+
+    def send_waiting_acks(self) -> None:
+        """Send the acks still gathered for this reactor turn now (a stop)."""
+        self._acks.flush_all()
 
     async def _ack_now(self, queue: str, parsed: list[tuple[str, int]]) -> list[ReceiptResult]:
         """One ack script call for the receipts of one or more ``ack`` calls."""

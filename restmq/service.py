@@ -106,7 +106,7 @@ class BrokerService(service.Service):
             call_timeout=options["redis-timeout"],
             wait_replicas=options["redis-wait-replicas"],
         )
-        engine = QueueEngine(self.redis)
+        self.engine = engine = QueueEngine(self.redis)
         # this broker's counters and gauges (GET /metrics); Operations counts in the
         # consumers' Metrics
         self.metrics = Metrics(max_queues=options["metrics-max-queues"])
@@ -308,6 +308,7 @@ class BrokerService(service.Service):
         await self.census.stop()  # no streams left here: other brokers count none of ours
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
         await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
+        self.engine.send_waiting_acks()  # gathered this turn: they must go out before we close
         await self._redis_calls_done()
         await self.notifications.stop()
         await self.redis.disconnect()

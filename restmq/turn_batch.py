@@ -53,9 +53,11 @@ class TurnBatcher(Generic[Item, Result]):
     def submit(self, key: str, items: Sequence[Item]) -> defer.Deferred:
         """Results for ``items`` (a list, in order), once the call that carries them answers."""
         group = self._groups.get(key)
-        if group is not None and len(group.items) + len(items) > self.most:
+        while group is not None and len(group.items) + len(items) > self.most:
+            # Full: send it. Its failure may be answered at once, and a caller answered
+            # may submit again (a new group): look again rather than overwrite it.
             self.flush(key)
-            group = None
+            group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
             if self._timer is None:
@@ -76,13 +78,20 @@ class TurnBatcher(Generic[Item, Result]):
         if not self._groups and self._timer is not None and self._timer.active():
             self._timer.cancel()
             self._timer = None
-        done = defer.ensureDeferred(self.run(key, group.items))
+        try:
+            done = defer.ensureDeferred(self.run(key, group.items))
+        except Exception:
+            done = defer.fail()  # a ``run`` that raises before it awaits anything
         done.addCallbacks(self._answer_each, self._fail_each, (group,), None, (group,), None)
+
+    def flush_all(self) -> None:
+        """Send every group now (a stop: nothing may stay behind)."""
+        for key in list(self._groups):
+            self.flush(key)
 
     def _end_of_turn(self) -> None:
         self._timer = None
-        for key in list(self._groups):
-            self.flush(key)
+        self.flush_all()
 
     @staticmethod
     def _answer_each(results: list[Result], group: _Group) -> None:

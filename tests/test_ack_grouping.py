@@ -112,3 +112,34 @@ async def test_every_caller_of_a_failed_group_gets_the_failure(engine, server):
     await engine.redis.wait_until_ready()
     results = await _together(engine.ack("q", [a.receipt]), engine.ack("q", [b.receipt]))
     assert [r.done for part in results for r in part] == [True, True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ack_made_while_a_full_group_fails_is_answered_too(engine, server):
+    server.stop()
+    for _ in range(250):
+        if not engine.redis.connected:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    answered: list[str] = []
+
+    def note(outcome, name: str):
+        answered.append(name)
+        return outcome
+
+    def ack_again(reason):
+        # answered while the full group is sent: a new ack of the same queue, at once
+        note(None, "first")
+        again = defer.ensureDeferred(engine.ack("q", ["q:1@1"]))
+        again.addBoth(note, "again").addErrback(lambda f: f.trap(StorageUnavailable))
+
+    first = defer.ensureDeferred(engine.ack("q", [f"q:{i}@1" for i in range(MAX_BATCH - 1)]))
+    first.addErrback(ack_again)
+    # does not fit beside the first: the first group goes out (and fails at once)
+    second = defer.ensureDeferred(engine.ack("q", ["q:1@2", "q:2@2"]))
+    second.addBoth(note, "second").addErrback(lambda f: f.trap(StorageUnavailable))
+    for _ in range(50):
+        if len(answered) == 3:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    assert sorted(answered) == ["again", "first", "second"]

@@ -156,6 +156,18 @@ async def test_malformed_and_foreign_receipts_are_refused(engine, server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_bare_number_is_no_message_key_of_a_dead_letter_queue(engine, server):
+    # ":dead" strips to the empty name, whose keys would be ":<n>", never "<n>"
+    server.command("SET", "5", "not a message")
+    for queue in (":dead", ":dead:dead"):
+        with pytest.raises(InvalidArgument, match="not a message key"):
+            await engine.delete(queue, "5")
+        with pytest.raises(InvalidArgument, match="not a receipt"):
+            await engine.ack(queue, ["5@1"])
+    assert server.command("GET", "5") == "not a message"
+
+
+@pytest_twisted.ensureDeferred
 async def test_several_receipts_in_one_ack(engine, server):
     await engine.add_many("q", ["a", "b", "c"])
     a, b, c = await engine.lease("q", 30, n=3)
