@@ -68,7 +68,8 @@ scenarios (--only):
            acking with DELETE /q/<q>?receipt=R, each with --prefetch
   leases   consumed msg/s with --lease-consumers consumers: plain pops, leased take +
            ack (target >= 0.45x plain), n=10 + one ack (target >= 2x plain), in
-           --lease-rounds interleaved rounds, the fastest run of each kind kept;
+           --lease-rounds interleaved rounds, judged on steady rates (90th percentile
+           of each kind's half-second slices);
            long-poll wake-up p50/p99 next to SSE delivery (target: p50 <= 1.5x SSE p50)
   workers  produce and pop req/s of a broker run with --workers 1 and with
            --workers N (default: one per core, at least 2), CPU% of every
@@ -179,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
         help="concurrent consumers of the leases scenario (default 50)")  # fmt: skip
     add("--lease-rounds", type=_positive(int), default=4, metavar="N",
         help="leases: rounds of plain, leased and batch runs, one after the other, each run "
-             "lasting --duration/N; each kind keeps its fastest (default 4)")  # fmt: skip
+             "lasting --duration/N; each kind's runs are taken together (default 4)")  # fmt: skip
     add("--wake-up-samples", type=_positive(int), default=200, metavar="N",
         help="long-poll and SSE deliveries timed by the leases scenario (default 200)")  # fmt: skip
     add("--workers", type=_positive(int), default=max(2, cpu_count()), metavar="N",
