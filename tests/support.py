@@ -939,6 +939,17 @@ def wait_healthy(broker: Broker, timeout: float = 20.0) -> None:
 RESTMQ_CLI = str(BIN / "restmq")
 
 
+def broker_url(broker) -> str:
+    """The base URL a client uses for ``broker``."""
+    return f"http://127.0.0.1:{broker.port}"
+
+
+def client_env(url: str, **extra: str) -> dict[str, str]:
+    """This process's environment without any RESTMQ_* setting, pointed at ``url``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+    return dict(base, RESTMQ_URL=url, **extra)
+
+
 def run_cli(
     url: str,
     *args: str,
@@ -947,15 +958,23 @@ def run_cli(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """Run the ``restmq`` command line client against the broker at ``url``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
     return subprocess.run(
         [RESTMQ_CLI, *args],
         input=input,
-        env=dict(base, RESTMQ_URL=url, **(env or {})),
+        env=client_env(url, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(url: str, *args: str, **popen) -> subprocess.Popen:
+    """Start ``restmq ARGS...`` in the background against ``url``; stdout and stderr are
+    text pipes unless ``popen`` says otherwise."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    popen.setdefault("text", True)
+    return subprocess.Popen([RESTMQ_CLI, *args], env=client_env(url), **popen)
 
 
 def take_all(broker: Broker, queue: str, batch: int = 500) -> list[dict]:

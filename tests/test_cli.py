@@ -16,16 +16,15 @@ from tests.support import (
     RESTMQ_CLI,
     Broker,
     basic,
+    broker_url,
+    client_env,
     default_sigint,
     free_port,
     run_cli,
+    start_cli,
     wait_for,
     wait_healthy,
 )
-
-
-def url_of(broker) -> str:
-    return f"http://127.0.0.1:{broker.port}"
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def rmq(shared_broker):
     """Run ``restmq ARGS...`` against the shared broker."""
 
     def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-        return run_cli(url_of(shared_broker), *args, **kwargs)
+        return run_cli(broker_url(shared_broker), *args, **kwargs)
 
     return run
 
@@ -83,14 +82,13 @@ def test_push_quiet_prints_nothing_and_ttl_reaches_the_broker(rmq, shared_broker
 
 def test_push_shows_a_progress_bar_when_stderr_is_a_terminal(shared_broker, queue):
     controller, terminal = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "push", "--batch", "100", queue],
+    proc = start_cli(
+        broker_url(shared_broker),
+        "push", "--batch", "100", queue,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
         stderr=terminal,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-    )
+        text=False,
+    )  # fmt: skip
     os.close(terminal)
     out, _ = proc.communicate("".join(f"{i}\n" for i in range(1000)).encode(), timeout=60)
     shown = b""
@@ -153,14 +151,7 @@ def test_pop_checks_its_options_before_calling_the_broker(rmq, queue):
 
 def test_tail_prints_the_backlog_then_what_arrives(rmq, shared_broker, queue):
     rmq("push", queue, "waiting")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "tail", "--count", "2", queue],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-    )
+    proc = start_cli(broker_url(shared_broker), "tail", "--count", "2", queue)
     try:
         assert proc.stdout.readline() == "waiting\n"
         wait_for(lambda: shared_broker.get(f"/stats/{queue}").json()["consumers"] == 1)
@@ -192,14 +183,7 @@ def test_tail_exits_1_when_nothing_arrives_in_time(rmq, queue):
 
 
 def test_tail_ends_when_the_queue_is_purged(rmq, shared_broker, queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "tail", "--count", "5", queue],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-    )
+    proc = start_cli(broker_url(shared_broker), "tail", "--count", "5", queue)
     try:
         wait_for(lambda: shared_broker.get(f"/stats/{queue}").json()["consumers"] == 1)
         rmq("push", queue, "only one")
@@ -213,19 +197,18 @@ def test_tail_ends_when_the_queue_is_purged(rmq, shared_broker, queue):
 
 
 def test_tail_into_a_pipe_that_closes_ends_quietly(shared_broker, queue):
-    run_cli(url_of(shared_broker), "push", queue, "one")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+    run_cli(broker_url(shared_broker), "push", queue, "one")
     proc = subprocess.Popen(
         ["bash", "-c", f"set -o pipefail; '{RESTMQ_CLI}' tail '{queue}' | head -n 1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
+        env=client_env(broker_url(shared_broker)),
     )
     try:
         assert proc.stdout.readline() == "one\n"
         time.sleep(0.2)  # head has left: the next message goes into a closed pipe
-        run_cli(url_of(shared_broker), "push", queue, "two", "three")
+        run_cli(broker_url(shared_broker), "push", queue, "two", "three")
         assert proc.wait(10) == 0  # pipefail: tail's own exit status counts
     finally:
         proc.kill()
@@ -234,15 +217,7 @@ def test_tail_into_a_pipe_that_closes_ends_quietly(shared_broker, queue):
 
 
 def test_ctrl_c_ends_tail_without_a_traceback(shared_broker, queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "tail", queue],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-        preexec_fn=default_sigint,
-    )
+    proc = start_cli(broker_url(shared_broker), "tail", queue, preexec_fn=default_sigint)
     try:
         wait_for(lambda: shared_broker.get(f"/stats/{queue}").json()["consumers"] == 1)
         proc.send_signal(signal.SIGINT)
@@ -323,7 +298,7 @@ def test_every_command_explains_itself(command):
 
 def test_the_url_comes_from_the_option_or_restmq_url(shared_broker, queue):
     # RESTMQ_URL names a port nobody listens on; --url wins over it
-    result = run_cli(f"http://127.0.0.1:{free_port()}", "--url", url_of(shared_broker), "stats")
+    result = run_cli(f"http://127.0.0.1:{free_port()}", "--url", broker_url(shared_broker), "stats")
     assert result.returncode == 0, result.stderr
 
 
@@ -366,7 +341,7 @@ def test_a_broker_without_storage_exits_3_with_its_error(broker_factory, valkey_
     server.stop()
     wait_for(lambda: broker.get("/health").status == 503, timeout=10, what="the outage")
     for args in (["push", queue, "x"], ["pop", queue], ["stats"], ["health"]):
-        result = run_cli(url_of(broker), *args)
+        result = run_cli(broker_url(broker), *args)
         assert result.returncode == 3, args
         assert_one_error_line(result, "(503)", "storage unavailable")
 
@@ -400,7 +375,7 @@ def guarded(tmp_path_factory):
 
 
 def test_refused_requests_exit_4(guarded, queue):
-    url = url_of(guarded)
+    url = broker_url(guarded)
     for args in (["push", queue, "x"], ["pop", queue], ["stats"], ["purge", queue]):
         result = run_cli(url, *args)
         assert result.returncode == 4, args
@@ -414,7 +389,7 @@ def test_refused_requests_exit_4(guarded, queue):
 
 
 def test_credentials_come_from_options_or_the_environment(guarded, queue):
-    url = url_of(guarded)
+    url = broker_url(guarded)
     pushed = run_cli(url, "--user", "admin", "--password", "s3cret", "push", queue, "v")
     assert (pushed.returncode, pushed.stdout) == (0, f"{queue}:1\n")
     env = {"RESTMQ_USER": "admin", "RESTMQ_PASSWORD": "s3cret"}

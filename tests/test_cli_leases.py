@@ -5,19 +5,14 @@ and ``DELETE /q/<q>?receipt=R[&receipt=R2]``."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
-from tests.support import RESTMQ_CLI, run_cli, wait_for
-
-
-def url_of(broker) -> str:
-    return f"http://127.0.0.1:{broker.port}"
+from tests.support import broker_url, run_cli, start_cli, wait_for
 
 
 def rmq(broker, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(url_of(broker), *args)
+    return run_cli(broker_url(broker), *args)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -85,15 +80,8 @@ def test_acking_several_reports_the_gone_lease_and_acks_the_others(shared_broker
 
 
 def test_pop_wait_answers_as_soon_as_a_message_arrives(shared_broker, queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "pop", "--wait", "10", queue],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-    )
+    proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", queue)
     try:
         time.sleep(1)
         rmq(shared_broker, "push", queue, "worth the wait")
@@ -114,14 +102,7 @@ def test_pop_wait_on_a_queue_that_stays_empty_exits_1_after_the_wait(shared_brok
 
 
 def test_pop_can_wait_for_a_message_and_lease_it(shared_broker, queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
-    proc = subprocess.Popen(
-        [RESTMQ_CLI, "pop", "--wait", "10", "--lease", "30", queue],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env, RESTMQ_URL=url_of(shared_broker)),
-    )
+    proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", "--lease", "30", queue)
     try:
         time.sleep(1)
         rmq(shared_broker, "push", queue, "leased when it came")

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, broker_url, client_env, free_port, wait_for
 
 EXAMPLES = ROOT / "examples"
 
 
-def run_example(broker_url: str, script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTMQ_")}
+def run_example(url: str, script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
-        env=dict(env, RESTMQ_URL=broker_url),
+        env=client_env(url),
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-
-def url_of(broker) -> str:
-    return f"http://127.0.0.1:{broker.port}"
 
 
 def assert_cleaned_up(broker, queue: str) -> None:
@@ -35,7 +29,7 @@ def assert_cleaned_up(broker, queue: str) -> None:
 
 
 def test_the_comet_demo_prints_what_it_posted(shared_broker):
-    result = run_example(url_of(shared_broker), "test_comet.py")
+    result = run_example(broker_url(shared_broker), "test_comet.py")
     assert result.returncode == 0, result.stderr
     queue = re.search(r"consuming (\S+) at", result.stdout).group(1)
     for value in ("hello", "from the producer", "goodbye"):
@@ -46,13 +40,13 @@ def test_the_comet_demo_prints_what_it_posted(shared_broker):
 def test_the_comet_consumer_prints_a_queue_and_stops_after_count(shared_broker, queue):
     for value in ("first", "second"):
         shared_broker.post(f"/q/{queue}", value=value)
-    result = run_example(url_of(shared_broker), "test_comet.py", queue, "--count", "2")
+    result = run_example(broker_url(shared_broker), "test_comet.py", queue, "--count", "2")
     assert result.returncode == 0, result.stderr
     assert f"{queue}:1: first\n{queue}:2: second\n" in result.stdout
 
 
 def test_the_curl_demo_parses_what_curl_receives(shared_broker):
-    result = run_example(url_of(shared_broker), "test_comet_curl.py")
+    result = run_example(broker_url(shared_broker), "test_comet_curl.py")
     assert result.returncode == 0, result.stderr
     queue = re.search(r"curl -N \S+/c/(\S+)", result.stdout).group(1)
     assert f"{queue}:1: one\n{queue}:2: two\n{queue}:3: three\n" in result.stdout
@@ -61,13 +55,15 @@ def test_the_curl_demo_parses_what_curl_receives(shared_broker):
 
 def test_the_curl_consumer_prints_a_queue(shared_broker, queue):
     shared_broker.post(f"/q/{queue}", value="via curl")
-    result = run_example(url_of(shared_broker), "test_comet_curl.py", queue, "--count", "1")
+    result = run_example(broker_url(shared_broker), "test_comet_curl.py", queue, "--count", "1")
     assert result.returncode == 0, result.stderr
     assert f"{queue}:1: via curl\n" in result.stdout
 
 
 def test_map_reduce_counts_words_with_roundrobin_mappers(shared_broker):
-    result = run_example(url_of(shared_broker), "map_reduce.py", "--mappers", "3", "--chunks", "9")
+    result = run_example(
+        broker_url(shared_broker), "map_reduce.py", "--mappers", "3", "--chunks", "9"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "same as a direct count" in result.stdout
     # roundrobin: every chunk to exactly one mapper, and every mapper took its turn
@@ -90,13 +86,13 @@ def test_map_reduce_without_a_broker_says_so_and_exits_2():
 
 def test_the_xmlrpc_example_reads_restmq_url_and_purges_its_queue(shared_broker, queue):
     shared_broker.post(f"/q/{queue}", value="left over from before")
-    result = run_example(url_of(shared_broker), "test_xmlrpc.py")
+    result = run_example(broker_url(shared_broker), "test_xmlrpc.py")
     assert result.returncode == 0, result.stderr
     used = re.search(r"set\('(xmlrpc-example-\d+)'", result.stdout).group(1)
     assert_cleaned_up(shared_broker, used)
     # with a queue named on the command line: that queue is emptied too
-    url = f"{url_of(shared_broker)}/RPC2"
-    result = run_example(url_of(shared_broker), "test_xmlrpc.py", url, queue)
+    url = f"{broker_url(shared_broker)}/RPC2"
+    result = run_example(broker_url(shared_broker), "test_xmlrpc.py", url, queue)
     assert result.returncode == 0, result.stderr
     assert f"DELETE /q/{queue} (clean up)" in result.stdout
     assert_cleaned_up(shared_broker, queue)
