@@ -699,7 +699,7 @@ class QueueEngine:
     def _leased_batch(reply: list, seconds: int) -> StreamBatch:
         deadline = _int(reply[4])
         messages = [
-            _leased(
+            _leased_message(
                 _text(reply[i]),
                 _text(reply[i + 1]),
                 0,
@@ -720,7 +720,7 @@ class QueueEngine:
         for i in range(3, len(reply), 5):
             key, value, count, ttl, deliveries = reply[i : i + 5]
             append(
-                _leased(
+                _leased_message(
                     key if key.__class__ is str else _text(key),
                     value if value.__class__ is str else _text(value),
                     count if count.__class__ is int else _int(count),
@@ -874,7 +874,7 @@ class LeaseBatch(list[LeasedMessage]):
         self.dead = dead
 
 
-def _leased(
+def _leased_message(
     key: str, value: str, count: int, ttl_ms: int, deliveries: int, lease: int, deadline_ms: int
 ) -> LeasedMessage:
     """A LeasedMessage made as ``_taken`` makes a TakenMessage; its receipt is
