@@ -24,8 +24,8 @@ import json
 import cyclone.web
 
 from restmq import __version__
-from restmq.web.cyclone_fixes import FixedChunked
-from restmq.web.http_policy import BrokerHTTPConnection
+from restmq.web.connection.cyclone_fixes import FixedChunked
+from restmq.web.connection.http_policy import BrokerHTTPConnection
 
 _SERVER = f"RestMQ/{__version__}"  # the broker's Server header, so answers are the same size
 

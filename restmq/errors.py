@@ -1,7 +1,7 @@
 """The one family of errors the operations layer raises; each front end maps it to an answer.
 
-HTTP (restmq.web.base.as_api_error, which also answers refused COMET, SSE and
-WebSocket streams) and XML-RPC (restmq.web.xmlrpc.as_fault) each map this family
+HTTP (restmq.web.handlers.base.as_api_error, which also answers refused COMET, SSE and
+WebSocket streams) and XML-RPC (restmq.web.handlers.xmlrpc.as_fault) each map this family
 in one place. Front ends never raise domain errors of their own.
 """
 

@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from restmq.options import DEFAULT_METRICS_MAX_QUEUES
+from restmq.defaults import DEFAULT_METRICS_MAX_QUEUES
 
 #: the queue label of every queue past the bound
 OTHER = "_other"

@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from restmq.core import QueueEngine
+from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 

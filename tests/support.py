@@ -871,8 +871,8 @@ def startup_refusal(cwd: Path, *args: str) -> str:
     # Imported here: the tests' helpers must not import the broker before pytest starts.
     from twisted.python import usage
 
-    from restmq.options import Options
-    from restmq.service import make_service
+    from restmq.runtime.options import Options
+    from restmq.runtime.service import make_service
 
     previous = os.getcwd()
     os.chdir(cwd)  # the options resolve ./acl.conf and ./restmq-data against it

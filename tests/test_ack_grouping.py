@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from restmq.errors import StorageUnavailable
-from restmq.validation import MAX_BATCH
+from restmq.operations.validation import MAX_BATCH
 
 
 def _script_calls(server) -> int:

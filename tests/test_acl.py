@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet import task
 from websockets.exceptions import InvalidStatus
 
-from restmq import acl, passwd
+from restmq.access import acl, passwd
 from tests.support import (
     BIN,
     CHALLENGE,

@@ -3,9 +3,9 @@ very text the broker's JSON encoder gives for those dicts."""
 
 from __future__ import annotations
 
-from restmq import shapes
-from restmq.core import TakenMessage
-from restmq.web.base import encode_json
+from restmq.engine.queues import TakenMessage
+from restmq.web import shapes
+from restmq.web.handlers.base import encode_json
 
 AWKWARD = [
     "plain",

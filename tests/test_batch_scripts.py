@@ -7,8 +7,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from restmq import core
-from restmq.core import QueueEngine
+from restmq.engine import queues
+from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
 
 LARGE = 2500  # more than one inner chunk of the add and pop scripts
@@ -79,7 +79,7 @@ async def test_a_batch_pop_stops_at_the_byte_budget_and_keeps_the_order(
     engine, server, monkeypatch
 ):
     # the budget is a module setting: a small one stands in for 16 MiB of bodies
-    monkeypatch.setattr(core, "POP_BYTES", 25)
+    monkeypatch.setattr(queues, "POP_BYTES", 25)
     await engine.add_many("budget", [f"{i:02d}" * 5 for i in range(8)])  # 10 bytes each
     taken = await engine.pop_many("budget", 8)
     assert [m.value for m in taken] == ["0000000000", "0101010101", "0202020202"]

@@ -14,8 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import QueueEngine
+from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import RawSseStream, take_all, wait_for
 

@@ -8,8 +8,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq import notices
-from restmq.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.engine import notices
 from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
 

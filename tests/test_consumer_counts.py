@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from restmq.core import QueueEngine
+from restmq.engine.queues import QueueEngine
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
-from restmq.consumers import ConsumerRegistry
-from restmq.core import QueueEngine
-from restmq.service import Broker
+from restmq.delivery.consumers import ConsumerRegistry
+from restmq.engine.queues import QueueEngine
+from restmq.runtime.service import Broker
 from restmq.web.app import BrokerApplication
-from restmq.web.base import BaseHandler
-from restmq.web.cyclone_fixes import FixedChunked, stream_without_keep_alive
-from restmq.web.http_policy import BrokerHTTPConnection
+from restmq.web.connection.cyclone_fixes import FixedChunked, stream_without_keep_alive
+from restmq.web.connection.http_policy import BrokerHTTPConnection
+from restmq.web.handlers.base import BaseHandler
 from tests import support as wire
 from tests.support import JSON_TYPE, assert_error
 

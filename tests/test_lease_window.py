@@ -8,12 +8,12 @@ import json
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from restmq import notices
-from restmq.consumers import ConsumerRegistry, StreamConsumer
-from restmq.core import QueueEngine
-from restmq.shapes import stream_message
+from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.engine import notices
+from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
+from restmq.web.shapes import stream_message
 
 
 class ListConsumer(StreamConsumer):

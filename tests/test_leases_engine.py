@@ -12,9 +12,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from restmq.core import LEASING, QueueEngine
+from restmq.delivery.lease_sweeper import LeaseSweeper
+from restmq.engine.queues import LEASING, QueueEngine
 from restmq.errors import InvalidArgument, StorageUnavailable
-from restmq.leases import LeaseSweeper
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.notify import Notifications
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from restmq.options import Options
+from restmq.runtime.options import Options
 from tests import support as wire
 from tests.support import (
     Broker,

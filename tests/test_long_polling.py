@@ -17,8 +17,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.consumers import ConsumerRegistry
-from restmq.operations import Operations
+from restmq.delivery.consumers import ConsumerRegistry
+from restmq.operations.queue_operations import Operations
 from tests.support import Broker, Response, post_json, post_value, request, wait_for
 
 

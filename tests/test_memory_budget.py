@@ -13,7 +13,7 @@ import pytest
 from twisted.python import usage
 
 from restmq.budget import MemoryBudget
-from restmq.options import Options
+from restmq.runtime.options import Options
 from tests import support as wire
 from tests.support import HttpStream, request, wait_for
 

@@ -8,11 +8,11 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 
-from restmq.consumers import ConsumerRegistry
-from restmq.leases import LeaseSweeper
+from restmq.delivery.consumers import ConsumerRegistry
+from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.metrics import Metrics, Snapshot
-from restmq.operations import Operations
-from restmq.options import Options
+from restmq.operations.queue_operations import Operations
+from restmq.runtime.options import Options
 from tests.support import Broker, HttpStream, basic, start_broker, wait_answering, wait_for
 
 Samples = dict[tuple[str, frozenset], float]

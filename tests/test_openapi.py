@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
 
 import restmq
 from restmq.web.app import routes
-from restmq.web.base import allowed_methods
-from restmq.web.websocket import WebSocketHandler
+from restmq.web.handlers.base import allowed_methods
+from restmq.web.handlers.websocket import WebSocketHandler
 from tests.support import (
     OPENAPI_PATH,
     Broker,

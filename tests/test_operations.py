@@ -8,10 +8,19 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from restmq import validation
-from restmq.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
-from restmq.operations import Added, AllStats, Deleted, OneStats, Operations, Policy, Purged, Status
+from restmq.operations import validation
+from restmq.operations.queue_operations import (
+    Added,
+    AllStats,
+    Deleted,
+    OneStats,
+    Operations,
+    Policy,
+    Purged,
+    Status,
+)
 
 
 class SilentConsumer(StreamConsumer):

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.core import QueueEngine
+from restmq.engine.queues import QueueEngine
 from restmq.errors import OutcomeUnknown, StorageUnavailable
 from restmq.storage.client import RedisAddress, RedisClient
 from tests.support import wait_for

@@ -38,7 +38,10 @@ def test_wheel_ships_the_twisted_plugin_and_package_data(tmp_path):
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     for script in ("add", "pop", "peek", "take_for_streams", "requeue", "purge"):
-        assert f"restmq/lua/{script}.lua" in names
+        assert f"restmq/engine/lua/{script}.lua" in names
+    # every module of every sub-package is shipped (the package list is written by hand)
+    modules = {str(path.relative_to(source)) for path in (source / "restmq").rglob("*.py")}
+    assert modules - names == set()
     for page in (
         "static/index.html",
         "static/help.html",

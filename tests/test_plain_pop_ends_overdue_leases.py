@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.core import LEASING, QueueEngine
+from restmq.engine.queues import LEASING, QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
 
 

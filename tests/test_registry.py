@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from restmq.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
 
 
 class InMemoryConsumer(StreamConsumer):

@@ -9,9 +9,9 @@ import cyclone.web
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from restmq.web.base import BaseHandler
-from restmq.web.cyclone_fixes import FixedChunked
-from restmq.web.http_policy import BrokerHTTPConnection
+from restmq.web.connection.cyclone_fixes import FixedChunked
+from restmq.web.connection.http_policy import BrokerHTTPConnection
+from restmq.web.handlers.base import BaseHandler
 from tests import support as wire
 
 

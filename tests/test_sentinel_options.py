@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from restmq.options import Options
+from restmq.runtime.options import Options
 from restmq.storage.sentinel import parse_sentinels
 
 

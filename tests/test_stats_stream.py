@@ -16,13 +16,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
-from restmq import shapes
-from restmq.consumers import ConsumerRegistry
-from restmq.core import QueueEngine
-from restmq.operations import AllStats, Operations
-from restmq.service import Broker
-from restmq.stats_feed import StatsFeed
+from restmq.delivery.consumers import ConsumerRegistry
+from restmq.delivery.stats_feed import StatsFeed
+from restmq.engine.queues import QueueEngine
+from restmq.operations.queue_operations import AllStats, Operations
+from restmq.runtime.service import Broker
 from restmq.storage.client import RedisAddress, RedisClient
+from restmq.web import shapes
 from restmq.web.app import BrokerApplication
 
 INTERVAL = 0.5  # the feed's tick in these tests; a task.Clock decides when ticks happen

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from restmq.options import Options
+from restmq.runtime.options import Options
 from tests.support import (
     Broker,
     HttpStream,

@@ -25,7 +25,7 @@ from restmq.cli.connection import (
 from restmq.cli.failures import Exit, Failure
 from restmq.cli.push import push, stdin_lines
 from restmq.cli.tail import tail
-from restmq.validation import MAX_BATCH, MAX_LEASE, MAX_WAIT
+from restmq.operations.validation import MAX_BATCH, MAX_LEASE, MAX_WAIT
 
 EPILOG = """\b
 Exit status:

@@ -22,7 +22,7 @@ from pathlib import Path
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from restmq.lifeline import PARENT_PID_VARIABLE
+from restmq.runtime.lifeline import PARENT_PID_VARIABLE
 
 log = Logger(namespace="restmq.valkey")
 

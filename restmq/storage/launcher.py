@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from restmq.lifeline import PARENT_PID_VARIABLE, die_with_parent
+from restmq.runtime.lifeline import PARENT_PID_VARIABLE, die_with_parent
 
 
 def main(argv: list[str]) -> None:

@@ -1,1 +1,1 @@
-"""The HTTP side: a cyclone Application whose thin handlers call restmq.operations."""
+"""The HTTP side: a cyclone Application; its thin handlers call restmq.operations."""

@@ -9,10 +9,16 @@ from typing import Any
 import cyclone.web
 from twisted.logger import Logger
 
-from restmq.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web import (
+from restmq.defaults import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
+from restmq.web.connection import cyclone_fixes
+from restmq.web.connection.cyclone_fixes import FixedChunked
+from restmq.web.connection.draining import (
+    CloseWhenStopping,
+    DrainingHTTPConnection,
+    OpenConnections,
+)
+from restmq.web.handlers import (
     admin,
-    cyclone_fixes,
     health,
     jsonproto,
     openapi,
@@ -23,9 +29,7 @@ from restmq.web import (
     websocket,
     xmlrpc,
 )
-from restmq.web.base import NotFoundHandler
-from restmq.web.cyclone_fixes import FixedChunked
-from restmq.web.draining import CloseWhenStopping, DrainingHTTPConnection, OpenConnections
+from restmq.web.handlers.base import NotFoundHandler
 
 log = Logger(namespace="restmq.http")
 

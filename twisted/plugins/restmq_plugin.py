@@ -13,12 +13,12 @@ class _RestMQServiceMaker:
     @property
     def options(self):
         # Imported late so that `twistd --help` stays fast and never fails on our imports.
-        from restmq.options import Options
+        from restmq.runtime.options import Options
 
         return Options
 
     def makeService(self, options):
-        from restmq.service import make_service
+        from restmq.runtime.service import make_service
 
         return make_service(options)
 

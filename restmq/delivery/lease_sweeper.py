@@ -1,0 +1,102 @@
+"""The lease sweeper: ends leases that ran out, on every broker, about once a second.
+
+A lease must run out even when the broker that granted it is gone, so every broker
+sweeps every queue: the sweeps are script calls on the shared Redis, and leases
+already ended by another broker's sweep (or by a take, which ends its queue's
+overdue leases first) are simply not found again.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from restmq.engine.queues import LEASE_RETURN_LIMIT, SWEEP_QUEUES, QueueEngine
+from restmq.errors import StorageUnavailable
+from restmq.metrics import Metrics
+
+log = Logger(namespace="restmq.leases")
+
+
+class LeaseSweeper:
+    """Sweeps overdue leases every ``interval`` seconds while started.
+
+    Each sweep is one script call visiting at most ``queues_per_call`` queues and
+    ending at most ``leases_per_call`` leases; it calls again only while overdue
+    leases remain, at most ``calls_per_sweep`` times, so a backlog cannot hold the
+    Redis or the reactor for long.
+    """
+
+    def __init__(
+        self,
+        engine: QueueEngine,
+        reactor: IReactorTime,
+        *,
+        interval: float = 1.0,
+        queues_per_call: int = SWEEP_QUEUES,
+        leases_per_call: int = LEASE_RETURN_LIMIT,
+        calls_per_sweep: int = 10,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.reactor = reactor
+        self.interval = interval
+        self.queues_per_call = queues_per_call
+        self.leases_per_call = leases_per_call
+        self.calls_per_sweep = calls_per_sweep
+        self._loop: task.LoopingCall | None = None
+        self._stopped: defer.Deferred | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        self._loop = task.LoopingCall(self._sweep_logged)
+        self._loop.clock = self.reactor
+        self._stopped = self._loop.start(self.interval, now=False)
+
+    def stop(self) -> defer.Deferred:
+        """Stop sweeping; the Deferred fires once a sweep under way has finished."""
+        loop, stopped = self._loop, self._stopped
+        self._loop = self._stopped = None
+        if loop is None or stopped is None:
+            return defer.succeed(None)
+        if loop.running:
+            loop.stop()
+        return stopped
+
+    async def sweep(self) -> int:
+        """End the leases that ran out (within the bounds); return how many ended."""
+        ended = 0
+        for _ in range(self.calls_per_sweep):
+            result = await self.engine.sweep_leases(self.queues_per_call, self.leases_per_call)
+            ended += result.requeued + result.dead
+            for queue in result.by_queue:
+                self.metrics.leases_ended(queue.queue, queue.requeued, queue.dead)
+            if not result.more:
+                break
+        return ended
+
+    def _sweep_logged(self) -> defer.Deferred:
+        # Never let a failure escape: it would end the LoopingCall for good.
+        d = defer.ensureDeferred(self.sweep())
+        d.addCallbacks(self._succeeded, self._failed)
+        return d
+
+    def _succeeded(self, ended: int) -> None:
+        if self._failing:
+            log.info("lease sweeps work again")
+            self._failing = False
+        if ended:
+            log.debug("{n} lease(s) ran out and ended", n=ended)
+
+    def _failed(self, failure) -> None:
+        if self._failing:  # said once per outage, not every second
+            return
+        self._failing = True
+        if failure.check(StorageUnavailable):
+            log.warn("lease sweep skipped: {error}", error=failure.getErrorMessage())
+        else:
+            log.failure("lease sweep failed", failure)

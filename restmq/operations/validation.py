@@ -1,0 +1,139 @@
+"""Rules for what clients may send: queue names, ttl, batch sizes, JSONP callbacks."""
+
+from __future__ import annotations
+
+import re
+
+from restmq.engine.keyspace import STATUS_PREFIX
+from restmq.errors import InvalidArgument
+
+MAX_QUEUE_NAME = 200
+MAX_BATCH = 1000  # messages one request may add or take
+_QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*", re.ASCII)  # \w as in JavaScript: ASCII only
+
+
+#: names found valid lately: every request checks its queue name at least twice (the
+#: operations layer, then the engine that builds keys from it), and a regex is not free
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_KEPT = 4096
+
+
+def queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise InvalidArgument."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("a queue name is required")
+    if name in _VALID_NAMES:
+        return name
+    if not _QUEUE_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid queue name {name[:60]!r}: use 1-{MAX_QUEUE_NAME} letters, digits "
+            "and _ - . : @"
+        )
+    if name in (".", ".."):
+        # A URL path segment . or .. is removed by clients (RFC 3986 5.2.4): such a
+        # queue could be written by some clients and never reached by others.
+        raise InvalidArgument(f"invalid queue name {name!r}: . and .. are path segments")
+    if name.startswith(STATUS_PREFIX):
+        # Its keys would be other queues' status keys (see restmq.engine.keyspace).
+        raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")
+    if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
+    return name
+
+
+def callback_name(name: str | None) -> str | None:
+    """A JSONP callback must be a JavaScript identifier path such as ``app.onMessage``."""
+    if name is None:
+        return None
+    if not _CALLBACK.fullmatch(name) or len(name) > 200:
+        raise InvalidArgument(
+            f"invalid callback {name[:60]!r}: use a JavaScript name such as app.on_message"
+        )
+    return name
+
+
+def ttl_seconds(value: object) -> int | None:
+    """A ttl is a positive whole number of seconds; None or '' means no ttl."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidArgument("ttl must be a positive whole number of seconds")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 60.0 is the whole number 60
+    try:
+        ttl = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise InvalidArgument(
+            f"ttl must be a positive whole number of seconds, not {str(value)[:40]!r}"
+        ) from None
+    if ttl <= 0 or ttl > 10 * 365 * 24 * 3600:
+        raise InvalidArgument("ttl must be between 1 second and 10 years")
+    return ttl
+
+
+def batch_size(value: object) -> int:
+    """The ``n`` of a batch take (``GET /q/<q>?n=``): 1 to MAX_BATCH.
+
+    Batch adds are limited to MAX_BATCH values by the engine (QueueEngine.add_many).
+    """
+    try:
+        n = (
+            int(value)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else int(str(value).strip(), 10)
+        )
+    except ValueError:
+        raise InvalidArgument(f"n must be a whole number from 1 to {MAX_BATCH}") from None
+    if not 1 <= n <= MAX_BATCH:
+        raise InvalidArgument(f"n must be a whole number from 1 to {MAX_BATCH}, not {n}")
+    return n
+
+
+MAX_LEASE = 12 * 3600  # seconds a lease may last
+MAX_DELIVERIES = 1000  # the highest max_deliveries a queue may have
+
+
+def _whole_number(value: object, what: str, low: int, high: int) -> int:
+    """``value`` (an int or its decimal text) if it is from ``low`` to ``high``."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be a whole number from {low} to {high}")
+    try:
+        number = value if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise InvalidArgument(
+            f"{what} must be a whole number from {low} to {high}, not {str(value)[:40]!r}"
+        ) from None
+    if not low <= number <= high:
+        raise InvalidArgument(f"{what} must be a whole number from {low} to {high}, not {number}")
+    return number
+
+
+def lease_seconds(value: object, *, release: bool = False) -> int:
+    """A lease length in seconds: 1 to MAX_LEASE; 0 too when ``release`` (ends it now)."""
+    return _whole_number(value, "lease", 0 if release else 1, MAX_LEASE)
+
+
+MAX_PREFETCH = 1000  # unacknowledged messages a leased stream may hold
+DEFAULT_PREFETCH = 10
+
+
+def prefetch(value: object) -> int:
+    """A leased stream's window: 1 to MAX_PREFETCH unacknowledged messages."""
+    return _whole_number(value, "prefetch", 1, MAX_PREFETCH)
+
+
+def max_deliveries(value: object) -> int:
+    """A queue's max_deliveries: 0 (no limit) to MAX_DELIVERIES."""
+    return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)
+
+
+MAX_WAIT = 60  # seconds a long-poll request may wait for a message
+
+
+def wait_seconds(value: object) -> int:
+    """How long a take may wait for a message: 0 (not at all; also when absent) to MAX_WAIT."""
+    if value is None or value == "":
+        return 0
+    return _whole_number(value, "wait", 0, MAX_WAIT)

@@ -1,0 +1,333 @@
+"""The broker as a Twisted service: storage first, then HTTP; stopped the other way round."""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+)
+from twisted.logger import Logger
+
+from restmq import __version__, memory
+from restmq.access import acl
+from restmq.access.tls import TLSConfigError, server_options
+from restmq.budget import MemoryBudget
+from restmq.delivery.census import ConsumerCensus
+from restmq.delivery.consumers import ConsumerRegistry
+from restmq.delivery.lease_sweeper import LeaseSweeper
+from restmq.delivery.waiters import WaiterRegistry
+from restmq.engine.queues import QueueEngine
+from restmq.metrics import Metrics
+from restmq.operations.queue_operations import Operations
+from restmq.runtime import workers
+from restmq.runtime.options import Options
+from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.embedded import DataDirError, EmbeddedValkey
+from restmq.storage.notify import Notifications
+from restmq.storage.sentinel import SentinelAddress
+from restmq.web.app import BrokerApplication
+
+log = Logger(namespace="restmq")
+
+STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+
+
+class Broker:
+    """What the handlers reach through ``application.broker``: the operations, and acl."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        engine: QueueEngine,
+        consumers: ConsumerRegistry,
+        access: acl.AccessControl | None = None,
+        budget: MemoryBudget | None = None,
+        waiters: WaiterRegistry | None = None,
+    ) -> None:
+        self.redis = redis
+        # request bodies in flight and consumer backlogs, together (--max-buffered)
+        self.budget = budget if budget is not None else consumers.budget
+        self.consumers = consumers
+        self.access = access or acl.AccessControl(None)
+        self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
+
+    def describe_storage(self) -> str:
+        """The ``redis`` field of /stats and /control."""
+        where = self.redis.address.describe()
+        if not self.redis.connected:
+            return f"<Redis Connection: {where} - not connected>"
+        return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
+
+    def access_is_open(self, section: str) -> bool:
+        """True when acl.conf sets no rule for ``section`` (the common, fast case)."""
+        return not self.access.rules.section(section).has_rules
+
+    def check_access_async(self, request, section: str) -> defer.Deferred:
+        """A Deferred that fails with ``acl.Refused`` (401/403) unless acl.conf's
+        ``section`` lets ``request`` through; each front end answers the refusal its way.
+
+        The Deferred has fired already unless a scrypt password not seen lately must be
+        checked: that runs in a worker thread, so a flood of wrong passwords cannot stall
+        the broker.
+        """
+        return self.access.check_later(request, section)
+
+
+class BrokerService(service.Service):
+    """Starts storage, waits until it answers, then opens the HTTP port."""
+
+    name = "restmq"
+
+    def __init__(self, options: Options, reactor) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.valkey: EmbeddedValkey | None = None
+        if options.embedded:
+            self.valkey = EmbeddedValkey(options["data-dir"], reactor)
+            address = RedisAddress(socket=self.valkey.socket_path)
+        elif options["redis-sentinel"]:
+            address = SentinelAddress.create(
+                reactor, options["redis-sentinel"], options["redis-service"]
+            )
+        elif options["redis-socket"]:
+            address = RedisAddress(socket=options["redis-socket"])
+        else:
+            address = RedisAddress(host=options["redis-host"], port=options["redis-port"])
+        self.redis = RedisClient(
+            reactor,
+            address,
+            poolsize=options["redis-pool"],
+            dbid=options["redis-db"],
+            password=options["redis-password"],
+            call_timeout=options["redis-timeout"],
+            wait_replicas=options["redis-wait-replicas"],
+        )
+        self.engine = engine = QueueEngine(self.redis)
+        # this broker's counters and gauges (GET /metrics); Operations counts in the
+        # consumers' Metrics
+        self.metrics = Metrics(max_queues=options["metrics-max-queues"])
+        self.redis.observe_call = self.metrics.redis_call
+        budget = MemoryBudget(options["max-buffered"])
+        self.consumers = ConsumerRegistry(
+            engine,
+            reactor,
+            max_consumers=options["max-consumers"],
+            max_backlog=options["consumer-buffer"],
+            heartbeat_interval=options["sse-heartbeat"],
+            budget=budget,
+            metrics=self.metrics,
+        )
+        self.waiters = WaiterRegistry(engine, reactor)
+        self.notifications = Notifications(
+            reactor,
+            address,
+            self._on_notice,
+            password=options["redis-password"],
+            on_reconnect=self._on_reconnect,
+        )
+        if isinstance(address, SentinelAddress):
+            # The pool found the master elsewhere: pub/sub must leave the old one too.
+            address.locator.on_move(lambda master: self.notifications.reconnect())
+        self.access = acl.AccessControl(
+            options["acl"] or None,
+            required=options["acl-given"],
+            trusted_proxies=options["trusted-proxies"],
+        )
+        self.broker = Broker(
+            self.redis, engine, self.consumers, self.access, budget, waiters=self.waiters
+        )
+        self.lease_sweeper = LeaseSweeper(engine, reactor, metrics=self.metrics)
+        # This process's consumer counts, kept in Redis for everyone's /stats/.
+        self.census = ConsumerCensus(engine, self.consumers, reactor)
+        self.workers: workers.WorkerPool | None = None
+        self.application = BrokerApplication(
+            self.broker,
+            max_body=options["max-body"],
+            header_timeout=options["header-timeout"],
+            max_header_bytes=options["max-header-bytes"],
+            max_headers=options["max-headers"],
+        )
+        self.tls = None
+        self.port = None
+        self._starting: defer.Deferred | None = None
+
+    def prepare(self) -> None:
+        """Checks that must pass before twistd goes on (run from makeService)."""
+        if self.options.is_worker:
+            workers.become_worker()
+        # Configuration first: a broken acl.conf or certificate must not touch the data dir.
+        self.access.load()
+        if self.options["tls-cert"]:
+            self.tls = server_options(self.options["tls-cert"], self.options["tls-key"])
+        if self.valkey is not None:
+            self.valkey.prepare()
+
+    # -- start ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("RestMQ {version} starting", version=__version__)
+        # Large request bodies must not stay resident once they are freed (see memory.py).
+        memory.keep_large_blocks_on_mmap()
+        if self.valkey is not None:
+            log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
+        elif self.options.is_worker:
+            log.info("storage: the main process's, {where}", where=self.redis.address.describe())
+        else:
+            log.info("storage: external Redis at {where}", where=self.redis.address.describe())
+        self.access.start_watching(self.reactor)
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        if self.valkey is not None:
+            self.valkey.start()
+            await self.valkey.wait_for_socket()
+        self.redis.connect()
+        await self.redis.wait_until_ready()
+        self.notifications.start()
+        self.consumers.start(self.notifications)
+        self.waiters.start(self.notifications)
+        self.lease_sweeper.start()
+        self.census.start()
+        self.port = await self._listen()
+        memory.tune_garbage_collector()  # everything long-lived is built by now
+        if self.options.is_worker:
+            log.info("worker {pid} serving the broker's port", pid=os.getpid())
+            return
+        address = self.port.getHost()
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        scheme = "https" if self.tls is not None else "http"
+        log.info(
+            "RestMQ listening on {scheme}://{host}:{port}/",
+            scheme=scheme,
+            host=host,
+            port=address.port,
+        )
+        if self.options["workers"] > 1:
+            self._start_workers()
+
+    async def _listen(self):
+        """The HTTP port: opened here, or, in a worker, the main process's adopted."""
+        interface = self.options["listen"]
+        serving = self.application.connections.__len__
+        if self.options.is_worker:
+            fd = self.options["worker-fd"]
+            return workers.adopt_port(
+                self.reactor, fd, interface, self.application, self.tls, serving
+            )
+        if self.options["workers"] > 1:
+            return workers.listen_shared(
+                self.reactor, self.options["port"], interface, self.application, self.tls, serving
+            )
+        if self.tls is not None:
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, self.options["port"], self.tls, interface=interface
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+            endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
+        return await endpoint.listen(self.application)
+
+    def _start_workers(self) -> None:
+        storage = self.valkey.socket_path if self.valkey is not None else None
+        fd = self.port.fileno()
+        self.workers = workers.WorkerPool(
+            self.reactor,
+            self.options["workers"] - 1,
+            lambda: workers.worker_command(self.options.arguments, fd, storage),
+            fd,
+            self.options.directory,
+        )
+        self.workers.start()
+
+    def _on_notice(self, channel: str, message: str) -> None:
+        """A queue's channel speaks: streaming consumers and long-poll waiters listen."""
+        self.consumers.on_notice(channel, message)
+        self.waiters.on_notice(channel, message)
+
+    def _on_reconnect(self) -> None:
+        # Notices published while pub/sub was away are gone: everyone looks again.
+        self.consumers.sweep()
+        self.waiters.sweep()
+
+    async def _redis_calls_done(self) -> None:
+        """Late replies still due (a batch taken for a stream, say) are handled first."""
+        idle = self.redis.when_idle()
+        timer = self.reactor.callLater(self.redis.call_timeout + 0.5, idle.cancel)
+        try:
+            await idle
+        except defer.CancelledError:
+            log.warn("closing storage with Redis calls still unanswered")
+        else:
+            if timer.active():
+                timer.cancel()
+
+    def _start_failed(self, failure) -> None:
+        if failure.check(defer.CancelledError):
+            return
+        log.critical("RestMQ could not start: {error}", error=failure.getErrorMessage())
+        # twistd has no way to report a failed start in its exit status; do it here.
+        atexit.register(os._exit, 1)
+        self.reactor.stop()
+
+    # -- stop ----------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        self.access.stop_watching()
+        stopping = defer.ensureDeferred(self._stop())
+        # twistd would drop a failed stop without a word, and exit with Redis calls still out
+        stopping.addErrback(lambda failure: log.failure("RestMQ could not stop cleanly", failure))
+        return stopping
+
+    async def _stop(self) -> None:
+        """Stop so that nothing acknowledged is lost, in a few seconds at most.
+
+        In order: take no new request; stop taking batches for streams and hand out
+        (or put back) those being taken; put back what no stream wrote; end the
+        streams; let the answers under way and the streams' last bytes go out; wait
+        for Redis calls still out; only then close Redis.
+        """
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        # The workers do the same stop, at the same time; the storage waits for them.
+        workers_stopped = self.workers.stop() if self.workers is not None else None
+        connections = self.application.connections
+        if self.port is not None:
+            await defer.maybeDeferred(self.port.stopListening)  # None if closed already
+            connections.stop()
+            log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
+        self.broker.operations.stats_feed.stop()  # dashboards see the broker go
+        self.waiters.stop()  # long-poll waiters are answered 204 at once
+        await self.consumers.stop()
+        await self.census.stop()  # no streams left here: other brokers count none of ours
+        await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
+        await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
+        self.engine.send_waiting_acks()  # gathered this turn: they must go out before we close
+        await self._redis_calls_done()
+        await self.notifications.stop()
+        await self.redis.disconnect()
+        if workers_stopped is not None:
+            await workers_stopped
+        if self.valkey is not None:
+            await self.valkey.stop()
+        log.info("RestMQ stopped")
+
+
+def make_service(options: Options, reactor=None) -> BrokerService:
+    """Build the broker service; exits with a clear message when it cannot run."""
+    if reactor is None:
+        from twisted.internet import reactor
+    broker = BrokerService(options, reactor)
+    try:
+        broker.prepare()
+    except (DataDirError, acl.AclError, TLSConfigError) as exc:
+        raise SystemExit(f"restmq: {exc}") from None
+    return broker

@@ -1,0 +1,76 @@
+"""The JSON protocol (``/queue``): a command object in, an answer object out.
+
+``{"cmd": "add", "queue": "genesis", "value": "abacab"}`` and its kin. Every
+command is one operation (restmq.operations.queue_operations); the answers keep the original's
+shapes (restmq.web.shapes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from restmq.access import acl
+from restmq.errors import EmptyQueue, InvalidArgument
+from restmq.operations import jsontext
+from restmq.operations.queue_operations import Operations
+from restmq.web import shapes
+
+COMMANDS = ("add", "get", "take", "del", "ack")
+#: the acl.conf section each command needs: get/take/ack consume, the rest produce
+SECTIONS = {
+    "add": acl.PRODUCER,
+    "get": acl.CONSUMER,
+    "take": acl.CONSUMER,
+    "del": acl.PRODUCER,
+    "ack": acl.CONSUMER,
+}
+#: the original's answer to a command it does not know, byte for byte
+UNKNOWN_COMMAND = "null resultset"
+
+
+def required_section(command: Any) -> str:
+    """The acl.conf section a command needs; anything unreadable needs a producer."""
+    cmd = command.get("cmd") if isinstance(command, dict) else None
+    return SECTIONS.get(cmd, acl.PRODUCER) if isinstance(cmd, str) else acl.PRODUCER
+
+
+async def dispatch(ops: Operations, command: Any, default_queue: str | None = None) -> dict:
+    """Run one JSON-protocol command; ``default_queue`` comes from ``/queue/<name>``."""
+    if not isinstance(command, dict):
+        raise InvalidArgument('a command is a JSON object such as {"cmd": "take", "queue": "q"}')
+    cmd = command.get("cmd")
+    if not cmd:
+        raise InvalidArgument('the command has no "cmd" field; use one of ' + ", ".join(COMMANDS))
+    if cmd not in COMMANDS:
+        raise InvalidArgument(UNKNOWN_COMMAND)
+    queue = command.get("queue", default_queue)
+    try:
+        if cmd == "add":
+            if "value" not in command:
+                raise InvalidArgument("the add command needs a value")
+            value = command["value"]
+            text = jsontext.as_text(value, null="the add command needs a value")
+            added = await ops.add(queue, text, command.get("ttl"))
+            return shapes.json_added(added.queue, value, added.key)
+        if cmd == "get":
+            message = await ops.peek(queue)
+            return shapes.json_peeked(queue, message)
+        if cmd == "take":
+            if command.get("lease") is None:
+                message = await ops.pop(queue)
+                return shapes.json_taken(queue, message)
+            taken = await ops.take(queue, lease=command["lease"])
+            if not taken:
+                raise EmptyQueue(queue)
+            return shapes.json_taken(queue, taken[0])
+        if cmd == "ack":
+            receipt = command.get("receipt")
+            if not isinstance(receipt, str) or not receipt:
+                raise InvalidArgument('the ack command needs a "receipt", such as "q:5@1"')
+            return shapes.acked((await ops.ack(queue, [receipt]))[0])
+        # del
+        if not command.get("key"):
+            raise InvalidArgument("the del command needs the key of a message")
+        return shapes.json_deleted(await ops.delete(queue, command["key"]))
+    except EmptyQueue:
+        return dict(shapes.JSON_EMPTY)
