@@ -76,6 +76,21 @@ def test_bad_option_values_are_refused_clearly(tmp_path):
     assert "either --redis-socket or --redis-host/--redis-port" in result.stdout + result.stderr
 
 
+def test_a_bad_option_is_said_first_with_a_one_line_hint_not_the_whole_help(tmp_path):
+    for args, error in [
+        (("--port=abc",), "--port takes a whole number, not 'abc'"),
+        (("--prot", "8080"), "option --prot not recognized"),
+        (("--tls-cert", "cert.pem"), "--tls-cert and --tls-key go together: give both or neither"),
+    ]:
+        result = run_twistd("restmq", *args, cwd=tmp_path)
+        assert result.returncode == 1, args
+        assert result.stdout == "", args
+        assert result.stderr.splitlines() == [
+            f"twistd restmq: {error}",
+            "Run 'twistd restmq --help' for the options.",
+        ]
+
+
 def test_embedded_mode_starts_serves_and_logs_what_it_does(broker_factory):
     broker = broker_factory()
     stats = broker.get("/stats/")

@@ -259,7 +259,21 @@ class Options(usage.Options):
         # Kept so that the workers are started with the very arguments this broker got.
         self.arguments = list(sys.argv[1:] if options is None else options)
         self.directory = os.getcwd()  # relative paths in them are relative to it
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as exc:
+            if self.parent is None:  # parsed by our own code, which reports it its way
+                raise
+            # Under twistd: the error first, then where the options are explained.
+            # twistd itself would print the whole --help text, then the error below it.
+            command = self.command_name()
+            raise SystemExit(f"{command}: {exc}\nRun '{command} --help' for the options.") from None
+
+    def command_name(self) -> str:
+        """How the user ran us, as they typed it: ``twistd restmq`` (or ``twist restmq``)."""
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
+        subcommand = getattr(self.parent, "subCommand", None) or "restmq"
+        return f"{program} {subcommand}"
 
     def getUsage(self, width: int | None = None) -> str:
         shown = [name for name in self.longOpt if name.rstrip("=") not in self.hidden]
