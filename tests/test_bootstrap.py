@@ -150,6 +150,8 @@ def test_make_install_and_make_run_work_from_a_clean_clone_without_uv():
         log = log_path.read_text()
         assert "embedded Valkey stopped" in log
         assert "RestMQ stopped" in log
+        # a clean stop: no traceback, even if a signal reached twistd twice
+        assert "Traceback" not in log and "ReactorNotRunning" not in log, log
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -15,6 +15,8 @@ import threading
 import time
 import urllib.parse
 
+import pytest
+
 from tests.support import RawSseStream, take_all, wait_for
 
 
@@ -178,3 +180,32 @@ def test_a_consumer_that_never_reads_does_not_hold_up_the_stop(broker_factory, q
     assert time.monotonic() - stopping < 8
     assert "RestMQ stopped" in broker.log()
     stalled.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_during_a_stop_is_only_noted(broker_factory, queue, sig):
+    broker = broker_factory()
+    # A request whose body is still coming holds the stop open (3 s at most); the
+    # answer to a first request shows that the broker has taken the connection.
+    slow = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    slow.sendall(b"GET /stats/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+    slow.sendall(
+        f"POST /q/{queue} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\n"
+        "value=".encode()
+    )
+    broker.proc.send_signal(sig)
+    broker.proc.send_signal(sig)  # at once: Ctrl-C twice, or make passing one on
+    wait_for(lambda: "HTTP port closed" in broker.log(), 10, what="the stop to begin")
+    broker.proc.send_signal(sig)  # and once the stop is under way
+    received = f"Received {sig.name}"
+    wait_for(lambda: broker.log().count(received) >= 2, 10, what="the signal to be noted")
+    slow.close()
+    # twistd re-raises the signal on its way out, as daemons should
+    assert broker.proc.wait(20) in (0, -sig)
+    log = broker.log()
+    assert "RestMQ stopped" in log
+    for noise in ("Traceback", "ReactorNotRunning", "#critical", "#error"):
+        assert noise not in log, log
+    assert f"{received} again; the broker is stopping already" in log

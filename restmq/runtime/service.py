@@ -27,6 +27,7 @@ from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
 from restmq.runtime import workers
 from restmq.runtime.options import Options
+from restmq.runtime.stop_signals import StopOnce
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
@@ -156,6 +157,7 @@ class BrokerService(service.Service):
         self.tls = None
         self.port = None
         self._starting: defer.Deferred | None = None
+        self.stop_once = StopOnce(reactor)  # a second Ctrl-C during a stop is only noted
 
     def prepare(self) -> None:
         """Checks that must pass before twistd goes on (run from makeService)."""
@@ -182,6 +184,7 @@ class BrokerService(service.Service):
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
         self.access.start_watching(self.reactor)
+        self.reactor.callWhenRunning(self.stop_once.take_signals)
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
 
@@ -275,7 +278,7 @@ class BrokerService(service.Service):
         log.critical("RestMQ could not start: {error}", error=failure.getErrorMessage())
         # twistd has no way to report a failed start in its exit status; do it here.
         atexit.register(os._exit, 1)
-        self.reactor.stop()
+        self.stop_once.stop()
 
     # -- stop ----------------------------------------------------------------
 
