@@ -16,7 +16,6 @@ gets SIGTERM from Linux when the main process dies, even by SIGKILL.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -24,13 +23,13 @@ import socket
 import sys
 from collections.abc import Callable
 
-from twisted.internet import defer, protocol, tcp
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from restmq.runtime.lifeline import PARENT_PID_VARIABLE, die_with_parent
+from restmq.runtime.supervisor import Exit, Supervisor
 
 log = Logger(namespace="restmq.workers")
 
@@ -140,44 +139,44 @@ def adopt_port(
 # -- in the main process -----------------------------------------------------------------
 
 
-class _Worker(protocol.ProcessProtocol):
+class _Worker(Supervisor):
+    """One worker process (``slot`` 1 to N-1), restarted when it dies."""
+
+    restart_backoff = (0.5, 1.0, 2.0, 5.0, 10.0)
+    stop_timeout = STOP_TIMEOUT
+
     def __init__(self, pool: WorkerPool, slot: int) -> None:
+        super().__init__(pool.reactor, directory=pool.directory, inherited_fds=(pool.fd,))
         self.pool = pool
         self.slot = slot
-        self.pid: int | None = None
-        self.ended = defer.Deferred()
-        self._partial = b""
 
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        self.transport.closeStdin()
+    def command(self) -> list[str]:
+        return self.pool.command()
 
-    def outReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._relay(line)
+    def started(self, pid: int, again: bool) -> None:
+        log.info("started worker {slot} (pid {pid})", slot=self.slot, pid=pid)
 
-    errReceived = outReceived
-
-    def _relay(self, raw: bytes) -> None:
-        text = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip())
+    def line_received(self, line: str) -> None:
+        text = _TIMESTAMP.sub("", line)
         if text:
             log.info("worker {pid}: {line}", pid=self.pid, line=text)
 
-    def processEnded(self, reason) -> None:
-        if self._partial:
-            self._relay(self._partial)
-            self._partial = b""
-        self.pool._ended(self, reason.value)
-        self.ended.callback(None)
+    def ended(self, pid: int, how: Exit, restart_in: float | None) -> None:
+        if restart_in is not None:
+            log.warn(
+                "worker {slot} (pid {pid}) ended ({how}); starting it again in {delay} s",
+                slot=self.slot,
+                pid=pid,
+                how=how.describe("exit status"),
+                delay=restart_in,
+            )
+
+    def killing(self, pid: int) -> None:
+        log.warn("worker {pid} did not stop in time; killing it", pid=pid)
 
 
 class WorkerPool:
     """Starts, watches, restarts and stops the worker processes of ``--workers``."""
-
-    restart_backoff = (0.5, 1.0, 2.0, 5.0, 10.0)
-    stable_after = 30.0  # seconds up before a worker's backoff starts over
 
     def __init__(
         self,
@@ -192,91 +191,20 @@ class WorkerPool:
         self.command = command
         self.fd = fd
         self.directory = directory
-        self.stopping = False
-        self._running: dict[int, _Worker] = {}  # by slot
-        self._started_at: dict[int, float] = {}
-        self._failures: dict[int, int] = {}
-        self._restarts: dict[int, object] = {}
+        self.workers = [_Worker(self, slot) for slot in range(1, count + 1)]
 
     @property
     def pids(self) -> list[int]:
-        return [worker.pid for worker in self._running.values() if worker.pid]
+        return [worker.pid for worker in self.workers if worker.pid]
 
     def start(self) -> None:
-        for slot in range(1, self.count + 1):
-            self._spawn(slot)
+        for worker in self.workers:
+            worker.start()
 
-    def _spawn(self, slot: int) -> None:
-        self._restarts.pop(slot, None)
-        if self.stopping:
-            return
-        worker = _Worker(self, slot)
-        env = dict(os.environ, **{PARENT_PID_VARIABLE: str(os.getpid())})
-        command = self.command()
-        self.reactor.spawnProcess(
-            worker,
-            command[0],
-            command,
-            env=env,
-            path=self.directory,
-            childFDs={0: "w", 1: "r", 2: "r", self.fd: self.fd},
-        )
-        self._running[slot] = worker
-        self._started_at[slot] = self.reactor.seconds()
-        log.info("started worker {slot} (pid {pid})", slot=slot, pid=worker.pid)
-
-    def _ended(self, worker: _Worker, status) -> None:
-        if self._running.get(worker.slot) is worker:
-            del self._running[worker.slot]
-        if self.stopping:
-            return
-        slot = worker.slot
-        if self.reactor.seconds() - self._started_at.get(slot, 0.0) >= self.stable_after:
-            self._failures[slot] = 0
-        failures = self._failures.get(slot, 0)
-        self._failures[slot] = failures + 1
-        delay = self.restart_backoff[min(failures, len(self.restart_backoff) - 1)]
-        code = getattr(status, "exitCode", None)
-        sig = getattr(status, "signal", None)
-        how = f"signal {sig}" if sig else f"exit status {code}"
-        log.warn(
-            "worker {slot} (pid {pid}) ended ({how}); starting it again in {delay} s",
-            slot=slot,
-            pid=worker.pid,
-            how=how,
-            delay=delay,
-        )
-        self._restarts[slot] = self.reactor.callLater(delay, self._spawn, slot)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> defer.Deferred:
-        """SIGTERM every worker; fires once all have exited (SIGKILL after ``timeout``)."""
-        self.stopping = True
-        for call in self._restarts.values():
-            if call.active():
-                call.cancel()
-        self._restarts.clear()
-        workers = list(self._running.values())
-        for worker in workers:
-            self._signal(worker, "TERM")
-        if workers:
-            log.info("stopping {n} worker(s)", n=len(workers))
-        done = defer.DeferredList([worker.ended for worker in workers])
-        killer = self.reactor.callLater(timeout, self._kill, workers)
-
-        def stopped(result):
-            if killer.active():
-                killer.cancel()
-            return None
-
-        return done.addBoth(stopped)
-
-    def _kill(self, workers: list[_Worker]) -> None:
-        for worker in workers:
-            if not worker.ended.called:
-                log.warn("worker {pid} did not stop in time; killing it", pid=worker.pid)
-                self._signal(worker, "KILL")
-
-    @staticmethod
-    def _signal(worker: _Worker, name: str) -> None:
-        with contextlib.suppress(ProcessExitedAlready):  # it ended meanwhile
-            worker.transport.signalProcess(name)
+    def stop(self) -> defer.Deferred:
+        """SIGTERM every worker; fires once all have exited (SIGKILL after STOP_TIMEOUT)."""
+        running = sum(worker.running for worker in self.workers)
+        if running:
+            log.info("stopping {n} worker(s)", n=running)
+        stopped = defer.DeferredList([worker.stop() for worker in self.workers])
+        return stopped.addCallback(lambda _: None)

@@ -5,7 +5,7 @@ append-only file (``appendfsync everysec``) in the data directory and listens
 only on a unix socket there. One broker owns a data directory at a time (an
 ``flock`` on ``restmq.lock``); the server dies with the broker (see
 ``launcher``), is restarted with backoff if it dies on its own, and is stopped
-gracefully after the HTTP side has stopped.
+gracefully after the HTTP side has stopped (``restmq.runtime.supervisor``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq.runtime.lifeline import PARENT_PID_VARIABLE
+from restmq.runtime.supervisor import Exit, Supervisor
 
 log = Logger(namespace="restmq.valkey")
 
@@ -130,34 +130,53 @@ def reap_leftover_server(data_dir: str, grace: float = 5.0) -> int | None:
     return pid
 
 
-class _ValkeyProcess(protocol.ProcessProtocol):
+class _ValkeyServer(Supervisor):
+    """The valkey-server process, exec'd by ``restmq.storage.launcher``."""
+
+    restart_backoff = (0.2, 0.5, 1.0, 2.0, 5.0)
+    stop_timeout = 10.0  # a server that ignores SIGTERM this long is killed outright
+
     def __init__(self, owner: EmbeddedValkey) -> None:
+        super().__init__(owner.reactor, directory=owner.data_dir)
         self.owner = owner
-        self.ended = defer.Deferred()
 
-    def outReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                log.debug("valkey: {line}", line=line)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "restmq.storage.launcher", *self.owner.server_argv()]
 
-    errReceived = outReceived
+    def before_start(self) -> None:
+        # A socket file left by a killed server would make the new one's bind fail.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.owner.socket_path)
 
-    def processEnded(self, reason) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        sig = getattr(reason.value, "signal", None)
-        self.owner._process_ended(self, code, sig)
-        self.ended.callback(None)
+    def started(self, pid: int, again: bool) -> None:
+        log.info("embedded Valkey started (pid {pid}), data in {dir}", pid=pid, dir=self.directory)
+        if again:
+            log.info("embedded Valkey restarted")
+
+    def line_received(self, line: str) -> None:
+        log.debug("valkey: {line}", line=line)
+
+    def ended(self, pid: int, how: Exit, restart_in: float | None) -> None:
+        if restart_in is None:
+            log.info("embedded Valkey stopped ({how})", how=how.describe())
+            return
+        log.error(
+            "embedded Valkey died unexpectedly ({how}); restarting it in {delay} s (see {logfile})",
+            how=how.describe(),
+            delay=restart_in,
+            logfile=os.path.join(self.directory, LOGFILE_NAME),
+        )
+
+    def killing(self, pid: int) -> None:
+        log.warn("embedded Valkey ignored SIGTERM for {s:g} s; killing it", s=self.stop_timeout)
 
 
 class EmbeddedValkey:
-    """Runs, watches and stops the embedded Valkey server.
+    """Runs, watches and stops the embedded Valkey server (a ``Supervisor``).
 
     Not a Twisted service of its own: BrokerService starts it before the HTTP side
     and stops it after (``start``/``stop``), in that order and no other.
     """
-
-    restart_backoff = (0.2, 0.5, 1.0, 2.0, 5.0)
-    stable_after = 30.0  # seconds up before the backoff starts over
 
     def __init__(self, data_dir: str, reactor, binary: str | None = None) -> None:
         self.data_dir = data_dir
@@ -165,12 +184,7 @@ class EmbeddedValkey:
         self.binary = binary
         self.socket_path = os.path.join(data_dir, SOCKET_NAME)
         self.lock = DataDirLock(data_dir)
-        self._process: _ValkeyProcess | None = None
-        self._transport = None
-        self._stopping = False
-        self._restarts = 0
-        self._started_at = 0.0
-        self._restart_call = None
+        self.server = _ValkeyServer(self)
 
     def prepare(self) -> None:
         """Claim the data dir and clean up after a crashed broker (before the reactor runs)."""
@@ -187,33 +201,18 @@ class EmbeddedValkey:
     def start(self) -> None:
         """Spawn the server (once the reactor runs); its socket appears shortly after."""
         self.lock.record_owner()  # twistd may have forked since prepare()
-        self._stopping = False
-        self._spawn()
+        self.server.start()
 
     def stop(self) -> defer.Deferred:
-        """SIGTERM the server and wait until it has exited (AOF flushed)."""
-        self._stopping = True
-        if self._restart_call is not None and self._restart_call.active():
-            self._restart_call.cancel()
-        process = self._process
-        if process is None:
-            self.lock.release()
-            return defer.succeed(None)
-        log.info("stopping embedded Valkey (pid {pid})", pid=self._transport.pid)
-        self._transport.signalProcess("TERM")
-        d = process.ended
-        # A server that ignores SIGTERM for 10 s is killed outright.
-        killer = self.reactor.callLater(10, self._kill_now)
-        d.addBoth(lambda result: (killer.cancel() if killer.active() else None, result)[1])
-        d.addBoth(lambda result: (self.lock.release(), result)[1])
-        return d
+        """SIGTERM the server and wait until it has exited (AOF flushed); then let go of
+        the data dir."""
+        if self.server.running:
+            log.info("stopping embedded Valkey (pid {pid})", pid=self.server.pid)
+        stopped = self.server.stop()
+        stopped.addBoth(lambda result: (self.lock.release(), result)[1])
+        return stopped
 
-    def _kill_now(self) -> None:
-        if self._transport is not None and self._process is not None:
-            log.warn("embedded Valkey ignored SIGTERM for 10 s; killing it")
-            self._transport.signalProcess("KILL")
-
-    def _argv(self) -> list[str]:
+    def server_argv(self) -> list[str]:
         return [
             self.binary,
             "--port", "0",
@@ -227,49 +226,6 @@ class EmbeddedValkey:
             "--pidfile", os.path.join(self.data_dir, PIDFILE_NAME),
             "--logfile", os.path.join(self.data_dir, LOGFILE_NAME),
         ]  # fmt: skip
-
-    def _spawn(self) -> None:
-        # A socket file left by a killed server would make the new one's bind fail.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        env = dict(os.environ, **{PARENT_PID_VARIABLE: str(os.getpid())})
-        process = _ValkeyProcess(self)
-        argv = [sys.executable, "-m", "restmq.storage.launcher", *self._argv()]
-        self._transport = self.reactor.spawnProcess(
-            process, sys.executable, argv, env=env, path=self.data_dir
-        )
-        self._process = process
-        self._started_at = time.monotonic()
-        log.info(
-            "embedded Valkey started (pid {pid}), data in {dir}",
-            pid=self._transport.pid,
-            dir=self.data_dir,
-        )
-
-    def _process_ended(self, process: _ValkeyProcess, code, sig) -> None:
-        if process is not self._process:
-            return
-        self._process = None
-        how = f"signal {sig}" if sig else f"exit code {code}"
-        if self._stopping:
-            log.info("embedded Valkey stopped ({how})", how=how)
-            return
-        if time.monotonic() - self._started_at > self.stable_after:
-            self._restarts = 0
-        delay = self.restart_backoff[min(self._restarts, len(self.restart_backoff) - 1)]
-        self._restarts += 1
-        log.error(
-            "embedded Valkey died unexpectedly ({how}); restarting it in {delay} s (see {logfile})",
-            how=how,
-            delay=delay,
-            logfile=os.path.join(self.data_dir, LOGFILE_NAME),
-        )
-        self._restart_call = self.reactor.callLater(delay, self._restart)
-
-    def _restart(self) -> None:
-        if not self._stopping:
-            self._spawn()
-            log.info("embedded Valkey restarted")
 
     async def wait_for_socket(self, poll_interval: float = 0.01, limit: float = 10.0) -> None:
         """Wait (at most ``limit`` s) until the server has created its unix socket."""
