@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import signal
 import socket
 import threading
@@ -209,3 +210,13 @@ def test_a_second_signal_during_a_stop_is_only_noted(broker_factory, queue, sig)
     for noise in ("Traceback", "ReactorNotRunning", "#critical", "#error"):
         assert noise not in log, log
     assert f"{received} again; the broker is stopping already" in log
+
+
+def test_a_stop_says_what_it_stops_in_its_order(broker_factory):
+    broker = broker_factory()
+    broker.stop()
+    stopped = re.findall(r"#debug\] stopping: (.+)", broker.log())
+    # the HTTP side closes first, the streams end, their bytes go out, then storage goes
+    order = ["HTTP port", "long-poll waiters", "streaming consumers", "HTTP connections"]
+    order += ["Redis calls under way", "Redis", "embedded Valkey"]
+    assert [name for name in stopped if name in order] == order, stopped

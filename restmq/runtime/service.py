@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -37,6 +39,9 @@ from restmq.web.app import BrokerApplication
 log = Logger(namespace="restmq")
 
 STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+
+#: one step of the service's start or stop: what it is, and what to call
+Step = tuple[str, Callable[[], object] | None]
 
 
 class Broker:
@@ -157,6 +162,7 @@ class BrokerService(service.Service):
         self.tls = None
         self.port = None
         self._starting: defer.Deferred | None = None
+        self._workers_stopping: defer.Deferred | None = None
         self.stop_once = StopOnce(reactor)  # a second Ctrl-C during a stop is only noted
 
     def prepare(self) -> None:
@@ -169,6 +175,57 @@ class BrokerService(service.Service):
             self.tls = server_options(self.options["tls-cert"], self.options["tls-key"])
         if self.valkey is not None:
             self.valkey.prepare()
+
+    # -- the order of things -------------------------------------------------
+
+    def start_order(self) -> list[Step]:
+        """What the service starts, in this order: storage first, the HTTP port last.
+
+        A step may return a Deferred or a coroutine; the next one waits for it. A step
+        without a callable is one this broker has not (no embedded Valkey, no workers).
+        """
+        return [
+            ("acl.conf watcher", self._watch_acl),
+            ("embedded Valkey", self._start_valkey if self.valkey is not None else None),
+            ("Redis", self._connect_redis),
+            ("pub/sub", self.notifications.start),
+            ("streaming consumers", lambda: self.consumers.start(self.notifications)),
+            ("long-poll waiters", lambda: self.waiters.start(self.notifications)),
+            ("lease sweeper", self.lease_sweeper.start),
+            ("consumer census", self.census.start),
+            ("HTTP port", self._open_port),
+            ("workers", self._start_workers if self.options["workers"] > 1 else None),
+        ]
+
+    def stop_order(self) -> list[Step]:
+        """What the service stops, in this order: the start order reversed, except where
+        a comment says why not. This order is what lets a stop lose nothing acknowledged."""
+        pool = self.workers
+        return [
+            # Out of order: acl.conf is not reloaded while the broker stops.
+            ("acl.conf watcher", self.access.stop_watching),
+            # Out of order: the workers begin the same stop now, all together; the
+            # storage waits for their end (below).
+            ("workers", self._begin_stopping_workers if pool is not None else None),
+            ("HTTP port", self._close_port),  # no new request from here on
+            # Started by its first watcher, not here; dashboards see the broker go.
+            ("stats feed", self.broker.operations.stats_feed.stop),
+            ("long-poll waiters", self.waiters.stop),  # answered 204 at once
+            # Streams take no new batch, hand out or put back what they hold, and end.
+            ("streaming consumers", self.consumers.stop),
+            # Out of order: after the streams, so that other brokers count none of ours.
+            ("consumer census", self.census.stop),
+            # Out of order: the answers and the streams' last bytes go out before
+            # Redis is let go.
+            ("HTTP connections", self._drain_connections),
+            # Out of order: it makes Redis calls, which the next step waits for.
+            ("lease sweeper", self.lease_sweeper.stop),
+            ("Redis calls under way", self._finish_redis_calls),
+            ("pub/sub", self.notifications.stop),
+            ("Redis", self.redis.disconnect),
+            ("workers, waited for", self._workers_stopped if pool is not None else None),
+            ("embedded Valkey", self.valkey.stop if self.valkey is not None else None),
+        ]
 
     # -- start ---------------------------------------------------------------
 
@@ -183,24 +240,29 @@ class BrokerService(service.Service):
             log.info("storage: the main process's, {where}", where=self.redis.address.describe())
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
-        self.access.start_watching(self.reactor)
         self.reactor.callWhenRunning(self.stop_once.take_signals)
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
 
     async def _start(self) -> None:
-        if self.valkey is not None:
-            self.valkey.start()
-            await self.valkey.wait_for_socket()
+        for _name, start in self.start_order():
+            if start is not None:
+                await _finished(start())
+        memory.tune_garbage_collector()  # everything long-lived is built by now
+
+    def _watch_acl(self) -> None:
+        self.access.start_watching(self.reactor)
+
+    async def _start_valkey(self) -> None:
+        self.valkey.start()
+        await self.valkey.wait_for_socket()
+
+    async def _connect_redis(self) -> None:
         self.redis.connect()
         await self.redis.wait_until_ready()
-        self.notifications.start()
-        self.consumers.start(self.notifications)
-        self.waiters.start(self.notifications)
-        self.lease_sweeper.start()
-        self.census.start()
+
+    async def _open_port(self) -> None:
         self.port = await self._listen()
-        memory.tune_garbage_collector()  # everything long-lived is built by now
         if self.options.is_worker:
             log.info("worker {pid} serving the broker's port", pid=os.getpid())
             return
@@ -213,8 +275,6 @@ class BrokerService(service.Service):
             host=host,
             port=address.port,
         )
-        if self.options["workers"] > 1:
-            self._start_workers()
 
     async def _listen(self):
         """The HTTP port: opened here, or, in a worker, the main process's adopted."""
@@ -260,18 +320,6 @@ class BrokerService(service.Service):
         self.consumers.sweep()
         self.waiters.sweep()
 
-    async def _redis_calls_done(self) -> None:
-        """Late replies still due (a batch taken for a stream, say) are handled first."""
-        idle = self.redis.when_idle()
-        timer = self.reactor.callLater(self.redis.call_timeout + 0.5, idle.cancel)
-        try:
-            await idle
-        except defer.CancelledError:
-            log.warn("closing storage with Redis calls still unanswered")
-        else:
-            if timer.active():
-                timer.cancel()
-
     def _start_failed(self, failure) -> None:
         if failure.check(defer.CancelledError):
             return
@@ -284,44 +332,67 @@ class BrokerService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        self.access.stop_watching()
-        stopping = defer.ensureDeferred(self._stop())
-        # twistd would drop a failed stop without a word, and exit with Redis calls still out
-        stopping.addErrback(lambda failure: log.failure("RestMQ could not stop cleanly", failure))
-        return stopping
-
-    async def _stop(self) -> None:
-        """Stop so that nothing acknowledged is lost, in a few seconds at most.
-
-        In order: take no new request; stop taking batches for streams and hand out
-        (or put back) those being taken; put back what no stream wrote; end the
-        streams; let the answers under way and the streams' last bytes go out; wait
-        for Redis calls still out; only then close Redis.
-        """
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
-        # The workers do the same stop, at the same time; the storage waits for them.
-        workers_stopped = self.workers.stop() if self.workers is not None else None
-        connections = self.application.connections
-        if self.port is not None:
-            await defer.maybeDeferred(self.port.stopListening)  # None if closed already
-            connections.stop()
-            log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
-        self.broker.operations.stats_feed.stop()  # dashboards see the broker go
-        self.waiters.stop()  # long-poll waiters are answered 204 at once
-        await self.consumers.stop()
-        await self.census.stop()  # no streams left here: other brokers count none of ours
-        await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
-        await self.lease_sweeper.stop()  # before waiting for Redis calls: it makes some
-        self.engine.send_waiting_acks()  # gathered this turn: they must go out before we close
-        await self._redis_calls_done()
-        await self.notifications.stop()
-        await self.redis.disconnect()
-        if workers_stopped is not None:
-            await workers_stopped
-        if self.valkey is not None:
-            await self.valkey.stop()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Walk ``stop_order``: nothing acknowledged is lost, in a few seconds at most.
+
+        A step that fails is logged and the next one runs: the storage must still be
+        let go properly.
+        """
+        for name, stop in self.stop_order():
+            if stop is None:
+                continue
+            log.debug("stopping: {name}", name=name)
+            try:
+                await _finished(stop())
+            except Exception:
+                # twistd would drop a failed stop without a word
+                log.failure("RestMQ could not stop {name} cleanly", name=name)
         log.info("RestMQ stopped")
+
+    def _begin_stopping_workers(self) -> None:
+        self._workers_stopping = self.workers.stop()
+
+    def _workers_stopped(self) -> defer.Deferred | None:
+        return self._workers_stopping
+
+    async def _close_port(self) -> None:
+        if self.port is None:
+            return
+        await defer.maybeDeferred(self.port.stopListening)  # None if closed already
+        connections = self.application.connections
+        connections.stop()  # idle kept-alive connections close; the others after their answer
+        log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
+
+    async def _drain_connections(self) -> None:
+        timeout = max(STOP_GRACE, self.redis.call_timeout + 1)
+        await self.application.connections.wait_closed(self.reactor, timeout)
+
+    async def _finish_redis_calls(self) -> None:
+        """Acks gathered this turn go out, then late replies still due (a batch taken
+        for a stream, say) are handled, before the connections close."""
+        self.engine.send_waiting_acks()
+        idle = self.redis.when_idle()
+        timer = self.reactor.callLater(self.redis.call_timeout + 0.5, idle.cancel)
+        try:
+            await idle
+        except defer.CancelledError:
+            log.warn("closing storage with Redis calls still unanswered")
+        else:
+            if timer.active():
+                timer.cancel()
+
+
+def _finished(result: object) -> defer.Deferred:
+    """What a start or stop step returned (None, a Deferred or a coroutine), to wait on."""
+    if inspect.iscoroutine(result):
+        return defer.ensureDeferred(result)
+    if isinstance(result, defer.Deferred):
+        return result
+    return defer.succeed(result)
 
 
 def make_service(options: Options, reactor=None) -> BrokerService:
