@@ -247,7 +247,7 @@ class BrokerService(service.Service):
     async def _start(self) -> None:
         for _name, start in self.start_order():
             if start is not None:
-                await _finished(start())
+                await _waitable(start())
         memory.tune_garbage_collector()  # everything long-lived is built by now
 
     def _watch_acl(self) -> None:
@@ -347,7 +347,7 @@ class BrokerService(service.Service):
                 continue
             log.debug("stopping: {name}", name=name)
             try:
-                await _finished(stop())
+                await _waitable(stop())
             except Exception:
                 # twistd would drop a failed stop without a word
                 log.failure("RestMQ could not stop {name} cleanly", name=name)
@@ -386,7 +386,7 @@ class BrokerService(service.Service):
                 timer.cancel()
 
 
-def _finished(result: object) -> defer.Deferred:
+def _waitable(result: object) -> defer.Deferred:
     """What a start or stop step returned (None, a Deferred or a coroutine), to wait on."""
     if inspect.iscoroutine(result):
         return defer.ensureDeferred(result)
