@@ -1,4 +1,6 @@
-"""One test per cyclone-on-Python-3 defect we work around (restmq/web/cyclone_fixes.py).
+"""One test per cyclone-on-Python-3 defect we work around (restmq/web/connection/
+cyclone_fixes.py and cyclone_connection.py), and a check that only those two modules
+touch cyclone's private state.
 
 Each test shows, over real sockets, that the defect listed in docs/cyclone.md is
 handled; its name says the symptom. Most talk to a real `twistd restmq`; the
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import socket
 import time
+from pathlib import Path
 
 import cyclone.web
 import pytest
 import pytest_twisted
+import twisted.protocols.basic
 from twisted.internet import reactor, task, threads
 
 from restmq.delivery.consumers import ConsumerRegistry
@@ -26,7 +31,7 @@ from restmq.web.connection.cyclone_fixes import FixedChunked, stream_without_kee
 from restmq.web.connection.http_policy import BrokerHTTPConnection
 from restmq.web.handlers.base import BaseHandler
 from tests import support as wire
-from tests.support import JSON_TYPE, assert_error
+from tests.support import JSON_TYPE, ROOT, assert_error
 
 
 def form(method: str, path: str, body: str = "", extra: str = "") -> bytes:
@@ -477,3 +482,29 @@ async def test_a_served_request_is_freed_without_the_cycle_collector(in_process_
         gc.enable()
     assert left["broker"] == 0
     assert left["stock"] == 5  # the defect: each handler waits for a collection
+
+
+# -- where cyclone's private state is touched ----------------------------------------
+
+
+def test_only_the_two_cyclone_modules_touch_cyclones_private_state():
+    # cyclone's private names (and those of Twisted's LineReceiver, which its HTTP
+    # connection is), read from their source: attributes they set, methods they define.
+    cyclone_dir = Path(cyclone.web.__file__).parent
+    sources = [cyclone_dir / name for name in ("web.py", "httpserver.py", "httputil.py")]
+    sources.append(Path(twisted.protocols.basic.__file__))
+    private: set[str] = set()
+    for source in sources:
+        text = source.read_text()
+        private |= set(re.findall(r"(?:self|cls)\.(_[a-z]\w*)", text))
+        private |= set(re.findall(r"def (_[a-z]\w*)", text))
+    allowed = {"cyclone_fixes.py", "cyclone_connection.py"}
+    touching = []
+    for module in sorted((ROOT / "restmq").rglob("*.py")):
+        text = module.read_text()
+        if module.name in allowed or ("cyclone" not in text and "web" not in module.parts):
+            continue  # no cyclone object passes through it
+        for number, line in enumerate(text.splitlines(), 1):
+            names = re.findall(r"\.(_[a-z]\w*)\b", line) + re.findall(r"def (_[a-z]\w*)", line)
+            touching += [f"{module.relative_to(ROOT)}:{number} {n}" for n in names if n in private]
+    assert touching == [], "use (or add) a helper in cyclone_fixes or cyclone_connection"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from restmq.memory import Reclaimer
-from restmq.web.connection.cyclone_fixes import RequestHead
+from restmq.web.connection.cyclone_connection import RequestHead
 from restmq.web.connection.http_policy import BrokerHTTPConnection, raw_error_response
 
 log = Logger(namespace="restmq.http")
@@ -99,7 +99,7 @@ class BudgetedHTTPConnection(BrokerHTTPConnection):
 
     def dataReceived(self, data):
         super().dataReceived(data)
-        if self.paused and not self._reading_paused and len(self._buffer) > PIPELINE_BUFFER:
+        if not self._reading_paused and self.held_bytes() > PIPELINE_BUFFER:
             self._reading_paused = True
             self.transport.pauseProducing()
 

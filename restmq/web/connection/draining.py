@@ -96,7 +96,7 @@ class DrainingHTTPConnection(BudgetedHTTPConnection):
             self.transport.loseConnection()  # idle: no request begun
 
     def _refuse_stopping(self) -> None:
-        self.paused = True  # parse nothing more that came on this connection
+        self.stop_parsing()
         self.transport.write(
             raw_error_response(503, "Service Unavailable", STOPPING, {"Retry-After": "1"})
         )

@@ -2,8 +2,8 @@
 
 BrokerHTTPConnection is the connection every broker listener uses. Its admission
 flow, for each request, is: the head arrives line by line, bounded in bytes and in
-header count (431 as soon as a limit is crossed, in ``lineReceived``); ``_on_headers``
-has it checked (cyclone_fixes.RequestHead: 400, 411, 505), then
+header count (431 as soon as a limit is crossed, in ``lineReceived``); once whole, it
+is checked (cyclone_connection.RequestHead: 400, 411, 505), then
 ``request_head_received`` asks ``admit_body`` (413 when it is too large) before
 cyclone reads the body. Subclasses may refuse more in ``admit_body``: call
 ``self.refuse(...)`` and return False.
@@ -16,7 +16,7 @@ import json
 from twisted.logger import Logger
 
 from restmq.defaults import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web.connection.cyclone_fixes import UNTIL_CLOSED, FixedHTTPConnection, RequestHead
+from restmq.web.connection.cyclone_connection import UNTIL_CLOSED, FixedHTTPConnection, RequestHead
 
 log = Logger(namespace="restmq.http")
 
@@ -152,10 +152,8 @@ class BrokerHTTPConnection(FixedHTTPConnection):
 
     # -- admission ----------------------------------------------------------
 
-    def _on_headers(self, data: bytes) -> None:
-        if data.strip():
-            self._cancel_idle_timer()
-        super()._on_headers(data)  # checks the head, then request_head_received
+    def head_received(self) -> None:
+        self._cancel_idle_timer()  # the head is checked next, then request_head_received
 
     def request_head_received(self, head: RequestHead) -> None:
         if not self.admit_body(head):
@@ -183,6 +181,5 @@ class BrokerHTTPConnection(FixedHTTPConnection):
             return False
         return True
 
-    def _on_request_body(self, data: bytes) -> None:
-        self._cancel_idle_timer()  # the body is complete; finish() re-arms for the next request
-        super()._on_request_body(data)
+    def body_received(self) -> None:
+        self._cancel_idle_timer()  # finish() re-arms it for the next request

@@ -117,7 +117,7 @@ def allowed_methods(handler_class: type[cyclone.web.RequestHandler]) -> tuple[st
     )
 
 
-class BrokerRequestMixin:
+class BrokerRequestMixin(cyclone_fixes.ErrorAnswerMixin):
     """What every RestMQ route shares, the static files included: acl.conf is checked
     before the handler method runs, and our own errors become their HTTP answers."""
 
@@ -150,20 +150,20 @@ class BrokerRequestMixin:
         if name is not None:
             raise InvalidArgument(f"argument {name!r} is not valid UTF-8")
 
-    def _handle_request_exception(self, e):
-        # Map our own errors to answers before cyclone's generic handling.
-        value = getattr(e, "value", e)
-        error = as_api_error(value)
-        if error is not None:
-            if isinstance(value, StorageUnavailable):
-                log.warn(
-                    "{method} {path}: {error}",
-                    method=self.request.method,
-                    path=self.request.path,
-                    error=value,
-                )
-            e = error
-        return super()._handle_request_exception(e)
+    def error_to_answer(self, error):
+        # Our own errors become their answers before cyclone's generic handling.
+        value = getattr(error, "value", error)
+        answer = as_api_error(value)
+        if answer is None:
+            return error
+        if isinstance(value, StorageUnavailable):
+            log.warn(
+                "{method} {path}: {error}",
+                method=self.request.method,
+                path=self.request.path,
+                error=value,
+            )
+        return answer
 
 
 class BaseHandler(

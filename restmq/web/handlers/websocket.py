@@ -87,11 +87,10 @@ def accept_token(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
 
 
-class WebSocketHandler(BaseHandler):
+class WebSocketHandler(cyclone_fixes.OwnDispatchMixin, BaseHandler):
     """Upgrades ``GET /ws/<queue>`` and streams the queue's messages as text frames."""
 
-    def _execute(self, transforms, *args, **kwargs):
-        cyclone_fixes.remember_transforms(self, transforms)
+    def dispatch(self, *args, **kwargs) -> None:
         try:
             queue = self._check_upgrade()
             lease, prefetch = self.arg("lease"), self.arg("prefetch")
@@ -100,7 +99,7 @@ class WebSocketHandler(BaseHandler):
             if prefetch is not None:
                 validation.prefetch(prefetch)
         except (ApiError, InvalidArgument) as exc:
-            self._handle_request_exception(exc)
+            self.answer_error(exc)
             return
         # The answer waits for acl.conf's verdict (a scrypt password is checked in a
         # thread); meanwhile the HTTP connection keeps any bytes the client sent after
@@ -112,7 +111,7 @@ class WebSocketHandler(BaseHandler):
     def _refused(self, failure) -> None:
         failure.trap(acl.Refused)
         if not cyclone_fixes.client_is_gone(self):
-            self._handle_request_exception(failure.value)  # 401 or 403, as on every route
+            self.answer_error(failure.value)  # 401 or 403, as on every route
 
     def _failed(self, failure) -> None:
         log.failure("WebSocket handshake failed", failure)
@@ -134,7 +133,7 @@ class WebSocketHandler(BaseHandler):
         try:
             self.operations.open_stream(consumer, lease, prefetch)
         except (TooManyConsumers, InvalidArgument) as exc:
-            self._handle_request_exception(exc)  # answered like every refusal (as_api_error)
+            self.answer_error(exc)  # answered like every refusal (as_api_error)
             return
         self.consumer = consumer
         self.ws = ws
