@@ -1,16 +1,20 @@
 """``--workers N``: one port served by N `twistd restmq` processes sharing one Redis.
 
 Real brokers; which process holds a connection is read from the operating system
-(psutil), and /health names the process that answered.
+(psutil), and /health names the process that answered. A connection meant for one
+process is made while the others are paused (SIGSTOP): the tests do not depend on
+how the kernel spreads connections, except the one about that spreading itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import http.client
 import ipaddress
 import json
+import os
 import re
 import signal
 import socket
@@ -40,25 +44,57 @@ def _workers(broker: Broker) -> list[psutil.Process]:
     return [p for p in children if "--worker-fd" in p.cmdline()]
 
 
-def _answering_pids(broker: Broker, tries: int = 60) -> set[int]:
-    """The pids /health names over ``tries`` fresh connections."""
-    return {broker.get("/health").json()["pid"] for _ in range(tries)}
-
-
-def _wait_serving(broker: Broker, count: int, timeout: float = 30.0) -> set[int]:
-    """Wait until ``count`` processes answer on the broker's port; their pids."""
-    seen: set[int] = set()
-
-    def all_answer() -> bool:
-        seen.update(_answering_pids(broker, 10))
-        return len(seen & _live_pids(broker)) >= count
-
-    wait_for(all_answer, timeout, interval=0.1, what=f"{count} processes serving")
-    return seen & _live_pids(broker)
-
-
 def _live_pids(broker: Broker) -> set[int]:
     return {broker.proc.pid, *(p.pid for p in _workers(broker))}
+
+
+@contextlib.contextmanager
+def _only_accepting(broker: Broker, pid: int):
+    """While the block runs, process ``pid`` alone takes new connections on the shared
+    port: the others are paused (SIGSTOP), so a connection made meanwhile is its own,
+    whatever the kernel would have chosen."""
+    others = sorted(_live_pids(broker) - {pid})
+    try:
+        for other in others:
+            os.kill(other, signal.SIGSTOP)
+        for other in others:
+            wait_for(
+                lambda o=other: psutil.Process(o).status() == psutil.STATUS_STOPPED,
+                5,
+                what=f"process {other} to pause",
+            )
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
+def _health_pid(broker: Broker) -> int:
+    """The pid /health names, over a fresh connection."""
+    return broker.get("/health").json()["pid"]
+
+
+def _wait_serving(
+    broker: Broker, count: int, timeout: float = 30.0, answering=_health_pid
+) -> set[int]:
+    """Wait until ``count`` processes serve the broker's port, each shown to answer on
+    its own (``answering`` names the pid that answered); their pids."""
+
+    def listening() -> set[int] | None:
+        log = broker.log()
+        pids = {
+            pid
+            for pid in _live_pids(broker)
+            if f"worker {pid} serving the broker's port" in log
+            or (pid == broker.proc.pid and "RestMQ listening on" in log)
+        }
+        return pids if len(pids) >= count else None
+
+    pids = wait_for(listening, timeout, interval=0.1, what=f"{count} processes listening")
+    for pid in pids:
+        with _only_accepting(broker, pid):
+            assert answering(broker) == pid
+    return pids
 
 
 def _holder(broker: Broker, client: socket.socket) -> int | None:
@@ -76,26 +112,17 @@ def _holder(broker: Broker, client: socket.socket) -> int | None:
 
 def _connection_to(broker: Broker, pid: int) -> http.client.HTTPConnection:
     """A keep-alive connection that process ``pid`` accepted."""
-    for _ in range(200):
+    with _only_accepting(broker, pid):
         conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
         conn.connect()
-        holder = wait_for(lambda c=conn: _holder(broker, c.sock), 5, what="the accepting pid")
-        if holder == pid:
-            return conn
-        conn.close()
-    raise AssertionError(f"no connection reached process {pid}")
+        wait_for(lambda: _holder(broker, conn.sock) == pid, 5, what=f"{pid} to accept")
+    return conn
 
 
 def _stream_held_by(broker: Broker, queue: str, pid: int) -> HttpStream:
-    for _ in range(200):
-        stream = HttpStream(broker.port, queue, sse=True).start()
-        holder = wait_for(
-            lambda s=stream: _holder(broker, s.conn.sock), 5, what="the stream's process"
-        )
-        if holder == pid:
-            return stream
-        stream.close()
-    raise AssertionError(f"no stream reached process {pid}")
+    with _only_accepting(broker, pid):
+        stream = HttpStream(broker.port, queue, sse=True)  # its head came from ``pid``
+    return stream.start()
 
 
 def _gone(pids) -> bool:
@@ -113,8 +140,13 @@ def test_two_processes_serve_one_port_and_one_queue(workers_broker, queue):
     broker = workers_broker
     main = broker.proc.pid
     (worker,) = (p.pid for p in _workers(broker))
-    assert _answering_pids(broker) == {main, worker}
-    # a stream held by the worker gets what is posted through the main process
+    # both accept on the one port: each answers while the other is paused
+    for pid in (main, worker):
+        conn = _connection_to(broker, pid)
+        conn.request("GET", "/health")
+        assert json.loads(conn.getresponse().read())["pid"] == pid
+        conn.close()
+    # one queue: a stream held by the worker gets what is posted through the main process
     stream = _stream_held_by(broker, queue, worker)
     try:
         conn = _connection_to(broker, main)
@@ -270,27 +302,15 @@ def test_tls_is_served_by_every_worker(broker_factory, tmp_path):
                             wait=False)  # fmt: skip
     context = ssl.create_default_context(cafile=str(cert))
 
-    def pids() -> set[int]:
-        seen = set()
-        for _ in range(10):
-            conn = http.client.HTTPSConnection("127.0.0.1", broker.port, context=context)
-            try:
-                conn.request("GET", "/health")
-                seen.add(json.loads(conn.getresponse().read())["pid"])
-            except OSError:
-                pass
-            finally:
-                conn.close()
-        return seen
+    def answering_over_tls(broker: Broker) -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", broker.port, context=context)
+        try:
+            conn.request("GET", "/health")
+            return json.loads(conn.getresponse().read())["pid"]
+        finally:
+            conn.close()
 
-    everyone: set[int] = set()
-
-    def both_answer() -> bool:
-        everyone.update(pids())
-        return len(everyone) >= 2
-
-    wait_for(both_answer, 30, interval=0.1, what="both processes answering over TLS")
-    assert everyone == _live_pids(broker)
+    assert _wait_serving(broker, 2, answering=answering_over_tls) == _live_pids(broker)
 
 
 def _self_signed(directory) -> tuple:
