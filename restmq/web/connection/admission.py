@@ -14,7 +14,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from restmq.memory import Reclaimer
-from restmq.web.connection.cyclone_connection import RequestHead
+from restmq.web.connection.cyclone_fixes_connection import RequestHead
 from restmq.web.connection.http_policy import BrokerHTTPConnection, raw_error_response
 
 log = Logger(namespace="restmq.http")

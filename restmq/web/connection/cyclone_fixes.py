@@ -1,6 +1,6 @@
 """Our workarounds for cyclone 1.3 on Python 3 in answers and handlers.
 
-This module and ``cyclone_connection`` (the request parser) are the only code that
+This module and ``cyclone_fixes_connection`` (the request parser) are the only code that
 touches cyclone's private state: everything else calls the helpers, mixins and
 hooks here. Each piece is named after the defect it answers; docs/cyclone.md lists
 them with their symptoms and tests (tests/test_cyclone_fixes.py). cyclone itself is

@@ -3,7 +3,7 @@
 BrokerHTTPConnection is the connection every broker listener uses. Its admission
 flow, for each request, is: the head arrives line by line, bounded in bytes and in
 header count (431 as soon as a limit is crossed, in ``lineReceived``); once whole, it
-is checked (cyclone_connection.RequestHead: 400, 411, 505), then
+is checked (cyclone_fixes_connection.RequestHead: 400, 411, 505), then
 ``request_head_received`` asks ``admit_body`` (413 when it is too large) before
 cyclone reads the body. Subclasses may refuse more in ``admit_body``: call
 ``self.refuse(...)`` and return False.
@@ -16,7 +16,11 @@ import json
 from twisted.logger import Logger
 
 from restmq.defaults import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from restmq.web.connection.cyclone_connection import UNTIL_CLOSED, FixedHTTPConnection, RequestHead
+from restmq.web.connection.cyclone_fixes_connection import (
+    UNTIL_CLOSED,
+    FixedHTTPConnection,
+    RequestHead,
+)
 
 log = Logger(namespace="restmq.http")
 
