@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
 from restmq.operations import validation
 from restmq.operations.queue_operations import (
@@ -21,27 +21,7 @@ from restmq.operations.queue_operations import (
     Purged,
     Status,
 )
-
-
-class SilentConsumer(StreamConsumer):
-    """A streaming consumer that never receives anything (its queues stay empty)."""
-
-    kind = "silent"
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue, "in-process")
-
-    def encode(self, message) -> bytes:
-        return message.value.encode()
-
-    def write(self, data: bytes) -> None:
-        raise AssertionError("nothing should be delivered")
-
-    def close(self, reason: str, code: int = 1000) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
+from tests.support import MemoryConsumer
 
 
 @pytest.fixture
@@ -162,7 +142,7 @@ async def test_status_words_start_and_stop_only(ops, server):
 async def test_stats_count_this_brokers_stream_consumers(ops):
     await ops.add_many("full", ["a", "b", "c"])
     await ops.set_policy("full", "roundrobin")
-    consumer = SilentConsumer("watched")
+    consumer = MemoryConsumer("watched")
     ops.open_stream(consumer)
     everything = await ops.all_stats()
     assert isinstance(everything, AllStats) and everything.storage == "test storage"
@@ -172,16 +152,17 @@ async def test_stats_count_this_brokers_stream_consumers(ops):
     assert await ops.stats("watched") == OneStats("test storage", "watched", 0, 1)
     ops.close_stream(consumer)
     assert (await ops.stats("watched")).consumers == 0
+    assert consumer.received == []  # its queue stayed empty
 
 
 @pytest_twisted.ensureDeferred
 async def test_open_stream_checks_the_name_and_the_consumer_limit(ops):
     with pytest.raises(InvalidArgument, match=re.escape("invalid queue name '..'")):
-        ops.open_stream(SilentConsumer(".."))
-    ops.open_stream(SilentConsumer("a"))
-    ops.open_stream(SilentConsumer("b"))
+        ops.open_stream(MemoryConsumer(".."))
+    ops.open_stream(MemoryConsumer("a"))
+    ops.open_stream(MemoryConsumer("b"))
     with pytest.raises(TooManyConsumers, match="--max-consumers"):
-        ops.open_stream(SilentConsumer("c"))
+        ops.open_stream(MemoryConsumer("c"))
 
 
 @pytest_twisted.ensureDeferred

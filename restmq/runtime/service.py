@@ -131,6 +131,8 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             on_reconnect=self._on_reconnect,
         )
+        self.consumers.attach(self.notifications)
+        self.waiters.attach(self.notifications)
         if isinstance(address, SentinelAddress):
             # The pool found the master elsewhere: pub/sub must leave the old one too.
             address.locator.on_move(lambda master: self.notifications.reconnect())
@@ -192,8 +194,8 @@ class BrokerService(service.Service):
         self.redis.connect()
         await self.redis.wait_until_ready()
         self.notifications.start()
-        self.consumers.start(self.notifications)
-        self.waiters.start(self.notifications)
+        self.consumers.start()
+        self.waiters.start()
         self.lease_sweeper.start()
         self.census.start()
         self.port = await self._listen()
@@ -304,8 +306,8 @@ class BrokerService(service.Service):
             await defer.maybeDeferred(self.port.stopListening)  # None if closed already
             connections.stop()
             log.info("HTTP port closed; finishing {n} open connection(s)", n=len(connections))
-        self.broker.operations.stats_feed.stop()  # dashboards see the broker go
-        self.waiters.stop()  # long-poll waiters are answered 204 at once
+        await self.broker.operations.stats_feed.stop()  # dashboards see the broker go
+        await self.waiters.stop()  # long-poll waiters are answered 204 at once
         await self.consumers.stop()
         await self.census.stop()  # no streams left here: other brokers count none of ours
         await connections.wait_closed(self.reactor, max(STOP_GRACE, self.redis.call_timeout + 1))
