@@ -22,7 +22,7 @@ from restmq.delivery.leased_streams import LeasedStreams
 from restmq.delivery.pending import Pending
 from restmq.delivery.queue_consumers import QueueConsumers
 from restmq.delivery.queue_drain import QueueDrain
-from restmq.delivery.stream_consumer import CLOSE_GOING_AWAY, CLOSE_NORMAL, StreamConsumer
+from restmq.delivery.stream_consumer import CLOSE_GOING_AWAY, StreamConsumer
 from restmq.delivery.unleased_feed import UnleasedFeed
 from restmq.engine import notices
 from restmq.engine.queues import QueueEngine
@@ -31,7 +31,6 @@ from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 
 # The transports (restmq.web.handlers) meet their base class and close codes here.
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_NORMAL", "ConsumerRegistry", "StreamConsumer"]
 
 log = Logger(namespace="restmq.consumers")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.stats_feed import StatsFeed, StatsWatcher
+from restmq.delivery.stream_consumer import StreamConsumer
 from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine.queues import (
     POLICIES,

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from restmq.access import acl
-from restmq.delivery.consumers import CLOSE_NORMAL, StreamConsumer
+from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
 from restmq.engine.queues import Message
 from restmq.web import shapes
 from restmq.web.connection import held_response

@@ -22,7 +22,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from restmq.access import acl
-from restmq.delivery.consumers import CLOSE_NORMAL, StreamConsumer
+from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
 from restmq.engine.queues import Message
 from restmq.errors import InvalidArgument, StorageUnavailable, TooManyConsumers
 from restmq.operations import jsontext, validation
