@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from restmq.delivery.lease_sweeper import LeaseSweeper
-from restmq.engine.queues import LEASING, QueueEngine
+from restmq.engine.keys import LEASING
+from restmq.engine.queues import QueueEngine
 from restmq.errors import InvalidArgument, StorageUnavailable
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.notify import Notifications

@@ -37,13 +37,8 @@ from zope.interface import implementer
 
 from restmq.budget import MemoryBudget
 from restmq.engine import notices
-from restmq.engine.queues import (
-    LeasedMessage,
-    Message,
-    QueueEngine,
-    StreamBatch,
-    TakenMessage,
-)
+from restmq.engine.messages import LeasedMessage, Message, StreamBatch, TakenMessage
+from restmq.engine.queues import QueueEngine
 from restmq.errors import StorageUnavailable, TooManyConsumers
 from restmq.metrics import STREAM, Metrics
 

@@ -26,7 +26,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from restmq.engine import notices
-from restmq.engine.queues import QueueEngine, TakenMessage
+from restmq.engine.messages import TakenMessage
+from restmq.engine.queues import QueueEngine
 from restmq.errors import StorageUnavailable
 
 log = Logger(namespace="restmq.waiters")

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
 from restmq.delivery.stats_feed import StatsFeed, StatsWatcher
 from restmq.delivery.waiters import WaiterRegistry
-from restmq.engine.queues import (
-    POLICIES,
+from restmq.engine.keys import POLICIES
+from restmq.engine.messages import (
     LeasedMessage,
     Message,
-    QueueEngine,
     QueueInfo,
     QueueStats,
     ReceiptResult,
     TakenMessage,
 )
+from restmq.engine.queues import QueueEngine
 from restmq.errors import (
     EmptyQueue,
     InvalidArgument,

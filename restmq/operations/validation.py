@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from restmq.engine.keyspace import STATUS_PREFIX
+from restmq.engine.keys import STATUS_PREFIX
+from restmq.engine.limits import MAX_BATCH
 from restmq.errors import InvalidArgument
 
 MAX_QUEUE_NAME = 200
-MAX_BATCH = 1000  # messages one request may add or take
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*", re.ASCII)  # \w as in JavaScript: ASCII only
 
@@ -35,7 +35,7 @@ def queue_name(name: object) -> str:
         # queue could be written by some clients and never reached by others.
         raise InvalidArgument(f"invalid queue name {name!r}: . and .. are path segments")
     if name.startswith(STATUS_PREFIX):
-        # Its keys would be other queues' status keys (see restmq.engine.keyspace).
+        # Its keys would be other queues' status keys (see restmq.engine.keys).
         raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")
     if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
         _VALID_NAMES.clear()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from restmq.engine.queues import POLICIES, LeasedMessage, Message
+from restmq.engine.keys import POLICIES
+from restmq.engine.messages import LeasedMessage, Message
 from restmq.operations.queue_operations import (
     Acked,
     AllStats,
