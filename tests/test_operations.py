@@ -11,16 +11,8 @@ from twisted.internet import reactor
 from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
 from restmq.operations import validation
-from restmq.operations.queue_operations import (
-    Added,
-    AllStats,
-    Deleted,
-    OneStats,
-    Operations,
-    Policy,
-    Purged,
-    Status,
-)
+from restmq.operations.queue_operations import Operations
+from restmq.operations.results import Added, AllStats, Deleted, OneStats, Policy, Purged, Status
 
 
 class SilentConsumer(StreamConsumer):

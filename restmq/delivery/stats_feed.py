@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from restmq.errors import StorageUnavailable
 
 if TYPE_CHECKING:
-    from restmq.operations.queue_operations import AllStats
+    from restmq.operations.results import AllStats
 
 log = Logger(namespace="restmq.stats")
 
