@@ -7,6 +7,9 @@ max_deliveries times. A script touches only the leases its receipts name, except
 ``lease``, ``lease_for_streams`` and ``pop_many`` (which first end the queue's overdue
 leases) and the sweeps. Times come from Redis ``TIME``, so brokers with different
 clocks agree on when a lease runs out.
+
+Arguments are trusted: restmq.operations checks what clients send (receipts among it)
+before it reaches here.
 """
 
 from __future__ import annotations
@@ -27,31 +30,17 @@ from restmq.engine.limits import (
 )
 from restmq.engine.messages import LeaseBatch, ReceiptResult, StreamBatch, SweepResult
 from restmq.engine.turn_batch import TurnBatcher
-from restmq.errors import InvalidArgument
-from restmq.operations import validation
 from restmq.storage.client import LuaScript, RedisClient
 
 log = Logger(namespace="restmq.engine")
 
 
-def _receipt(queue: str, receipt: object) -> tuple[str, int]:
-    """The message key and delivery count a receipt names; InvalidArgument if it is
-    not a receipt of ``queue``."""
-    if isinstance(receipt, str) and len(receipt) <= 2 * validation.MAX_QUEUE_NAME:
-        key, at, count = receipt.rpartition("@")
-        if at and keys.is_count(count, 9) and keys.is_message_key(queue, key):
-            return key, int(count)
-    raise InvalidArgument(f"{str(receipt)[:80]!r} is not a receipt of queue {queue!r}")
-
-
-def _receipts(queue: str, receipts: str | Sequence[str]) -> list[tuple[str, int]]:
+def _parsed(receipts: str | Sequence[str]) -> list[tuple[str, int]]:
+    """The message key and delivery count each receipt names."""
     if isinstance(receipts, str):
         receipts = [receipts]
-    if not receipts:
-        raise InvalidArgument("a receipt is required")
-    if len(receipts) > validation.MAX_BATCH:
-        raise InvalidArgument(f"at most {validation.MAX_BATCH} receipts per request")
-    return [_receipt(queue, receipt) for receipt in receipts]
+    parts = [messages.receipt_parts(receipt) for receipt in receipts]
+    return [(key, int(deliveries)) for key, deliveries in parts]
 
 
 class LeaseOperations:
@@ -101,9 +90,6 @@ class LeaseOperations:
         of bodies (one message at least). Leases that Redis grants after the caller was
         told 503 are released at once, without counting as a delivery.
         """
-        validation.queue_name(queue)
-        seconds = validation.lease_seconds(seconds)
-        n = validation.batch_size(n)
 
         def release_late(reply: list) -> None:
             taken = messages.lease_batch(reply, seconds)
@@ -163,8 +149,7 @@ class LeaseOperations:
         The acks of ``queue`` made in the same reactor turn share that script call
         (restmq.engine.turn_batch); it is sent once the turn is over.
         """
-        validation.queue_name(queue)
-        return await self._acks.submit(queue, _receipts(queue, receipts))
+        return await self._acks.submit(queue, _parsed(receipts))
 
     def send_waiting_acks(self) -> None:
         """Send the acks still gathered for this reactor turn now (a stop)."""
@@ -185,11 +170,9 @@ class LeaseOperations:
         at once (next to be taken), or to ``<q>:dead`` if it was handed out
         max_deliveries times, as when a lease runs out.
         """
-        validation.queue_name(queue)
-        seconds = validation.lease_seconds(seconds, release=True)
         if seconds == 0:
             return (await self.release(queue, [receipt]))[0].done
-        key, count = _receipt(queue, receipt)
+        [(key, count)] = _parsed(receipt)
         reply = await self._run_lease_script(
             scripts.CHANGE_LEASE, queue, [seconds * 1000, 1, notices.SETTLED, key, count]
         )
@@ -206,8 +189,7 @@ class LeaseOperations:
         that was gone, or granted after a timeout): the delivery is not counted, so
         it cannot send them to the dead letters.
         """
-        validation.queue_name(queue)
-        parsed = _receipts(queue, receipts)
+        parsed = _parsed(receipts)
         flat = [part for key, count in parsed for part in (key, count)]
         reply = await self._run_lease_script(
             scripts.CHANGE_LEASE, queue, [0, int(delivered), notices.SETTLED, *flat]
@@ -223,7 +205,6 @@ class LeaseOperations:
         When more than ``limit`` ran out, those that ran out last go first, so that
         the next call puts the earlier ones in front of them and the order holds.
         """
-        validation.queue_name(queue)
         back, dead = await self._run_lease_script(scripts.REQUEUE_OVERDUE, queue, [limit])
         return messages.number(back) + messages.number(dead)
 
@@ -245,8 +226,6 @@ class LeaseOperations:
 
     async def set_max_deliveries(self, queue: str, n: int) -> int:
         """Deliveries after which an unacked message goes to ``<q>:dead``; 0: no limit."""
-        validation.queue_name(queue)
-        n = validation.max_deliveries(n)
         if n:
             await self.redis.execute("SET", keys.max_deliveries_key(queue), n)
         else:  # absent means no limit: an unlimited queue keeps the original keys
@@ -255,5 +234,4 @@ class LeaseOperations:
 
     async def get_max_deliveries(self, queue: str) -> int:
         """The queue's max_deliveries; 0 when there is no limit."""
-        validation.queue_name(queue)
         return messages.number(await self.redis.execute("GET", keys.max_deliveries_key(queue)))

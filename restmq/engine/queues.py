@@ -2,7 +2,9 @@
 
 The keys are those of restmq.engine.keys, the scripts those of restmq.engine.scripts;
 the lease operations come from restmq.engine.leases (QueueEngine's base class), so
-callers have this one object.
+callers have this one object. Arguments are trusted: restmq.operations checks what
+clients send before it reaches here, and the broker's own parts pass what they got
+from the engine.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from restmq.engine.messages import (
     stream_batch,
     text,
 )
-from restmq.errors import InvalidArgument
-from restmq.operations import validation
 from restmq.storage.client import RedisClient
 
 log = Logger(namespace="restmq.engine")
@@ -68,7 +68,6 @@ class QueueEngine(LeaseOperations):
 
     async def add_many(self, queue: str, values: list[str], ttl: int | None = None) -> list[str]:
         """Store several messages in one atomic step; return their keys in order."""
-        validation.queue_name(queue)
         added = await self.redis.run_script(
             scripts.ADD,
             [
@@ -98,7 +97,6 @@ class QueueEngine(LeaseOperations):
         A pop that Redis answers after the client was told 503 has still taken
         its messages: they go back to the head of the queue.
         """
-        validation.queue_name(queue)
         flat = await self._run_lease_script(
             scripts.POP,
             queue,
@@ -119,7 +117,6 @@ class QueueEngine(LeaseOperations):
 
     async def peek(self, queue: str) -> Message | None:
         """The oldest live message, left in place; its peek count goes up by one."""
-        validation.queue_name(queue)
         reply = await self.redis.run_script(scripts.PEEK, [keys.list_key(queue)])
         if not reply:
             return None
@@ -127,9 +124,6 @@ class QueueEngine(LeaseOperations):
 
     async def delete(self, queue: str, key: str) -> bool:
         """Delete one message of ``queue`` by its key; True if it was there."""
-        validation.queue_name(queue)
-        if not isinstance(key, str) or not keys.is_message_key(queue, key):
-            raise InvalidArgument(f"{str(key)[:80]!r} is not a message key of queue {queue!r}")
         self._acks.flush(queue)  # acks made earlier reach Redis first
         return bool(
             await self.redis.run_script(
@@ -140,7 +134,6 @@ class QueueEngine(LeaseOperations):
 
     async def purge(self, queue: str) -> int:
         """Delete every pending and leased message of ``queue``; return how many there were."""
-        validation.queue_name(queue)
         queue_keys = [
             keys.list_key(queue),
             keys.leased_key(queue),
@@ -154,20 +147,13 @@ class QueueEngine(LeaseOperations):
     # -- settings -----------------------------------------------------------
 
     async def length(self, queue: str) -> int:
-        validation.queue_name(queue)
         return number(await self.redis.execute("LLEN", keys.list_key(queue)))
 
     async def get_policy(self, queue: str) -> str:
-        validation.queue_name(queue)
         return policy_name(await self.redis.execute("GET", keys.policy_key(queue)))
 
     async def set_policy(self, queue: str, policy: str) -> str:
         """Set ``policy``, one of keys.POLICIES."""
-        validation.queue_name(queue)
-        if policy not in keys.POLICIES:
-            raise InvalidArgument(
-                f"invalid policy {str(policy)[:40]!r}: use broadcast or roundrobin"
-            )
         await self.redis.run_script(
             scripts.SET_AND_NOTIFY,
             [keys.policy_key(queue)],
@@ -177,11 +163,9 @@ class QueueEngine(LeaseOperations):
 
     async def get_status(self, queue: str) -> int:
         """1 when the queue delivers to streaming consumers, 0 when stopped."""
-        validation.queue_name(queue)
         return _status(await self.redis.execute("GET", keys.status_key(queue)))
 
     async def set_status(self, queue: str, started: bool) -> int:
-        validation.queue_name(queue)
         status = keys.STARTED if started else keys.STOPPED
         await self.redis.run_script(
             scripts.SET_AND_NOTIFY,
@@ -230,7 +214,6 @@ class QueueEngine(LeaseOperations):
     async def queue_counts(self, queue: str) -> QueueCounts:
         """The /stats/<q> figures: length, leases, dead letters and the streaming
         consumers other brokers serve on the queue, in one call."""
-        validation.queue_name(queue)
         dead_queue = keys.dead_queue(queue)
         reply = await self.redis.run_script(
             scripts.QUEUE_STATS,
@@ -274,7 +257,6 @@ class QueueEngine(LeaseOperations):
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """One queue's stats, its message counter and its ``newest`` pending keys."""
-        validation.queue_name(queue)
         dead_queue = keys.dead_queue(queue)
         reply = await self.redis.run_script(
             scripts.QUEUE_INFO,
