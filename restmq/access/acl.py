@@ -31,6 +31,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from restmq.access import passwd
+from restmq.errors import RestMQError
 
 log = Logger(namespace="restmq.acl")
 
@@ -59,7 +60,7 @@ class AclError(Exception):
     """acl.conf cannot be used; the message says where and why."""
 
 
-class Refused(Exception):
+class Refused(RestMQError):
     """A request acl.conf does not let through: 403 (address) or 401 (credentials)."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
