@@ -30,8 +30,6 @@ from restmq.errors import TooManyConsumers
 from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 
-# The transports (restmq.web.handlers) meet their base class and close codes here.
-
 log = Logger(namespace="restmq.consumers")
 
 

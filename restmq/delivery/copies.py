@@ -8,7 +8,7 @@ message waits in) takes the record and releases it; only this class counts them.
 
 from __future__ import annotations
 
-from restmq.engine.queues import TakenMessage
+from restmq.engine.messages import TakenMessage
 
 
 class Copies:

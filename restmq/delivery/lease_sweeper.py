@@ -12,7 +12,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from restmq.engine.queues import LEASE_RETURN_LIMIT, SWEEP_QUEUES, QueueEngine
+from restmq.engine.limits import LEASE_RETURN_LIMIT, SWEEP_QUEUES
+from restmq.engine.queues import QueueEngine
 from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 

@@ -23,7 +23,8 @@ from restmq.delivery.pending import Pending
 from restmq.delivery.queue_consumers import QueueConsumers
 from restmq.delivery.queue_drain import QueueDrain
 from restmq.delivery.stream_consumer import StreamConsumer
-from restmq.engine.queues import LeasedMessage, Message, QueueEngine, StreamBatch
+from restmq.engine.messages import LeasedMessage, Message, StreamBatch
+from restmq.engine.queues import QueueEngine
 
 log = Logger(namespace="restmq.consumers")
 

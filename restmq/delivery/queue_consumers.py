@@ -14,7 +14,7 @@ from __future__ import annotations
 from restmq.delivery.copies import Copies
 from restmq.delivery.queue_drain import Line
 from restmq.delivery.stream_consumer import StreamConsumer
-from restmq.engine.queues import Message, StreamBatch, TakenMessage
+from restmq.engine.messages import Message, StreamBatch, TakenMessage
 
 
 class QueueConsumers(Line):

@@ -21,7 +21,7 @@ from restmq.errors import StorageUnavailable
 from restmq.lifecycle import Periodic
 
 if TYPE_CHECKING:
-    from restmq.operations.queue_operations import AllStats
+    from restmq.operations.results import AllStats
 
 log = Logger(namespace="restmq.stats")
 

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restmq.delivery.copies import Copies
-from restmq.engine.queues import LeasedMessage, Message, TakenMessage
+from restmq.engine.messages import LeasedMessage, Message, TakenMessage
 
 if TYPE_CHECKING:
     from restmq.delivery.consumers import ConsumerRegistry

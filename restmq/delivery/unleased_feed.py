@@ -22,7 +22,8 @@ from restmq.delivery.pending import Pending
 from restmq.delivery.queue_consumers import QueueConsumers
 from restmq.delivery.queue_drain import QueueDrain
 from restmq.engine import notices
-from restmq.engine.queues import Message, QueueEngine, StreamBatch, TakenMessage
+from restmq.engine.messages import Message, StreamBatch, TakenMessage
+from restmq.engine.queues import QueueEngine
 from restmq.metrics import STREAM, Metrics
 
 log = Logger(namespace="restmq.consumers")

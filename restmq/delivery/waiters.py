@@ -26,7 +26,8 @@ from twisted.logger import Logger
 
 from restmq.delivery.queue_drain import Line, QueueDrain
 from restmq.engine import notices
-from restmq.engine.queues import QueueEngine, TakenMessage
+from restmq.engine.messages import TakenMessage
+from restmq.engine.queues import QueueEngine
 
 log = Logger(namespace="restmq.waiters")
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from restmq import __version__, memory
 from restmq.access import acl
+from restmq.access.control import AccessControl
 from restmq.access.tls import TLSConfigError, server_options
 from restmq.budget import MemoryBudget
 from restmq.delivery.census import ConsumerCensus
@@ -46,7 +47,7 @@ class Broker:
         redis: RedisClient,
         engine: QueueEngine,
         consumers: ConsumerRegistry,
-        access: acl.AccessControl | None = None,
+        access: AccessControl | None = None,
         budget: MemoryBudget | None = None,
         waiters: WaiterRegistry | None = None,
     ) -> None:
@@ -54,7 +55,7 @@ class Broker:
         # request bodies in flight and consumer backlogs, together (--max-buffered)
         self.budget = budget if budget is not None else consumers.budget
         self.consumers = consumers
-        self.access = access or acl.AccessControl(None)
+        self.access = access or AccessControl(None)
         self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
 
     def describe_storage(self) -> str:
@@ -136,7 +137,7 @@ class BrokerService(service.Service):
         if isinstance(address, SentinelAddress):
             # The pool found the master elsewhere: pub/sub must leave the old one too.
             address.locator.on_move(lambda master: self.notifications.reconnect())
-        self.access = acl.AccessControl(
+        self.access = AccessControl(
             options["acl"] or None,
             required=options["acl-given"],
             trusted_proxies=options["trusted-proxies"],
