@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 STAMP := $(VENV)/.restmq-installed
 ARGS ?=
 
-.PHONY: install run test test-programs lint format bench clean
+.PHONY: install run test test-programs lint format docs bench clean
 
 install: $(STAMP)
 
@@ -36,11 +36,15 @@ format: install
 test-programs:
 	@tests/install-programs.sh
 
-test: lint test-programs
+# The manual (docs/, Sphinx): every warning is an error, so `make test` (and CI) keeps it whole.
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+test: lint test-programs docs
 	$(VENV)/bin/pytest $(ARGS)
 
 bench: install
 	$(VENV)/bin/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(BOOTSTRAP) restmq-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BOOTSTRAP) restmq-data docs/_build .pytest_cache .ruff_cache

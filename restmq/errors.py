@@ -1,14 +1,21 @@
 """The one family of errors the operations layer raises; each front end maps it to an answer.
 
-HTTP (restmq.web.handlers.base.as_api_error, which also answers refused COMET, SSE and
-WebSocket streams) and XML-RPC (restmq.web.handlers.xmlrpc.as_fault) each map this family
-in one place. Front ends never raise domain errors of their own.
+Every error here derives from RestMQError (so does restmq.access's Refused). HTTP
+(restmq.web.handlers.base.as_api_error, which also answers refused COMET, SSE and
+WebSocket streams), XML-RPC (restmq.web.handlers.xmlrpc.as_fault) and the JSON protocol
+(restmq.web.handlers.json_commands.dispatch, which answers an empty queue its own way
+and leaves the rest to as_api_error) each map this family in one place. Front ends
+never raise domain errors of their own.
 """
 
 from __future__ import annotations
 
 
-class InvalidArgument(ValueError):
+class RestMQError(Exception):
+    """The family: what a client is answered for, each wire format in its own way."""
+
+
+class InvalidArgument(RestMQError, ValueError):
     """A client sent something the broker cannot accept (HTTP 400)."""
 
 
@@ -20,7 +27,7 @@ class InvalidStatus(InvalidArgument):
         self.word = word
 
 
-class EmptyQueue(LookupError):
+class EmptyQueue(RestMQError, LookupError):
     """Nothing to take; each route answers it its own way (404, 204, a JSON body)."""
 
     def __init__(self, queue: str) -> None:
@@ -28,7 +35,7 @@ class EmptyQueue(LookupError):
         self.queue = queue
 
 
-class LeaseGone(LookupError):
+class LeaseGone(RestMQError, LookupError):
     """The lease a receipt names ran out, was settled, or belongs to an earlier delivery
     (HTTP 409): the message went back, or to someone else."""
 
@@ -38,15 +45,15 @@ class LeaseGone(LookupError):
         self.receipt = receipt
 
 
-class DataConflict(Exception):
+class DataConflict(RestMQError):
     """Redis holds data of another shape where RestMQ expects its own (HTTP 409)."""
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(RestMQError):
     """Redis could not be asked; nothing was stored, the request may be retried (HTTP 503)."""
 
 
-class TooManyConsumers(Exception):
+class TooManyConsumers(RestMQError):
     """The broker already serves ``--max-consumers`` streaming consumers (HTTP 503)."""
 
 
@@ -64,6 +71,7 @@ __all__ = [
     "InvalidStatus",
     "LeaseGone",
     "OutcomeUnknown",
+    "RestMQError",
     "StorageUnavailable",
     "TooManyConsumers",
 ]

@@ -5,6 +5,7 @@
 - the broker's answer formats (JSON and JSONP lines, JSON errors);
 - raw HTTP on a socket (used as ``from tests import support as wire``: ``wire.exchange``);
 - streaming consumers: COMET and SSE readers, a WebSocket client, a raw WebSocket client;
+  in process, a consumer whose socket is a list (``MemoryConsumer``) and ``until``;
 - access control: Basic credentials, requests from a chosen loopback address, hashes;
 - programs outside Python that some tests need (chromium, chromedriver, curl).
 """
@@ -31,7 +32,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.internet import reactor, task
 from websockets.sync.client import connect as ws_connect
+
+from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
+from restmq.web.shapes import stream_message
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -1229,3 +1234,50 @@ class SentinelGroup:
     def stop(self) -> None:
         for server in [*self.watchers, *self.nodes]:
             server.stop()
+
+
+# -- streaming consumers in this process -------------------------------------------
+
+
+class MemoryConsumer(StreamConsumer):
+    """A streaming consumer whose socket is a list: the JSON objects it was written, in
+    order, as a real stream sends them. With ``room``, that many writes fit before its
+    socket is full and it pauses, as Twisted pauses a producer whose send buffer fills."""
+
+    kind = "memory"
+
+    def __init__(self, queue: str, room: int | None = None) -> None:
+        super().__init__(queue, "in-process")
+        self.received: list[dict] = []
+        self.room = room
+        self.closed: tuple[str, int] | None = None  # (reason, close code) once closed
+
+    @property
+    def values(self) -> list[str]:
+        return [message["value"] for message in self.received]
+
+    def encode(self, message) -> bytes:
+        return json.dumps(stream_message(message)).encode()
+
+    def write(self, data: bytes) -> None:
+        self.received.append(json.loads(data))
+        if self.room is not None:
+            self.room -= 1
+            if self.room <= 0:
+                self.pauseProducing()
+
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        self.gone = True
+        self.closed = (reason, code)
+
+    def abort(self) -> None:
+        self.gone = True
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait, with the reactor running, until ``predicate()`` holds (in-process tests)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await task.deferLater(reactor, 0.01, lambda: None)

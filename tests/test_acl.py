@@ -19,6 +19,11 @@ from twisted.internet import task
 from websockets.exceptions import InvalidStatus
 
 from restmq.access import acl, passwd
+from restmq.access.acl_file import parse_rules
+from restmq.access.addresses import parse_address
+from restmq.access.control import AccessControl
+from restmq.access.rules import AccessRules
+from restmq.access.watcher import RELOAD_INTERVAL
 from tests.support import (
     BIN,
     CHALLENGE,
@@ -439,7 +444,7 @@ async def test_a_broken_change_keeps_the_rules_until_the_file_is_repaired(tmp_pa
     # The broker's reload loop, in process: a Clock stands in for the 5 s between looks.
     acl_file = tmp_path / "acl.conf"
     acl_file.write_text(deny_consumer("127.0.0.3"))
-    access = acl.AccessControl(str(acl_file))
+    access = AccessControl(str(acl_file))
     access.load()
     clock = task.Clock()
     access.start_watching(clock)
@@ -449,7 +454,7 @@ async def test_a_broken_change_keeps_the_rules_until_the_file_is_repaired(tmp_pa
         later = acl_file.stat().st_mtime_ns + 1_000_000_000
         acl_file.write_text(text)
         os.utime(acl_file, ns=(later, later))
-        clock.advance(acl.RELOAD_INTERVAL)
+        clock.advance(RELOAD_INTERVAL)
 
     async def statuses(*addresses: str) -> tuple[int, ...]:
         return tuple([await verdict(access.rules, address) for address in addresses])
@@ -524,7 +529,7 @@ def test_a_named_acl_file_must_exist_the_default_may_be_missing(tmp_path, shared
 
 def test_the_shipped_acl_conf_is_all_open_and_documents_every_key(tmp_path, broker_factory):
     shipped = (Path(__file__).resolve().parent.parent / "acl.conf").read_text()
-    rules = acl.parse_rules(shipped, "acl.conf")
+    rules = parse_rules(shipped, "acl.conf")
     assert not any(section.has_rules for section in rules.sections.values())
     for section in acl.SECTIONS:
         block = shipped.split(f"\n[{section}]\n", 1)[1].split("\n[", 1)[0]
@@ -534,7 +539,7 @@ def test_the_shipped_acl_conf_is_all_open_and_documents_every_key(tmp_path, brok
         uncommented = block.replace("#", "").replace(
             "scrypt$16384$8$1$PASTE-THE-OUTPUT-OF-restmq-passwd-HERE", make_hash("x")
         )
-        example = acl.parse_rules(f"[{section}]\n{uncommented}", "example")
+        example = parse_rules(f"[{section}]\n{uncommented}", "example")
         assert example.sections[section].has_rules
     workdir = tmp_path / "shipped"
     workdir.mkdir()
@@ -569,18 +574,18 @@ def test_ipv6_clients_and_networks(tmp_path, queue):
 
 
 async def verdict(
-    rules: acl.AccessRules, address: str, credentials=(), section: str = "rest:consumer"
+    rules: AccessRules, address: str, credentials=(), section: str = "rest:consumer"
 ) -> int:
     """The status the rules give a client: 200 when it is let in."""
     try:
-        await rules.decide_later(section, acl.parse_address(address), list(credentials))
+        await rules.decide_later(section, parse_address(address), list(credentials))
     except acl.Refused as refused:
         return refused.status
     return 200
 
 
 async def decide(text: str, address: str, credentials=(), section: str = "rest:consumer") -> int:
-    return await verdict(acl.parse_rules(text, "test"), address, credentials, section)
+    return await verdict(parse_rules(text, "test"), address, credentials, section)
 
 
 @pytest.mark.parametrize(
@@ -618,7 +623,7 @@ async def test_address_rules(allow, deny, address, expected):
 @pytest_twisted.ensureDeferred
 async def test_credentials_rules():
     for password in ("pw", make_hash("pw")):
-        rules = acl.parse_rules(f"[rest:producer]\nusername = u\npassword = {password}\n", "t")
+        rules = parse_rules(f"[rest:producer]\nusername = u\npassword = {password}\n", "t")
         for credentials, expected in [
             ([], 401),
             ([("u", "pw")], 200),
@@ -627,7 +632,7 @@ async def test_credentials_rules():
             ([("u", "nope"), ("u", "pw")], 200),  # Basic and cookie: either may carry it
         ]:
             try:
-                await rules.decide_later("rest:producer", acl.parse_address("1.2.3.4"), credentials)
+                await rules.decide_later("rest:producer", parse_address("1.2.3.4"), credentials)
                 got = 200
             except acl.Refused as refused:
                 got = refused.status

@@ -3,7 +3,7 @@ very text the broker's JSON encoder gives for those dicts."""
 
 from __future__ import annotations
 
-from restmq.engine.queues import TakenMessage
+from restmq.engine.messages import TakenMessage
 from restmq.web import shapes
 from restmq.web.handlers.base import encode_json
 

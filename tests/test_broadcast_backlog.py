@@ -14,37 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
-from tests.support import RawSseStream, take_all, wait_for
-
-
-class InMemoryConsumer(StreamConsumer):
-    """A consumer whose socket is a list; ``room`` writes fit before it reports full."""
-
-    kind = "memory"
-
-    def __init__(self, queue: str, room: int | None = None) -> None:
-        super().__init__(queue, "in-memory")
-        self.received: list[str] = []
-        self.room = room
-
-    def encode(self, message) -> bytes:
-        return message.value.encode()
-
-    def write(self, data: bytes) -> None:
-        self.received.append(data.decode())
-        if self.room is not None:
-            self.room -= 1
-            if self.room <= 0:
-                self.pauseProducing()  # as Twisted does when the send buffer fills
-
-    def close(self, reason: str, code: int = 1000) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
+from tests.support import MemoryConsumer, RawSseStream, take_all, wait_for
 
 
 @pytest.fixture
@@ -70,14 +43,14 @@ def queued(server, queue: str) -> list[str]:
 async def paused_consumers(engine, queue: str, count: int, values: list[str]):
     """``count`` consumers whose sockets took the first message, then were full."""
     registry = ConsumerRegistry(engine, reactor)
-    consumers = [InMemoryConsumer(queue, room=1) for _ in range(count)]
+    consumers = [MemoryConsumer(queue, room=1) for _ in range(count)]
     for consumer in consumers:
         registry.add(consumer)
     await engine.add_many(queue, values)
     registry.wake(queue)
     await settle()
     assert await engine.length(queue) == 0, "the batch was taken for the consumers"
-    assert all(c.received == values[:1] for c in consumers)
+    assert all(c.values == values[:1] for c in consumers)
     return registry, consumers
 
 
@@ -101,7 +74,7 @@ async def test_what_one_consumer_wrote_is_not_put_back_when_both_leave(store):
     registry, (a, b) = await paused_consumers(engine, "bw", 2, values)
     a.room = 4  # a's socket takes four messages, then is full again
     a.resumeProducing()
-    assert a.received == values[:5]
+    assert a.values == values[:5]
     registry.remove(b)
     registry.remove(a)
     await settle()
@@ -126,11 +99,11 @@ async def test_a_stop_waits_for_the_batch_being_taken(store):
     values = [f"m{i}" for i in range(50)]
     await engine.add_many("bf", values)
     registry = ConsumerRegistry(engine, reactor)
-    reader = InMemoryConsumer("bf")
+    reader = MemoryConsumer("bf")
     registry.add(reader)  # a batch is being taken from Redis right now
     await registry.stop()
     await engine.redis.disconnect()  # what a stopping broker does next
-    assert sorted(reader.received + queued(server, "bf")) == sorted(values)
+    assert sorted(reader.values + queued(server, "bf")) == sorted(values)
 
 
 def settled_length(broker, queue: str) -> int:

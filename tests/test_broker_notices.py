@@ -8,32 +8,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine import notices
 from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
-
-
-class ListConsumer(StreamConsumer):
-    """A streaming consumer whose connection is a list of the values it was sent."""
-
-    kind = "list"
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue, "in-process")
-        self.received: list[str] = []
-
-    def encode(self, message) -> bytes:
-        return message.value.encode()
-
-    def write(self, data: bytes) -> None:
-        self.received.append(data.decode())
-
-    def close(self, reason: str, code: int = 1000) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
+from tests.support import MemoryConsumer
 
 
 @pytest.fixture
@@ -114,14 +93,14 @@ async def test_the_registry_delivers_old_and_current_batches_and_skips_newer_one
     engine, log_lines
 ):
     registry = ConsumerRegistry(engine, reactor)
-    consumer = ListConsumer("q")
+    consumer = MemoryConsumer("q")
     registry.add(consumer)
     channel = engine.channel("q")
     registry.on_notice(channel, '{"o": "older-broker", "m": ["q:1", "from-old"]}')
     registry.on_notice(channel, notices.encode_batch("other", [("q:2", "from-current")]))
     registry.on_notice(channel, '{"v": 2, "o": "future", "m": ["q:3", "from-future"]}')
     registry.on_notice(channel, notices.encode_batch(registry.origin, [("q:4", "own")]))
-    assert consumer.received == ["from-old", "from-current"]
+    assert consumer.values == ["from-old", "from-current"]
     assert any("batch version 2 is newer than 1" in line for line in log_lines)
     registry.on_notice(channel, notices.PURGE)
     assert consumer.gone

@@ -3,47 +3,15 @@ its timers on a clock the test moves, and the ack and release scripts' settled n
 
 from __future__ import annotations
 
-import json
-
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine import notices
 from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress
 from restmq.storage.notify import Notifications
-from restmq.web.shapes import stream_message
-
-
-class ListConsumer(StreamConsumer):
-    """A streaming consumer whose socket is a list of the JSON objects it was sent."""
-
-    kind = "list"
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue, "in-process")
-        self.received: list[dict] = []
-
-    def encode(self, message) -> bytes:
-        return json.dumps(stream_message(message)).encode()
-
-    def write(self, data: bytes) -> None:
-        self.received.append(json.loads(data))
-
-    def close(self, reason: str, code: int = 1000) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("timed out")
+from tests.support import MemoryConsumer, until
 
 
 async def released(engine: QueueEngine, left: int = 0) -> None:
@@ -63,8 +31,8 @@ async def settled_a_while() -> None:
     await task.deferLater(reactor, 0.2, lambda: None)
 
 
-def leased_consumer(registry: ConsumerRegistry, seconds: int, prefetch: int) -> ListConsumer:
-    consumer = ListConsumer("q")
+def leased_consumer(registry: ConsumerRegistry, seconds: int, prefetch: int) -> MemoryConsumer:
+    consumer = MemoryConsumer("q")
     consumer.use_lease(seconds, prefetch)
     registry.add(consumer)
     return consumer

@@ -13,8 +13,9 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from restmq.delivery.lease_sweeper import LeaseSweeper
-from restmq.engine.queues import LEASING, QueueEngine
-from restmq.errors import InvalidArgument, StorageUnavailable
+from restmq.engine.keys import LEASING
+from restmq.engine.queues import QueueEngine
+from restmq.errors import StorageUnavailable
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.storage.notify import Notifications
 
@@ -96,17 +97,6 @@ async def test_empty_queue_leases_nothing_and_creates_no_key(engine, server):
     assert server.command("KEYS", "*") == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_lease_arguments_are_checked(engine):
-    for seconds in (0, -1, 43201, "soon", True):
-        with pytest.raises(InvalidArgument, match="lease"):
-            await engine.lease("q", seconds)
-    with pytest.raises(InvalidArgument, match="n must"):
-        await engine.lease("q", 30, n=0)
-    with pytest.raises(InvalidArgument, match="queue name"):
-        await engine.lease("bad name", 30)
-
-
 # -- acks ------------------------------------------------------------------------
 
 
@@ -136,35 +126,11 @@ async def test_late_ack_is_refused_and_changes_nothing(engine, server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_malformed_and_foreign_receipts_are_refused(engine, server):
+async def test_a_well_formed_receipt_of_a_message_never_leased_is_not_acked(engine, server):
     await engine.add("q", "job")
-    await engine.add("other", "job")
-    [message] = await engine.lease("q", 30)
-    [foreign] = await engine.lease("other", 30)
-    for receipt in ("nonsense", "q:1", "q:1@", "q:1@x", "q:1@-1", "@1", "q:x@1", "q:dead:1@1"):
-        with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
-            await engine.ack("q", [receipt])
-    with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
-        await engine.ack("q", [message.receipt, foreign.receipt])
-    with pytest.raises(InvalidArgument, match="receipt is required"):
-        await engine.ack("q", [])
-    # nothing was acked by the refused calls
-    assert server.command("ZCARD", "q:leased") == 1
-    assert server.command("ZCARD", "other:leased") == 1
-    # a well-formed receipt of a message never leased is simply not acked
+    await engine.lease("q", 30)
     assert [r.done for r in await engine.ack("q", ["q:7@1"])] == [False]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_bare_number_is_no_message_key_of_a_dead_letter_queue(engine, server):
-    # ":dead" strips to the empty name, whose keys would be ":<n>", never "<n>"
-    server.command("SET", "5", "not a message")
-    for queue in (":dead", ":dead:dead"):
-        with pytest.raises(InvalidArgument, match="not a message key"):
-            await engine.delete(queue, "5")
-        with pytest.raises(InvalidArgument, match="not a receipt"):
-            await engine.ack(queue, ["5@1"])
-    assert server.command("GET", "5") == "not a message"
+    assert server.command("ZCARD", "q:leased") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -206,9 +172,6 @@ async def test_extend_needs_the_live_lease_of_this_delivery(engine, server):
     await _wait_past(engine, message.deadline_ms)
     assert await engine.extend("q", message.receipt, 30) is False
     assert await engine.extend("q", message.receipt, 0) is False
-    for seconds in (-1, 43201, "x"):
-        with pytest.raises(InvalidArgument, match="lease"):
-            await engine.extend("q", message.receipt, seconds)
 
 
 @pytest_twisted.ensureDeferred
@@ -406,16 +369,12 @@ async def test_dead_letters_can_be_leased_acked_and_deleted(engine, server):
     assert server.command("EXISTS", "q:1") == 0
     assert await engine.delete("q:dead", "q:2") is True
     assert server.command("EXISTS", "q:2", "q:dead:queue") == 0
-    with pytest.raises(InvalidArgument):
-        await engine.delete("q", "q:dead:1")
 
 
 @pytest_twisted.ensureDeferred
-async def test_max_deliveries_is_checked(engine, server):
-    for value in (-1, 1001, "many", 2.5, True):
-        with pytest.raises(InvalidArgument, match="max_deliveries"):
-            await engine.set_max_deliveries("q", value)
-    assert await engine.set_max_deliveries("q", "1000") == 1000
+async def test_max_deliveries_zero_means_no_limit_and_no_key(engine, server):
+    assert await engine.set_max_deliveries("q", 1000) == 1000
+    assert await engine.get_max_deliveries("q") == 1000
     assert await engine.set_max_deliveries("q", 0) == 0
     assert await engine.get_max_deliveries("q") == 0
     assert server.command("EXISTS", "q:maxdeliveries") == 0, "0 means no limit: no key"

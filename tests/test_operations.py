@@ -8,40 +8,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.errors import EmptyQueue, InvalidArgument, InvalidStatus, TooManyConsumers
 from restmq.operations import validation
-from restmq.operations.queue_operations import (
-    Added,
-    AllStats,
-    Deleted,
-    OneStats,
-    Operations,
-    Policy,
-    Purged,
-    Status,
-)
-
-
-class SilentConsumer(StreamConsumer):
-    """A streaming consumer that never receives anything (its queues stay empty)."""
-
-    kind = "silent"
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue, "in-process")
-
-    def encode(self, message) -> bytes:
-        return message.value.encode()
-
-    def write(self, data: bytes) -> None:
-        raise AssertionError("nothing should be delivered")
-
-    def close(self, reason: str, code: int = 1000) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
+from restmq.operations.queue_operations import Operations
+from restmq.operations.results import Added, AllStats, Deleted, OneStats, Policy, Purged, Status
+from tests.support import MemoryConsumer
 
 
 @pytest.fixture
@@ -75,7 +47,7 @@ async def test_add_returns_keys_and_stores_ttl_given_as_text(ops, server):
 )
 @pytest_twisted.ensureDeferred
 async def test_add_refuses_bad_arguments_and_stores_nothing(ops, server, queue, values, ttl, error):
-    with pytest.raises(InvalidArgument, match="^" + re.escape(error)):
+    with pytest.raises(InvalidArgument, match=r"^" + re.escape(error)):
         await ops.add_many(queue, values, ttl)
     assert server.command("DBSIZE") == 0
 
@@ -162,7 +134,7 @@ async def test_status_words_start_and_stop_only(ops, server):
 async def test_stats_count_this_brokers_stream_consumers(ops):
     await ops.add_many("full", ["a", "b", "c"])
     await ops.set_policy("full", "roundrobin")
-    consumer = SilentConsumer("watched")
+    consumer = MemoryConsumer("watched")
     ops.open_stream(consumer)
     everything = await ops.all_stats()
     assert isinstance(everything, AllStats) and everything.storage == "test storage"
@@ -172,16 +144,17 @@ async def test_stats_count_this_brokers_stream_consumers(ops):
     assert await ops.stats("watched") == OneStats("test storage", "watched", 0, 1)
     ops.close_stream(consumer)
     assert (await ops.stats("watched")).consumers == 0
+    assert consumer.received == []  # its queue stayed empty
 
 
 @pytest_twisted.ensureDeferred
 async def test_open_stream_checks_the_name_and_the_consumer_limit(ops):
     with pytest.raises(InvalidArgument, match=re.escape("invalid queue name '..'")):
-        ops.open_stream(SilentConsumer(".."))
-    ops.open_stream(SilentConsumer("a"))
-    ops.open_stream(SilentConsumer("b"))
+        ops.open_stream(MemoryConsumer(".."))
+    ops.open_stream(MemoryConsumer("a"))
+    ops.open_stream(MemoryConsumer("b"))
     with pytest.raises(TooManyConsumers, match="--max-consumers"):
-        ops.open_stream(SilentConsumer("c"))
+        ops.open_stream(MemoryConsumer("c"))
 
 
 @pytest_twisted.ensureDeferred
@@ -193,3 +166,123 @@ async def test_info_and_queue_listing(ops):
     assert info.last_number == 12 and info.stats.length == 12
     assert info.newest_keys[0] == "b:12" and len(info.newest_keys) == 10
     assert await ops.length("b") == 12
+
+
+# -- leases and settings: what the operations refuse (the engine checks nothing again) --
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_arguments_are_checked(ops, server):
+    await ops.add("q", "job")
+    for seconds in (0, -1, 43201, "soon", True):
+        with pytest.raises(InvalidArgument, match="lease"):
+            await ops.lease("q", seconds)
+    with pytest.raises(InvalidArgument, match="n must"):
+        await ops.lease("q", 30, n=0)
+    with pytest.raises(InvalidArgument, match="queue name"):
+        await ops.lease("bad name", 30)
+    assert server.command("EXISTS", "q:leased") == 0, "nothing was leased"
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_and_foreign_receipts_are_refused(ops, server):
+    await ops.add("q", "job")
+    await ops.add("other", "job")
+    [message] = await ops.lease("q", 30)
+    [foreign] = await ops.lease("other", 30)
+    consumer = MemoryConsumer("q")
+    for receipt in ("nonsense", "q:1", "q:1@", "q:1@x", "q:1@-1", "@1", "q:x@1", "q:dead:1@1"):
+        with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+            await ops.ack("q", [receipt])
+        with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+            await ops.ack_one("q", receipt)
+        with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+            await ops.release("q", receipt)
+        with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+            await ops.change_lease("q", receipt, 30)
+        for ack in (True, False):
+            with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+                await ops.settle_stream(consumer, receipt, ack)
+    assert consumer.received == []  # the stream was never opened: nothing was sent to it
+    with pytest.raises(InvalidArgument, match="not a receipt of queue 'q'"):
+        await ops.ack("q", [message.receipt, foreign.receipt])
+    with pytest.raises(InvalidArgument, match=r"^a receipt is required$"):
+        await ops.ack("q", [])
+    with pytest.raises(InvalidArgument, match=r"^a receipt is text"):
+        await ops.ack("q", message.receipt)
+    with pytest.raises(InvalidArgument, match=f"^at most {validation.MAX_BATCH} receipts"):
+        await ops.ack("q", [message.receipt] * (validation.MAX_BATCH + 1))
+    for missing in (None, "", 5):
+        with pytest.raises(InvalidArgument, match=r"^a receipt is required, such as q:5@1"):
+            await ops.release("q", missing)
+    # nothing was acked, released or extended by the refused calls
+    assert server.command("ZCARD", "q:leased") == 1
+    assert server.command("ZCARD", "other:leased") == 1
+    assert float(server.command("ZSCORE", "q:leased", "q:1")) == message.deadline_ms
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bare_number_is_no_message_key_of_a_dead_letter_queue(ops, server):
+    # ":dead" strips to the empty name, whose keys would be ":<n>", never "<n>"
+    server.command("SET", "5", "not a message")
+    for queue in (":dead", ":dead:dead"):
+        with pytest.raises(InvalidArgument, match="not a message key"):
+            await ops.delete(queue, "5")
+        with pytest.raises(InvalidArgument, match="not a receipt"):
+            await ops.ack(queue, ["5@1"])
+    assert server.command("GET", "5") == "not a message"
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letters_hold_their_queues_keys_and_not_the_other_way(ops):
+    with pytest.raises(InvalidArgument, match="'q:dead:1' is not a message key of queue 'q'"):
+        await ops.delete("q", "q:dead:1")
+    assert await ops.delete("q:dead", "q:2") == Deleted("q:dead", "q:2", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_change_lease_checks_the_receipt_the_seconds_then_its_form(ops, server):
+    await ops.add("q", "job")
+    [message] = await ops.lease("q", 30)
+    for seconds in (-1, 43201, "x"):
+        with pytest.raises(InvalidArgument, match=r"^lease must be"):
+            await ops.change_lease("q", message.receipt, seconds)
+    with pytest.raises(InvalidArgument, match=r"^lease is required with a receipt"):
+        await ops.change_lease("q", "nonsense", None)
+    with pytest.raises(InvalidArgument, match=r"^a receipt is required, such as q:5@1"):
+        await ops.change_lease("q", "", "x")
+    assert float(server.command("ZSCORE", "q:leased", "q:1")) == message.deadline_ms
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_deliveries_is_checked(ops, server):
+    for value in (-1, 1001, "many", 2.5, True):
+        with pytest.raises(InvalidArgument, match="max_deliveries"):
+            await ops.set_max_deliveries("q", value)
+        with pytest.raises(InvalidArgument, match="max_deliveries"):
+            await ops.configure("q", "roundrobin", value)
+    assert server.command("EXISTS", "q:maxdeliveries", "q:queuepolicy") == 0
+    assert await ops.set_max_deliveries("q", "1000") == 1000
+    assert await ops.set_max_deliveries("q", 0) == 0
+    assert (await ops.policy("q")).max_deliveries == 0
+    assert server.command("EXISTS", "q:maxdeliveries") == 0, "0 means no limit: no key"
+
+
+@pytest_twisted.ensureDeferred
+async def test_configure_checks_both_before_setting_either(ops, server):
+    with pytest.raises(InvalidArgument, match=r"^invalid policy 'fifo'"):
+        await ops.configure("q", "fifo", "3")
+    with pytest.raises(InvalidArgument, match=r"^invalid policy ''"):
+        await ops.configure("q", "", "3")
+    for missing in (None, ""):
+        with pytest.raises(InvalidArgument, match=r"^policy is required"):
+            await ops.configure("q", missing, None)
+    with pytest.raises(InvalidArgument, match="invalid queue name"):
+        await ops.configure("bad name", "fifo", "many")  # the queue is checked first
+    assert server.command("DBSIZE") == 0
+    await ops.configure("q", None, "3")
+    assert await ops.policy("q") == Policy("q", "broadcast", 3)
+    await ops.configure("q", "roundrobin", None)
+    assert await ops.policy("q") == Policy("q", "roundrobin", 3)
+    await ops.configure("q", "broadcast", "0")
+    assert await ops.policy("q") == Policy("q", "broadcast", 0)

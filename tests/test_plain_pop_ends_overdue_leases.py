@@ -9,7 +9,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from restmq.engine.queues import LEASING, QueueEngine
+from restmq.engine.keys import LEASING
+from restmq.engine.queues import QueueEngine
 from restmq.storage.client import RedisAddress, RedisClient
 
 

@@ -4,42 +4,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
-
-
-class InMemoryConsumer(StreamConsumer):
-    """A consumer whose connection is a list: what it was sent, in order."""
-
-    kind = "memory"
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue, "in-memory")
-        self.received: list[bytes] = []
-
-    def encode(self, message) -> bytes:
-        return message.value.encode()
-
-    def write(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def close(self, reason: str) -> None:
-        self.gone = True
-
-    def abort(self) -> None:
-        self.gone = True
-
-
-async def settle(seconds: float = 0.2) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for_line(lines: list[str], line: str, timeout: float = 10.0) -> None:
-    deadline = reactor.seconds() + timeout
-    while line not in lines:
-        assert reactor.seconds() < deadline, f"no log line {line!r} in {timeout} s: {lines}"
-        await settle(0.02)
+from restmq.delivery.consumers import ConsumerRegistry
+from tests.support import MemoryConsumer, until
 
 
 # A broadcast batch takes what is waiting; a roundrobin one, a message per ready consumer.
@@ -51,11 +19,12 @@ async def test_messages_taken_for_a_consumer_that_left_go_back_to_the_head(
     await engine.set_policy("jobs", policy)
     keys = await engine.add_many("jobs", ["first", "second", "third"])
     registry = ConsumerRegistry(engine, reactor)
-    consumer = InMemoryConsumer("jobs")
+    consumer = MemoryConsumer("jobs")
     registry.add(consumer)  # wakes the queue: a batch is being taken from Redis now
     consumer.gone = True  # ...and the connection drops before it is handed out
     # The batch really was taken, found nobody to hand it to, and was put back.
-    await wait_for_line(log_lines, f"put {taken} undelivered message(s) back on queue jobs")
+    line = f"put {taken} undelivered message(s) back on queue jobs"
+    await until(lambda: line in log_lines, what=line)
     assert consumer.received == []
     back = await engine.pop_many("jobs", 10)
     assert [m.key for m in back] == keys
@@ -67,28 +36,26 @@ async def test_messages_taken_for_a_consumer_that_left_go_back_to_the_head(
 async def test_roundrobin_skips_a_consumer_that_left_and_rotates(engine):
     await engine.set_policy("rr", "roundrobin")
     registry = ConsumerRegistry(engine, reactor)
-    a, b, c = InMemoryConsumer("rr"), InMemoryConsumer("rr"), InMemoryConsumer("rr")
+    a, b, c = MemoryConsumer("rr"), MemoryConsumer("rr"), MemoryConsumer("rr")
     for consumer in (a, b, c):
         registry.add(consumer)
-    await settle()
     await engine.add_many("rr", [str(i) for i in range(6)])
     registry.wake("rr")
-    await settle()
-    assert sorted(a.received + b.received + c.received) == [str(i).encode() for i in range(6)]
-    assert [len(x.received) for x in (a, b, c)] == [2, 2, 2]
+    await until(lambda: len(a.values + b.values + c.values) == 6)
+    assert sorted(a.values + b.values + c.values) == [str(i) for i in range(6)]
+    assert [len(x.values) for x in (a, b, c)] == [2, 2, 2]
     b.gone = True  # b's connection is gone but the registry has not heard yet
     await engine.add_many("rr", [str(i) for i in range(6, 12)])
     registry.wake("rr")
-    await settle()
-    assert len(b.received) == 2
-    assert len(a.received) + len(c.received) == 10
+    await until(lambda: len(a.values) + len(c.values) == 10)
+    assert len(b.values) == 2
     assert await engine.length("rr") == 0
 
 
 @pytest_twisted.ensureDeferred
 async def test_purge_notice_ends_local_streams(engine):
     registry = ConsumerRegistry(engine, reactor)
-    consumer = InMemoryConsumer("p")
+    consumer = MemoryConsumer("p")
     registry.add(consumer)
     registry.on_notice(engine.channel("p"), "purge")
     assert consumer.gone

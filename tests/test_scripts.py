@@ -26,7 +26,7 @@ from tests.support import (
 )
 
 SCRIPT = ROOT / "start_scripts" / "restmq_server"
-UNIT = ROOT / "contrib" / "systemd" / "restmq.runtime.service"
+UNIT = ROOT / "contrib" / "systemd" / "restmq.service"
 VARIABLES = [
     "RESTMQ_PORT",
     "RESTMQ_LISTEN",
@@ -250,7 +250,7 @@ def test_script_without_twistd_says_what_to_do(tmp_path):
     assert "make install" in result.stderr
 
 
-# -- contrib/systemd/restmq.runtime.service ---------------------------------------------------
+# -- contrib/systemd/restmq.service ---------------------------------------------------
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -315,7 +315,7 @@ def unit_for_this_checkout(tmp_path: Path) -> Path:
     text = UNIT.read_text()
     service = parse_unit(text)["Service"]
     twistd = shlex.split(service["ExecStart"][-1])[0]
-    copy = tmp_path / "restmq.runtime.service"
+    copy = tmp_path / "restmq.service"
     copy.write_text(text.replace(twistd, TWISTD))
     return copy
 

@@ -19,7 +19,8 @@ from twisted.internet import defer, reactor, task, threads
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.stats_feed import StatsFeed
 from restmq.engine.queues import QueueEngine
-from restmq.operations.queue_operations import AllStats, Operations
+from restmq.operations.queue_operations import Operations
+from restmq.operations.results import AllStats
 from restmq.runtime.service import Broker
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.web import shapes

@@ -23,9 +23,9 @@ from restmq.cli.connection import (
     json_of,
 )
 from restmq.cli.failures import Exit, Failure
+from restmq.cli.limits import MAX_BATCH, MAX_LEASE, MAX_WAIT
 from restmq.cli.push import push, stdin_lines
 from restmq.cli.tail import tail
-from restmq.operations.validation import MAX_BATCH, MAX_LEASE, MAX_WAIT
 
 EPILOG = """\b
 Exit status:

@@ -8,11 +8,12 @@ that stops clears its counts. /stats/ sums the live ones (restmq.engine.queues).
 
 from __future__ import annotations
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine.queues import QueueEngine
+from restmq.lifecycle import Periodic
 
 log = Logger(namespace="restmq.census")
 
@@ -35,46 +36,41 @@ class ConsumerCensus:
         self.interval = interval
         self.lifetime_ms = int(interval * LIFETIME_INTERVALS * 1000)
         self._written: dict[str, int] = {}  # what Redis holds for us, as far as we know
-        self._writing: defer.Deferred | None = None
-        self._failing = False
-        self._loop = task.LoopingCall(self.write)
-        self._loop.clock = clock
+        self._loop = Periodic(
+            clock,
+            interval,
+            self.write,
+            what="recording consumer counts in Redis",
+            log=log,
+            now=True,
+        )
 
     def start(self) -> None:
-        self._loop.start(self.interval, now=True)
+        self._loop.start()
 
     def write(self) -> defer.Deferred | None:
         """Write the counts if they changed, or to keep them from expiring."""
-        if self._writing is not None:
-            return None  # Redis is slow: one write at a time
         counts = self.consumers.counts()
         if not counts and not self._written:
             return None
         refresh = counts == self._written
-        self._writing = defer.ensureDeferred(self._write(counts, refresh))
-        return self._writing
+        return defer.ensureDeferred(self._write(counts, refresh))
 
     async def _write(self, counts: dict[str, int], refresh: bool) -> None:
         try:
             kept = await self.engine.report_consumers(counts, self.lifetime_ms, refresh=refresh)
-        except Exception as exc:  # Redis away: the next tick tries again
-            if not self._failing:
-                log.warn("could not record consumer counts in Redis: {error}", error=exc)
-            self._failing = True
+        except Exception:  # Redis away: the next tick tries again
             self._written = {"": -1}  # unknown: write them in full next time
-        else:
-            self._failing = False
-            # A refresh finds nothing when the counts had expired (Redis restarted, say).
-            self._written = counts if kept else {"": -1}
-        finally:
-            self._writing = None
+            raise
+        # A refresh finds nothing when the counts had expired (Redis restarted, say).
+        self._written = counts if kept else {"": -1}
 
-    async def stop(self) -> None:
+    def stop(self) -> defer.Deferred:
         """Stop writing and clear this broker's counts (its streams have ended)."""
-        if self._loop.running:
-            self._loop.stop()
-        if self._writing is not None:
-            await self._writing
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self._loop.stop()  # a write under way ends first
         if self._written:
             try:
                 await self.engine.report_consumers({}, self.lifetime_ms)

@@ -8,12 +8,13 @@ overdue leases first) are simply not found again.
 
 from __future__ import annotations
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from restmq.engine.queues import LEASE_RETURN_LIMIT, SWEEP_QUEUES, QueueEngine
-from restmq.errors import StorageUnavailable
+from restmq.engine.limits import LEASE_RETURN_LIMIT, SWEEP_QUEUES
+from restmq.engine.queues import QueueEngine
+from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 
 log = Logger(namespace="restmq.leases")
@@ -46,26 +47,14 @@ class LeaseSweeper:
         self.queues_per_call = queues_per_call
         self.leases_per_call = leases_per_call
         self.calls_per_sweep = calls_per_sweep
-        self._loop: task.LoopingCall | None = None
-        self._stopped: defer.Deferred | None = None
-        self._failing = False
+        self._loop = Periodic(reactor, interval, self._sweep_once, what="lease sweep", log=log)
 
     def start(self) -> None:
-        if self._loop is not None:
-            return
-        self._loop = task.LoopingCall(self._sweep_logged)
-        self._loop.clock = self.reactor
-        self._stopped = self._loop.start(self.interval, now=False)
+        self._loop.start()
 
     def stop(self) -> defer.Deferred:
         """Stop sweeping; the Deferred fires once a sweep under way has finished."""
-        loop, stopped = self._loop, self._stopped
-        self._loop = self._stopped = None
-        if loop is None or stopped is None:
-            return defer.succeed(None)
-        if loop.running:
-            loop.stop()
-        return stopped
+        return self._loop.stop()
 
     async def sweep(self) -> int:
         """End the leases that ran out (within the bounds); return how many ended."""
@@ -79,24 +68,7 @@ class LeaseSweeper:
                 break
         return ended
 
-    def _sweep_logged(self) -> defer.Deferred:
-        # Never let a failure escape: it would end the LoopingCall for good.
-        d = defer.ensureDeferred(self.sweep())
-        d.addCallbacks(self._succeeded, self._failed)
-        return d
-
-    def _succeeded(self, ended: int) -> None:
-        if self._failing:
-            log.info("lease sweeps work again")
-            self._failing = False
+    async def _sweep_once(self) -> None:
+        ended = await self.sweep()
         if ended:
             log.debug("{n} lease(s) ran out and ended", n=ended)
-
-    def _failed(self, failure) -> None:
-        if self._failing:  # said once per outage, not every second
-            return
-        self._failing = True
-        if failure.check(StorageUnavailable):
-            log.warn("lease sweep skipped: {error}", error=failure.getErrorMessage())
-        else:
-            log.failure("lease sweep failed", failure)

@@ -3,7 +3,8 @@
 One stats call per tick serves every watcher, however many there are, and the
 feed ticks only while someone watches. A watcher gets the figures as soon as it
 joins and then again only when they change; a storage outage is told once, and
-the figures follow as soon as it is over. Stopping the feed ends every watch.
+the figures follow as soon as it is over (and the log says each once). Stopping the
+feed ends every watch.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from restmq.errors import StorageUnavailable
+from restmq.lifecycle import Periodic
 
 if TYPE_CHECKING:
-    from restmq.operations.queue_operations import AllStats
+    from restmq.operations.results import AllStats
 
 log = Logger(namespace="restmq.stats")
 
@@ -55,7 +58,7 @@ class StatsFeed:
         self.interval = interval
         self.heartbeat_interval = heartbeat
         self._watchers: list[StatsWatcher] = []
-        self._loop: task.LoopingCall | None = None
+        self._ticks: Periodic | None = None  # while anyone watches
         self._last: AllStats | None = None  # what every watcher saw last
         self._outage: str | None = None  # why storage could not be read, while it cannot
         self._quiet = 0.0  # seconds since the watchers were last sent anything
@@ -64,6 +67,9 @@ class StatsFeed:
     @property
     def watchers(self) -> int:
         return len(self._watchers)
+
+    def start(self) -> None:
+        """Nothing to start: the feed ticks only while someone watches."""
 
     def watch(self, watcher: StatsWatcher) -> None:
         """Add ``watcher``; it gets the latest figures at once if the feed has them."""
@@ -75,10 +81,16 @@ class StatsFeed:
             watcher.unavailable(self._outage)
         elif self._last is not None:
             watcher.figures(self._last)
-        if self._loop is None:
-            self._loop = task.LoopingCall(self._tick)
-            self._loop.clock = self.reactor
-            self._loop.start(self.interval, now=True)
+        if self._ticks is None:
+            ticks = self._ticks = Periodic(
+                self.reactor,
+                self.interval,
+                lambda: self._tick(ticks),
+                what="reading the stats for the dashboard",
+                log=log,
+                now=True,
+            )
+            ticks.start()
 
     def unwatch(self, watcher: StatsWatcher) -> None:
         if watcher in self._watchers:
@@ -86,37 +98,35 @@ class StatsFeed:
         if not self._watchers:
             self._stop_ticking()
 
-    def stop(self) -> None:
-        """End every watch; later watchers are ended as they come."""
+    def stop(self) -> defer.Deferred:
+        """End every watch; later watchers are ended as they come. Fires once a read
+        under way has ended."""
         self._stopped = True
         watchers, self._watchers = self._watchers, []
-        self._stop_ticking()
+        stopped = self._stop_ticking()
         for watcher in watchers:
             watcher.end("the broker is stopping")
+        return stopped
 
-    def _stop_ticking(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
+    def _stop_ticking(self) -> defer.Deferred:
+        ticks, self._ticks = self._ticks, None
         # Nobody saw these: the next watcher must not be sent stale figures.
         self._last = None
         self._outage = None
         self._quiet = 0.0
+        return ticks.stop() if ticks is not None else defer.succeed(None)
 
-    def _tick(self) -> defer.Deferred:
-        # The loop waits for this Deferred, so ticks never overlap. A failure must
-        # not escape: it would end the LoopingCall for good.
-        loop = self._loop
+    def _tick(self, ticks: Periodic) -> defer.Deferred:
         d = defer.ensureDeferred(self._read())
-        d.addCallbacks(lambda stats: self._read_done(loop, stats), lambda f: self._failed(loop, f))
+        d.addCallbacks(
+            lambda stats: self._read_done(ticks, stats), lambda f: self._failed(ticks, f)
+        )
         return d
 
-    def _read_done(self, loop: task.LoopingCall | None, stats: AllStats) -> None:
-        if loop is not self._loop:
+    def _read_done(self, ticks: Periodic, stats: AllStats) -> None:
+        if ticks is not self._ticks:
             return  # read for watchers who have all left since
-        if self._outage is not None:
-            log.info("stats can be read again")
-            self._outage = None
+        self._outage = None
         if stats == self._last:
             self._nothing_new()
             return
@@ -125,23 +135,24 @@ class StatsFeed:
         for watcher in list(self._watchers):
             watcher.figures(stats)
 
-    def _failed(self, loop: task.LoopingCall | None, failure) -> None:
-        if loop is not self._loop:
-            return
+    def _failed(self, ticks: Periodic, failure: Failure) -> Failure | None:
+        """Tell the watchers, once per outage; the failure goes on to the log, which
+        says it once per outage too."""
+        if ticks is not self._ticks:
+            return None
         if failure.check(StorageUnavailable):
             reason = failure.getErrorMessage()
         else:
-            log.failure("reading the stats for the dashboard failed", failure)
             reason = "the stats could not be read; see the broker log"
         if self._outage is not None:
             self._nothing_new()  # told once per outage
-            return
-        log.warn("stats cannot be read: {reason}", reason=reason)
+            return failure
         self._outage = reason
         self._last = None  # so that the figures are sent again once they can be read
         self._quiet = 0.0
         for watcher in list(self._watchers):
             watcher.unavailable(reason)
+        return failure
 
     def _nothing_new(self) -> None:
         self._quiet += self.interval

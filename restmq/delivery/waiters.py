@@ -10,24 +10,24 @@ no polling. A waiter that times out, disconnects or is stopped takes nothing: a
 take that was already under way for it puts its messages back at the head (its
 give-back: a requeue, or a release of the leases that counts no delivery).
 
-The channel subscription is shared with the streaming consumers through the
-broker's one Notifications object (each holder subscribes and unsubscribes once).
-A slow sweep wakes every line now and then, in case a notice was lost.
+The lines follow the rules of restmq.delivery.queue_drain, as the streaming
+consumers do: one drain per line, the channel subscribed while the line has
+waiters (through the broker's one Notifications object, which each holder
+subscribes and unsubscribes once), and a slow sweep in case a notice was lost.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
+from restmq.delivery.queue_drain import Line, QueueDrain
 from restmq.engine import notices
-from restmq.engine.queues import QueueEngine, TakenMessage
-from restmq.errors import StorageUnavailable
+from restmq.engine.messages import TakenMessage
+from restmq.engine.queues import QueueEngine
 
 log = Logger(namespace="restmq.waiters")
 
@@ -59,13 +59,6 @@ class Waiter:
             self.answer.callback(messages)
 
 
-@dataclass
-class _Line:
-    waiters: deque[Waiter] = field(default_factory=deque)
-    draining: bool = False
-    again: bool = False  # woken while draining: look once more
-
-
 class WaiterRegistry:
     """Parked long-poll requests per queue, and the drain that answers them."""
 
@@ -74,28 +67,32 @@ class WaiterRegistry:
     def __init__(self, engine: QueueEngine, reactor) -> None:
         self.engine = engine
         self.reactor = reactor
-        self.notifications = None
-        self._lines: dict[str, _Line] = {}
-        self._stopped = False
-        self._sweeper = task.LoopingCall(self.sweep)
-        self._sweeper.clock = reactor
+        self._lines: QueueDrain[Line] = QueueDrain(
+            engine,
+            reactor,
+            self._serve_oldest,
+            what="serving the waiters",
+            log=log,
+            interval=self.sweep_interval,
+        )
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self, notifications) -> None:
-        self.notifications = notifications
-        self._sweeper.start(self.sweep_interval, now=False)
+    def attach(self, notifications) -> None:
+        """Hear the queues' add notices through ``notifications`` (restmq.storage.notify)."""
+        self._lines.attach(notifications)
 
-    def stop(self) -> None:
-        """Answer every waiter at once with nothing (its client gets a 204)."""
-        self._stopped = True
-        if self._sweeper.running:
-            self._sweeper.stop()
-        for queue in list(self._lines):
-            line = self._lines.pop(queue)
-            for waiter in line.waiters:
+    def start(self) -> None:
+        self._lines.start()
+
+    def stop(self) -> defer.Deferred:
+        """Answer every waiter at once with nothing (its client gets a 204); fires once
+        the takes under way gave back what they got."""
+        stopped = self._lines.stop()
+        for _, line in self._lines.close_all():
+            for waiter in line.members:
                 waiter.settle([])
-            self._unsubscribe(queue)
+        return stopped
 
     # -- waiting ------------------------------------------------------------
 
@@ -104,7 +101,7 @@ class WaiterRegistry:
 
     def count(self, queue: str) -> int:
         line = self._lines.get(queue)
-        return len(line.waiters) if line else 0
+        return len(line.members) if line else 0
 
     async def wait(
         self,
@@ -117,43 +114,15 @@ class WaiterRegistry:
         """Join the queue's line; what ``take`` got once it got something, or [] after
         ``seconds`` (or at once when the broker is stopping). Once ``gone()`` says the
         client left, the waiter takes nothing more and leaves the line."""
-        if self._stopped:
+        if self._lines.stopping:
             return []
         waiter = Waiter(queue, take, give_back, gone)
         waiter.timer = self.reactor.callLater(seconds, waiter.settle, [])
-        line = self._lines.get(queue)
-        if line is None:
-            line = self._lines[queue] = _Line()
-            line.waiters.append(waiter)
-            if self.notifications is not None:
-                # Look only once subscribed, so that no add notice slips in between.
-                subscribed = self.notifications.subscribe(self.engine.channel(queue))
-                subscribed.addBoth(lambda _: self.wake(queue))
-            else:
-                self.wake(queue)
-        else:
-            line.waiters.append(waiter)
-            self.wake(queue)  # a message may have come between our empty take and now
+        self._lines.join(queue, waiter)
         try:
             return await waiter.answer
         finally:
-            self._forget(waiter)
-
-    def _forget(self, waiter: Waiter) -> None:
-        line = self._lines.get(waiter.queue)
-        if line is None or waiter not in line.waiters:
-            return
-        line.waiters.remove(waiter)
-        if not line.waiters and not line.draining:
-            self._close(waiter.queue)
-
-    def _close(self, queue: str) -> None:
-        del self._lines[queue]
-        self._unsubscribe(queue)
-
-    def _unsubscribe(self, queue: str) -> None:
-        if self.notifications is not None:
-            self.notifications.unsubscribe(self.engine.channel(queue))
+            self._lines.leave(queue, waiter)
 
     # -- waking -------------------------------------------------------------
 
@@ -165,46 +134,28 @@ class WaiterRegistry:
         if queue is not None:
             self.wake(queue)
 
-    def sweep(self) -> None:
+    def sweep(self) -> defer.Deferred:
         """The safety net (and what follows a pub/sub reconnect): look at every line."""
-        for queue in list(self._lines):
-            self.wake(queue)
+        return self._lines.sweep()
 
     def wake(self, queue: str) -> None:
-        line = self._lines.get(queue)
-        if line is None:
-            return
-        if line.draining:
-            line.again = True
-            return
-        line.draining = True
-        defer.ensureDeferred(self._drain(queue, line))
+        self._lines.wake(queue)
 
-    async def _drain(self, queue: str, line: _Line) -> None:
-        try:
-            while line.waiters:
-                line.again = False
-                waiter = line.waiters[0]
-                if waiter.settled:  # its client left: it takes nothing
-                    line.waiters.popleft()
-                    waiter.settle([])
-                    continue
-                messages = await waiter.take()
-                if not messages:
-                    if line.again:
-                        continue
-                    return
-                if waiter in line.waiters:
-                    line.waiters.remove(waiter)
-                if waiter.settled:  # timed out, left or stopped while its take ran
-                    await waiter.give_back(messages)
-                    continue
-                waiter.settle(messages)
-        except StorageUnavailable as exc:
-            log.warn("could not serve the waiters of {queue}: {error}", queue=queue, error=exc)
-        except Exception:
-            log.failure("serving the waiters of {queue} failed", queue=queue)
-        finally:
-            line.draining = False
-            if not line.waiters and self._lines.get(queue) is line:
-                self._close(queue)
+    async def _serve_oldest(self, queue: str, line: Line) -> bool:
+        """The oldest waiter takes; True when it got something or took nothing (its
+        client left), so the next one may look."""
+        waiter = line.members[0]
+        if waiter.settled:  # its client left: it takes nothing
+            line.members.popleft()
+            waiter.settle([])
+            return True
+        messages = await waiter.take()
+        if not messages:
+            return False
+        if waiter in line.members:
+            line.members.remove(waiter)
+        if waiter.settled:  # timed out, left or stopped while its take ran
+            await waiter.give_back(messages)
+        else:
+            waiter.settle(messages)
+        return True

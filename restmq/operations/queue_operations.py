@@ -1,6 +1,6 @@
 """The operations every front end calls: REST, JSON protocol, XML-RPC and the streams.
 
-Each operation validates its arguments once (queue name, ttl, n, key, policy,
+Each operation validates its arguments once (queue name, ttl, n, key, receipt, policy,
 status word), makes one engine call and returns a typed result. Failures are
 the errors of restmq.errors only; each front end renders results and errors in
 its own wire format (restmq.web.shapes builds the bodies) and never checks a
@@ -10,21 +10,19 @@ queue operation's arguments itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from restmq.delivery.consumers import ConsumerRegistry, StreamConsumer
+from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.stats_feed import StatsFeed, StatsWatcher
+from restmq.delivery.stream_consumer import StreamConsumer
 from restmq.delivery.waiters import WaiterRegistry
-from restmq.engine.queues import (
-    POLICIES,
+from restmq.engine.messages import (
     LeasedMessage,
     Message,
-    QueueEngine,
     QueueInfo,
-    QueueStats,
     ReceiptResult,
     TakenMessage,
 )
+from restmq.engine.queues import QueueEngine
 from restmq.errors import (
     EmptyQueue,
     InvalidArgument,
@@ -34,87 +32,21 @@ from restmq.errors import (
 )
 from restmq.metrics import LEASE, POP, Metrics, Snapshot
 from restmq.operations import validation
+from restmq.operations.results import (
+    Acked,
+    Added,
+    AllStats,
+    Deleted,
+    LeaseChanged,
+    OneStats,
+    Policy,
+    Purged,
+    QueueFigures,
+    Status,
+)
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
-
-
-@dataclass(frozen=True)
-class Added:
-    queue: str
-    keys: list[str]  # in the order the values were given
-
-    @property
-    def key(self) -> str:
-        return self.keys[0]
-
-
-@dataclass(frozen=True)
-class Deleted:
-    queue: str
-    key: str
-    deleted: bool  # False: no such message (taken already, or never added)
-
-
-@dataclass(frozen=True)
-class Purged:
-    queue: str
-    count: int  # messages that were pending
-
-
-@dataclass(frozen=True)
-class Policy:
-    queue: str
-    policy: str  # "broadcast" or "roundrobin"
-    max_deliveries: int | None = None  # deliveries before a message is dead; 0 no limit
-
-
-@dataclass(frozen=True)
-class Acked:
-    queue: str
-    key: str
-    acked: bool  # False: the lease had run out, was settled, or is of an earlier delivery
-
-
-@dataclass(frozen=True)
-class LeaseChanged:
-    """An extended or released lease."""
-
-    queue: str
-    key: str
-    receipt: str
-    lease: int  # seconds from now it ends; 0: released, the message is back at the head
-
-
-@dataclass(frozen=True)
-class Status:
-    queue: str
-    status: int  # 1 started, 0 stopped
-
-
-@dataclass(frozen=True)
-class QueueFigures:
-    """One queue's line in /stats/: its stored stats and its streaming consumers on
-    every broker (and worker) sharing the Redis."""
-
-    stats: QueueStats
-    consumers: int
-
-
-@dataclass(frozen=True)
-class AllStats:
-    storage: str  # where Redis is and how many connections are up
-    queues: list[QueueFigures]  # sorted by name
-
-
-@dataclass(frozen=True)
-class OneStats:
-    storage: str
-    queue: str
-    length: int
-    consumers: int  # streaming consumers of the queue on every broker sharing the Redis
-    leased: int = 0  # messages handed out under a lease and not yet acked
-    dead: int | None = None  # length of <queue>:dead; None when there is no such queue
 
 
 class Operations:
@@ -245,16 +177,14 @@ class Operations:
 
         Each message is deleted only while the lease its receipt names is live."""
         queue = validation.queue_name(queue)
-        if isinstance(receipts, str) or not all(isinstance(r, str) for r in receipts):
-            raise InvalidArgument("a receipt is text such as q:5@1")
-        results = await self.engine.ack(queue, receipts)
+        results = await self.engine.ack(queue, validation.receipts(queue, receipts))
         self.metrics.acked(queue, sum(result.done for result in results))
         return [self._acked(queue, result) for result in results]
 
     async def ack_one(self, queue: str, receipt: object) -> Acked:
         """Acknowledge one leased message; LeaseGone when its lease is gone."""
         queue = validation.queue_name(queue)
-        receipt = self._receipt_text(receipt)
+        receipt = validation.receipt(queue, receipt)
         (result,) = await self.engine.ack(queue, (receipt,))
         if not result.done:
             raise LeaseGone(queue, receipt)
@@ -265,12 +195,13 @@ class Operations:
         """Make the lease of ``receipt`` end ``lease`` seconds from now; 0 releases it (the
         message goes back to the head). LeaseGone when the lease is gone."""
         queue = validation.queue_name(queue)
-        receipt = self._receipt_text(receipt)
+        given = validation.receipt_text(receipt)
         if lease is None or lease == "":
             raise InvalidArgument(
                 "lease is required with a receipt: seconds from now, or 0 to release"
             )
         seconds = validation.lease_seconds(lease, release=True)
+        receipt = validation.receipt_of(queue, given)
         if not await self.engine.extend(queue, receipt, seconds):
             raise LeaseGone(queue, receipt)
         return LeaseChanged(queue, receipt.rpartition("@")[0], receipt, seconds)
@@ -278,14 +209,8 @@ class Operations:
     async def release(self, queue: str, receipt: object) -> bool:
         """Release one lease now (the message goes back to the head); False when it is gone."""
         queue = validation.queue_name(queue)
-        results = await self.engine.release(queue, [self._receipt_text(receipt)])
+        results = await self.engine.release(queue, [validation.receipt(queue, receipt)])
         return results[0].done
-
-    @staticmethod
-    def _receipt_text(receipt: object) -> str:
-        if not isinstance(receipt, str) or not receipt:
-            raise InvalidArgument("a receipt is required, such as q:5@1")
-        return receipt
 
     @staticmethod
     def _acked(queue: str, result: ReceiptResult) -> Acked:
@@ -302,8 +227,7 @@ class Operations:
     async def delete(self, queue: str, key: object) -> Deleted:
         """Delete one message of ``queue`` by its key."""
         queue = validation.queue_name(queue)
-        if not isinstance(key, str) or not key:
-            raise InvalidArgument("the key of a message is required, such as q:1")
+        key = validation.message_key(queue, key)
         return Deleted(queue, key, await self.engine.delete(queue, key))
 
     async def purge(self, queue: str) -> Purged:
@@ -330,8 +254,8 @@ class Operations:
     async def settle_stream(self, consumer: StreamConsumer, receipt: object, ack: bool) -> bool:
         """A leased stream's own ack (``ack``) or release to the head of the queue; False
         when the lease is gone. Its window opens at once, as the notice may come later."""
-        queue = consumer.queue
-        receipt = self._receipt_text(receipt)
+        queue = consumer.queue  # checked when the stream opened
+        receipt = validation.receipt(queue, receipt)
         if ack:
             results = await self.engine.ack(queue, [receipt])
             self.metrics.acked(queue, sum(result.done for result in results))
@@ -356,16 +280,13 @@ class Operations:
         """``/p/<queue>``: set the policy, max_deliveries, or both (both checked first).
         Without max_deliveries the policy is required, as it always was."""
         queue = validation.queue_name(queue)
-        if max_deliveries is not None:
-            validation.max_deliveries(max_deliveries)
-            if policy is not None and policy not in POLICIES:
-                raise InvalidArgument(
-                    f"invalid policy {str(policy)[:40]!r}: use broadcast or roundrobin"
-                )
-        if policy is not None or max_deliveries is None:
-            await self.set_policy(queue, policy)
-        if max_deliveries is not None:
-            await self.set_max_deliveries(queue, max_deliveries)
+        if max_deliveries is None:
+            await self.engine.set_policy(queue, validation.policy(policy))
+            return
+        deliveries = validation.max_deliveries(max_deliveries)
+        if policy is not None:
+            await self.engine.set_policy(queue, validation.known_policy(policy))
+        await self.engine.set_max_deliveries(queue, deliveries)
 
     async def set_max_deliveries(self, queue: str, n: object) -> int:
         """Deliveries (0 to validation.MAX_DELIVERIES, 0: no limit) after which an
@@ -376,9 +297,7 @@ class Operations:
     async def set_policy(self, queue: str, policy: object) -> Policy:
         """Set ``broadcast`` or ``roundrobin``."""
         queue = validation.queue_name(queue)
-        if not isinstance(policy, str) or not policy:
-            raise InvalidArgument("policy is required: broadcast or roundrobin")
-        return Policy(queue, await self.engine.set_policy(queue, policy))
+        return Policy(queue, await self.engine.set_policy(queue, validation.policy(policy)))
 
     async def status(self, queue: str) -> Status:
         queue = validation.queue_name(queue)

@@ -1,20 +1,25 @@
-"""Rules for what clients may send: queue names, ttl, batch sizes, JSONP callbacks."""
+"""Rules for what clients may send: queue names, ttl, batch sizes, message keys, receipts,
+policies, JSONP callbacks.
+
+restmq.operations.queue_operations applies them once, at its entry points, and hands the
+engine values it can trust; the engine checks nothing again.
+"""
 
 from __future__ import annotations
 
 import re
 
-from restmq.engine.keyspace import STATUS_PREFIX
+from restmq.engine.keys import POLICIES, STATUS_PREFIX, is_count, is_message_key
+from restmq.engine.limits import MAX_BATCH
+from restmq.engine.messages import receipt_parts
 from restmq.errors import InvalidArgument
 
 MAX_QUEUE_NAME = 200
-MAX_BATCH = 1000  # messages one request may add or take
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_QUEUE_NAME}}}")
 _CALLBACK = re.compile(r"[A-Za-z_$][\w$.]*", re.ASCII)  # \w as in JavaScript: ASCII only
 
 
-#: names found valid lately: every request checks its queue name at least twice (the
-#: operations layer, then the engine that builds keys from it), and a regex is not free
+#: names found valid lately: most requests name a queue seen lately, and a regex is not free
 _VALID_NAMES: set[str] = set()
 _VALID_NAMES_KEPT = 4096
 
@@ -35,7 +40,7 @@ def queue_name(name: object) -> str:
         # queue could be written by some clients and never reached by others.
         raise InvalidArgument(f"invalid queue name {name!r}: . and .. are path segments")
     if name.startswith(STATUS_PREFIX):
-        # Its keys would be other queues' status keys (see restmq.engine.keyspace).
+        # Its keys would be other queues' status keys (see restmq.engine.keys).
         raise InvalidArgument(f"queue names may not start with {STATUS_PREFIX!r}")
     if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
         _VALID_NAMES.clear()
@@ -76,7 +81,7 @@ def ttl_seconds(value: object) -> int | None:
 def batch_size(value: object) -> int:
     """The ``n`` of a batch take (``GET /q/<q>?n=``): 1 to MAX_BATCH.
 
-    Batch adds are limited to MAX_BATCH values by the engine (QueueEngine.add_many).
+    Batch adds are limited to MAX_BATCH values too (Operations.add_many).
     """
     try:
         n = (
@@ -137,3 +142,60 @@ def wait_seconds(value: object) -> int:
     if value is None or value == "":
         return 0
     return _whole_number(value, "wait", 0, MAX_WAIT)
+
+
+def message_key(queue: str, key: object) -> str:
+    """The key of a message ``queue`` may hold (``<queue>:<n>``; see keys.is_message_key)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument("the key of a message is required, such as q:1")
+    if not is_message_key(queue, key):
+        raise InvalidArgument(f"{key[:80]!r} is not a message key of queue {queue!r}")
+    return key
+
+
+def receipt_text(value: object) -> str:
+    """A receipt is given: non-empty text (whose form ``receipt_of`` checks)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument("a receipt is required, such as q:5@1")
+    return value
+
+
+def receipt_of(queue: str, value: str) -> str:
+    """``value`` if it is a receipt of ``queue``: ``<key>@<deliveries>``, the key one of
+    its messages' (the lease may have ended: the engine tells)."""
+    if len(value) <= 2 * MAX_QUEUE_NAME:
+        key, deliveries = receipt_parts(value)
+        if is_count(deliveries, 9) and is_message_key(queue, key):
+            return value
+    raise InvalidArgument(f"{value[:80]!r} is not a receipt of queue {queue!r}")
+
+
+def receipt(queue: str, value: object) -> str:
+    """One receipt of ``queue``."""
+    return receipt_of(queue, receipt_text(value))
+
+
+def receipts(queue: str, values: object) -> list[str]:
+    """1 to MAX_BATCH receipts of ``queue`` (a list of text)."""
+    if isinstance(values, str) or not all(isinstance(value, str) for value in values):
+        raise InvalidArgument("a receipt is text such as q:5@1")
+    values = list(values)
+    if not values:
+        raise InvalidArgument("a receipt is required")
+    if len(values) > MAX_BATCH:
+        raise InvalidArgument(f"at most {MAX_BATCH} receipts per request")
+    return [receipt_of(queue, value) for value in values]
+
+
+def policy(word: object) -> str:
+    """A delivery policy, which must be given: broadcast or roundrobin."""
+    if not isinstance(word, str) or not word:
+        raise InvalidArgument("policy is required: broadcast or roundrobin")
+    return known_policy(word)
+
+
+def known_policy(word: object) -> str:
+    """``word`` if it is broadcast or roundrobin."""
+    if word not in POLICIES:
+        raise InvalidArgument(f"invalid policy {str(word)[:40]!r}: use broadcast or roundrobin")
+    return str(word)

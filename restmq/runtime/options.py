@@ -8,7 +8,8 @@ import sys
 from twisted.python import usage
 
 from restmq import __version__
-from restmq.access.acl import AclError, parse_trusted_proxies
+from restmq.access.acl import AclError
+from restmq.access.clients import parse_trusted_proxies
 from restmq.defaults import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY,

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from restmq import __version__, memory
 from restmq.access import acl
+from restmq.access.control import AccessControl
 from restmq.access.tls import TLSConfigError, server_options
 from restmq.budget import MemoryBudget
 from restmq.delivery.census import ConsumerCensus
@@ -52,7 +53,7 @@ class Broker:
         redis: RedisClient,
         engine: QueueEngine,
         consumers: ConsumerRegistry,
-        access: acl.AccessControl | None = None,
+        access: AccessControl | None = None,
         budget: MemoryBudget | None = None,
         waiters: WaiterRegistry | None = None,
     ) -> None:
@@ -60,7 +61,7 @@ class Broker:
         # request bodies in flight and consumer backlogs, together (--max-buffered)
         self.budget = budget if budget is not None else consumers.budget
         self.consumers = consumers
-        self.access = access or acl.AccessControl(None)
+        self.access = access or AccessControl(None)
         self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
 
     def describe_storage(self) -> str:
@@ -137,10 +138,12 @@ class BrokerService(service.Service):
             password=options["redis-password"],
             on_reconnect=self._on_reconnect,
         )
+        self.consumers.attach(self.notifications)
+        self.waiters.attach(self.notifications)
         if isinstance(address, SentinelAddress):
             # The pool found the master elsewhere: pub/sub must leave the old one too.
             address.locator.on_move(lambda master: self.notifications.reconnect())
-        self.access = acl.AccessControl(
+        self.access = AccessControl(
             options["acl"] or None,
             required=options["acl-given"],
             trusted_proxies=options["trusted-proxies"],
@@ -189,8 +192,8 @@ class BrokerService(service.Service):
             ("embedded Valkey", self._start_valkey if self.valkey is not None else None),
             ("Redis", self._connect_redis),
             ("pub/sub", self.notifications.start),
-            ("streaming consumers", lambda: self.consumers.start(self.notifications)),
-            ("long-poll waiters", lambda: self.waiters.start(self.notifications)),
+            ("streaming consumers", self.consumers.start),
+            ("long-poll waiters", self.waiters.start),
             ("lease sweeper", self.lease_sweeper.start),
             ("consumer census", self.census.start),
             ("HTTP port", self._open_port),

@@ -1,6 +1,6 @@
 """The bodies each wire format answers, built in one place per format.
 
-Front ends pass operation results (restmq.operations.queue_operations) through these functions;
+Front ends pass operation results (restmq.operations.results) through these functions;
 none of them spells a body itself. The shapes are the original RestMQ's.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from restmq.engine.queues import POLICIES, LeasedMessage, Message
-from restmq.operations.queue_operations import (
+from restmq.engine.keys import POLICIES
+from restmq.engine.messages import LeasedMessage, Message
+from restmq.operations.results import (
     Acked,
     AllStats,
     Deleted,

@@ -21,6 +21,7 @@ from restmq.errors import (
     InvalidArgument,
     LeaseGone,
     OutcomeUnknown,
+    RestMQError,
     StorageUnavailable,
     TooManyConsumers,
 )
@@ -53,11 +54,14 @@ def encode_json(obj: Any) -> str:
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
-    """The HTTP answer to one of our own errors (restmq.errors); None for anything
-    else (a 500). Every HTTP route, streams and WebSocket handshakes included, maps
-    errors here; a route that answers one differently says so in its own table."""
+    """The HTTP answer to one of our own errors (restmq.errors.RestMQError, acl refusals
+    among them); None for anything else (a 500). Every HTTP route, streams and WebSocket
+    handshakes included, maps errors here; a route that answers one differently says so
+    in its own table."""
     if isinstance(exc, ApiError):
         return exc
+    if not isinstance(exc, RestMQError):
+        return None
     if isinstance(exc, InvalidArgument):
         return ApiError(400, str(exc))
     if isinstance(exc, acl.Refused):  # 403, or 401 with its Basic challenge

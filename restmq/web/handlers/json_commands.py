@@ -35,7 +35,19 @@ def required_section(command: Any) -> str:
 
 
 async def dispatch(ops: Operations, command: Any, default_queue: str | None = None) -> dict:
-    """Run one JSON-protocol command; ``default_queue`` comes from ``/queue/<name>``."""
+    """Run one JSON-protocol command; ``default_queue`` comes from ``/queue/<name>``.
+
+    The JSON protocol's one answer of its own to the error family: an empty queue is
+    ``{"error": "empty queue"}``. Every other error is answered by as_api_error
+    (restmq.web.handlers.base), as on the other HTTP routes.
+    """
+    try:
+        return await _run(ops, command, default_queue)
+    except EmptyQueue:
+        return dict(shapes.JSON_EMPTY)
+
+
+async def _run(ops: Operations, command: Any, default_queue: str | None) -> dict:
     if not isinstance(command, dict):
         raise InvalidArgument('a command is a JSON object such as {"cmd": "take", "queue": "q"}')
     cmd = command.get("cmd")
@@ -44,33 +56,30 @@ async def dispatch(ops: Operations, command: Any, default_queue: str | None = No
     if cmd not in COMMANDS:
         raise InvalidArgument(UNKNOWN_COMMAND)
     queue = command.get("queue", default_queue)
-    try:
-        if cmd == "add":
-            if "value" not in command:
-                raise InvalidArgument("the add command needs a value")
-            value = command["value"]
-            text = jsontext.as_text(value, null="the add command needs a value")
-            added = await ops.add(queue, text, command.get("ttl"))
-            return shapes.json_added(added.queue, value, added.key)
-        if cmd == "get":
-            message = await ops.peek(queue)
-            return shapes.json_peeked(queue, message)
-        if cmd == "take":
-            if command.get("lease") is None:
-                message = await ops.pop(queue)
-                return shapes.json_taken(queue, message)
-            taken = await ops.take(queue, lease=command["lease"])
-            if not taken:
-                raise EmptyQueue(queue)
-            return shapes.json_taken(queue, taken[0])
-        if cmd == "ack":
-            receipt = command.get("receipt")
-            if not isinstance(receipt, str) or not receipt:
-                raise InvalidArgument('the ack command needs a "receipt", such as "q:5@1"')
-            return shapes.acked((await ops.ack(queue, [receipt]))[0])
-        # del
-        if not command.get("key"):
-            raise InvalidArgument("the del command needs the key of a message")
-        return shapes.json_deleted(await ops.delete(queue, command["key"]))
-    except EmptyQueue:
-        return dict(shapes.JSON_EMPTY)
+    if cmd == "add":
+        if "value" not in command:
+            raise InvalidArgument("the add command needs a value")
+        value = command["value"]
+        text = jsontext.as_text(value, null="the add command needs a value")
+        added = await ops.add(queue, text, command.get("ttl"))
+        return shapes.json_added(added.queue, value, added.key)
+    if cmd == "get":
+        message = await ops.peek(queue)
+        return shapes.json_peeked(queue, message)
+    if cmd == "take":
+        if command.get("lease") is None:
+            message = await ops.pop(queue)
+            return shapes.json_taken(queue, message)
+        taken = await ops.take(queue, lease=command["lease"])
+        if not taken:
+            raise EmptyQueue(queue)
+        return shapes.json_taken(queue, taken[0])
+    if cmd == "ack":
+        receipt = command.get("receipt")
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidArgument('the ack command needs a "receipt", such as "q:5@1"')
+        return shapes.acked((await ops.ack(queue, [receipt]))[0])
+    # del
+    if not command.get("key"):
+        raise InvalidArgument("the del command needs the key of a message")
+    return shapes.json_deleted(await ops.delete(queue, command["key"]))

@@ -18,7 +18,7 @@ from restmq.web.connection import held_response
 from restmq.web.handlers.base import encode_json
 
 if TYPE_CHECKING:
-    from restmq.operations.queue_operations import AllStats
+    from restmq.operations.results import AllStats
     from restmq.web.handlers.base import BaseHandler
 
 _encoded: tuple[object, bytes] = (None, b"")  # the last figures and their event

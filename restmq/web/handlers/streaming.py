@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 from restmq.access import acl
-from restmq.delivery.consumers import CLOSE_NORMAL, StreamConsumer
-from restmq.engine.queues import Message
+from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
+from restmq.engine.messages import Message
 from restmq.web import shapes
 from restmq.web.connection import held_response
 from restmq.web.handlers.base import BaseHandler, encode_json

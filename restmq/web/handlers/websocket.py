@@ -22,8 +22,8 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from restmq.access import acl
-from restmq.delivery.consumers import CLOSE_NORMAL, StreamConsumer
-from restmq.engine.queues import Message
+from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
+from restmq.engine.messages import Message
 from restmq.errors import InvalidArgument, StorageUnavailable, TooManyConsumers
 from restmq.operations import jsontext, validation
 from restmq.web import shapes

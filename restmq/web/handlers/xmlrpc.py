@@ -25,6 +25,7 @@ from restmq.errors import (
     EmptyQueue,
     InvalidArgument,
     OutcomeUnknown,
+    RestMQError,
     StorageUnavailable,
 )
 from restmq.operations import jsontext
@@ -271,8 +272,10 @@ METHODS: dict[str, Method] = {
 # -- the wire ------------------------------------------------------------------
 
 
-def as_fault(exc: Exception) -> xmlrpc.client.Fault:
-    """The Fault for one of our own errors (restmq.errors, acl refusals)."""
+def as_fault(exc: RestMQError) -> xmlrpc.client.Fault | None:
+    """The Fault for one of our own errors (restmq.errors.RestMQError, acl refusals
+    among them); None for one no method can raise (LeaseGone: ``ack`` answers false;
+    TooManyConsumers: XML-RPC opens no stream), which is then a bug like any other."""
     if isinstance(exc, acl.Refused):  # UNAUTHORIZED or FORBIDDEN
         return xmlrpc.client.Fault(exc.status, exc.message)
     if isinstance(exc, InvalidArgument):
@@ -285,7 +288,7 @@ def as_fault(exc: Exception) -> xmlrpc.client.Fault:
         return xmlrpc.client.Fault(OUTCOME_UNKNOWN, str(exc))
     if isinstance(exc, StorageUnavailable):
         return xmlrpc.client.Fault(STORAGE_UNAVAILABLE, str(exc))
-    return xmlrpc.client.Fault(INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
+    return None
 
 
 # Characters XML 1.0 cannot carry at all; such text travels as base64 instead.
@@ -373,12 +376,13 @@ class XmlRpcHandler(BaseHandler):
                 await self.broker.check_access_async(self.request, method.section)
             method.check_arguments(params)
             return await method.run(self, *params)
-        except acl.Refused as exc:
-            log.info("XML-RPC {method} refused for {client}: {error}",
-                     method=name, client=self.request.remote_ip, error=exc.message)  # fmt: skip
-            raise as_fault(exc) from None
-        except StorageUnavailable as exc:
-            log.warn("XML-RPC {method}: {error}", method=name, error=exc)
-            raise as_fault(exc) from None
-        except (InvalidArgument, EmptyQueue, DataConflict) as exc:
-            raise as_fault(exc) from None
+        except RestMQError as exc:
+            fault = as_fault(exc)
+            if fault is None:
+                raise  # a bug: post() logs it and answers INTERNAL_ERROR
+            if isinstance(exc, acl.Refused):
+                log.info("XML-RPC {method} refused for {client}: {error}",
+                         method=name, client=self.request.remote_ip, error=exc.message)  # fmt: skip
+            elif isinstance(exc, StorageUnavailable):
+                log.warn("XML-RPC {method}: {error}", method=name, error=exc)
+            raise fault from None

@@ -1,0 +1,184 @@
+"""StreamConsumer: one streaming consumer (COMET, SSE or WebSocket) and its flow control.
+
+Each transport (restmq.web.handlers.streaming, .websocket) subclasses it with how it
+encodes, writes and closes. The consumer is the push producer of its connection:
+while Twisted pauses it, what it is sent waits in its backlog, whose bytes are held
+in the broker's memory budget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from restmq.delivery.copies import Copies
+from restmq.engine.messages import LeasedMessage, Message, TakenMessage
+
+if TYPE_CHECKING:
+    from restmq.delivery.consumers import ConsumerRegistry
+
+log = Logger(namespace="restmq.consumers")
+
+#: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
+CLOSE_NORMAL = 1000  # e.g. the queue was purged
+CLOSE_GOING_AWAY = 1001  # the broker is stopping
+
+
+@implementer(IPushProducer)
+class StreamConsumer:
+    """One streaming consumer (COMET, SSE or WebSocket) with flow control.
+
+    It is registered as the push producer of its connection, so Twisted pauses it
+    when the socket's send buffer is full. While paused it takes no roundrobin
+    messages and buffers broadcast ones, up to the registry's ``max_backlog``; a consumer
+    that falls further behind is disconnected so that it holds nobody back.
+    """
+
+    kind = "stream"
+
+    def __init__(self, queue: str, peer: str) -> None:
+        self.queue = queue
+        self.peer = peer
+        self.registry: ConsumerRegistry | None = None
+        self.gone = False
+        self._paused = False
+        # Messages waiting for the socket: (message, encoded, its Copies when it may go back)
+        self._backlog: deque[tuple[Message, bytes, Copies | None]] = deque()
+        self._backlog_bytes = 0
+        self._reserved = 0  # backlog bytes held in the registry's memory budget
+        self.lease: int | None = None  # seconds each message is leased for; None: unleased
+        self.prefetch = 0  # unacknowledged messages a leased consumer may hold
+
+    def use_lease(self, seconds: int, prefetch: int) -> None:
+        """Make this a leased consumer: messages under a lease of ``seconds``, at most
+        ``prefetch`` of them unacknowledged (restmq.delivery.leased_streams)."""
+        self.lease = seconds
+        self.prefetch = prefetch
+
+    @property
+    def leased(self) -> bool:
+        return self.lease is not None
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of messages waiting in the broker for this consumer's socket."""
+        return self._backlog_bytes
+
+    def unwritten_receipts(self) -> set[str]:
+        """The receipts of the leased messages still waiting in the backlog."""
+        return {m.receipt for m, _, _ in self._backlog if isinstance(m, LeasedMessage)}
+
+    # -- what a transport implements ---------------------------------------
+
+    def encode(self, message: Message) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """End the stream politely (queue purged, broker stopping); ``code`` is the
+        WebSocket close code that goes with ``reason``."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        raise NotImplementedError
+
+    def heartbeat(self) -> None:
+        """Called every ``--sse-heartbeat`` seconds; streams that need keep-alives send one."""
+
+    # -- delivery -----------------------------------------------------------
+
+    def can_take_more(self) -> bool:
+        return not self.gone and not self._paused and not self._backlog
+
+    def send(self, message: Message, copies: Copies | None = None) -> bool:
+        """Deliver or buffer ``message``; False when the consumer is gone (not taken).
+
+        ``copies``: where this broker took the message, so that it goes back to the
+        queue if no consumer ever writes it (None: another broker took it).
+        """
+        if self.gone:
+            return False
+        data = self.encode(message)
+        if self._paused or self._backlog:
+            if copies is not None:
+                copies.take()
+            self._backlog.append((message, data, copies))
+            self._backlog_bytes += len(data)
+            registry = self.registry
+            if registry is None:
+                return True
+            if self._backlog_bytes > registry.max_backlog:
+                self._too_slow()
+            elif registry.reserve_backlog(self, len(data)):
+                self._reserved += len(data)
+            elif not self.gone:
+                self._too_slow()  # the budget is held by request bodies
+            # else: shed to make room; what it held, this message too, went back
+            return True
+        self.write(data)
+        if copies is not None:
+            copies.wrote()
+        return True
+
+    def take_backlog(self) -> list[TakenMessage]:
+        """Empty the backlog; return the messages that must go back to the queue
+        (no consumer wrote them and no other backlog still holds them)."""
+        back = [
+            copies.message
+            for _, _, copies in self._backlog
+            if copies is not None and copies.release()
+        ]
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self._give_back(self._reserved)
+        return back
+
+    def _give_back(self, size: int) -> None:
+        size = min(size, self._reserved)
+        self._reserved -= size
+        if size and self.registry is not None:
+            self.registry.budget.release(size)
+
+    def _too_slow(self) -> None:
+        log.warn(
+            "{kind} consumer {peer} of queue {queue} fell {bytes} bytes behind; disconnecting it",
+            kind=self.kind,
+            peer=self.peer,
+            queue=self.queue,
+            bytes=self._backlog_bytes,
+        )
+        self.drop()
+
+    def drop(self) -> None:
+        """Disconnect at once; what only this consumer held goes back to the queue."""
+        if self.registry is not None:
+            self.registry.remove(self)
+        self.gone = True
+        self.abort()
+
+    # -- IPushProducer ------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._backlog and not self._paused and not self.gone:
+            _, data, copies = self._backlog.popleft()
+            self._backlog_bytes -= len(data)
+            self._give_back(len(data))
+            self.write(data)
+            if copies is not None:
+                copies.release(written=True)
+        if not self._paused and not self.gone and self.registry is not None:
+            self.registry.wake(self.queue)
+
+    def stopProducing(self) -> None:
+        self.gone = True

@@ -1,0 +1,142 @@
+"""The Redis key layout: the one module that knows the keys' names.
+
+It is the layout of the original RestMQ, so a Redis written by it is served as it is:
+
+==========================  =======  =============================================
+key                         type     holds
+==========================  =======  =============================================
+``QUEUESET``                set      the names of all queues
+``<q>:UUID``                string   last message number of queue q
+``<q>:<n>``                 string   the body of message n
+``<q>:queue``               list     message keys, new ones LPUSHed, taken by RPOP
+``<q>:queuepolicy``         string   ``1`` broadcast, ``2`` roundrobin (absent: 1)
+``queuestat::<q>``          string   ``1`` started, ``0`` stopped
+``<q>:<n>:refcount``        string   how often message n was peeked
+``<q>:leased``              zset     keys handed out under a lease, scored by the
+                                     lease deadline (ms, Redis ``TIME``)
+``<q>:deliveries``          hash     message key -> times handed out under a lease
+``<q>:maxdeliveries``       string   deliveries before a message is dead (absent: no limit)
+``restmq:leasing``          zset     queues that have leases, scored by their earliest
+                                     deadline (what the sweepers read)
+``<q>:leasedstreams``       zset     brokers with leased streaming consumers of q ->
+                                     until when (ms, Redis ``TIME``); expires unrefreshed
+``restmq:brokers``          zset     ids of the brokers that have streaming consumers,
+                                     scored by when their counts expire (ms)
+``restmq:consumers:<id>``   hash     queue -> streaming consumers of broker ``<id>``;
+                                     expires unless the broker writes it again
+==========================  =======  =============================================
+
+The leased-stream key exists only while some broker has leased streams of the queue.
+The four before it exist only once leases (or max_deliveries) are used, so a queue used
+without them keeps exactly the original keys. A leased message keeps its body until it is
+acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
+holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
+key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
+``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
+``:<n>:refcount``, or start with ``queuestat::``; neither can ``restmq:brokers`` nor
+``restmq:consumers:<id>``, as a broker id is ``b`` and hex digits.
+
+Besides keys, each queue has a pub/sub channel ``restmq:notify:<db>:<q>`` (``<db>``
+the database number: channels are server-wide) on which the scripts announce
+adds, purges and setting changes, so that every broker sharing the Redis can
+wake its streaming consumers at once (restmq.engine.notices, docs/brokers.md).
+
+The Lua scripts (restmq/engine/lua) are handed the keys, or the prefixes and
+suffixes to build them, by the engine; the message keys ``<q>:<n>`` and
+``<q>:<n>:refcount`` are the only ones they spell themselves.
+"""
+
+from __future__ import annotations
+
+QUEUESET = "QUEUESET"
+LEASING = "restmq:leasing"  # the leasing index (see the key table above)
+BROKERS = "restmq:brokers"  # brokers whose consumer counts are live
+CONSUMERS_PREFIX = "restmq:consumers:"  # + broker id: its consumer counts
+NOTIFY_PREFIX = "restmq:notify:"  # + database number + ":" + queue: its channel
+
+#: Every status key starts with it (``queuestat:`` + ``:<q>``); no queue name may, or
+#: its keys would fall among the other queues' status keys.
+STATUS_PREFIX = "queuestat:"
+STATUS_KEYS = f"{STATUS_PREFIX}:"  # + queue: its status key
+
+LIST_SUFFIX = ":queue"
+POLICY_SUFFIX = ":queuepolicy"
+LEASED_SUFFIX = ":leased"
+DEAD_SUFFIX = ":dead"  # the dead letters of q are the queue q:dead
+
+#: What ``<q>:queuepolicy`` holds for each policy.
+POLICIES = {"broadcast": "1", "roundrobin": "2"}
+POLICY_NAMES = {number: name for name, number in POLICIES.items()}
+#: What ``queuestat::<q>`` holds.
+STARTED, STOPPED = 1, 0
+
+
+def list_key(queue: str) -> str:
+    return f"{queue}{LIST_SUFFIX}"
+
+
+def counter_key(queue: str) -> str:
+    return f"{queue}:UUID"
+
+
+def policy_key(queue: str) -> str:
+    return f"{queue}{POLICY_SUFFIX}"
+
+
+def status_key(queue: str) -> str:
+    return f"{STATUS_KEYS}{queue}"
+
+
+def leased_key(queue: str) -> str:
+    return f"{queue}{LEASED_SUFFIX}"
+
+
+def deliveries_key(queue: str) -> str:
+    return f"{queue}:deliveries"
+
+
+def max_deliveries_key(queue: str) -> str:
+    return f"{queue}:maxdeliveries"
+
+
+def leased_streams_key(queue: str) -> str:
+    return f"{queue}:leasedstreams"
+
+
+def consumers_key(broker_id: str) -> str:
+    return f"{CONSUMERS_PREFIX}{broker_id}"
+
+
+def dead_queue(queue: str) -> str:
+    """The queue that holds the dead letters of ``queue``."""
+    return f"{queue}{DEAD_SUFFIX}"
+
+
+def channel_prefix(dbid: int | str) -> str:
+    """What the channel of every queue of database ``dbid`` starts with.
+
+    Channels are server-wide, not per database, so the database number is part of
+    the name: brokers on other databases of the server never hear it.
+    """
+    return f"{NOTIFY_PREFIX}{dbid}:"
+
+
+def is_count(text: str, most_digits: int) -> bool:
+    """True if ``text`` is 1 to ``most_digits`` ASCII digits (no sign, no space)."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
+
+
+def is_message_key(queue: str, key: str) -> bool:
+    """True if ``key`` names a message ``queue`` may hold.
+
+    That is ``<queue>:<n>``; a dead-letter queue ``q:dead`` also holds the
+    original keys ``q:<n>`` of the queue its messages died in.
+    """
+    owner, colon, number = key.rpartition(":")
+    if not colon or not is_count(number, len(number)):
+        return False
+    while owner != queue:
+        if not queue.endswith(DEAD_SUFFIX):
+            return False
+        queue = queue[: -len(DEAD_SUFFIX)]
+    return True

@@ -1,0 +1,89 @@
+"""What the queue operations (restmq.operations.queue_operations) return.
+
+The front ends render these (restmq.web.shapes builds the bodies); this module imports
+nothing of the operations, so a renderer needs no more than the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from restmq.engine.messages import QueueStats
+
+
+@dataclass(frozen=True)
+class Added:
+    queue: str
+    keys: list[str]  # in the order the values were given
+
+    @property
+    def key(self) -> str:
+        return self.keys[0]
+
+
+@dataclass(frozen=True)
+class Deleted:
+    queue: str
+    key: str
+    deleted: bool  # False: no such message (taken already, or never added)
+
+
+@dataclass(frozen=True)
+class Purged:
+    queue: str
+    count: int  # messages that were pending
+
+
+@dataclass(frozen=True)
+class Policy:
+    queue: str
+    policy: str  # "broadcast" or "roundrobin"
+    max_deliveries: int | None = None  # deliveries before a message is dead; 0 no limit
+
+
+@dataclass(frozen=True)
+class Acked:
+    queue: str
+    key: str
+    acked: bool  # False: the lease had run out, was settled, or is of an earlier delivery
+
+
+@dataclass(frozen=True)
+class LeaseChanged:
+    """An extended or released lease."""
+
+    queue: str
+    key: str
+    receipt: str
+    lease: int  # seconds from now it ends; 0: released, the message is back at the head
+
+
+@dataclass(frozen=True)
+class Status:
+    queue: str
+    status: int  # 1 started, 0 stopped
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """One queue's line in /stats/: its stored stats and its streaming consumers on
+    every broker (and worker) sharing the Redis."""
+
+    stats: QueueStats
+    consumers: int
+
+
+@dataclass(frozen=True)
+class AllStats:
+    storage: str  # where Redis is and how many connections are up
+    queues: list[QueueFigures]  # sorted by name
+
+
+@dataclass(frozen=True)
+class OneStats:
+    storage: str
+    queue: str
+    length: int
+    consumers: int  # streaming consumers of the queue on every broker sharing the Redis
+    leased: int = 0  # messages handed out under a lease and not yet acked
+    dead: int | None = None  # length of <queue>:dead; None when there is no such queue
