@@ -17,10 +17,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from restmq.delivery.consumers import ConsumerRegistry
-from restmq.delivery.stats_feed import StatsFeed
 from restmq.engine.queues import QueueEngine
 from restmq.operations.queue_operations import Operations
 from restmq.operations.results import AllStats
+from restmq.operations.stats_feed import StatsFeed
 from restmq.runtime.service import Broker
 from restmq.storage.client import RedisAddress, RedisClient
 from restmq.web import shapes

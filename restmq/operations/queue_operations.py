@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from restmq.delivery.consumers import ConsumerRegistry
-from restmq.delivery.stats_feed import StatsFeed, StatsWatcher
 from restmq.delivery.stream_consumer import StreamConsumer
 from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine.messages import (
@@ -44,6 +43,7 @@ from restmq.operations.results import (
     QueueFigures,
     Status,
 )
+from restmq.operations.stats_feed import StatsFeed, StatsWatcher
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}

@@ -29,10 +29,10 @@ from restmq.engine.queues import QueueEngine
 from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
 from restmq.runtime import workers
+from restmq.runtime.embedded_valkey import DataDirError, EmbeddedValkey
 from restmq.runtime.options import Options
 from restmq.runtime.stop_signals import StopOnce
 from restmq.storage.client import RedisAddress, RedisClient
-from restmq.storage.embedded import DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
 from restmq.web.app import BrokerApplication

@@ -1,6 +1,6 @@
 """One child process kept running: started, restarted when it dies, stopped gracefully.
 
-The embedded Valkey (``restmq.storage.embedded``) and each worker of ``--workers``
+The embedded Valkey (``restmq.runtime.embedded_valkey``) and each worker of ``--workers``
 (``restmq.runtime.workers``) is one ``Supervisor``; a subclass says what its
 process is (``command``) and what to log (``started``, ``line_received``,
 ``ended``, ``killing``).

@@ -3,7 +3,7 @@
 A client that asks for ``text/event-stream`` (as every EventSource does) gets a
 ``stats`` event with the ``/stats/`` figures at once and after each change, an
 ``unavailable`` event while storage cannot be read, and ``end`` when the broker
-stops. The figures come from the operations' shared feed (restmq.delivery.stats_feed).
+stops. The figures come from the operations' shared feed (restmq.operations.stats_feed).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class StatsEventStream:
             self.gone = True
             self.handler.operations.unwatch_stats(self)
 
-    # -- restmq.delivery.stats_feed.StatsWatcher ----------------------------------------
+    # -- restmq.operations.stats_feed.StatsWatcher ----------------------------------------
 
     def figures(self, stats: AllStats) -> None:
         self._send(stats_event(stats))

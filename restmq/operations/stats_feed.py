@@ -10,7 +10,7 @@ feed ends every watch.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -19,9 +19,7 @@ from twisted.python.failure import Failure
 
 from restmq.errors import StorageUnavailable
 from restmq.lifecycle import Periodic
-
-if TYPE_CHECKING:
-    from restmq.operations.results import AllStats
+from restmq.operations.results import AllStats
 
 log = Logger(namespace="restmq.stats")
 

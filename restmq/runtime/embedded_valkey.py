@@ -131,7 +131,7 @@ def reap_leftover_server(data_dir: str, grace: float = 5.0) -> int | None:
 
 
 class _ValkeyServer(Supervisor):
-    """The valkey-server process, exec'd by ``restmq.storage.launcher``."""
+    """The valkey-server process, exec'd by ``restmq.runtime.valkey_launcher``."""
 
     restart_backoff = (0.2, 0.5, 1.0, 2.0, 5.0)
     stop_timeout = 10.0  # a server that ignores SIGTERM this long is killed outright
@@ -141,7 +141,7 @@ class _ValkeyServer(Supervisor):
         self.owner = owner
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "restmq.storage.launcher", *self.owner.server_argv()]
+        return [sys.executable, "-m", "restmq.runtime.valkey_launcher", *self.owner.server_argv()]
 
     def before_start(self) -> None:
         # A socket file left by a killed server would make the new one's bind fail.

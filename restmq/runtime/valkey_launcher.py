@@ -1,6 +1,6 @@
 """Exec the Valkey server so that it can never outlive the broker.
 
-Run as ``python -m restmq.storage.launcher VALKEY-BINARY ARGS...`` by the
+Run as ``python -m restmq.runtime.valkey_launcher VALKEY-BINARY ARGS...`` by the
 embedded storage service. Before it becomes the server it
 
 - asks Linux to send it SIGTERM when its parent (the broker) dies, even by
@@ -22,7 +22,7 @@ from restmq.runtime.lifeline import PARENT_PID_VARIABLE, die_with_parent
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        raise SystemExit("usage: python -m restmq.storage.launcher VALKEY-BINARY [ARGS...]")
+        raise SystemExit("usage: python -m restmq.runtime.valkey_launcher VALKEY-BINARY [ARGS...]")
     parent = int(os.environ.pop(PARENT_PID_VARIABLE, os.getppid()))
     die_with_parent(parent)
     os.setpgid(0, 0)
