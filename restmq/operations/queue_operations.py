@@ -34,6 +34,7 @@ from restmq.errors import (
 )
 from restmq.metrics import LEASE, POP, Metrics, Snapshot
 from restmq.operations import validation
+from restmq.storage.client import StorageState
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
@@ -105,6 +106,7 @@ class QueueFigures:
 class AllStats:
     storage: str  # where Redis is and how many connections are up
     queues: list[QueueFigures]  # sorted by name
+    storage_state: StorageState | None = None  # the same, for the dashboard
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,12 @@ class Operations:
         *,
         metrics: Metrics | None = None,
         waiters: WaiterRegistry | None = None,
+        storage_state: Callable[[], StorageState] | None = None,
     ) -> None:
         self.engine = engine
         self.consumers = consumers
         self.describe_storage = describe_storage
+        self.storage_state = storage_state
         # Live figures for the dashboard: one stats call per tick, whoever watches.
         self.stats_feed = StatsFeed(
             self.all_stats, consumers.reactor, heartbeat=consumers.heartbeat_interval
@@ -413,7 +417,8 @@ class Operations:
             QueueFigures(s, s.other_consumers + self.consumers.count(s.name))
             for s in await self.engine.stats()
         ]
-        return AllStats(self.describe_storage(), rows)
+        state = self.storage_state() if self.storage_state is not None else None
+        return AllStats(self.describe_storage(), rows, state)
 
     def watch_stats(self, watcher: StatsWatcher) -> None:
         """Send ``watcher`` the figures of ``all_stats`` now and whenever they change."""

@@ -28,7 +28,7 @@ from restmq.operations.queue_operations import Operations
 from restmq.runtime import workers
 from restmq.runtime.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
-from restmq.storage.embedded import DataDirError, EmbeddedValkey
+from restmq.storage.embedded import SOCKET_NAME, DataDirError, EmbeddedValkey
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
 from restmq.web.app import BrokerApplication
@@ -36,6 +36,13 @@ from restmq.web.app import BrokerApplication
 log = Logger(namespace="restmq")
 
 STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+EMBEDDED = "embedded Valkey"  # the kind of storage the dashboard shows
+
+
+def _socket_kind(options: Options) -> str:
+    """A worker of a broker on the embedded Valkey is handed that Valkey's socket."""
+    embedded = os.path.join(options["data-dir"], SOCKET_NAME)
+    return EMBEDDED if options.is_worker and options["redis-socket"] == embedded else "Redis"
 
 
 class Broker:
@@ -55,7 +62,9 @@ class Broker:
         self.budget = budget if budget is not None else consumers.budget
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
-        self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
+        self.operations = Operations(
+            engine, consumers, self.describe_storage, waiters=waiters, storage_state=redis.state
+        )
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -90,13 +99,13 @@ class BrokerService(service.Service):
         self.valkey: EmbeddedValkey | None = None
         if options.embedded:
             self.valkey = EmbeddedValkey(options["data-dir"], reactor)
-            address = RedisAddress(socket=self.valkey.socket_path)
+            address = RedisAddress(socket=self.valkey.socket_path, kind=EMBEDDED)
         elif options["redis-sentinel"]:
             address = SentinelAddress.create(
                 reactor, options["redis-sentinel"], options["redis-service"]
             )
         elif options["redis-socket"]:
-            address = RedisAddress(socket=options["redis-socket"])
+            address = RedisAddress(socket=options["redis-socket"], kind=_socket_kind(options))
         else:
             address = RedisAddress(host=options["redis-host"], port=options["redis-port"])
         self.redis = RedisClient(

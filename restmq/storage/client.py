@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import txredisapi
@@ -60,6 +60,8 @@ class ServerAddress(Protocol):
     """Where the pool connects: a RedisAddress, or a Sentinel service (storage.sentinel)."""
 
     master_only: bool
+    #: what an operator calls it: "Redis", "embedded Valkey" or "Sentinel"
+    kind: str
 
     def describe(self) -> str: ...
 
@@ -73,6 +75,8 @@ class RedisAddress:
     host: str | None = None
     port: int | None = None
     socket: str | None = None
+    #: "embedded Valkey" for the broker's own server; the same address either way
+    kind: str = field(default="Redis", compare=False)
 
     #: whether the pool admits only a server that says it is the master (Sentinel)
     master_only = False
@@ -84,6 +88,19 @@ class RedisAddress:
         if self.socket:
             return UNIXClientEndpoint(reactor, self.socket, timeout=timeout)
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class StorageState:
+    """The storage as an operator reads it on the dashboard."""
+
+    kind: str  # "Redis", "embedded Valkey" or "Sentinel"
+    address: str  # as ServerAddress.describe() spells it
+    connections: int  # pool connections up now
+
+    @property
+    def up(self) -> bool:
+        return self.connections > 0
 
 
 class LuaScript:
@@ -394,6 +411,10 @@ class RedisClient:
     def pool_size_now(self) -> int:
         """How many pool connections are up."""
         return self._factory.size if self._factory is not None else 0
+
+    def state(self) -> StorageState:
+        """The storage's kind, where it is and how many pool connections are up."""
+        return StorageState(self.address.kind, self.address.describe(), self.pool_size_now)
 
     # -- calls --------------------------------------------------------------
 
