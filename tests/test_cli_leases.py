@@ -15,6 +15,12 @@ def rmq(broker, *args: str) -> subprocess.CompletedProcess:
     return run_cli(broker_url(broker), *args)
 
 
+def wait_parked(broker, queue: str) -> None:
+    """Return once a long poll waits on ``queue``: the broker subscribed to its channel."""
+    channel = f"restmq:notify:0:{queue}"
+    wait_for(lambda: broker.redis("PUBSUB", "NUMSUB", channel)[1] >= 1, 10, what="a parked pop")
+
+
 def error_line(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
@@ -83,7 +89,8 @@ def test_pop_wait_answers_as_soon_as_a_message_arrives(shared_broker, queue):
     started = time.monotonic()
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", queue)
     try:
-        time.sleep(1)
+        wait_parked(shared_broker, queue)
+        assert proc.poll() is None  # waiting, not answered empty
         rmq(shared_broker, "push", queue, "worth the wait")
         out, err = proc.communicate(timeout=15)
     finally:
@@ -104,7 +111,8 @@ def test_pop_wait_on_a_queue_that_stays_empty_exits_1_after_the_wait(shared_brok
 def test_pop_can_wait_for_a_message_and_lease_it(shared_broker, queue):
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", "--lease", "30", queue)
     try:
-        time.sleep(1)
+        wait_parked(shared_broker, queue)
+        assert proc.poll() is None
         rmq(shared_broker, "push", queue, "leased when it came")
         out, _ = proc.communicate(timeout=15)
     finally:
