@@ -34,7 +34,6 @@ from restmq.errors import (
 )
 from restmq.metrics import LEASE, POP, Metrics, Snapshot
 from restmq.operations import validation
-from restmq.storage.client import StorageState
 
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
@@ -100,6 +99,19 @@ class QueueFigures:
 
     stats: QueueStats
     consumers: int
+
+
+@dataclass(frozen=True)
+class StorageState:
+    """The storage as an operator reads it on the dashboard."""
+
+    kind: str  # "Redis", "embedded Valkey" or "Sentinel"
+    address: str  # where: a unix socket, host:port, or the Sentinel service and its master
+    connections: int  # pool connections up now
+
+    @property
+    def up(self) -> bool:
+        return self.connections > 0
 
 
 @dataclass(frozen=True)

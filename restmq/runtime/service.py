@@ -24,7 +24,7 @@ from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine.queues import QueueEngine
 from restmq.metrics import Metrics
-from restmq.operations.queue_operations import Operations
+from restmq.operations.queue_operations import Operations, StorageState
 from restmq.runtime import workers
 from restmq.runtime.options import Options
 from restmq.storage.client import RedisAddress, RedisClient
@@ -63,7 +63,7 @@ class Broker:
         self.consumers = consumers
         self.access = access or acl.AccessControl(None)
         self.operations = Operations(
-            engine, consumers, self.describe_storage, waiters=waiters, storage_state=redis.state
+            engine, consumers, self.describe_storage, waiters=waiters, storage_state=self.storage
         )
 
     def describe_storage(self) -> str:
@@ -72,6 +72,11 @@ class Broker:
         if not self.redis.connected:
             return f"<Redis Connection: {where} - not connected>"
         return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
+
+    def storage(self) -> StorageState:
+        """The storage as the dashboard shows it (the ``storage`` of each stats event)."""
+        address = self.redis.address
+        return StorageState(address.kind, address.describe(), self.redis.pool_size_now)
 
     def access_is_open(self, section: str) -> bool:
         """True when acl.conf sets no rule for ``section`` (the common, fast case)."""

@@ -90,19 +90,6 @@ class RedisAddress:
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
 
 
-@dataclass(frozen=True)
-class StorageState:
-    """The storage as an operator reads it on the dashboard."""
-
-    kind: str  # "Redis", "embedded Valkey" or "Sentinel"
-    address: str  # as ServerAddress.describe() spells it
-    connections: int  # pool connections up now
-
-    @property
-    def up(self) -> bool:
-        return self.connections > 0
-
-
 class LuaScript:
     """A Lua script, called by its SHA1 and loaded on the server on first use.
 
@@ -411,10 +398,6 @@ class RedisClient:
     def pool_size_now(self) -> int:
         """How many pool connections are up."""
         return self._factory.size if self._factory is not None else 0
-
-    def state(self) -> StorageState:
-        """The storage's kind, where it is and how many pool connections are up."""
-        return StorageState(self.address.kind, self.address.describe(), self.pool_size_now)
 
     # -- calls --------------------------------------------------------------
 
