@@ -13,7 +13,10 @@
 It prints the most frequent words and which mapper counted what, then compares the result
 with a direct count of the whole text: the exit status is 0 when they agree, 1 when they do
 not, 2 when the broker could not be used. Both queues are purged at the end (which also
-ends the mappers' streams).
+ends the mappers' streams). They stay listed, empty, in ``/stats/`` and on the dashboard,
+because the protocol has no way to remove a queue: ``DELETE /q/<queue>`` deletes its
+messages, not its name. Each run uses queues of its own (``wordcount-<run>:map`` and
+``:reduce``), so that runs never mix their chunks, and so leaves two such empty queues.
 
 The broker is $RESTMQ_URL (default http://127.0.0.1:8888); for acl.conf put the user and
 password in it: http://user:password@host:8888.

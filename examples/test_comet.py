@@ -9,7 +9,11 @@ a last line ``null`` when the queue is purged. Reading these lines is all a cons
 The consumer takes the messages off the queue, as a pop would.
 
 Without QUEUE the script runs a demo: it consumes a new queue, posts three messages to it
-from a second thread, prints them as they arrive, and purges the queue before it exits.
+from a second thread once the stream is open, prints them as they arrive, and purges the
+queue before it exits. The purged queue stays listed, empty, in ``/stats/`` and on the
+dashboard, because the protocol has no way to remove a queue: ``DELETE /q/<queue>``
+deletes its messages, not its name. Each demo run uses a queue of its own (so that runs
+never take each other's messages), and so leaves one such empty queue behind.
 
 The broker is $RESTMQ_URL (default http://127.0.0.1:8888); for acl.conf put the user and
 password in it: http://user:password@host:8888.
@@ -59,8 +63,11 @@ def call(method: str, path: str, form: dict | None = None) -> bytes:
         return response.read()
 
 
-def consume(queue: str, count: int | None) -> int:
-    """Print messages of ``queue`` as they arrive; return how many were printed."""
+def consume(queue: str, count: int | None, opened: threading.Event | None = None) -> int:
+    """Print messages of ``queue`` as they arrive; return how many were printed.
+
+    ``opened`` is set once the broker answered: from then on it delivers what arrives.
+    """
     parts = urllib.parse.urlsplit(URL)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname, parts.port, timeout=None)
@@ -70,6 +77,8 @@ def consume(queue: str, count: int | None) -> int:
     if response.status != 200:
         sys.exit(f"GET {path}: {response.status} {response.read().decode(errors='replace')}")
     say(f"consuming {queue} at {URL} ...")
+    if opened is not None:
+        opened.set()
     received = 0
     try:
         for raw in response:  # one line per message (http.client undoes the chunking)
@@ -94,8 +103,13 @@ def consume(queue: str, count: int | None) -> int:
 def demo() -> int:
     queue = f"comet-example-{os.getpid()}-{int(time.time() * 1000)}"
 
+    opened = threading.Event()
+
     def produce() -> None:
-        time.sleep(0.5)  # let the consumer connect first
+        # Posted earlier, the messages would still arrive (as the backlog); posted once
+        # the stream is open, they show a consumer getting messages as they come.
+        if not opened.wait(10):
+            return
         for value in ("hello", "from the producer", "goodbye"):
             key = call("POST", "/q/" + queue, {"value": value}).decode().strip()
             say(f"posted {key}")
@@ -103,7 +117,7 @@ def demo() -> int:
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     try:
-        received = consume(queue, count=3)
+        received = consume(queue, count=3, opened=opened)
     finally:
         producer.join(10)
         call("DELETE", "/q/" + queue)  # clean up behind us

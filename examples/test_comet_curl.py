@@ -8,7 +8,10 @@ prints the broker's ``/c/<queue>`` stream as it arrives, one JSON line per messa
 ``{"key": "q:1", "value": "..."}``, and ``null`` when the queue is purged.
 
 Without QUEUE the script runs a demo: it starts curl on a new queue, posts three
-messages, prints what curl delivers, stops curl and purges the queue.
+messages, prints what curl delivers, stops curl and purges the queue. The purged queue
+stays listed, empty, in ``/stats/`` and on the dashboard, because the protocol has no way
+to remove a queue: ``DELETE /q/<queue>`` deletes its messages, not its name. Each demo run
+uses a queue of its own, and so leaves one such empty queue behind.
 
 The broker is $RESTMQ_URL (default http://127.0.0.1:8888); curl itself understands
 http://user:password@host:8888 for acl.conf.

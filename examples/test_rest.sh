@@ -4,7 +4,9 @@
 #   examples/test_rest.sh [BASE_URL]
 #
 # BASE_URL defaults to $RESTMQ_URL, then to http://127.0.0.1:8888. The walk uses the queue
-# $RESTMQ_QUEUE (default "rest_walk") and empties it first. Each call prints the command,
+# $RESTMQ_QUEUE (default "rest_walk") and empties it first and last. The queue stays listed,
+# empty, in /stats/ and on the dashboard: the protocol has no way to remove a queue (DELETE
+# /q/<queue> deletes its messages, not its name). Each call prints the command,
 # the answer and its HTTP status; the script stops with a non-zero exit status as soon as a
 # call fails or answers with a status other than the one expected.
 set -euo pipefail

@@ -5,7 +5,10 @@
 URL defaults to $RESTMQ_URL/xmlrpc, else http://127.0.0.1:8888/xmlrpc (/RPC2 works too).
 When acl.conf asks for a password, put it in the URL: http://user:password@localhost:8888/xmlrpc
 QUEUE defaults to a new queue name, so that earlier runs do not get in the way. The queue
-is purged at the end (``DELETE /q/<queue>``: XML-RPC has no purge method).
+is purged at the end (``DELETE /q/<queue>``: XML-RPC has no purge method). It stays listed,
+empty, in ``/stats/`` and on the dashboard, because the protocol has no way to remove a
+queue: the purge deletes its messages, not its name. So each run without QUEUE leaves one
+such empty queue behind.
 """
 
 from __future__ import annotations

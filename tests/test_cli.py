@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,8 @@ def test_push_quiet_prints_nothing_and_ttl_reaches_the_broker(rmq, shared_broker
     result = rmq("push", "-q", "--ttl", "1", queue, "short-lived")
     assert (result.returncode, result.stdout) == (0, "")
     assert shared_broker.get(f"/stats/{queue}").json()["len"] == 1
+    # The ttl running out is what is checked, so time must pass; polling with GET instead
+    # would pop the message while it is still alive.
     time.sleep(1.5)
     assert shared_broker.get(f"/q/{queue}").status == 204
 
@@ -207,13 +210,28 @@ def test_tail_into_a_pipe_that_closes_ends_quietly(shared_broker, queue):
     )
     try:
         assert proc.stdout.readline() == "one\n"
-        time.sleep(0.2)  # head has left: the next message goes into a closed pipe
+        # once head has left, the next message goes into a closed pipe
+        wait_for(lambda: not running_child(proc.pid, "head"), 10, what="head to exit")
         run_cli(broker_url(shared_broker), "push", queue, "two", "three")
         assert proc.wait(10) == 0  # pipefail: tail's own exit status counts
     finally:
         proc.kill()
         proc.wait()
     assert proc.stderr.read() == ""
+
+
+def running_child(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a child called ``name`` that has not exited yet."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:  # reaped meanwhile
+            continue
+        # "<pid> (<command>) <state> ...": the command may hold spaces or parentheses
+        command, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if command == name and state != "Z":
+            return True
+    return False
 
 
 def test_ctrl_c_ends_tail_without_a_traceback(shared_broker, queue):

@@ -15,6 +15,12 @@ def rmq(broker, *args: str) -> subprocess.CompletedProcess:
     return run_cli(broker_url(broker), *args)
 
 
+def wait_parked(broker, queue: str) -> None:
+    """Return once a long poll waits on ``queue``: the broker subscribed to its channel."""
+    channel = f"restmq:notify:0:{queue}"
+    wait_for(lambda: broker.redis("PUBSUB", "NUMSUB", channel)[1] >= 1, 10, what="a parked pop")
+
+
 def error_line(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
@@ -69,13 +75,17 @@ def test_an_ack_after_the_lease_ran_out_exits_1_and_the_message_is_back(shared_b
 
 def test_acking_several_reports_the_gone_lease_and_acks_the_others(shared_broker, queue):
     b = shared_broker
-    rmq(b, "push", queue, "short", "long")
-    short = rmq(b, "pop", "--lease", "1", queue).stdout.split("\t")[0]
-    long = rmq(b, "pop", "--lease", "60", queue).stdout.split("\t")[0]
+    rmq(b, "push", queue, "long", "short")
+    # The long lease first: a short one taken first could run out before the second pop
+    # (a client takes a moment to start), which would then take the same message again.
+    long, value = rmq(b, "pop", "--lease", "60", queue).stdout.rstrip("\n").split("\t")
+    assert value == "long"
+    short, value = rmq(b, "pop", "--lease", "1", queue).stdout.rstrip("\n").split("\t")
+    assert value == "short"
     wait_for(lambda: b.get(f"/stats/{queue}").json()["len"] == 1, 10, what="the short lease")
     result = rmq(b, "ack", queue, short, long)
     assert result.returncode == 1
-    assert result.stdout == f"{queue}:2\n"
+    assert result.stdout == f"{queue}:1\n"
     assert short in error_line(result)
 
 
@@ -83,7 +93,8 @@ def test_pop_wait_answers_as_soon_as_a_message_arrives(shared_broker, queue):
     started = time.monotonic()
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", queue)
     try:
-        time.sleep(1)
+        wait_parked(shared_broker, queue)
+        assert proc.poll() is None  # waiting, not answered empty
         rmq(shared_broker, "push", queue, "worth the wait")
         out, err = proc.communicate(timeout=15)
     finally:
@@ -104,7 +115,8 @@ def test_pop_wait_on_a_queue_that_stays_empty_exits_1_after_the_wait(shared_brok
 def test_pop_can_wait_for_a_message_and_lease_it(shared_broker, queue):
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", "--lease", "30", queue)
     try:
-        time.sleep(1)
+        wait_parked(shared_broker, queue)
+        assert proc.poll() is None
         rmq(shared_broker, "push", queue, "leased when it came")
         out, _ = proc.communicate(timeout=15)
     finally:

@@ -2,12 +2,16 @@
 
 The figures follow the broker without a reload, every action changes the broker
 (checked over HTTP), purge asks first, the console stays free of errors, and all
-of it works when acl.conf asks for a password.
+of it works when acl.conf asks for a password. The storage line says what the
+storage is, where, and whether it is up; the page never scrolls sideways, from a
+narrow window to a wide one.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import re
 import textwrap
 
 import pytest
@@ -65,6 +69,22 @@ def click(browser, queue: str, action: str) -> None:
 
 def action_result(browser) -> str:
     return browser.find_element(By.ID, "action-result").text
+
+
+def text_of(browser, element_id: str) -> str:
+    return browser.find_element(By.ID, element_id).text
+
+
+@contextlib.contextmanager
+def window_width(browser, width: int):
+    """The browser's window ``width`` px wide, for the ``with`` block only."""
+    before = browser.get_window_size()
+    browser.set_window_size(width, 900)
+    try:
+        assert browser.execute_script("return window.innerWidth;") == width
+        yield
+    finally:
+        browser.set_window_size(before["width"], before["height"])
 
 
 def console_errors(browser) -> list[dict]:
@@ -225,3 +245,86 @@ def _answers(port: int, auth: dict) -> bool:
         return request(port, "GET", "/stats/", headers=auth, timeout=2).status == 200
     except OSError:
         return False
+
+
+# -- the storage line -----------------------------------------------------------------
+
+
+def test_the_storage_line_says_what_the_storage_is_and_that_it_is_up(browser, shared_broker):
+    wait = open_dashboard(browser, f"http://127.0.0.1:{shared_broker.port}")
+    wait.until(lambda b: text_of(b, "storage-state") == "up", "the storage never showed up")
+    assert text_of(browser, "storage-kind") == "embedded Valkey"
+    socket_path = (shared_broker.data_dir / "valkey.sock").resolve()
+    assert text_of(browser, "storage-address") == f"unix:{socket_path}"
+    connections = re.fullmatch(r"(\d+) connections?", text_of(browser, "storage-connections"))
+    assert connections and int(connections.group(1)) > 0
+    # /stats/ keeps the original's text; the page shows none of it
+    assert shared_broker.get("/stats/").json()["redis"].startswith("<Redis Connection: unix:")
+    assert "<Redis" not in text_of(browser, "summary")
+    assert console_errors(browser) == []
+
+
+def test_the_storage_line_names_an_external_redis_and_says_when_it_is_down(
+    browser, broker_factory, valkey_factory
+):
+    server = valkey_factory()
+    broker = broker_factory("--redis-port", str(server.port))
+    wait = open_dashboard(browser, f"http://127.0.0.1:{broker.port}")
+    wait.until(lambda b: text_of(b, "storage-state") == "up", "the storage never showed up")
+    assert text_of(browser, "storage-kind") == "Redis"
+    assert text_of(browser, "storage-address") == f"127.0.0.1:{server.port}"
+    server.stop()
+    wait.until(lambda b: text_of(b, "storage-state") == "down", "the outage never showed")
+    assert text_of(browser, "live") == "storage unavailable"
+    assert not_reloaded(browser)
+
+
+# -- the layout ------------------------------------------------------------------------
+
+
+def scrolls_sideways(browser) -> bool:
+    return browser.execute_script(
+        "const page = document.documentElement; return page.scrollWidth > page.clientWidth;"
+    )
+
+
+def inside_the_page(browser, element) -> bool:
+    return browser.execute_script(
+        "const box = arguments[0].getBoundingClientRect();"
+        "return box.width > 0 && box.left >= 0"
+        " && box.right <= document.documentElement.clientWidth;",
+        element,
+    )
+
+
+@pytest.mark.parametrize("width", [1280, 1920, 800])
+def test_the_page_fits_its_width_without_scrolling_sideways(browser, shared_broker, queue, width):
+    # the longest name a queue can have, without a separator to break it at
+    long_name = (queue + "x" * 200)[:200]
+    for name in (queue, f"{queue}:dead", long_name):
+        shared_broker.post(f"/q/{name}", value="x")
+    with window_width(browser, width):
+        wait = open_dashboard(browser, f"http://127.0.0.1:{shared_broker.port}")
+        wait.until(lambda b: all(row(b, name) for name in (queue, f"{queue}:dead", long_name)))
+        wait.until(lambda b: text_of(b, "storage-state") == "up")
+        assert not scrolls_sideways(browser)
+        for name in (queue, long_name):
+            links = row(browser, name).find_elements(By.CSS_SELECTOR, "td.routes a")
+            assert [a.text for a in links] == [
+                "/q",
+                "/c",
+                "/p",
+                "/control",
+                "/stats",
+                "/j",
+                "watch",
+            ]
+            assert all(inside_the_page(browser, a) for a in links), name
+            buttons = row(browser, name).find_elements(By.CSS_SELECTOR, "td.actions button")
+            assert all(inside_the_page(browser, button) for button in buttons), name
+        heading = browser.find_element(By.CSS_SELECTOR, "#queues thead th:last-child")
+        if width >= 1280:  # a table, its routes column in full view
+            assert heading.text == "ROUTES" and inside_the_page(browser, heading)
+        else:  # a card per queue, each figure under its column's title
+            assert not heading.is_displayed()
+    assert console_errors(browser) == []

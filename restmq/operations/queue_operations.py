@@ -42,6 +42,7 @@ from restmq.operations.results import (
     Purged,
     QueueFigures,
     Status,
+    StorageState,
 )
 from restmq.operations.stats_feed import StatsFeed, StatsWatcher
 
@@ -60,10 +61,12 @@ class Operations:
         *,
         metrics: Metrics | None = None,
         waiters: WaiterRegistry | None = None,
+        storage_state: Callable[[], StorageState] | None = None,
     ) -> None:
         self.engine = engine
         self.consumers = consumers
         self.describe_storage = describe_storage
+        self.storage_state = storage_state
         # Live figures for the dashboard: one stats call per tick, whoever watches.
         self.stats_feed = StatsFeed(
             self.all_stats, consumers.reactor, heartbeat=consumers.heartbeat_interval
@@ -332,7 +335,8 @@ class Operations:
             QueueFigures(s, s.other_consumers + self.consumers.count(s.name))
             for s in await self.engine.stats()
         ]
-        return AllStats(self.describe_storage(), rows)
+        state = self.storage_state() if self.storage_state is not None else None
+        return AllStats(self.describe_storage(), rows, state)
 
     def watch_stats(self, watcher: StatsWatcher) -> None:
         """Send ``watcher`` the figures of ``all_stats`` now and whenever they change."""

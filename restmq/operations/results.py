@@ -74,9 +74,23 @@ class QueueFigures:
 
 
 @dataclass(frozen=True)
+class StorageState:
+    """The storage as an operator reads it on the dashboard."""
+
+    kind: str  # "Redis", "embedded Valkey" or "Sentinel"
+    address: str  # where: a unix socket, host:port, or the Sentinel service and its master
+    connections: int  # pool connections up now
+
+    @property
+    def up(self) -> bool:
+        return self.connections > 0
+
+
+@dataclass(frozen=True)
 class AllStats:
     storage: str  # where Redis is and how many connections are up
     queues: list[QueueFigures]  # sorted by name
+    storage_state: StorageState | None = None  # the same, for the dashboard
 
 
 @dataclass(frozen=True)

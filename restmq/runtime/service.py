@@ -28,8 +28,9 @@ from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine.queues import QueueEngine
 from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
+from restmq.operations.results import StorageState
 from restmq.runtime import workers
-from restmq.runtime.embedded_valkey import DataDirError, EmbeddedValkey
+from restmq.runtime.embedded_valkey import SOCKET_NAME, DataDirError, EmbeddedValkey
 from restmq.runtime.options import Options
 from restmq.runtime.stop_signals import StopOnce
 from restmq.storage.client import RedisAddress, RedisClient
@@ -40,6 +41,14 @@ from restmq.web.app import BrokerApplication
 log = Logger(namespace="restmq")
 
 STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+EMBEDDED = "embedded Valkey"  # the kind of storage the dashboard shows
+
+
+def _socket_kind(options: Options) -> str:
+    """A worker of a broker on the embedded Valkey is handed that Valkey's socket."""
+    embedded = os.path.join(options["data-dir"], SOCKET_NAME)
+    return EMBEDDED if options.is_worker and options["redis-socket"] == embedded else "Redis"
+
 
 #: one step of the service's start or stop: what it is, and what to call
 Step = tuple[str, Callable[[], object] | None]
@@ -62,7 +71,9 @@ class Broker:
         self.budget = budget if budget is not None else consumers.budget
         self.consumers = consumers
         self.access = access or AccessControl(None)
-        self.operations = Operations(engine, consumers, self.describe_storage, waiters=waiters)
+        self.operations = Operations(
+            engine, consumers, self.describe_storage, waiters=waiters, storage_state=self.storage
+        )
 
     def describe_storage(self) -> str:
         """The ``redis`` field of /stats and /control."""
@@ -70,6 +81,11 @@ class Broker:
         if not self.redis.connected:
             return f"<Redis Connection: {where} - not connected>"
         return f"<Redis Connection: {where} - {self.redis.pool_size_now} connection(s)>"
+
+    def storage(self) -> StorageState:
+        """The storage as the dashboard shows it (the ``storage`` of each stats event)."""
+        address = self.redis.address
+        return StorageState(address.kind, address.describe(), self.redis.pool_size_now)
 
     def access_is_open(self, section: str) -> bool:
         """True when acl.conf sets no rule for ``section`` (the common, fast case)."""
@@ -97,13 +113,13 @@ class BrokerService(service.Service):
         self.valkey: EmbeddedValkey | None = None
         if options.embedded:
             self.valkey = EmbeddedValkey(options["data-dir"], reactor)
-            address = RedisAddress(socket=self.valkey.socket_path)
+            address = RedisAddress(socket=self.valkey.socket_path, kind=EMBEDDED)
         elif options["redis-sentinel"]:
             address = SentinelAddress.create(
                 reactor, options["redis-sentinel"], options["redis-service"]
             )
         elif options["redis-socket"]:
-            address = RedisAddress(socket=options["redis-socket"])
+            address = RedisAddress(socket=options["redis-socket"], kind=_socket_kind(options))
         else:
             address = RedisAddress(host=options["redis-host"], port=options["redis-port"])
         self.redis = RedisClient(

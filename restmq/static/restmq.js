@@ -49,13 +49,28 @@
     return button;
   }
 
+  // The column titles, shown in each cell when a narrow page lays the queues out as cards.
+  let columnTitles = null;
+
+  function labelCells(tr) {
+    columnTitles ??= [...document.querySelectorAll("#queues thead th")].map((th) => th.textContent);
+    [...tr.children].forEach((td, i) => {
+      td.dataset.label = columnTitles[i];
+    });
+  }
+
   // A row is built once per queue; later figures only change its texts, so that a
   // button being clicked is never replaced under the pointer.
   function newRow(name) {
     const tr = document.createElement("tr");
     tr.dataset.queue = name;
     const nameCell = element("td", "name");
-    const link = element("a", "", name);
+    const link = element("a", "");
+    // a long name may break after its separators (as in "orders.eu:dead") first
+    for (const part of name.split(/(?<=[._:@-])/)) {
+      if (link.firstChild) link.appendChild(document.createElement("wbr"));
+      link.appendChild(document.createTextNode(part));
+    }
     link.href = "/j/" + encodeURIComponent(name);
     nameCell.appendChild(link);
     tr.appendChild(nameCell);
@@ -75,6 +90,7 @@
     );
     tr.appendChild(actions);
     tr.appendChild(routeLinks(name));
+    labelCells(tr);
     return tr;
   }
 
@@ -116,9 +132,32 @@
     if (!same) body.replaceChildren(...ordered);
     byId("empty").hidden = names.length > 0;
     setText(byId("queue-count"), String(stats.count));
-    setText(byId("redis"), stats.redis);
+    showStorage(stats);
     byId("updated").textContent = new Date().toLocaleTimeString();
     byId("error").hidden = true;
+  }
+
+  // The kind of storage, its address, the pool's connections and up or down; a broker
+  // whose figures lack "storage" has only the original's text ("redis") to show.
+  function showStorage(stats) {
+    const storage = stats.storage;
+    if (!storage) {
+      setText(byId("storage-kind"), stats.redis);
+      return;
+    }
+    setText(byId("storage-kind"), storage.kind);
+    setText(byId("storage-address"), storage.address);
+    const connections = storage.connections === 1 ? "1 connection" : storage.connections + " connections";
+    setText(byId("storage-connections"), connections);
+    byId("storage-where").hidden = false;
+    showStorageUp(storage.up);
+  }
+
+  function showStorageUp(up) {
+    const badge = byId("storage-state");
+    badge.className = "badge " + (up ? "up" : "down");
+    setText(badge, up ? "up" : "down");
+    badge.hidden = false;
   }
 
   function setLive(state, text) {
@@ -144,6 +183,7 @@
     });
     events.addEventListener("unavailable", (event) => {
       setLive("trouble", "storage unavailable");
+      showStorageUp(false);
       showError(JSON.parse(event.data).error);
     });
     events.addEventListener("end", () => setLive("trouble", "broker stopping"));

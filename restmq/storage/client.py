@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import txredisapi
@@ -60,6 +60,8 @@ class ServerAddress(Protocol):
     """Where the pool connects: a RedisAddress, or a Sentinel service (storage.sentinel)."""
 
     master_only: bool
+    #: what an operator calls it: "Redis", "embedded Valkey" or "Sentinel"
+    kind: str
 
     def describe(self) -> str: ...
 
@@ -73,6 +75,8 @@ class RedisAddress:
     host: str | None = None
     port: int | None = None
     socket: str | None = None
+    #: "embedded Valkey" for the broker's own server; the same address either way
+    kind: str = field(default="Redis", compare=False)
 
     #: whether the pool admits only a server that says it is the master (Sentinel)
     master_only = False

@@ -283,6 +283,7 @@ class SentinelAddress:
 
     #: connections are admitted to the pool only if the server says it is the master
     master_only = True
+    kind = "Sentinel"
 
     @classmethod
     def create(

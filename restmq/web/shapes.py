@@ -128,8 +128,19 @@ def all_stats(result: AllStats) -> dict[str, Any]:
 
 def stats_event(result: AllStats) -> dict[str, Any]:
     """A ``stats`` event of the ``/stats/`` event stream: the ``/stats/`` answer (each
-    queue with its ``leased`` count and, when its dead-letter queue exists, ``dead``)."""
-    return all_stats(result)
+    queue with its ``leased`` count and, when its dead-letter queue exists, ``dead``),
+    plus ``"storage"``, what the dashboard shows of it: ``{"kind", "address",
+    "connections", "up"}``. ``"redis"`` keeps the original's text, as in ``/stats/``."""
+    event = all_stats(result)
+    state = result.storage_state
+    if state is not None:
+        event["storage"] = {
+            "kind": state.kind,
+            "address": state.address,
+            "connections": state.connections,
+            "up": state.up,
+        }
+    return event
 
 
 def one_stats(result: OneStats) -> dict[str, Any]:
