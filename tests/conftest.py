@@ -12,7 +12,8 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq.engine.queues import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
 
 

@@ -9,7 +9,8 @@ from twisted.internet import defer, reactor
 
 from restmq.engine import queues
 from restmq.engine.queues import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 
 LARGE = 2500  # more than one inner chunk of the add and pop scripts
 

@@ -16,7 +16,8 @@ from twisted.internet import defer, reactor, task
 
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine.queues import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from tests.support import MemoryConsumer, RawSseStream, take_all, wait_for
 
 

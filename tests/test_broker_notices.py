@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor, task
 
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine import notices
-from restmq.storage.client import RedisAddress
+from restmq.storage.address import RedisAddress
 from restmq.storage.notify import Notifications
 from tests.support import MemoryConsumer
 

@@ -14,7 +14,8 @@ from twisted.internet import defer, reactor
 
 from restmq.engine.queues import QueueEngine
 from restmq.errors import OutcomeUnknown, StorageUnavailable
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from tests.support import ValkeyNode, wait_for
 
 

@@ -9,7 +9,7 @@ from twisted.internet import reactor, task
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine import notices
 from restmq.engine.queues import QueueEngine
-from restmq.storage.client import RedisAddress
+from restmq.storage.address import RedisAddress
 from restmq.storage.notify import Notifications
 from tests.support import MemoryConsumer, until
 

@@ -16,7 +16,8 @@ from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.engine.keys import LEASING
 from restmq.engine.queues import QueueEngine
 from restmq.errors import StorageUnavailable
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from restmq.storage.notify import Notifications
 
 

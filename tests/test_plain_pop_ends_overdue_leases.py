@@ -11,7 +11,8 @@ from twisted.internet import defer, reactor, task
 
 from restmq.engine.keys import LEASING
 from restmq.engine.queues import QueueEngine
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 
 
 @pytest.fixture

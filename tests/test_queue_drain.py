@@ -12,7 +12,7 @@ from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine.queues import QueueEngine
 from restmq.operations.queue_operations import Operations
-from restmq.storage.client import RedisAddress
+from restmq.storage.address import RedisAddress
 from restmq.storage.notify import Notifications
 from tests.support import MemoryConsumer, until
 

@@ -14,7 +14,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from restmq.errors import StorageUnavailable
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import MasterLocator, NoMaster, SentinelAddress
 from tests.support import SentinelGroup, ValkeyNode, free_port, wait_for

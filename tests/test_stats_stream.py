@@ -22,7 +22,8 @@ from restmq.operations.queue_operations import Operations
 from restmq.operations.results import AllStats
 from restmq.operations.stats_feed import StatsFeed
 from restmq.runtime.service import Broker
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from restmq.web import shapes
 from restmq.web.app import BrokerApplication
 

@@ -1,5 +1,5 @@
 """The parts of txredisapi that are not its public API, but that
-restmq/storage/client.py relies on: if an upgrade changes one of them, this test
+restmq/storage/client.py and connection.py rely on: if an upgrade changes one of them, this test
 fails and names it (pyproject.toml pins the range of versions tested).
 
 - ``RedisFactory.pool``: the list of pool connections (we pick the least busy);
@@ -17,7 +17,8 @@ import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
 
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 
 
 def relied_on(obj, name: str, where: str):
@@ -25,7 +26,7 @@ def relied_on(obj, name: str, where: str):
     if not hasattr(obj, name):
         raise AssertionError(
             f"txredisapi {txredisapi.__version__} has no {where}.{name}, which "
-            "restmq/storage/client.py relies on: adapt the client before allowing this version"
+            "restmq/storage/ relies on: adapt the client before allowing this version"
         )
     return getattr(obj, name)
 

@@ -33,7 +33,8 @@ from restmq.runtime import workers
 from restmq.runtime.embedded_valkey import SOCKET_NAME, DataDirError, EmbeddedValkey
 from restmq.runtime.options import Options
 from restmq.runtime.stop_signals import StopOnce
-from restmq.storage.client import RedisAddress, RedisClient
+from restmq.storage.address import RedisAddress
+from restmq.storage.client import RedisClient
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
 from restmq.web.app import BrokerApplication

@@ -10,84 +10,31 @@ is up fail immediately, in-flight work is bounded, and reconnects are quick.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import txredisapi
-from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import failure
 
-from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
+from restmq.errors import InvalidArgument, OutcomeUnknown, StorageUnavailable
+from restmq.storage.address import ServerAddress
+from restmq.storage.connection import ObservedFactory, encode_command, monotonic_now
+from restmq.storage.failures import translate_failure
 from restmq.storage.replication import ReplicaFence
 
 log = Logger(namespace="restmq.storage")
 
-# Errors that mean "Redis could not be asked" rather than "Redis said no".
-_UNAVAILABLE = (
-    txredisapi.ConnectionError,  # includes txredisapi.TimeoutError
-    defer.CancelledError,
-    error.ConnectionLost,
-    error.ConnectionDone,
-)
-# Replies of a server that cannot serve now, and what to tell the client.
-_REFUSALS = {
-    "LOADING": "Redis is loading its data",
-    "MASTERDOWN": "Redis has lost its master",
-    "READONLY": "Redis is a read-only replica",
-    "TRYAGAIN": "Redis asks to try again",
-    "BUSY ": "Redis is busy running a script",
-    "OOM ": "Redis is out of memory (maxmemory); free memory or raise maxmemory",
-    "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
-    "WRONGPASS": "Redis refused the password given with --redis-password",
-    "NOPERM": "the Redis user lacks a permission RestMQ needs",
-    "NOREPLICAS": "Redis has fewer replicas than its min-replicas-to-write",
-}
 # Commands that change nothing: when their answer is lost, nothing can have been stored.
 _READ_ONLY_COMMANDS = frozenset(
     {"GET", "MGET", "EXISTS", "LLEN", "LRANGE", "SMEMBERS", "SCARD", "SISMEMBER", "HGET",
      "HGETALL", "HLEN", "ZCARD", "ZRANGE", "ZSCORE", "TTL", "PTTL", "TYPE", "STRLEN", "INFO",
      "PING", "TIME", "DBSIZE", "SCAN"}
 )  # fmt: skip
-
-
-class ServerAddress(Protocol):
-    """Where the pool connects: a RedisAddress, or a Sentinel service (storage.sentinel)."""
-
-    master_only: bool
-    #: what an operator calls it: "Redis", "embedded Valkey" or "Sentinel"
-    kind: str
-
-    def describe(self) -> str: ...
-
-    def endpoint(self, reactor, timeout: float) -> IStreamClientEndpoint: ...
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where the Redis server is: a unix socket path, or a host and port."""
-
-    host: str | None = None
-    port: int | None = None
-    socket: str | None = None
-    #: "embedded Valkey" for the broker's own server; the same address either way
-    kind: str = field(default="Redis", compare=False)
-
-    #: whether the pool admits only a server that says it is the master (Sentinel)
-    master_only = False
-
-    def describe(self) -> str:
-        return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
-
-    def endpoint(self, reactor, timeout: float):
-        if self.socket:
-            return UNIXClientEndpoint(reactor, self.socket, timeout=timeout)
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
 
 
 class LuaScript:
@@ -102,139 +49,6 @@ class LuaScript:
         self.source = source
         self.writes = writes
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-
-
-STALL_AFTER = 0.05  # seconds without a reply after which a busy connection is passed over
-ROLE_TIMEOUT = 2.0  # seconds a new connection has to say whether its server is the master
-_now = time.monotonic
-
-
-def encode_command(args: Sequence[Any]) -> bytes:
-    """One Redis command in RESP: text as UTF-8, whole numbers in decimal."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode("utf-8")
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            data = b"%d" % arg
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-class _BrokerProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol (hiredis parser) with a lean way to send a command."""
-
-    #: when this connection last got a reply, or began waiting for one
-    last_progress = 0.0
-
-    def tryConvertData(self, data):
-        """A reply as text where it is UTF-8, as txredisapi's own conversion gives it
-        with ``convertNumbers`` off; that one runs several checks per element, which
-        costs a batch pop (a reply of four elements per message) more than its parse."""
-        if self.convertNumbers or self.charset != "utf-8":
-            return super().tryConvertData(data)
-        kind = data.__class__
-        if kind is bytes:
-            try:
-                return data.decode()
-            except UnicodeDecodeError:
-                return data
-        if kind is not list:
-            return data
-        try:
-            return [
-                x.decode()
-                if x.__class__ is bytes
-                else (self.tryConvertData(x) if x.__class__ is list else x)
-                for x in data
-            ]
-        except UnicodeDecodeError:  # some element is not text: convert each on its own
-            return [self.tryConvertData(x) for x in data]
-
-    def replyReceived(self, reply):
-        self.last_progress = _now()
-        super().replyReceived(reply)
-        if (
-            isinstance(reply, txredisapi.ResponseError)
-            and self.factory.master_only
-            and str(reply).startswith("READONLY")
-        ):
-            # The master was demoted under us: leave it on every connection to it, and
-            # reconnect, which asks Sentinel anew.
-            peer = self.transport.getPeer()
-            for conn in [self, *self.factory.pool]:
-                if conn is self or conn.transport.getPeer() == peer:
-                    conn.transport.loseConnection()
-
-    def stalled(self, now: float) -> bool:
-        """Replies are due but none came lately: Redis is stuck on this connection."""
-        return bool(self.replyQueue.waiting) and now - self.last_progress > STALL_AFTER
-
-    def send(self, args: Sequence[Any]) -> defer.Deferred:
-        """Write one command; its reply (a ResponseError becomes a failure).
-
-        txredisapi's execute_command adds a Deferred, closures and kwargs handling
-        per call that we never use. Cancelling the returned Deferred is safe: the
-        reply queue keeps a placeholder, so later replies stay in line.
-        """
-        return self.send_encoded(encode_command(args))
-
-    def send_encoded(self, data: bytes) -> defer.Deferred:
-        """Write one command already in RESP; its reply, as ``send``."""
-        if not self.replyQueue.waiting:
-            self.last_progress = _now()
-        self.transport.write(data)
-        return self.replyQueue.get().addCallback(self.handle_reply)
-
-
-class _ObservedFactory(txredisapi.RedisFactory):
-    """A pool factory that reports when the first connection comes or the last goes."""
-
-    protocol = _BrokerProtocol
-
-    # Reconnect fast: the library's default backoff grows to 10 s per slot.
-    initialDelay = 0.1
-    maxDelay = 1.0
-
-    on_state_change: Callable[[bool], None] = staticmethod(lambda up: None)
-    on_refusal: Callable[[str], None] = staticmethod(lambda why: None)
-    master_only = False  # admit a connection only once its server says it is the master
-
-    def connectionError(self, why):
-        # AUTH or SELECT failed: txredisapi stops retrying that connection for good.
-        super().connectionError(why)
-        self.on_refusal(str(why))
-
-    def addConnection(self, conn):
-        if not self.master_only or not conn.connected:
-            return self._admit(conn)  # (which drops a connection that died meanwhile)
-        # A sentinel's answer may be stale (a failover under way): ask the server itself.
-        from twisted.internet import reactor  # as txredisapi's own timers do
-
-        role = conn.send(("ROLE",)).addTimeout(ROLE_TIMEOUT, reactor)
-        role.addBoth(self._admit_if_master, conn)
-
-    def _admit_if_master(self, role, conn) -> None:
-        if isinstance(role, list) and role and role[0] == "master":
-            self._admit(conn)
-        elif conn.transport is not None:
-            conn.transport.loseConnection()
-
-    def _admit(self, conn) -> None:
-        before = self.size
-        super().addConnection(conn)
-        if before == 0 and self.size > 0:
-            self.on_state_change(True)
-
-    def delConnection(self, conn):
-        before = self.size
-        super().delConnection(conn)
-        if before > 0 and self.size == 0:
-            self.on_state_change(False)
 
 
 @dataclass(frozen=True)
@@ -321,7 +135,7 @@ class RedisClient:
         self._password = password
         self._max_inflight = max_inflight
         self._inflight = 0
-        self._factory: _ObservedFactory | None = None
+        self._factory: ObservedFactory | None = None
         self._ever_connected = False
         self._closing = False
         self.refusal: str | None = None  # why Redis refused our AUTH or SELECT, if it did
@@ -333,7 +147,7 @@ class RedisClient:
     # -- life cycle ---------------------------------------------------------
 
     def connect(self) -> None:
-        factory = _ObservedFactory(
+        factory = ObservedFactory(
             self.address.describe(),
             self.dbid,
             self.poolsize,
@@ -529,7 +343,7 @@ class RedisClient:
         factory = self._factory
         if factory is None or self._inflight >= self._max_inflight:
             return None
-        now = _now()
+        now = monotonic_now()
         least, least_waiting = None, None
         for connection in factory.pool:
             if not connection.connected or connection.stalled(now):
@@ -583,13 +397,13 @@ class RedisClient:
             answer,
             writes,
         )
-        started = _now()
+        started = monotonic_now()
 
         def arrived(outcome):
             self._inflight -= 1
             observe = self.observe_call
             if observe is not None:
-                observe(name, _now() - started)
+                observe(name, monotonic_now() - started)
             if timer.active():
                 timer.cancel()
             if not answer.called:
@@ -607,7 +421,7 @@ class RedisClient:
                 self._now_idle()
 
         sent.addBoth(arrived)
-        answer.addErrback(self._translate, writes)
+        answer.addErrback(translate_failure, writes, self._where())
         return answer
 
     def _too_late(self, answer: defer.Deferred, writes: bool) -> None:
@@ -626,28 +440,6 @@ class RedisClient:
 
     def _where(self) -> str:
         return f"Redis at {self.address.describe()}"
-
-    def _translate(self, reason: failure.Failure, writes: bool = False):
-        if reason.check(StorageUnavailable, InvalidArgument):
-            return reason
-        if reason.check(*_UNAVAILABLE):
-            if writes:
-                raise OutcomeUnknown(
-                    f"stored state unknown: the connection to {self._where()} was lost after "
-                    "a write was sent; it may have happened: check before retrying"
-                )
-            raise StorageUnavailable(f"storage unavailable: connection to {self._where()} lost")
-        if reason.check(txredisapi.ResponseError):
-            text = str(reason.value)
-            for prefix, meaning in _REFUSALS.items():
-                if text.startswith(prefix):
-                    raise StorageUnavailable(f"storage unavailable: {meaning} ({text[:120]})")
-            if text.startswith("WRONGTYPE"):
-                raise DataConflict(
-                    "a Redis key of this queue holds another kind of value: the database is "
-                    "shared with something that is not RestMQ, or was edited by hand"
-                )
-        return reason
 
     # -- readiness ----------------------------------------------------------
 

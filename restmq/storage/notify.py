@@ -14,7 +14,7 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq.storage.client import ServerAddress
+from restmq.storage.address import ServerAddress
 
 log = Logger(namespace="restmq.storage")
 

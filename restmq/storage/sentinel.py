@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from restmq.storage.client import encode_command
+from restmq.storage.connection import encode_command
 
 log = Logger(namespace="restmq.storage")
 
