@@ -4,7 +4,8 @@
 once the part may work, ``stop()`` when it must end, returning a Deferred that
 fires once it has. ``Periodic`` runs a part's recurring work (sweeps, counts,
 feeds): one run at a time, a failure never ending the loop, and an outage
-logged once when it begins and once when it ends rather than on every run.
+logged once when it begins and once when it ends rather than on every run
+(``Outage``, which the delivery's own drains use too).
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class Periodic:
         self.what = what
         self.now = now
         self._work = work
-        self._log = log
         self._loop: task.LoopingCall | None = None
         self._done: defer.Deferred | None = None
-        self.failing = False
+        self.outage = Outage(log, what, interval)
+
+    @property
+    def failing(self) -> bool:
+        return self.outage.failing
 
     @property
     def running(self) -> bool:
@@ -96,14 +100,30 @@ class Periodic:
         return None
 
     def _succeeded(self, _result: object) -> None:
-        if self.failing:
-            self.failing = False
-            self._log.info("{what} works again", what=self.what)
+        self.outage.over()
 
     def _failed(self, failure: Failure) -> None:
+        self.outage.began(failure)
+
+
+class Outage:
+    """Failures of one recurring job, said once when they begin and once when they end.
+
+    A storage outage is a warning naming the error; any other failure is logged with
+    its traceback, once too: a broken job must not fill the log every second.
+    """
+
+    def __init__(self, log: Logger, what: str, interval: float) -> None:
+        self._log = log
+        self.what = what
+        self.interval = interval
+        self.failing = False
+
+    def began(self, reason: Failure | Exception) -> None:
         if self.failing:  # said once per outage
             return
         self.failing = True
+        failure = reason if isinstance(reason, Failure) else Failure(reason)
         if failure.check(StorageUnavailable):
             self._log.warn(
                 "{what} failed: {error}; retrying every {interval}s",
@@ -113,3 +133,8 @@ class Periodic:
             )
         else:
             self._log.failure("{what} failed", failure, what=self.what)
+
+    def over(self) -> None:
+        if self.failing:
+            self.failing = False
+            self._log.info("{what} works again", what=self.what)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from restmq.delivery.pending import Pending
 from restmq.engine.queues import QueueEngine
 from restmq.errors import StorageUnavailable
-from restmq.lifecycle import Periodic
+from restmq.lifecycle import Outage, Periodic
 
 
 class Line:
@@ -47,32 +47,6 @@ L = TypeVar("L", bound=Line)
 
 #: One look at a queue for its members; True when the queue may have more for them.
 Step = Callable[[str, L], Awaitable[bool]]
-
-
-class _Outage:
-    """A storage outage the drains met: said once when it begins, once when it ends."""
-
-    def __init__(self, log: Logger, what: str, interval: float) -> None:
-        self._log = log
-        self.what = what
-        self.interval = interval
-        self.failing = False
-
-    def began(self, error: StorageUnavailable) -> None:
-        if self.failing:
-            return
-        self.failing = True
-        self._log.warn(
-            "{what} failed: {error}; retrying every {interval}s",
-            what=self.what,
-            error=error,
-            interval=self.interval,
-        )
-
-    def over(self) -> None:
-        if self.failing:
-            self.failing = False
-            self._log.info("{what} works again", what=self.what)
 
 
 class QueueDrain(Generic[L]):
@@ -109,7 +83,7 @@ class QueueDrain(Generic[L]):
         self._pending = pending if pending is not None else Pending()
         self._lines: dict[str, L] = {}
         self._sweeping: defer.Deferred | None = None
-        self._outage = _Outage(log, what, interval)
+        self._outage = Outage(log, what, interval)
         self._sweeper = Periodic(clock, interval, self.sweep, what=f"the sweep ({what})", log=log)
 
     # -- life cycle ---------------------------------------------------------
