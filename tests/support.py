@@ -764,7 +764,7 @@ def error_of(response: Response) -> str:
 
 
 def make_hash(password: str) -> str:
-    """A hash made the way the README says: the restmq-passwd command, password on stdin."""
+    """A hash made the way docs/access.rst says: the restmq-passwd command, password on stdin."""
     result = subprocess.run(
         [str(BIN / "restmq-passwd")],
         input=password + "\n",

@@ -1,6 +1,6 @@
 """The protocol's limits on what one request may ask for, as the command checks them.
 
-They are the HTTP protocol's (README, docs/protocol.md): the broker refuses anything
+They are the HTTP protocol's (docs/protocol.md): the broker refuses anything
 beyond them with a 400, and the command refuses it before sending. They are copies,
 not imports, because the command talks to a broker over HTTP and loads none of its
 modules; a test keeps them equal to the broker's (restmq.operations.validation).

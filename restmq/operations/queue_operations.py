@@ -3,8 +3,10 @@
 Each operation validates its arguments once (queue name, ttl, n, key, receipt, policy,
 status word), makes one engine call and returns a typed result. Failures are
 the errors of restmq.errors only; each front end renders results and errors in
-its own wire format (restmq.web.shapes builds the bodies) and never checks a
-queue operation's arguments itself.
+its own wire format (restmq.web.shapes builds the bodies). A front end checks an
+operation's arguments only where it must refuse before the operation runs (a
+WebSocket handshake, the JSON protocol's path queue), and then with these same
+rules (restmq.operations.validation).
 """
 
 from __future__ import annotations

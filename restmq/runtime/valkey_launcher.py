@@ -1,7 +1,7 @@
 """Exec the Valkey server so that it can never outlive the broker.
 
-Run as ``python -m restmq.runtime.valkey_launcher VALKEY-BINARY ARGS...`` by the
-embedded storage service. Before it becomes the server it
+Run as ``python -m restmq.runtime.valkey_launcher VALKEY-BINARY ARGS...`` by
+``restmq.runtime.embedded_valkey``. Before it becomes the server it
 
 - asks Linux to send it SIGTERM when its parent (the broker) dies, even by
   SIGKILL (``PR_SET_PDEATHSIG`` survives exec), so the server flushes its

@@ -1,1 +1,1 @@
-"""Where queues live: a txredisapi pool (``client``) and the embedded Valkey (``embedded``)."""
+"""Talking to the Redis (or Valkey) where queues live: the pool (``client``), pub/sub, Sentinel."""

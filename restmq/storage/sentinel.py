@@ -4,9 +4,9 @@ With ``--redis-sentinel`` the broker names no Redis server: each connection of
 the pool and of pub/sub asks the sentinels which server is the master of
 ``--redis-service`` each time it (re)connects, and the pool admits a
 connection only once the server itself says it is the master (``ROLE``, see
-client.py). Following a failover therefore needs nothing but reconnecting: the
-connections to the old master break (or are dropped on a ``READONLY`` answer),
-and the next question to the sentinels names the new master.
+restmq.storage.connection). Following a failover therefore needs nothing but
+reconnecting: the connections to the old master break (or are dropped on a
+``READONLY`` answer), and the next question to the sentinels names the new master.
 
 txredisapi has a Sentinel client, but it waits up to ten seconds for an answer
 naming a healthy master and queues its questions on sentinel connections with

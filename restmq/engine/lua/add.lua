@@ -1,7 +1,7 @@
 -- Add one or more messages to a queue, atomically.
 -- KEYS: 1 QUEUESET, 2 <q>:UUID, 3 <q>:queue, 4 queuestat::<q>
 -- ARGV: 1 queue name, 2 ttl in seconds (0: none), 3 wake-up channel, 4 notice word
---       (restmq.notices.ADD), 5.. message bodies
+--       (restmq.engine.notices.ADD), 5.. message bodies
 -- Returns the new message keys, oldest first.
 -- Bodies without a ttl are stored by one MSET and the keys queued by one LPUSH, CHUNK
 -- at a time (unpack has a limit): a batch costs a few commands, not two per message.

@@ -5,7 +5,7 @@
 -- Own ARGV, counted from the end so that they stay put whatever the common arguments
 -- of lease_lib.lua are: queue, lease in ms, N, byte budget, most overdue leases to end
 -- first, id of the taking broker, batch version, the batch's field names for version,
--- origin and messages (restmq.notices).
+-- origin and messages (restmq.engine.notices).
 -- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers the
 -- batch was published to, keys left in the queue, deadline (ms), then key, body, ms to
 -- live (-1 none), deliveries, for each message taken.

@@ -1,8 +1,8 @@
--- Shared by the lease scripts: restmq.core puts this text in front of each of them.
+-- Shared by the lease scripts: restmq.engine.scripts puts this text in front of each of them.
 -- Every lease script gets KEYS 1 QUEUESET, 2 the leasing index (a sorted set of the
 -- queues that have leases, scored by their earliest lease deadline), and ARGV
 -- 1 status key prefix, 2 channel prefix, 3 the notice word published when messages
--- come back to a queue (restmq.notices.ADD); its own arguments follow.
+-- come back to a queue (restmq.engine.notices.ADD); its own arguments follow.
 
 -- Milliseconds since the epoch by the server's clock: the one clock every broker shares.
 local function now_ms()
@@ -10,7 +10,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The keys of queue q that leases touch (the layout documented in restmq.core).
+-- The keys of queue q that leases touch (the layout documented in restmq.engine.keys).
 local function queue_keys(q)
   return {
     name = q,

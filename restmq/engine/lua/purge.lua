@@ -1,7 +1,7 @@
 -- Empty a queue: delete every pending message (body and peek counter) and the list of keys,
 -- and every leased message with its lease and delivery count.
 -- KEYS: 1 <q>:queue, 2 <q>:leased, 3 <q>:deliveries, 4 the leasing index
--- ARGV: 1 wake-up channel, 2 queue name, 3 notice word (restmq.notices.PURGE)
+-- ARGV: 1 wake-up channel, 2 queue name, 3 notice word (restmq.engine.notices.PURGE)
 -- Returns the number of messages deleted (pending entries of the list, expired ones too,
 -- and leased messages).
 local removed = 0

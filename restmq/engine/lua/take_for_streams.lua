@@ -10,7 +10,8 @@
 --       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
 --       stops once its bodies reach it; one message at least), 6 batch version,
 --       7-9 the batch's field names for version, origin and messages
---       (restmq.notices: the published batch is {"v": 1, "o": origin, "m": [key, body, ...]})
+--       (restmq.engine.notices: the published batch is
+--       {"v": 1, "o": origin, "m": [key, body, ...]})
 -- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers
 --          the batch was published to, keys left in the queue, then key, body,
 --          ms to live (-1 none), ...

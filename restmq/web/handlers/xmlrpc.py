@@ -34,7 +34,7 @@ from restmq.web.handlers.base import BaseHandler
 
 log = Logger(namespace="restmq.xmlrpc")
 
-# Fault codes (the README lists them). The queue errors reuse the HTTP status a REST
+# Fault codes (docs/xmlrpc.rst lists them). The queue errors reuse the HTTP status a REST
 # client would get.
 INVALID_ARGUMENT = 400  # bad queue name, value, ttl, key or policy; wrong number of arguments
 UNAUTHORIZED = 401  # acl.conf wants a username and password (HTTP Basic): none, or wrong
