@@ -527,7 +527,7 @@ def test_static_dashboard_is_served_with_its_script_and_styles(shared_broker):
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
-    for element in ("queues", "queue-rows", "queue-count", "redis", "updated", "post-form"):
+    for element in ("queues", "queue-rows", "queue-count", "storage", "updated", "post-form"):
         assert f'id="{element}"' in page, element
     assert '<script src="/static/restmq.js"' in page
     assert '<link rel="stylesheet" href="/static/restmq.css">' in page
