@@ -103,8 +103,12 @@ def log_lines():
 @pytest.fixture(scope="session")
 def valkey_cluster(tmp_path_factory):
     """One Valkey Cluster (3 primaries, 1 replica each) for the tests that leave it as
-    they found it; started at the first test that asks for it, stopped after the last."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), base_port=free_cluster_base(6))
+    they found it; started at the first test that asks for it, stopped after the last.
+    No test fails a node of it, so a node is failed only after 2 s of silence: a machine
+    busy for a second does not set off a failover under the other tests."""
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), base_port=free_cluster_base(6), node_timeout_ms=2000
+    )
     cluster.start()
     yield cluster
     cluster.stop()

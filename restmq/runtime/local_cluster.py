@@ -69,6 +69,10 @@ def node_command(port: int, *args: Any, host: str = HOST, timeout: float = 5.0) 
     return reply
 
 
+def _fields(flat: list) -> dict:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 @dataclass(eq=False)
 class Node:
     """One valkey-server of the cluster.
@@ -324,12 +328,15 @@ class LocalCluster:
             info = node.command("CLUSTER", "INFO")
             if "cluster_state:ok" not in info or f"slots_assigned:{SLOT_COUNT}" not in info:
                 return False
-            # every node must know each replica as one: those vote in a failover
-            views = {
-                fields[0]: fields[2].split(",")
-                for fields in map(str.split, node.command("CLUSTER", "NODES").splitlines())
+            # every node must know each replica as one and as synced (a replica offset
+            # other than 0 reached it by gossip): until then it names no replica to clients
+            # in CLUSTER SLOTS, and "loading" ones in CLUSTER SHARDS
+            seen = {
+                fields["id"]: (fields["role"], fields["health"])
+                for shard in node.command("CLUSTER", "SHARDS")
+                for fields in map(_fields, _fields(shard)["nodes"])
             }
-            if any("slave" not in views.get(node_id, ()) for node_id in live_replicas):
+            if any(seen.get(node_id) != ("replica", "online") for node_id in live_replicas):
                 return False
         return True
 
