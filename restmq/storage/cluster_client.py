@@ -116,6 +116,7 @@ class ClusterClient:
         self.slot_map: SlotMap | None = None
         self._clients: dict[Address, RedisClient] = {}  # the primaries'
         self._born: dict[Address, float] = {}  # when each was made (it needs time to connect)
+        self._was_up: set[Address] = set()  # those that have connected: lost, they fail fast
         self._connect_waiters: dict[Address, list[defer.Deferred]] = {}
         self._seeds: dict[Address, RedisClient] = {}  # one connection each, to read the map
         self._reading: list[defer.Deferred] | None = None
@@ -347,7 +348,7 @@ class ClusterClient:
         if client.connected:
             return client
         left = self._born[address] + self.call_timeout - time.monotonic()
-        if left > 0 and client.refusal is None:
+        if left > 0 and client.refusal is None and address not in self._was_up:
             waiter = defer.Deferred()
             self._connect_waiters.setdefault(address, []).append(waiter)
             timer = self.reactor.callLater(left, waiter.callback, None)
@@ -365,6 +366,7 @@ class ClusterClient:
 
     def _connection_changed(self, address: Address, up: bool) -> None:
         if up:
+            self._was_up.add(address)
             for waiter in self._connect_waiters.pop(address, []):
                 if not waiter.called:
                     waiter.callback(None)
@@ -428,6 +430,7 @@ class ClusterClient:
             client = self._clients.pop(address)
             client.on_connection_change = None
             self._born.pop(address, None)
+            self._was_up.discard(address)
             client.when_idle().addCallback(lambda _, client=client: client.disconnect())
         if before is None or {n.address for n in before.primaries} != wanted:
             log.info("Valkey Cluster primaries: {nodes}",
