@@ -12,9 +12,17 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
 from restmq.engine.queues import QueueEngine
+from restmq.runtime.local_cluster import LocalCluster
 from restmq.storage.address import RedisAddress
 from restmq.storage.client import RedisClient
-from tests.support import Broker, Valkey, in_ci, install_hint, missing_programs
+from tests.support import (
+    Broker,
+    Valkey,
+    free_cluster_base,
+    in_ci,
+    install_hint,
+    missing_programs,
+)
 
 
 @pytest.fixture
@@ -90,6 +98,43 @@ def log_lines():
     globalLogPublisher.addObserver(observe)
     yield lines
     globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory):
+    """One Valkey Cluster (3 primaries, 1 replica each) for the tests that leave it as
+    they found it; started at the first test that asks for it, stopped after the last.
+    No test fails a node of it, so a node is failed only after 2 s of silence: a machine
+    busy for a second does not set off a failover under the other tests."""
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), base_port=free_cluster_base(6), node_timeout_ms=2000
+    )
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path_factory):
+    """Start Valkey Clusters of a test's own (to kill nodes of, or move slots in); all are
+    stopped after the test."""
+    started: list[LocalCluster] = []
+
+    def start(primaries: int = 3, replicas: int = 1, **kwargs) -> LocalCluster:
+        base = free_cluster_base(primaries * (1 + replicas))
+        cluster = LocalCluster(
+            tmp_path_factory.mktemp("cluster"),
+            base_port=base,
+            primaries=primaries,
+            replicas=replicas,
+            **kwargs,
+        )
+        started.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in started:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

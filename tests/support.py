@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import queue as queue_module
+import random
 import re
 import shutil
 import signal
@@ -56,6 +57,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_base(count: int) -> int:
+    """A base port for a local Valkey Cluster of ``count`` nodes: those ports and their
+    cluster bus ports (+10000) are all free, and below the ephemeral range (from 32768),
+    so that no outgoing connection takes one before the nodes bind them."""
+    for _ in range(200):
+        base = random.randrange(20000, 22760 - count)
+        ports = [*range(base, base + count), *range(base + 10000, base + 10000 + count)]
+        if all(_port_is_free(port) for port in ports):
+            return base
+    raise AssertionError(f"no block of {count} free ports (and their bus ports) found")
 
 
 def valkey_binary() -> str:

@@ -30,6 +30,7 @@ from restmq.storage.replication import ReplicaFence
 log = Logger(namespace="restmq.storage")
 
 # Commands that change nothing: when their answer is lost, nothing can have been stored.
+_ASKING = encode_command(("ASKING",))
 _READ_ONLY_COMMANDS = frozenset(
     {"GET", "MGET", "EXISTS", "LLEN", "LRANGE", "SMEMBERS", "SCARD", "SISMEMBER", "HGET",
      "HGETALL", "HLEN", "ZCARD", "ZRANGE", "ZSCORE", "TTL", "PTTL", "TYPE", "STRLEN", "INFO",
@@ -61,6 +62,7 @@ class _Call:
     fallback: Sequence[Any] | None
     name: str
     replicated: bool
+    asking: bool = False  # sent right behind ASKING (a cluster slot being migrated)
 
     @property
     def size(self) -> int:
@@ -143,6 +145,8 @@ class RedisClient:
         self._gate = _LargeCommandGate(self.large_in_flight)
         #: called after each reply with the command or script name and the seconds it took
         self.observe_call: Callable[[str, float], None] | None = None
+        #: called with True when the pool's first connection comes up, False when its last goes
+        self.on_connection_change: Callable[[bool], None] | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -193,6 +197,8 @@ class RedisClient:
         else:
             log.warn("storage lost: no connection to Redis at {where}", where=where)
         self._ever_connected = self._ever_connected or up
+        if self.on_connection_change is not None:
+            self.on_connection_change(up)
 
     def _refused(self, why: str) -> None:
         if self.refusal is None:
@@ -215,10 +221,14 @@ class RedisClient:
 
     # -- calls --------------------------------------------------------------
 
-    def execute(self, *command: Any) -> defer.Deferred:
-        """Run one Redis command; fail with StorageUnavailable rather than wait."""
+    def execute(self, *command: Any, asking: bool = False) -> defer.Deferred:
+        """Run one Redis command; fail with StorageUnavailable rather than wait.
+
+        ``asking``: send ASKING right before it on the same connection (a cluster node
+        then serves a key of a slot it is importing).
+        """
         writes = str(command[0]).upper() not in _READ_ONLY_COMMANDS
-        return self._call(command, writes=writes, name=str(command[0]))
+        return self._call(command, writes=writes, name=str(command[0]), asking=asking)
 
     def run_script(
         self,
@@ -228,6 +238,7 @@ class RedisClient:
         on_late: Callable[[Any], object] | None = None,
         *,
         replicated: bool = False,
+        asking: bool = False,
     ) -> defer.Deferred:
         """Run a Lua script by SHA1 in one round trip; load it only if the server lacks it.
 
@@ -235,6 +246,7 @@ class RedisClient:
         run: ``on_late(reply)`` is then called, so that what it took is not lost. A
         writing script without ``on_late`` whose answer is lost fails with OutcomeUnknown.
         ``replicated``: answer only once ``wait_replicas`` replicas have what it wrote.
+        ``asking``: as for ``execute``.
         """
         return self._call(
             ("EVALSHA", script.sha, len(keys), *keys, *args),
@@ -243,6 +255,7 @@ class RedisClient:
             fallback=("EVAL", script.source, len(keys), *keys, *args),
             name=script.name,
             replicated=replicated and bool(self.wait_replicas),
+            asking=asking,
         )
 
     def _call(
@@ -254,6 +267,7 @@ class RedisClient:
         fallback: Sequence[Any] | None = None,
         name: str = "",
         replicated: bool = False,
+        asking: bool = False,
     ) -> defer.Deferred:
         """Send ``command`` now, or (a large one) once the gate lets it out.
 
@@ -263,7 +277,7 @@ class RedisClient:
             data = encode_command(command)
         except UnicodeEncodeError:
             return defer.fail(InvalidArgument("text that is not valid Unicode (a lone surrogate)"))
-        call = _Call(data, on_late, writes, fallback, name, replicated)
+        call = _Call(data, on_late, writes, fallback, name, replicated, asking)
         if call.size < self.large_command:
             return self._send_now(call, held=0)
         if self._connection() is None:
@@ -279,17 +293,20 @@ class RedisClient:
                 self._gate.give_back(held)
             return self._unavailable()
 
-        def send(reply: defer.Deferred) -> defer.Deferred:
+        def send(data: bytes) -> defer.Deferred:
+            if call.asking:  # back to back on one connection: nothing comes between
+                connection.send_encoded(_ASKING).addErrback(lambda _: None)
+            reply = connection.send_encoded(data)
             return self._fence.after(connection, reply) if call.replicated else reply
 
-        sent = send(connection.send_encoded(call.data))
+        sent = send(call.data)
         if call.fallback is not None:
 
             def load_if_missing(failure):
                 failure.trap(txredisapi.ResponseError)
                 if not str(failure.value).startswith("NOSCRIPT"):
                     return failure
-                return send(connection.send(call.fallback))
+                return send(encode_command(call.fallback))
 
             sent.addErrback(load_if_missing)
         if held:

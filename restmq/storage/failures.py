@@ -27,6 +27,7 @@ _REFUSALS = {
     "MASTERDOWN": "Redis has lost its master",
     "READONLY": "Redis is a read-only replica",
     "TRYAGAIN": "Redis asks to try again",
+    "CLUSTERDOWN": "the Valkey Cluster cannot serve this key now",
     "BUSY ": "Redis is busy running a script",
     "OOM ": "Redis is out of memory (maxmemory); free memory or raise maxmemory",
     "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
