@@ -66,9 +66,6 @@ class StatsFeed:
     def watchers(self) -> int:
         return len(self._watchers)
 
-    def start(self) -> None:
-        """Nothing to start: the feed ticks only while someone watches."""
-
     def watch(self, watcher: StatsWatcher) -> None:
         """Add ``watcher``; it gets the latest figures at once if the feed has them."""
         if self._stopped:

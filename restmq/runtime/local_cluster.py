@@ -233,11 +233,6 @@ class LocalCluster:
             node.proc.kill()
             node.proc.wait(10)
 
-    def revive(self, node: Node) -> None:
-        """Start a killed node again from its directory (it rejoins with its nodes.conf)."""
-        if not node.alive:
-            self._spawn(node)
-
     def __enter__(self) -> LocalCluster:
         return self.start()
 
