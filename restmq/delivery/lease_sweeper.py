@@ -4,6 +4,11 @@ A lease must run out even when the broker that granted it is gone, so every brok
 sweeps every queue: the sweeps are script calls on the shared Redis, and leases
 already ended by another broker's sweep (or by a take, which ends its queue's
 overdue leases first) are simply not found again.
+
+On a Valkey Cluster each queue family (a queue and its dead letters) has its own
+leasing index in its own slot, so a sweep is one call per family, spread over the
+shards; a sweep visits at most ``families_per_sweep`` of them, going on where the
+last one stopped, so that many queues cannot make one sweep long.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from restmq.engine.limits import LEASE_RETURN_LIMIT, SWEEP_QUEUES
+from restmq.engine.messages import SweepResult
 from restmq.engine.queues import QueueEngine
 from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 
 log = Logger(namespace="restmq.leases")
+
+FAMILIES_AT_ONCE = 50  # cluster sweep calls in flight at once
 
 
 class LeaseSweeper:
@@ -38,6 +46,7 @@ class LeaseSweeper:
         queues_per_call: int = SWEEP_QUEUES,
         leases_per_call: int = LEASE_RETURN_LIMIT,
         calls_per_sweep: int = 10,
+        families_per_sweep: int = 1000,
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
@@ -47,6 +56,8 @@ class LeaseSweeper:
         self.queues_per_call = queues_per_call
         self.leases_per_call = leases_per_call
         self.calls_per_sweep = calls_per_sweep
+        self.families_per_sweep = families_per_sweep
+        self._next_family = 0  # where the next cluster sweep starts in the family list
         self._loop = Periodic(reactor, interval, self._sweep_once, what="lease sweep", log=log)
 
     def start(self) -> None:
@@ -58,15 +69,44 @@ class LeaseSweeper:
 
     async def sweep(self) -> int:
         """End the leases that ran out (within the bounds); return how many ended."""
+        if self.engine.layout.clustered:
+            return await self._sweep_families()
         ended = 0
         for _ in range(self.calls_per_sweep):
             result = await self.engine.sweep_leases(self.queues_per_call, self.leases_per_call)
-            ended += result.requeued + result.dead
-            for queue in result.by_queue:
-                self.metrics.leases_ended(queue.queue, queue.requeued, queue.dead)
+            ended += self._count(result)
             if not result.more:
                 break
         return ended
+
+    async def _sweep_families(self) -> int:
+        families = await self.engine.families()
+        if not families:
+            return 0
+        start = self._next_family % len(families)
+        window = (families[start:] + families[:start])[: self.families_per_sweep]
+        self._next_family = start + len(window)
+        ended = 0
+        for at in range(0, len(window), FAMILIES_AT_ONCE):
+            calls = [
+                defer.ensureDeferred(
+                    self.engine.sweep_leases(
+                        self.queues_per_call, self.leases_per_call, family=family
+                    )
+                )
+                for family in window[at : at + FAMILIES_AT_ONCE]
+            ]
+            for outcome in await defer.DeferredList(calls, consumeErrors=True):
+                succeeded, result = outcome
+                if not succeeded:
+                    result.raiseException()  # Periodic logs the outage once
+                ended += self._count(result)
+        return ended
+
+    def _count(self, result: SweepResult) -> int:
+        for queue in result.by_queue:
+            self.metrics.leases_ended(queue.queue, queue.requeued, queue.dead)
+        return result.requeued + result.dead
 
     async def _sweep_once(self) -> None:
         ended = await self.sweep()

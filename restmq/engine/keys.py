@@ -48,6 +48,8 @@ suffixes to build them, by the engine; the message keys ``<q>:<n>`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 QUEUESET = "QUEUESET"
 LEASING = "restmq:leasing"  # the leasing index (see the key table above)
 BROKERS = "restmq:brokers"  # brokers whose consumer counts are live
@@ -140,3 +142,114 @@ def is_message_key(queue: str, key: str) -> bool:
             return False
         queue = queue[: -len(DEAD_SUFFIX)]
     return True
+
+
+# -- the two layouts ----------------------------------------------------------------
+#
+# The engine asks a layout for the keys of a queue. It does so through the queue's
+# *stem*: the text every key of the queue is built from (``<stem>:queue``,
+# ``queuestat::<stem>``, the message keys ``<stem>:<n>``...). On a standalone server
+# or behind Sentinel the stem is the queue's name, so the keys are those of 2009. On a
+# Valkey Cluster the stem carries a hash tag, so that every key of a queue hashes to
+# one slot and each operation stays one script on one shard (see docs/cluster.md).
+
+#: Keys of the cluster layout that belong to no queue; they share one hash tag, and no
+#: queue key can equal them (a queue's keys start with ``{`` or ``queuestat:``).
+CLUSTER_GLOBAL_TAG = "{restmq}"
+CLUSTER_QUEUES = f"restmq:{CLUSTER_GLOBAL_TAG}:queues"  # set: the queue families
+CLUSTER_BROKERS = f"restmq:{CLUSTER_GLOBAL_TAG}:brokers"
+CLUSTER_CONSUMERS_PREFIX = f"restmq:{CLUSTER_GLOBAL_TAG}:consumers:"
+
+
+def family_of(queue: str) -> str:
+    """The queue whose dead letters ``queue`` holds, all the way down: ``q`` for
+    ``q``, ``q:dead`` and ``q:dead:dead``. A queue and its dead letters are one family."""
+    while queue.endswith(DEAD_SUFFIX) and len(queue) > len(DEAD_SUFFIX):
+        queue = queue[: -len(DEAD_SUFFIX)]
+    return queue
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """The 2009 layout (standalone and Sentinel): a queue's stem is its name."""
+
+    clustered = False
+    registry_key_name = QUEUESET  # what the scripts call the registry in their comments
+
+    def stem(self, queue: str) -> str:
+        return queue
+
+    def queue_of_stem(self, stem: str) -> str:
+        return stem
+
+    def registry(self, queue: str) -> str:
+        """The set that lists ``queue`` (and its dead letters) once it has had a message."""
+        return QUEUESET
+
+    def leasing(self, queue: str) -> str:
+        """The sorted set of queues with leases that ``queue``'s leases are indexed in."""
+        return LEASING
+
+    def brokers(self) -> str:
+        return BROKERS
+
+    def consumers_prefix(self) -> str:
+        return CONSUMERS_PREFIX
+
+    def channel_prefix(self, dbid: int | str) -> str:
+        return channel_prefix(dbid)
+
+
+@dataclass(frozen=True)
+class ClusterKeyLayout(KeyLayout):
+    """The Valkey Cluster layout: every key of queue ``q`` carries the hash tag of
+    ``q``'s family, so a queue and its dead letters live in one slot.
+
+    ==============================  ================================================
+    queue                           stem
+    ==============================  ================================================
+    ``jobs``                        ``{jobs}``
+    ``jobs:dead``                   ``{jobs}:dead``
+    ==============================  ================================================
+
+    so the list of ``jobs`` is ``{jobs}:queue``, its status ``queuestat::{jobs}``, its
+    messages ``{jobs}:1``, ``{jobs}:2``... Each family has its own registry
+    ``{jobs}:queues`` (the stems of its queues that have had messages) and leasing index
+    ``{jobs}:leasing``; the families are listed in ``restmq:{restmq}:queues``, which a
+    broker writes once per family (not on every add). Channels are
+    ``restmq:notify:<stem>``, in the family's slot too (sharded pub/sub).
+    """
+
+    clustered = True
+
+    def stem(self, queue: str) -> str:
+        family = family_of(queue)
+        return f"{{{family}}}{queue[len(family) :]}"
+
+    def queue_of_stem(self, stem: str) -> str:
+        """The queue a stem belongs to (``{jobs}:dead`` -> ``jobs:dead``)."""
+        dead = ""
+        while stem.endswith(DEAD_SUFFIX) and not stem.endswith("}"):
+            stem, dead = stem[: -len(DEAD_SUFFIX)], dead + DEAD_SUFFIX
+        if stem.startswith("{") and stem.endswith("}"):
+            return stem[1:-1] + dead
+        return stem + dead  # not a stem of this layout: shown as it is
+
+    def registry(self, queue: str) -> str:
+        return f"{{{family_of(queue)}}}:queues"
+
+    def leasing(self, queue: str) -> str:
+        return f"{{{family_of(queue)}}}:leasing"
+
+    def brokers(self) -> str:
+        return CLUSTER_BROKERS
+
+    def consumers_prefix(self) -> str:
+        return CLUSTER_CONSUMERS_PREFIX
+
+    def channel_prefix(self, dbid: int | str) -> str:
+        return NOTIFY_PREFIX  # a cluster has database 0 only; the stem brings the tag
+
+
+STANDALONE = KeyLayout()
+CLUSTER = ClusterKeyLayout()

@@ -15,12 +15,14 @@ before it reaches here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from restmq.engine import keys, messages, notices, scripts
+from restmq.engine.keys import KeyLayout
 from restmq.engine.limits import (
     LEASE_RETURN_LIMIT,
     MAX_BATCH,
@@ -46,9 +48,11 @@ def _parsed(receipts: str | Sequence[str]) -> list[tuple[str, int]]:
 class LeaseOperations:
     """The lease operations of QueueEngine (its base class), over a RedisClient."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, layout: KeyLayout = keys.STANDALONE) -> None:
         self.redis = redis
-        self._channel_prefix = keys.channel_prefix(redis.dbid)
+        self.layout = layout
+        self.scripts = scripts.CLUSTER if layout.clustered else scripts.STANDALONE
+        self._channel_prefix = layout.channel_prefix(redis.dbid)
         # The acks of one queue made in one reactor turn go to Redis as one script call.
         self._acks: TurnBatcher[tuple[str, int], ReceiptResult] = TurnBatcher(
             redis.reactor, self._ack_now, MAX_BATCH
@@ -57,12 +61,12 @@ class LeaseOperations:
     def _lease_args(self, queue: str) -> list[Any]:
         """KEYS and the first ARGV every lease script takes (see lua/lease_lib.lua)."""
         return [
-            keys.QUEUESET,
-            keys.LEASING,
+            self.layout.registry(queue),
+            self.layout.leasing(queue),
             keys.STATUS_KEYS,
             self._channel_prefix,
             notices.ADD,
-            queue,
+            self.layout.stem(queue),
         ]
 
     async def _run_lease_script(
@@ -100,7 +104,10 @@ class LeaseOperations:
                 d.addErrback(lambda f: log.failure("could not release leases of {q}", f, q=queue))
 
         reply = await self._run_lease_script(
-            scripts.LEASE, queue, [seconds * 1000, n, POP_BYTES, LEASE_RETURN_LIMIT], release_late
+            self.scripts.LEASE,
+            queue,
+            [seconds * 1000, n, POP_BYTES, LEASE_RETURN_LIMIT],
+            release_late,
         )
         return messages.lease_batch(reply, seconds)
 
@@ -122,7 +129,7 @@ class LeaseOperations:
         gave up goes to ``on_late`` (whose job is to release it).
         """
         args = [
-            queue,
+            self.layout.stem(queue),
             seconds * 1000,
             n,
             max_bytes,
@@ -136,7 +143,7 @@ class LeaseOperations:
         late = (
             None if on_late is None else lambda r: on_late(messages.leased_stream_batch(r, seconds))
         )
-        reply = await self._run_lease_script(scripts.LEASE_FOR_STREAMS, queue, args, late)
+        reply = await self._run_lease_script(self.scripts.LEASE_FOR_STREAMS, queue, args, late)
         return messages.leased_stream_batch(reply, seconds)
 
     async def ack(self, queue: str, receipts: str | Sequence[str]) -> list[ReceiptResult]:
@@ -159,7 +166,7 @@ class LeaseOperations:
         """One ack script call for the receipts of one or more ``ack`` calls."""
         flat = [part for key, count in parsed for part in (key, count)]
         reply = await self._run_lease_script(
-            scripts.ACK, queue, [notices.SETTLED, *flat], replicated=True
+            self.scripts.ACK, queue, [notices.SETTLED, *flat], replicated=True
         )
         return messages.receipt_results(parsed, reply)
 
@@ -174,7 +181,7 @@ class LeaseOperations:
             return (await self.release(queue, [receipt]))[0].done
         [(key, count)] = _parsed(receipt)
         reply = await self._run_lease_script(
-            scripts.CHANGE_LEASE, queue, [seconds * 1000, 1, notices.SETTLED, key, count]
+            self.scripts.CHANGE_LEASE, queue, [seconds * 1000, 1, notices.SETTLED, key, count]
         )
         return bool(messages.number(reply[0]))
 
@@ -192,7 +199,7 @@ class LeaseOperations:
         parsed = _parsed(receipts)
         flat = [part for key, count in parsed for part in (key, count)]
         reply = await self._run_lease_script(
-            scripts.CHANGE_LEASE, queue, [0, int(delivered), notices.SETTLED, *flat]
+            self.scripts.CHANGE_LEASE, queue, [0, int(delivered), notices.SETTLED, *flat]
         )
         return messages.receipt_results(parsed, reply)
 
@@ -205,33 +212,48 @@ class LeaseOperations:
         When more than ``limit`` ran out, those that ran out last go first, so that
         the next call puts the earlier ones in front of them and the order holds.
         """
-        back, dead = await self._run_lease_script(scripts.REQUEUE_OVERDUE, queue, [limit])
+        back, dead = await self._run_lease_script(self.scripts.REQUEUE_OVERDUE, queue, [limit])
         return messages.number(back) + messages.number(dead)
 
     async def sweep_leases(
-        self, max_queues: int = SWEEP_QUEUES, max_leases: int = LEASE_RETURN_LIMIT
+        self,
+        max_queues: int = SWEEP_QUEUES,
+        max_leases: int = LEASE_RETURN_LIMIT,
+        *,
+        family: str = "",
     ) -> SweepResult:
-        """One bounded sweep step over every queue: end leases that ran out.
+        """One bounded sweep step: end leases that ran out.
 
         Visits at most ``max_queues`` queues whose earliest lease has run out (read
         from the leasing index) and ends at most ``max_leases`` leases, in one script
-        call. ``more`` says that overdue leases remain: call again.
+        call. ``more`` says that overdue leases remain: call again. On a Valkey Cluster
+        each queue family has its own index (restmq.engine.keys.ClusterKeyLayout): the
+        step then sweeps the family of ``family``; on one server, every queue.
         """
         reply = await self.redis.run_script(
-            scripts.SWEEP_LEASES,
-            [keys.QUEUESET, keys.LEASING],
+            self.scripts.SWEEP_LEASES,
+            [self.layout.registry(family), self.layout.leasing(family)],
             [keys.STATUS_KEYS, self._channel_prefix, notices.ADD, max_queues, max_leases],
         )
-        return messages.sweep_result(reply)
+        result = messages.sweep_result(reply)
+        if not self.layout.clustered:
+            return result
+        named = tuple(
+            replace(ended, queue=self.layout.queue_of_stem(ended.queue))
+            for ended in result.by_queue
+        )
+        return replace(result, by_queue=named)
 
     async def set_max_deliveries(self, queue: str, n: int) -> int:
         """Deliveries after which an unacked message goes to ``<q>:dead``; 0: no limit."""
+        key = keys.max_deliveries_key(self.layout.stem(queue))
         if n:
-            await self.redis.execute("SET", keys.max_deliveries_key(queue), n)
+            await self.redis.execute("SET", key, n, key=key)
         else:  # absent means no limit: an unlimited queue keeps the original keys
-            await self.redis.execute("DEL", keys.max_deliveries_key(queue))
+            await self.redis.execute("DEL", key, key=key)
         return n
 
     async def get_max_deliveries(self, queue: str) -> int:
         """The queue's max_deliveries; 0 when there is no limit."""
-        return messages.number(await self.redis.execute("GET", keys.max_deliveries_key(queue)))
+        key = keys.max_deliveries_key(self.layout.stem(queue))
+        return messages.number(await self.redis.execute("GET", key, key=key))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from restmq.engine import keys, notices, scripts
+from restmq.engine import keys, notices
+from restmq.engine.keys import KeyLayout
 from restmq.engine.leases import LeaseOperations
 from restmq.engine.limits import LEASE_RETURN_LIMIT, POP_BYTES, STREAM_BATCH_BYTES
 from restmq.engine.messages import (
@@ -38,6 +40,11 @@ from restmq.storage.client import RedisClient
 log = Logger(namespace="restmq.engine")
 
 
+#: families a process remembers having listed (keys.CLUSTER_QUEUES); past it, it forgets
+#: them all and lists each again once
+LISTED_FAMILIES_KEPT = 100_000
+
+
 def _status(stored: Any) -> int:
     """What a stored ``queuestat::<q>`` value means (absent: started)."""
     return keys.STOPPED if text(stored) == "0" else keys.STARTED
@@ -46,19 +53,29 @@ def _status(stored: Any) -> int:
 class QueueEngine(LeaseOperations):
     """Queue operations over a RedisClient."""
 
-    def __init__(self, redis: RedisClient) -> None:
-        super().__init__(redis)
+    def __init__(self, redis: RedisClient, layout: KeyLayout = keys.STANDALONE) -> None:
+        super().__init__(redis, layout)
         # Names this broker process's consumer counts in Redis; never a queue key's end.
         self.broker_id = f"b{uuid.uuid4().hex[:16]}"
+        # Cluster layout: the queue families this process has listed in the families set
+        # (keys.CLUSTER_QUEUES), so that an add touches that one key once per family.
+        self._listed: set[str] = set()
 
     def channel(self, queue: str) -> str:
         """The pub/sub channel on which changes to ``queue`` are announced (its
-        database's: see keys.channel_prefix)."""
-        return f"{self._channel_prefix}{queue}"
+        database's: see keys.channel_prefix; on a cluster, in the queue's slot)."""
+        return f"{self._channel_prefix}{self.layout.stem(queue)}"
 
     def queue_of_channel(self, channel: str) -> str | None:
         prefix = self._channel_prefix
-        return channel[len(prefix) :] if channel.startswith(prefix) else None
+        if not channel.startswith(prefix):
+            return None
+        return self.layout.queue_of_stem(channel[len(prefix) :])
+
+    def stem(self, queue: str) -> str:
+        """What the keys of ``queue`` are built from; its message keys are ``<stem>:<n>``
+        (the queue's name on one server; see restmq.engine.keys for a cluster)."""
+        return self.layout.stem(queue)
 
     # -- producing ----------------------------------------------------------
 
@@ -68,18 +85,33 @@ class QueueEngine(LeaseOperations):
 
     async def add_many(self, queue: str, values: list[str], ttl: int | None = None) -> list[str]:
         """Store several messages in one atomic step; return their keys in order."""
+        if self.layout.clustered:
+            await self._list_family(queue)
+        stem = self.layout.stem(queue)
         added = await self.redis.run_script(
-            scripts.ADD,
+            self.scripts.ADD,
             [
-                keys.QUEUESET,
-                keys.counter_key(queue),
-                keys.list_key(queue),
-                keys.status_key(queue),
+                self.layout.registry(queue),
+                keys.counter_key(stem),
+                keys.list_key(stem),
+                keys.status_key(stem),
             ],
-            [queue, ttl or 0, self.channel(queue), notices.ADD, *values],
+            [stem, ttl or 0, self.channel(queue), notices.ADD, *values],
             replicated=True,  # with --redis-wait-replicas: once replicas have them
         )
         return [text(key) for key in added]
+
+    async def _list_family(self, queue: str) -> None:
+        """Cluster layout: put the queue's family in the families set that /stats/ reads,
+        once per process (before its first message, so a listed family may be empty but
+        a family with messages is listed)."""
+        family = keys.family_of(queue)
+        if family in self._listed:
+            return
+        await self.redis.execute("SADD", keys.CLUSTER_QUEUES, family, key=keys.CLUSTER_QUEUES)
+        if len(self._listed) >= LISTED_FAMILIES_KEPT:
+            self._listed.clear()
+        self._listed.add(family)
 
     # -- consuming ----------------------------------------------------------
 
@@ -98,7 +130,7 @@ class QueueEngine(LeaseOperations):
         its messages: they go back to the head of the queue.
         """
         flat = await self._run_lease_script(
-            scripts.POP,
+            self.scripts.POP,
             queue,
             [n, POP_BYTES, LEASE_RETURN_LIMIT],
             on_late=lambda reply: self._requeue_late(queue, popped(reply)),
@@ -117,7 +149,9 @@ class QueueEngine(LeaseOperations):
 
     async def peek(self, queue: str) -> Message | None:
         """The oldest live message, left in place; its peek count goes up by one."""
-        reply = await self.redis.run_script(scripts.PEEK, [keys.list_key(queue)])
+        reply = await self.redis.run_script(
+            self.scripts.PEEK, [keys.list_key(self.layout.stem(queue))]
+        )
         if not reply:
             return None
         return Message(text(reply[0]), text(reply[1]), number(reply[2]))
@@ -125,51 +159,56 @@ class QueueEngine(LeaseOperations):
     async def delete(self, queue: str, key: str) -> bool:
         """Delete one message of ``queue`` by its key; True if it was there."""
         self._acks.flush(queue)  # acks made earlier reach Redis first
+        stem = self.layout.stem(queue)
         return bool(
             await self.redis.run_script(
-                scripts.DELETE,
-                [keys.list_key(queue), key, keys.leased_key(queue), keys.deliveries_key(queue)],
+                self.scripts.DELETE,
+                [keys.list_key(stem), key, keys.leased_key(stem), keys.deliveries_key(stem)],
             )
         )
 
     async def purge(self, queue: str) -> int:
         """Delete every pending and leased message of ``queue``; return how many there were."""
+        stem = self.layout.stem(queue)
         queue_keys = [
-            keys.list_key(queue),
-            keys.leased_key(queue),
-            keys.deliveries_key(queue),
-            keys.LEASING,
+            keys.list_key(stem),
+            keys.leased_key(stem),
+            keys.deliveries_key(stem),
+            self.layout.leasing(queue),
         ]
-        args = [self.channel(queue), queue, notices.PURGE]
+        args = [self.channel(queue), stem, notices.PURGE]
         self._acks.flush(queue)  # acks made earlier reach Redis first
-        return number(await self.redis.run_script(scripts.PURGE, queue_keys, args))
+        return number(await self.redis.run_script(self.scripts.PURGE, queue_keys, args))
 
     # -- settings -----------------------------------------------------------
 
     async def length(self, queue: str) -> int:
-        return number(await self.redis.execute("LLEN", keys.list_key(queue)))
+        key = keys.list_key(self.layout.stem(queue))
+        return number(await self.redis.execute("LLEN", key, key=key))
 
     async def get_policy(self, queue: str) -> str:
-        return policy_name(await self.redis.execute("GET", keys.policy_key(queue)))
+        key = keys.policy_key(self.layout.stem(queue))
+        return policy_name(await self.redis.execute("GET", key, key=key))
 
     async def set_policy(self, queue: str, policy: str) -> str:
         """Set ``policy``, one of keys.POLICIES."""
         await self.redis.run_script(
-            scripts.SET_AND_NOTIFY,
-            [keys.policy_key(queue)],
+            self.scripts.SET_AND_NOTIFY,
+            [keys.policy_key(self.layout.stem(queue))],
             [keys.POLICIES[policy], self.channel(queue), notices.POLICY],
         )
         return policy
 
     async def get_status(self, queue: str) -> int:
         """1 when the queue delivers to streaming consumers, 0 when stopped."""
-        return _status(await self.redis.execute("GET", keys.status_key(queue)))
+        key = keys.status_key(self.layout.stem(queue))
+        return _status(await self.redis.execute("GET", key, key=key))
 
     async def set_status(self, queue: str, started: bool) -> int:
         status = keys.STARTED if started else keys.STOPPED
         await self.redis.run_script(
-            scripts.SET_AND_NOTIFY,
-            [keys.status_key(queue)],
+            self.scripts.SET_AND_NOTIFY,
+            [keys.status_key(self.layout.stem(queue))],
             [status, self.channel(queue), notices.START if started else notices.STOP],
         )
         return status
@@ -181,54 +220,94 @@ class QueueEngine(LeaseOperations):
         await self.redis.execute("PING")
 
     async def queues(self) -> list[str]:
-        return sorted(text(name) for name in await self.redis.execute("SMEMBERS", keys.QUEUESET))
+        if not self.layout.clustered:
+            names = await self.redis.execute("SMEMBERS", keys.QUEUESET, key=keys.QUEUESET)
+            return sorted(text(name) for name in names)
+        families = await self.families()
+        registries = [self.layout.registry(family) for family in families]
+        replies = await _all([self.redis.execute("SMEMBERS", r, key=r) for r in registries])
+        stems = (text(stem) for members in replies for stem in members)
+        return sorted(self.layout.queue_of_stem(stem) for stem in stems)
+
+    async def families(self) -> list[str]:
+        """Cluster layout: every queue family listed (keys.CLUSTER_QUEUES)."""
+        found = await self.redis.execute("SMEMBERS", keys.CLUSTER_QUEUES, key=keys.CLUSTER_QUEUES)
+        return sorted(text(family) for family in found)
+
+    def _stats_args(self) -> list[Any]:
+        return [
+            keys.STATUS_KEYS,
+            keys.LIST_SUFFIX,
+            keys.POLICY_SUFFIX,
+            keys.LEASED_SUFFIX,
+            keys.DEAD_SUFFIX,
+            self.layout.consumers_prefix(),
+            self.broker_id,
+        ]
 
     async def stats(self) -> list[QueueStats]:
-        """Length, status, policy, leases and dead letters of every queue, in one call."""
-        flat = await self.redis.run_script(
-            scripts.STATS,
-            [keys.QUEUESET, keys.BROKERS],
-            [
-                keys.STATUS_KEYS,
-                keys.LIST_SUFFIX,
-                keys.POLICY_SUFFIX,
-                keys.LEASED_SUFFIX,
-                keys.DEAD_SUFFIX,
-                keys.CONSUMERS_PREFIX,
-                self.broker_id,
-            ],
-        )
-        return [
-            QueueStats(
-                name=text(flat[i]),
-                length=number(flat[i + 1]),
-                status=_status(flat[i + 2]),
-                policy=policy_name(flat[i + 3]),
-                leased=number(flat[i + 4]),
-                dead=dead_length(flat[i + 5]),
-                other_consumers=number(flat[i + 6]),
+        """Length, status, policy, leases and dead letters of every queue, in one call
+        (on a cluster: one per queue family, and one for the consumer counts)."""
+        if not self.layout.clustered:
+            flat = await self.redis.run_script(
+                self.scripts.STATS, [keys.QUEUESET, keys.BROKERS], self._stats_args()
             )
-            for i in range(0, len(flat or ()), 7)
+            return _queue_stats(flat, lambda stem: stem)
+        totals = defer.ensureDeferred(self.consumer_totals())
+        families = await self.families()
+        replies = await _all(
+            [
+                self.redis.run_script(
+                    self.scripts.STATS, [self.layout.registry(family)], self._stats_args()
+                )
+                for family in families
+            ]
+        )
+        elsewhere = await totals
+        listed = [
+            replace(stats, other_consumers=elsewhere.get(stats.name, 0))
+            for flat in replies
+            for stats in _queue_stats(flat, self.layout.queue_of_stem)
         ]
+        return sorted(listed, key=lambda stats: stats.name)
+
+    async def consumer_totals(self) -> dict[str, int]:
+        """The streaming consumers the other brokers serve, by queue (their census)."""
+        brokers = self.layout.brokers()
+        flat = await self.redis.run_script(
+            self.scripts.CONSUMER_TOTALS,
+            [brokers],
+            [self.layout.consumers_prefix(), self.broker_id],
+        )
+        return {text(flat[i]): number(flat[i + 1]) for i in range(0, len(flat or ()), 2)}
 
     async def queue_counts(self, queue: str) -> QueueCounts:
         """The /stats/<q> figures: length, leases, dead letters and the streaming
-        consumers other brokers serve on the queue, in one call."""
-        dead_queue = keys.dead_queue(queue)
+        consumers other brokers serve on the queue, in one call (on a cluster, where
+        the consumer counts have their own slot, two at once)."""
+        stem, dead_stem = self.layout.stem(queue), self.layout.stem(keys.dead_queue(queue))
+        queue_keys = [
+            keys.list_key(stem),
+            keys.leased_key(stem),
+            self.layout.registry(queue),
+            keys.list_key(dead_stem),
+        ]
+        totals = None
+        if self.layout.clustered:
+            totals = defer.ensureDeferred(self.consumer_totals())
+        else:
+            queue_keys.append(keys.BROKERS)
         reply = await self.redis.run_script(
-            scripts.QUEUE_STATS,
-            [
-                keys.list_key(queue),
-                keys.BROKERS,
-                keys.leased_key(queue),
-                keys.QUEUESET,
-                keys.list_key(dead_queue),
-            ],
-            [keys.CONSUMERS_PREFIX, self.broker_id, queue, dead_queue],
+            self.scripts.QUEUE_STATS,
+            queue_keys,
+            [self.layout.consumers_prefix(), self.broker_id, queue, dead_stem],
         )
+        elsewhere = number(reply[1])
+        if totals is not None:
+            elsewhere += (await totals).get(queue, 0)
         return QueueCounts(
             length=number(reply[0]),
-            consumers_elsewhere=number(reply[1]),
+            consumers_elsewhere=elsewhere,
             leased=number(reply[2]),
             dead=dead_length(reply[3]),
         )
@@ -250,26 +329,25 @@ class QueueEngine(LeaseOperations):
             args.append("set")
             for queue, count in counts.items():
                 args += [queue, count]
-        reply = await self.redis.run_script(
-            scripts.REPORT_CONSUMERS, [keys.BROKERS, keys.consumers_key(self.broker_id)], args
-        )
+        census = [self.layout.brokers(), self.layout.consumers_prefix() + self.broker_id]
+        reply = await self.redis.run_script(self.scripts.REPORT_CONSUMERS, census, args)
         return bool(number(reply))
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:
         """One queue's stats, its message counter and its ``newest`` pending keys."""
-        dead_queue = keys.dead_queue(queue)
+        stem, dead_stem = self.layout.stem(queue), self.layout.stem(keys.dead_queue(queue))
         reply = await self.redis.run_script(
-            scripts.QUEUE_INFO,
+            self.scripts.QUEUE_INFO,
             [
-                keys.list_key(queue),
-                keys.status_key(queue),
-                keys.policy_key(queue),
-                keys.counter_key(queue),
-                keys.leased_key(queue),
-                keys.QUEUESET,
-                keys.list_key(dead_queue),
+                keys.list_key(stem),
+                keys.status_key(stem),
+                keys.policy_key(stem),
+                keys.counter_key(stem),
+                keys.leased_key(stem),
+                self.layout.registry(queue),
+                keys.list_key(dead_stem),
             ],
-            [newest, dead_queue],
+            [newest, dead_stem],
         )
         stats = QueueStats(
             name=queue,
@@ -302,14 +380,15 @@ class QueueEngine(LeaseOperations):
         stops at ``max_bytes`` of bodies (one message at least). A batch Redis
         hands over after the caller gave up goes to ``on_late``.
         """
+        stem = self.layout.stem(queue)
         reply = await self.redis.run_script(
-            scripts.TAKE_FOR_STREAMS,
+            self.scripts.TAKE_FOR_STREAMS,
             [
-                keys.list_key(queue),
-                keys.status_key(queue),
-                keys.policy_key(queue),
-                keys.deliveries_key(queue),
-                keys.leased_streams_key(queue),
+                keys.list_key(stem),
+                keys.status_key(stem),
+                keys.policy_key(stem),
+                keys.deliveries_key(stem),
+                keys.leased_streams_key(stem),
             ],
             [
                 roundrobin_batch,
@@ -332,10 +411,17 @@ class QueueEngine(LeaseOperations):
         batches for unleased consumers of such a queue (see take_for_streams)."""
         if not queues:
             return
-        await self.redis.run_script(
-            scripts.STREAM_LEASERS,
-            [keys.leased_streams_key(queue) for queue in queues],
-            [broker, ttl_ms, notices.ADD, *(self.channel(queue) for queue in queues)],
+        # On a cluster each queue's key is in its own slot: one call per queue then.
+        groups = [[queue] for queue in queues] if self.layout.clustered else [list(queues)]
+        await _all(
+            [
+                self.redis.run_script(
+                    self.scripts.STREAM_LEASERS,
+                    [keys.leased_streams_key(self.layout.stem(queue)) for queue in group],
+                    [broker, ttl_ms, notices.ADD, *(self.channel(queue) for queue in group)],
+                )
+                for group in groups
+            ]
         )
 
     async def requeue(self, queue: str, messages: list[TakenMessage]) -> None:
@@ -345,4 +431,30 @@ class QueueEngine(LeaseOperations):
         args: list[Any] = [self.channel(queue), notices.ADD]
         for message in messages:
             args += [message.key, message.value, message.ttl_ms]
-        await self.redis.run_script(scripts.REQUEUE, [keys.list_key(queue)], args)
+        await self.redis.run_script(
+            self.scripts.REQUEUE, [keys.list_key(self.layout.stem(queue))], args
+        )
+
+
+def _queue_stats(flat: list | None, name_of: Callable[[str], str]) -> list[QueueStats]:
+    """A stats script's reply; ``name_of`` turns the stems it lists into queue names."""
+    return [
+        QueueStats(
+            name=name_of(text(flat[i])),
+            length=number(flat[i + 1]),
+            status=_status(flat[i + 2]),
+            policy=policy_name(flat[i + 3]),
+            leased=number(flat[i + 4]),
+            dead=dead_length(flat[i + 5]),
+            other_consumers=number(flat[i + 6]),
+        )
+        for i in range(0, len(flat or ()), 7)
+    ]
+
+
+async def _all(calls: list[defer.Deferred]) -> list[Any]:
+    """Every call's answer, in order; the first failure is raised as it was."""
+    try:
+        return await defer.gatherResults(calls, consumeErrors=True)
+    except defer.FirstError as error:
+        error.subFailure.raiseException()

@@ -1,4 +1,11 @@
-"""The engine's Lua scripts (restmq/engine/lua), loaded once, each under its file's name."""
+"""The engine's Lua scripts (restmq/engine/lua), loaded once, each under its file's name.
+
+The scripts announce changes on the queue's channel with ``PUBLISH`` on a standalone
+server, ``SPUBLISH`` (sharded pub/sub: the channel lives in the queue's slot) on a
+Valkey Cluster. A script says ``redis.call(PUBLISH, ...)``; the line put in front of
+its text says which of the two that is, so each store has its own ScriptSet and the
+scripts' text is otherwise the same in every mode.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +18,44 @@ def _lua_source(name: str) -> str:
     return resources.files("restmq.engine").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-def _script(name: str, *, writes: bool = True) -> LuaScript:
-    return LuaScript(name, _lua_source(name), writes=writes)
+class ScriptSet:
+    """Every script, built for one publish command (``PUBLISH`` or ``SPUBLISH``)."""
+
+    def __init__(self, publish: str) -> None:
+        self.publish = publish
+        self.ADD = self._script("add")
+        self.PEEK = self._script("peek", writes=False)  # only its peek counter changes
+        self.DELETE = self._script("delete")
+        self.PURGE = self._script("purge")
+        self.SET_AND_NOTIFY = self._script("set_and_notify")
+        self.STATS = self._script("stats", writes=False)
+        self.QUEUE_STATS = self._script("queue_stats", writes=False)
+        self.CONSUMER_TOTALS = self._script("consumer_totals", writes=False)
+        self.REPORT_CONSUMERS = self._script("report_consumers")
+        self.QUEUE_INFO = self._script("queue_info", writes=False)
+        self.TAKE_FOR_STREAMS = self._script("take_for_streams")
+        self.REQUEUE = self._script("requeue")
+        self.STREAM_LEASERS = self._script("stream_leasers")
+        # The lease scripts; ``pop`` is one too, as it ends the queue's overdue leases first.
+        self.LEASE = self._lease_script("lease")
+        self.POP = self._lease_script("pop")
+        self.ACK = self._lease_script("ack")
+        self.CHANGE_LEASE = self._lease_script("change_lease")
+        self.REQUEUE_OVERDUE = self._lease_script("requeue_overdue")
+        self.SWEEP_LEASES = self._lease_script("sweep_leases")
+        self.LEASE_FOR_STREAMS = self._lease_script("lease_for_streams")
+
+    def _prelude(self) -> str:
+        return f"local PUBLISH = '{self.publish}'\n"
+
+    def _script(self, name: str, *, writes: bool = True) -> LuaScript:
+        return LuaScript(name, self._prelude() + _lua_source(name), writes=writes)
+
+    def _lease_script(self, name: str) -> LuaScript:
+        """A lease script with the shared lease functions (lua/lease_lib.lua) in front."""
+        source = self._prelude() + _lua_source("lease_lib") + "\n" + _lua_source(name)
+        return LuaScript(name, source)
 
 
-def _lease_script(name: str) -> LuaScript:
-    """A lease script with the shared lease functions (lua/lease_lib.lua) in front."""
-    return LuaScript(name, _lua_source("lease_lib") + "\n" + _lua_source(name))
-
-
-ADD = _script("add")
-PEEK = _script("peek", writes=False)  # only its peek counter changes
-DELETE = _script("delete")
-PURGE = _script("purge")
-SET_AND_NOTIFY = _script("set_and_notify")
-STATS = _script("stats", writes=False)
-QUEUE_STATS = _script("queue_stats", writes=False)
-REPORT_CONSUMERS = _script("report_consumers")
-QUEUE_INFO = _script("queue_info", writes=False)
-TAKE_FOR_STREAMS = _script("take_for_streams")
-REQUEUE = _script("requeue")
-STREAM_LEASERS = _script("stream_leasers")
-
-# The lease scripts; ``pop`` is one too, as it ends the queue's overdue leases first.
-LEASE = _lease_script("lease")
-POP = _lease_script("pop")
-ACK = _lease_script("ack")
-CHANGE_LEASE = _lease_script("change_lease")
-REQUEUE_OVERDUE = _lease_script("requeue_overdue")
-SWEEP_LEASES = _lease_script("sweep_leases")
-LEASE_FOR_STREAMS = _lease_script("lease_for_streams")
+STANDALONE = ScriptSet("PUBLISH")
+CLUSTER = ScriptSet("SPUBLISH")

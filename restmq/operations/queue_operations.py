@@ -182,14 +182,16 @@ class Operations:
 
         Each message is deleted only while the lease its receipt names is live."""
         queue = validation.queue_name(queue)
-        results = await self.engine.ack(queue, validation.receipts(queue, receipts))
+        results = await self.engine.ack(
+            queue, validation.receipts(queue, receipts, self.engine.stem(queue))
+        )
         self.metrics.acked(queue, sum(result.done for result in results))
         return [self._acked(queue, result) for result in results]
 
     async def ack_one(self, queue: str, receipt: object) -> Acked:
         """Acknowledge one leased message; LeaseGone when its lease is gone."""
         queue = validation.queue_name(queue)
-        receipt = validation.receipt(queue, receipt)
+        receipt = validation.receipt(queue, receipt, self.engine.stem(queue))
         (result,) = await self.engine.ack(queue, (receipt,))
         if not result.done:
             raise LeaseGone(queue, receipt)
@@ -206,7 +208,7 @@ class Operations:
                 "lease is required with a receipt: seconds from now, or 0 to release"
             )
         seconds = validation.lease_seconds(lease, release=True)
-        receipt = validation.receipt_of(queue, given)
+        receipt = validation.receipt_of(queue, given, self.engine.stem(queue))
         if not await self.engine.extend(queue, receipt, seconds):
             raise LeaseGone(queue, receipt)
         return LeaseChanged(queue, receipt.rpartition("@")[0], receipt, seconds)
@@ -214,7 +216,9 @@ class Operations:
     async def release(self, queue: str, receipt: object) -> bool:
         """Release one lease now (the message goes back to the head); False when it is gone."""
         queue = validation.queue_name(queue)
-        results = await self.engine.release(queue, [validation.receipt(queue, receipt)])
+        results = await self.engine.release(
+            queue, [validation.receipt(queue, receipt, self.engine.stem(queue))]
+        )
         return results[0].done
 
     @staticmethod
@@ -232,7 +236,7 @@ class Operations:
     async def delete(self, queue: str, key: object) -> Deleted:
         """Delete one message of ``queue`` by its key."""
         queue = validation.queue_name(queue)
-        key = validation.message_key(queue, key)
+        key = validation.message_key(queue, key, self.engine.stem(queue))
         return Deleted(queue, key, await self.engine.delete(queue, key))
 
     async def purge(self, queue: str) -> Purged:
@@ -260,7 +264,7 @@ class Operations:
         """A leased stream's own ack (``ack``) or release to the head of the queue; False
         when the lease is gone. Its window opens at once, as the notice may come later."""
         queue = consumer.queue  # checked when the stream opened
-        receipt = validation.receipt(queue, receipt)
+        receipt = validation.receipt(queue, receipt, self.engine.stem(queue))
         if ack:
             results = await self.engine.ack(queue, [receipt])
             self.metrics.acked(queue, sum(result.done for result in results))

@@ -144,11 +144,12 @@ def wait_seconds(value: object) -> int:
     return _whole_number(value, "wait", 0, MAX_WAIT)
 
 
-def message_key(queue: str, key: object) -> str:
-    """The key of a message ``queue`` may hold (``<queue>:<n>``; see keys.is_message_key)."""
+def message_key(queue: str, key: object, stem: str | None = None) -> str:
+    """The key of a message ``queue`` may hold (``<stem>:<n>``, the stem being the queue's
+    name unless the store's key layout says otherwise; see keys.is_message_key)."""
     if not isinstance(key, str) or not key:
         raise InvalidArgument("the key of a message is required, such as q:1")
-    if not is_message_key(queue, key):
+    if not is_message_key(stem or queue, key):
         raise InvalidArgument(f"{key[:80]!r} is not a message key of queue {queue!r}")
     return key
 
@@ -160,22 +161,23 @@ def receipt_text(value: object) -> str:
     return value
 
 
-def receipt_of(queue: str, value: str) -> str:
+def receipt_of(queue: str, value: str, stem: str | None = None) -> str:
     """``value`` if it is a receipt of ``queue``: ``<key>@<deliveries>``, the key one of
-    its messages' (the lease may have ended: the engine tells)."""
+    its messages' (the lease may have ended: the engine tells); ``stem`` as for
+    ``message_key``."""
     if len(value) <= 2 * MAX_QUEUE_NAME:
         key, deliveries = receipt_parts(value)
-        if is_count(deliveries, 9) and is_message_key(queue, key):
+        if is_count(deliveries, 9) and is_message_key(stem or queue, key):
             return value
     raise InvalidArgument(f"{value[:80]!r} is not a receipt of queue {queue!r}")
 
 
-def receipt(queue: str, value: object) -> str:
+def receipt(queue: str, value: object, stem: str | None = None) -> str:
     """One receipt of ``queue``."""
-    return receipt_of(queue, receipt_text(value))
+    return receipt_of(queue, receipt_text(value), stem)
 
 
-def receipts(queue: str, values: object) -> list[str]:
+def receipts(queue: str, values: object, stem: str | None = None) -> list[str]:
     """1 to MAX_BATCH receipts of ``queue`` (a list of text)."""
     if isinstance(values, str) or not all(isinstance(value, str) for value in values):
         raise InvalidArgument("a receipt is text such as q:5@1")
@@ -184,7 +186,7 @@ def receipts(queue: str, values: object) -> list[str]:
         raise InvalidArgument("a receipt is required")
     if len(values) > MAX_BATCH:
         raise InvalidArgument(f"at most {MAX_BATCH} receipts per request")
-    return [receipt_of(queue, value) for value in values]
+    return [receipt_of(queue, value, stem) for value in values]
 
 
 def policy(word: object) -> str:

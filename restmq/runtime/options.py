@@ -21,6 +21,7 @@ from restmq.defaults import (
     DEFAULT_PORT,
     DEFAULT_REDIS_PORT,
 )
+from restmq.storage.cluster_client import parse_seeds
 from restmq.storage.sentinel import parse_sentinels
 
 
@@ -90,10 +91,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "RestMQ: a message broker over HTTP/JSON that keeps its queues in Redis. "
-        "With none of --redis-host, --redis-port, --redis-socket or --redis-sentinel, RestMQ "
-        "starts "
-        "an embedded Valkey server that stores its data under --data-dir; "
-        "otherwise it uses the Redis or Valkey server you name."
+        "With none of --redis-host, --redis-port, --redis-socket, --redis-sentinel or "
+        "--redis-cluster, RestMQ starts an embedded Valkey server that stores its data under "
+        "--data-dir; otherwise it uses the Redis or Valkey server (or cluster) you name."
     )
 
     optParameters = [
@@ -128,6 +128,14 @@ class Options(usage.Options):
             None,
             "Sentinel addresses (host:port[,host:port...], port 26379 by default): find the "
             "Redis master of --redis-service through them, and follow it when it fails over",
+        ],
+        [
+            "redis-cluster",
+            None,
+            None,
+            "seed nodes of a Valkey/Redis Cluster (host:port[,host:port...]): spread the "
+            "queues over its shards, each queue's keys in one slot (message keys are then "
+            "{queue}:<n>); follow MOVED/ASK and failovers",
         ],
         [
             "redis-service",
@@ -297,6 +305,7 @@ class Options(usage.Options):
             and self["redis-port"] is None
             and self["redis-socket"] is None
             and self["redis-sentinel"] is None
+            and self["redis-cluster"] is None
         )
 
     @property
@@ -305,6 +314,7 @@ class Options(usage.Options):
         return self["worker-fd"] is not None
 
     def postOptions(self) -> None:
+        self._check_cluster()
         self._check_sentinel()
         if self.is_worker:
             self["workers"] = 1  # a worker starts no workers of its own
@@ -312,7 +322,9 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "give either --redis-socket or --redis-host/--redis-port, not both"
             )
-        if not self.embedded and not self["redis-socket"] and not self["redis-sentinel"]:
+        if not self.embedded and not (
+            self["redis-socket"] or self["redis-sentinel"] or self["redis-cluster"]
+        ):
             self["redis-host"] = self["redis-host"] or "127.0.0.1"
             self["redis-port"] = self["redis-port"] or DEFAULT_REDIS_PORT
         if self["max-body"] > self["max-buffered"]:
@@ -328,6 +340,32 @@ class Options(usage.Options):
             self["trusted-proxies"] = parse_trusted_proxies(self["trusted-proxies"])
         except AclError as exc:
             raise usage.UsageError(f"--trusted-proxies: {exc}") from None
+
+    def _check_cluster(self) -> None:
+        if self["redis-cluster"] is None:
+            return
+        named = [
+            f"--{name}"
+            for name in ("redis-host", "redis-port", "redis-socket", "redis-sentinel")
+            if self[name] is not None
+        ]
+        if named:
+            raise usage.UsageError(
+                f"give either --redis-cluster or {'/'.join(named)}, not both: the cluster's "
+                "nodes tell where each queue is"
+            )
+        if self["redis-service"] is not None:
+            raise usage.UsageError(
+                "--redis-service goes with --redis-sentinel, not --redis-cluster"
+            )
+        if self["redis-db"]:
+            raise usage.UsageError(
+                "--redis-db cannot be used with --redis-cluster: a cluster has database 0 only"
+            )
+        try:
+            self["redis-cluster"] = parse_seeds(self["redis-cluster"])
+        except ValueError as exc:
+            raise usage.UsageError(f"--redis-cluster: {exc}") from None
 
     def _check_sentinel(self) -> None:
         if self["redis-sentinel"] is None:
@@ -349,6 +387,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis-sentinel: {exc}") from None
         if self["redis-wait-replicas"] and self.embedded:
             raise usage.UsageError(
-                "--redis-wait-replicas needs an external Redis with replicas (--redis-host or "
-                "--redis-sentinel): the embedded Valkey has none"
+                "--redis-wait-replicas needs an external Redis with replicas (--redis-host, "
+                "--redis-sentinel or --redis-cluster): the embedded Valkey has none"
             )

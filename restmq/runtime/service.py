@@ -25,6 +25,7 @@ from restmq.delivery.census import ConsumerCensus
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.delivery.waiters import WaiterRegistry
+from restmq.engine import keys
 from restmq.engine.queues import QueueEngine
 from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
@@ -35,6 +36,7 @@ from restmq.runtime.options import Options
 from restmq.runtime.stop_signals import StopOnce
 from restmq.storage.address import RedisAddress
 from restmq.storage.client import RedisClient
+from restmq.storage.cluster_client import ClusterClient
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
 from restmq.web.app import BrokerApplication
@@ -115,6 +117,8 @@ class BrokerService(service.Service):
         if options.embedded:
             self.valkey = EmbeddedValkey(options["data-dir"], reactor)
             address = RedisAddress(socket=self.valkey.socket_path, kind=EMBEDDED)
+        elif options["redis-cluster"]:
+            address = None
         elif options["redis-sentinel"]:
             address = SentinelAddress.create(
                 reactor, options["redis-sentinel"], options["redis-service"]
@@ -123,16 +127,27 @@ class BrokerService(service.Service):
             address = RedisAddress(socket=options["redis-socket"], kind=_socket_kind(options))
         else:
             address = RedisAddress(host=options["redis-host"], port=options["redis-port"])
-        self.redis = RedisClient(
-            reactor,
-            address,
-            poolsize=options["redis-pool"],
-            dbid=options["redis-db"],
-            password=options["redis-password"],
-            call_timeout=options["redis-timeout"],
-            wait_replicas=options["redis-wait-replicas"],
-        )
-        self.engine = engine = QueueEngine(self.redis)
+        if address is None:
+            self.redis = ClusterClient(
+                reactor,
+                options["redis-cluster"],
+                poolsize=options["redis-pool"],
+                password=options["redis-password"],
+                call_timeout=options["redis-timeout"],
+                wait_replicas=options["redis-wait-replicas"],
+            )
+            self.engine = engine = QueueEngine(self.redis, keys.CLUSTER)
+        else:
+            self.redis = RedisClient(
+                reactor,
+                address,
+                poolsize=options["redis-pool"],
+                dbid=options["redis-db"],
+                password=options["redis-password"],
+                call_timeout=options["redis-timeout"],
+                wait_replicas=options["redis-wait-replicas"],
+            )
+            self.engine = engine = QueueEngine(self.redis)
         # this broker's counters and gauges (GET /metrics); Operations counts in the
         # consumers' Metrics
         self.metrics = Metrics(max_queues=options["metrics-max-queues"])
@@ -148,13 +163,24 @@ class BrokerService(service.Service):
             metrics=self.metrics,
         )
         self.waiters = WaiterRegistry(engine, reactor)
-        self.notifications = Notifications(
-            reactor,
-            address,
-            self._on_notice,
-            password=options["redis-password"],
-            on_reconnect=self._on_reconnect,
-        )
+        if address is None:
+            from restmq.storage.sharded_notify import ShardedNotifications
+
+            self.notifications = ShardedNotifications(
+                reactor,
+                self.redis,
+                self._on_notice,
+                password=options["redis-password"],
+                on_reconnect=self._on_reconnect,
+            )
+        else:
+            self.notifications = Notifications(
+                reactor,
+                address,
+                self._on_notice,
+                password=options["redis-password"],
+                on_reconnect=self._on_reconnect,
+            )
         self.consumers.attach(self.notifications)
         self.waiters.attach(self.notifications)
         if isinstance(address, SentinelAddress):

@@ -221,9 +221,13 @@ class RedisClient:
 
     # -- calls --------------------------------------------------------------
 
-    def execute(self, *command: Any, asking: bool = False) -> defer.Deferred:
+    def execute(
+        self, *command: Any, asking: bool = False, key: str | bytes | None = None
+    ) -> defer.Deferred:
         """Run one Redis command; fail with StorageUnavailable rather than wait.
 
+        ``key`` is what a ClusterClient routes the command by; one server serves every
+        key, so it is not needed here (callers that may run on either pass it).
         ``asking``: send ASKING right before it on the same connection (a cluster node
         then serves a key of a slot it is importing).
         """

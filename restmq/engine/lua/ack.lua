@@ -21,6 +21,6 @@ for i = 6, #ARGV, 2 do
 end
 index_queue(k)
 if #settled > 1 then
-  redis.call('PUBLISH', k.channel, table.concat(settled, ' '))
+  redis.call(PUBLISH, k.channel, table.concat(settled, ' '))
 end
 return out

@@ -33,5 +33,5 @@ end
 if redis.call('SADD', KEYS[1], queue) == 1 then
   redis.call('SET', KEYS[4], '1', 'NX')
 end
-redis.call('PUBLISH', channel, notice)
+redis.call(PUBLISH, channel, notice)
 return keys

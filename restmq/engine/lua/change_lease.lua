@@ -27,7 +27,7 @@ for i = 8, #ARGV, 2 do
 end
 if #released > 0 then
   end_leases(k, released, counted)
-  redis.call('PUBLISH', k.channel, table.concat(settled, ' '))
+  redis.call(PUBLISH, k.channel, table.concat(settled, ' '))
 end
 index_queue(k)
 return out

@@ -42,7 +42,7 @@ if policy == '1' and taken > 0 then
   batch[ARGV[last - 2]] = tonumber(ARGV[last - 3])
   batch[ARGV[last - 1]] = ARGV[last - 4]
   batch[ARGV[last]] = published
-  out[3] = redis.call('PUBLISH', k.channel, cjson.encode(batch))
+  out[3] = redis.call(PUBLISH, k.channel, cjson.encode(batch))
 end
 out[4] = redis.call('LLEN', k.list)
 return out

@@ -80,7 +80,7 @@ local function end_leases(k, keys, counted)
     redis.call('RPUSH', k.list, back[i])
   end
   if #back > 0 then
-    redis.call('PUBLISH', k.channel, ARGV[3])
+    redis.call(PUBLISH, k.channel, ARGV[3])
   end
   if #dead > 0 then
     for _, key in ipairs(dead) do
@@ -89,7 +89,7 @@ local function end_leases(k, keys, counted)
     if redis.call('SADD', KEYS[1], k.dead) == 1 then
       redis.call('SET', k.dead_status, '1', 'NX')
     end
-    redis.call('PUBLISH', k.dead_channel, ARGV[3])
+    redis.call(PUBLISH, k.dead_channel, ARGV[3])
   end
   return #back, #dead
 end

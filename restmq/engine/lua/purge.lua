@@ -27,5 +27,5 @@ while true do
 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('PUBLISH', ARGV[1], ARGV[3])
+redis.call(PUBLISH, ARGV[1], ARGV[3])
 return removed

@@ -12,5 +12,5 @@ for i = #ARGV - 2, 3, -3 do
   end
   redis.call('RPUSH', KEYS[1], key)
 end
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call(PUBLISH, ARGV[1], ARGV[2])
 return (#ARGV - 2) / 3

@@ -1,6 +1,7 @@
 -- Length, status, policy, leases, dead letters and the streaming consumers of the other
 -- brokers of every queue, in one call.
--- KEYS: 1 QUEUESET, 2 the brokers index (zset of broker ids)
+-- KEYS: 1 QUEUESET, 2 the brokers index (zset of broker ids; without it, as on a Valkey
+--       Cluster where the census has its own slot, consumers are 0)
 -- ARGV: 1 status key prefix, 2 list key suffix, 3 policy key suffix, 4 leased key suffix,
 --       5 dead-letter queue suffix, 6 consumer counts key prefix, 7 the asking broker's id
 -- Returns a flat list: name, length, status, policy, leased, dead, consumers, ...
@@ -14,7 +15,7 @@ table.sort(names)
 local known = {}
 for _, name in ipairs(names) do known[name] = true end
 local consumers = {}
-for _, broker in ipairs(redis.pcall('ZRANGE', KEYS[2], 0, -1)) do
+for _, broker in ipairs(KEYS[2] and redis.pcall('ZRANGE', KEYS[2], 0, -1) or {}) do
   if broker ~= ARGV[7] then
     local counts = redis.pcall('HGETALL', ARGV[6] .. broker)
     if type(counts) == 'table' then

@@ -15,7 +15,7 @@ for i, key in ipairs(KEYS) do
     redis.call('ZADD', key, now + ttl, ARGV[1])
     redis.call('PEXPIRE', key, ttl)
   elseif redis.call('ZREM', key, ARGV[1]) == 1 and redis.call('EXISTS', key) == 0 then
-    redis.call('PUBLISH', ARGV[3 + i], ARGV[3])
+    redis.call(PUBLISH, ARGV[3 + i], ARGV[3])
   end
 end
 return #KEYS

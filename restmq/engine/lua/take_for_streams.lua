@@ -51,7 +51,7 @@ if policy == '1' and taken > 0 then
   batch[ARGV[7]] = tonumber(ARGV[6])
   batch[ARGV[8]] = ARGV[4]
   batch[ARGV[9]] = published
-  out[3] = redis.call('PUBLISH', ARGV[3], cjson.encode(batch))
+  out[3] = redis.call(PUBLISH, ARGV[3], cjson.encode(batch))
 end
 out[4] = redis.call('LLEN', KEYS[1])
 return out
