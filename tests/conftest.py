@@ -138,9 +138,21 @@ def cluster_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shared_broker(tmp_path_factory):
-    """One broker on the embedded Valkey for the tests that only need a broker."""
-    broker = Broker(tmp_path_factory.mktemp("shared-broker"))
+def storage(request) -> str:
+    """The store ``shared_broker`` runs on: ``embedded`` unless a module runs its tests on
+    each (``pytestmark = STORAGE_MODES``, from tests.support)."""
+    return getattr(request, "param", "embedded")
+
+
+@pytest.fixture(scope="session")
+def shared_broker(tmp_path_factory, storage, request):
+    """One broker for the tests that only need a broker: on the embedded Valkey, or on
+    the session's Valkey Cluster when ``storage`` is ``cluster``."""
+    args: list[str] = []
+    if storage == "cluster":
+        cluster = request.getfixturevalue("valkey_cluster")
+        args = [f"--redis-cluster={','.join(cluster.seeds)}"]
+    broker = Broker(tmp_path_factory.mktemp(f"shared-broker-{storage}"), args)
     broker.start()
     yield broker
     broker.stop()

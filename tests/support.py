@@ -33,10 +33,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from twisted.internet import reactor, task
 from websockets.sync.client import connect as ws_connect
 
 from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
+from restmq.engine.keys import CLUSTER
 from restmq.web.shapes import stream_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +174,13 @@ def request(
         conn.close()
 
 
+#: ``pytestmark = STORAGE_MODES`` runs a module's ``shared_broker`` tests on the embedded
+#: Valkey and again on a Valkey Cluster.
+STORAGE_MODES = pytest.mark.parametrize(
+    "storage", ["embedded", "cluster"], indirect=True, scope="session"
+)
+
+
 @dataclass
 class Broker:
     """A `twistd -n restmq` process."""
@@ -232,6 +241,16 @@ class Broker:
 
     def request(self, method: str, path: str, **kwargs) -> Response:
         return request(self.port, method, path, **kwargs)
+
+    @property
+    def clustered(self) -> bool:
+        """True for a broker on a Valkey Cluster (``--redis-cluster``)."""
+        return any(arg.startswith("--redis-cluster") for arg in self.args)
+
+    def key(self, queue: str, n: int) -> str:
+        """The key of message ``n`` of ``queue`` as this broker names it: ``q:n``, or
+        ``{q}:n`` on a cluster (each queue's keys carry its hash tag there)."""
+        return f"{CLUSTER.stem(queue) if self.clustered else queue}:{n}"
 
     def redis(self, *args):
         """A raw command to the embedded Valkey, past the broker."""

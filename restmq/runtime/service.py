@@ -284,6 +284,9 @@ class BrokerService(service.Service):
             log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
         elif self.options.is_worker:
             log.info("storage: the main process's, {where}", where=self.redis.address.describe())
+        elif self.options["redis-cluster"]:
+            log.info("storage: Valkey Cluster, seed nodes {where} (cluster key layout)",
+                     where=self.redis.address.describe())  # fmt: skip
         else:
             log.info("storage: external Redis at {where}", where=self.redis.address.describe())
         self.reactor.callWhenRunning(self.stop_once.take_signals)
