@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor, task
 from restmq.runtime.local_cluster import LocalCluster, Node, NodeError
 from restmq.storage.cluster_client import ClusterClient, parse_seeds
 from restmq.storage.sharded_notify import ShardedNotifications
-from tests.support import free_port, until
+from tests.support import free_port, redis_command, until
 
 
 @dataclass
@@ -40,8 +40,11 @@ def listen():
     """Start Listeners on a cluster, as a broker would; all are stopped after the test."""
     started: list[Listener] = []
 
-    async def start(cluster: LocalCluster) -> Listener:
-        client = ClusterClient(reactor, parse_seeds(",".join(cluster.seeds)), poolsize=1)
+    async def start(
+        cluster: LocalCluster, password: str | None = None, subscriber_password: str | None = None
+    ) -> Listener:
+        seeds = parse_seeds(",".join(cluster.seeds))
+        client = ClusterClient(reactor, seeds, poolsize=1, password=password)
         listener = Listener(client, None)  # type: ignore[arg-type]
 
         def reconnected() -> None:
@@ -52,6 +55,7 @@ def listen():
             client,
             lambda channel, message: listener.heard.append((channel, message)),
             on_reconnect=reconnected,
+            password=subscriber_password or password,
         )
         started.append(listener)
         client.connect()
@@ -292,3 +296,27 @@ async def test_a_slot_moved_to_another_primary_is_subscribed_there(cluster_facto
     assert sharded_connections(target) == [2]
     await until(lambda: (moving, "moved") in listener.heard)
     await until(lambda: sharded_connections(source) == [], what="the source let go")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_password_is_given_to_every_primary(cluster_factory, listen, log_lines):
+    cluster = cluster_factory(primaries=3, replicas=0)
+    by_port = spread(cluster, per_primary=1)  # asks the nodes: before they want a password
+    for node in cluster.nodes:
+        node.command("CONFIG", "SET", "requirepass", "sesame")
+    listener = await listen(cluster, password="sesame")
+    channels = [found[0] for found in by_port.values()]
+    for channel in channels:
+        listener.notifications.subscribe(channel)
+    await until(lambda: listener.subscribed(*channels))
+    for port, (channel,) in by_port.items():
+        published = redis_command(("127.0.0.1", port), "SPUBLISH", channel, "hi", password="sesame")
+        assert published == 1
+    await until(lambda: len(listener.heard) == len(channels), what="every message")
+
+    refused = await listen(cluster, password="sesame", subscriber_password="wrong")
+    await refused.notifications.subscribe(channels[0])  # refused: fires all the same
+    await until(
+        lambda: any("sharded pub/sub" in line and "WRONGPASS" in line for line in log_lines)
+    )
+    assert not refused.notifications.is_subscribed(channels[0])

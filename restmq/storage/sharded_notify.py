@@ -241,10 +241,12 @@ class ShardedNotifications:
         self._slots.pop(channel, None)
         self._recovering.discard(channel)
         for address, link in list(self._links.items()):
-            link.wanted.discard(channel)
-            if not link.wanted:
-                self._close(address)  # closing the connection leaves every channel
-            elif channel in link.confirmed:
+            if channel in link.wanted:
+                link.wanted.discard(channel)
+                if not link.wanted:
+                    self._close(address)  # closing the connection leaves every channel
+                    continue
+            if channel in link.confirmed:
                 link.confirmed.discard(channel)
                 self._ask(link, "sunsubscribe", channel)
             # one whose SSUBSCRIBE is on its way is left once confirmed (_subscribed)
