@@ -124,6 +124,7 @@ class ClusterClient:
         self._reread = None
         self._closing = False
         self._observe_call: Callable[[str, float], None] | None = None
+        self._map_readers: list[Callable[[SlotMap], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -435,6 +436,22 @@ class ClusterClient:
         if before is None or {n.address for n in before.primaries} != wanted:
             log.info("Valkey Cluster primaries: {nodes}",
                      nodes=", ".join(sorted(f"{h}:{p}" for h, p in wanted)))  # fmt: skip
+        for callback in list(self._map_readers):
+            try:
+                callback(slots)
+            except Exception:
+                log.failure("a slot map reader failed")
+
+    def on_map_read(self, callback: Callable[[SlotMap], None]) -> Callable[[], None]:
+        """Call ``callback(slot_map)`` after every read of the slot map (it may not have
+        changed); returns the function that stops these calls."""
+        self._map_readers.append(callback)
+
+        def stop() -> None:
+            if callback in self._map_readers:
+                self._map_readers.remove(callback)
+
+        return stop
 
     def _reread_soon(self) -> None:
         """Read the map again, at most once per ``REREAD_INTERVAL``."""
