@@ -39,6 +39,7 @@ from restmq.storage.client import RedisClient
 from restmq.storage.cluster_client import ClusterClient
 from restmq.storage.notify import Notifications
 from restmq.storage.sentinel import SentinelAddress
+from restmq.storage.sharded_notify import ShardedNotifications
 from restmq.web.app import BrokerApplication
 
 log = Logger(namespace="restmq")
@@ -164,8 +165,6 @@ class BrokerService(service.Service):
         )
         self.waiters = WaiterRegistry(engine, reactor)
         if address is None:
-            from restmq.storage.sharded_notify import ShardedNotifications
-
             self.notifications = ShardedNotifications(
                 reactor,
                 self.redis,
