@@ -3,12 +3,15 @@ user runs it; nothing lost, duplicates only in the batch in flight at an interru
 
 from __future__ import annotations
 
+import os
+import pty
 import signal
 import subprocess
 
 import pytest
 
 from tests.support import (
+    basic,
     broker_url,
     free_port,
     post_json,
@@ -16,6 +19,7 @@ from tests.support import (
     start_cli,
     take_all,
     wait_for,
+    wait_healthy,
 )
 
 
@@ -190,3 +194,57 @@ def test_the_same_broker_on_both_sides_is_refused(shared_broker, queue):
     assert result.returncode == 2
     assert "--from and --to are the same broker" in error_line(result)
     assert figures(shared_broker, queue)["len"] == 1
+
+
+TARGET_ACL = """\
+[rest:producer]
+username = mover
+password = s3cret
+
+[rest:consumer]
+username = mover
+password = s3cret
+"""
+
+
+def test_the_target_may_want_credentials_of_its_own(broker_factory, shared_broker, queue, tmp_path):
+    (tmp_path / "acl.conf").write_text(TARGET_ACL)
+    target = broker_factory(workdir=tmp_path, wait=False)
+    wait_healthy(target)
+    push_all(shared_broker, queue, ["a", "b"])
+
+    refused = copy(shared_broker, target, queue)
+    assert refused.returncode == 4
+    assert error_line(refused).startswith(f"Error: target {broker_url(target)}: refused by the")
+    assert (figures(shared_broker, queue)["len"], figures(shared_broker, queue)["leased"]) == (2, 0)
+
+    moved = copy(shared_broker, target, "--to-user", "mover", "--to-password", "s3cret", queue)
+    assert moved.returncode == 0, moved.stderr
+    assert figures(shared_broker, queue)["len"] == 0
+    taken = target.get(f"/q/{queue}?n=10", headers=basic("mover", "s3cret")).json()
+    assert [m["value"] for m in taken] == ["a", "b"]
+
+
+def test_a_terminal_shows_a_progress_bar_per_queue(broker_factory, shared_broker, queue):
+    target = broker_factory()
+    push_all(shared_broker, queue, [str(i) for i in range(1000)])
+    controller, terminal = pty.openpty()
+    proc = start_cli(
+        broker_url(shared_broker), "copy", "--to", broker_url(target), queue, stderr=terminal
+    )
+    os.close(terminal)
+    out, _ = proc.communicate(timeout=60)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert proc.returncode == 0, shown
+    assert f"copying {queue}:".encode() in shown and b"1000/1000" in shown
+    assert out.splitlines()[0] == f"{queue}: 1000 messages moved"
+    assert figures(target, queue)["len"] == 1000
