@@ -109,7 +109,7 @@ def test_an_interrupted_copy_rerun_loses_nothing_and_repeats_at_most_the_batch_i
     two_brokers, queue
 ):
     a, b = two_brokers
-    values = [f"m{i}" for i in range(3000)]
+    values = [f"m{i}" for i in range(5000)]
     push_all(a, queue, values)
     batch = 50
     args = ("copy", "--to", broker_url(b), "--batch", str(batch), "--lease", "3", queue)
