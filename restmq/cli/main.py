@@ -1,4 +1,5 @@
-"""The ``restmq`` command: push, pop, ack, tail, stats, purge, policy, start and stop a queue.
+"""The ``restmq`` command: push, pop, ack, tail, stats, purge, policy, start and stop a queue;
+copy queues to another broker.
 
 Built on click (options, environment variables, help, progress bar) and httpx (HTTP,
 streaming for Server-Sent Events with httpx-sse). It talks to a broker over HTTP only.
@@ -22,6 +23,7 @@ from restmq.cli.connection import (
     error_text,
     json_of,
 )
+from restmq.cli.copy import run_copy
 from restmq.cli.failures import Exit, Failure
 from restmq.cli.limits import MAX_BATCH, MAX_LEASE, MAX_WAIT
 from restmq.cli.push import push, stdin_lines
@@ -379,6 +381,93 @@ def health(settings: Settings) -> None:
     click.echo(
         f"{answer.get('status')}: storage {answer.get('storage')}, RestMQ {answer.get('version')}"
     )
+
+
+@cli.command("copy", epilog=EPILOG, short_help="Move queued messages to another broker.")
+@click.argument("queues", nargs=-1)
+@click.option(
+    "--from",
+    "source_url",
+    callback=lambda ctx, param, value: None if value is None else _url(ctx, param, value),
+    metavar="URL",
+    help="The source broker (default: --url); --user and --password (before the "
+    "command) are its credentials, and the target's unless --to-user is given.",
+)
+@click.option(
+    "--to", "target_url", required=True, metavar="URL", callback=_url, help="The target broker."
+)
+@click.option(
+    "--batch",
+    "batch_size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=100,
+    show_default=True,
+    help="Messages per batch (taken, added and acked together).",
+)
+@click.option(
+    "--lease",
+    type=click.IntRange(1, MAX_LEASE),
+    default=60,
+    show_default=True,
+    metavar="S",
+    help="Seconds each batch stays leased at the source; it must outlast one batch.",
+)
+@click.option(
+    "--to-user", envvar="RESTMQ_TO_USER", help="Username at the target (default: --user)."
+)
+@click.option(
+    "--to-password",
+    envvar="RESTMQ_TO_PASSWORD",
+    help="Password at the target (env RESTMQ_TO_PASSWORD; default: --password).",
+)
+@click.pass_obj
+def copy_command(
+    settings: Settings,
+    queues: tuple[str, ...],
+    source_url: str | None,
+    target_url: str,
+    batch_size: int,
+    lease: int,
+    to_user: str | None,
+    to_password: str | None,
+) -> None:
+    """Move the pending messages of QUEUES (default: every queue the source lists,
+    dead-letter queues included) from one broker to another.
+
+    \b
+      restmq copy --from http://old:8888 --to http://new:8888
+      restmq copy --from http://old:8888 --to http://new:8888 jobs jobs:dead
+
+    Each queue's policy, started/stopped status and max_deliveries are set at the
+    target first. Then batches are taken under a lease, added to the end of the
+    target's queue in order, and acked at the source once the target stored them:
+    the source is emptied of what was moved. If the copy is interrupted, the
+    batch in flight comes back at the source when its leases end, and a rerun
+    copies it again (the only possible duplicates). Not copied: a message's ttl
+    (the copy never expires), its delivery count, and messages consumers hold
+    under a lease (counted at the end). Prints a line per queue and a summary; a
+    progress bar on a terminal.
+    """
+    if (to_user is None) != (to_password is None):
+        raise click.UsageError("--to-user and --to-password go together")
+    if to_user is None:
+        to_user, to_password = settings.user, settings.password
+    if source_url is not None:
+        settings.url = source_url  # no connection was made yet: the source is this one
+    target = BrokerConnection(
+        target_url, user=to_user, password=to_password, timeout=settings.timeout
+    )
+    try:
+        run_copy(
+            settings.connect(),
+            target,
+            queues,
+            batch_size=batch_size,
+            lease=lease,
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        target.close()
 
 
 def main() -> None:
