@@ -7,8 +7,9 @@ BOOTSTRAP := .uv-bootstrap
 UV := $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
 STAMP := $(VENV)/.restmq-installed
 ARGS ?=
+CLUSTER_BASE_PORT ?= 7000
 
-.PHONY: install run test test-programs lint format docs bench clean
+.PHONY: install run run-cluster test test-programs lint format docs bench clean
 
 install: $(STAMP)
 
@@ -22,6 +23,11 @@ $(STAMP): pyproject.toml uv.lock setup.py | $(UV)
 
 run: install
 	exec $(VENV)/bin/twistd --nodaemon --pidfile= restmq $(ARGS)
+
+# A local Valkey Cluster (3 primaries, 3 replicas, on ports from CLUSTER_BASE_PORT, data in
+# a temporary directory) and a broker on it; Ctrl-C stops the broker, then the cluster.
+run-cluster: install
+	exec $(VENV)/bin/python -m restmq.runtime.run_cluster --base-port $(CLUSTER_BASE_PORT) -- $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
