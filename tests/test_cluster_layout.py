@@ -10,13 +10,22 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
 from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.engine import keys
 from restmq.engine.queues import QueueEngine
-from tests.support import cluster_command, cluster_keys, cluster_owner, until
+from restmq.errors import StorageUnavailable
+from tests.support import (
+    cluster_command,
+    cluster_keys,
+    cluster_owner,
+    finish_slot_migration,
+    start_slot_migration,
+    until,
+)
 
 TAG = re.compile(r"\{([^}]*)\}")
 
@@ -355,3 +364,64 @@ async def test_streams_take_requeue_and_leased_stream_marks_over_several_slots(
     for name in names:
         taken = await engine.pop_many(name, 10)
         assert [m.key for m in taken] == [f"{{{name}}}:{n}" for n in (1, 2, 3)]
+
+
+# -- a slot moved to another primary --------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_whose_slot_moves_keeps_working_and_loses_nothing(
+    cluster_factory, cluster_engine_factory
+):
+    cluster = cluster_factory(primaries=3, replicas=0)
+    engine = await cluster_engine_factory(cluster)
+    queue, stem = "moving", "{moving}"
+    added = await engine.add_many(queue, [f"m{n}" for n in range(1, 21)])
+    taken = [m.value for m in await engine.pop_many(queue, 5)]
+    [leased] = await engine.lease(queue, 60)
+    slot = cluster_command(cluster.primaries[0], "CLUSTER", "KEYSLOT", f"{stem}:queue")
+    source = cluster_owner(cluster, f"{stem}:queue")
+    target = next(node for node in cluster.primaries if node is not source)
+    assert engine.redis.slot_map.primary_of(slot).port == source.port
+
+    # during: every key of the queue went over, the slot is still the source's (ASK)
+    moved = source.command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    start_slot_migration(slot, source, target, moved)
+    assert source.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    for n in range(21, 26):
+        added.append(await engine.add(queue, f"m{n}"))
+        added.append(await engine.add(queue, f"m{n}-ttl", ttl=600))
+    taken += [(await engine.pop(queue)).value for _ in range(3)]
+    # A script may not read or write several keys of a moving slot it did not declare (the
+    # message keys): such calls are refused, to be retried, and change nothing.
+    with pytest.raises(StorageUnavailable, match="being moved"):
+        await engine.pop_many(queue, 5)
+    with pytest.raises(StorageUnavailable, match="being moved"):
+        await engine.add_many(queue, ["refused", "too"])
+    with pytest.raises(StorageUnavailable, match="being moved"):
+        await engine.ack(queue, [leased.receipt])
+    assert await engine.length(queue) == 21
+    assert engine.redis.slot_map.primary_of(slot).port == source.port, "ASK moves no slot"
+    assert source.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0, "all written over there"
+
+    # after: the slot is the target's everywhere (MOVED)
+    finish_slot_migration(cluster, slot, source, target)
+    added += await engine.add_many(queue, [f"m{n}" for n in range(26, 36)])
+    assert engine.redis.slot_map.primary_of(slot).port == target.port
+    assert [r.done for r in await engine.ack(queue, [leased.receipt])] == [True]
+    taken.append(leased.value)
+    assert [s.length for s in await engine.stats() if s.name == queue] == [31]
+    taken += [m.value for m in await engine.pop_many(queue, 100)]
+
+    assert added[:20] == [f"{stem}:{n}" for n in range(1, 21)]
+    assert len(set(added)) == len(added) == 40
+    expected = [f"m{n}" for n in range(1, 21)]
+    expected += [value for n in range(21, 26) for value in (f"m{n}", f"m{n}-ttl")]
+    expected += [f"m{n}" for n in range(26, 36)]
+    assert sorted(taken) == sorted(expected), "every message taken once, none lost"
+    in_order = [value for value in taken if value != leased.value]
+    assert in_order == [value for value in expected if value != leased.value]
+    assert source.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    assert sorted(cluster_keys(target, f"*{stem}*")) == sorted(
+        [f"{stem}:UUID", f"{stem}:queues", f"queuestat::{stem}"]
+    )
