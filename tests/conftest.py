@@ -11,10 +11,12 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from restmq.engine import keys
 from restmq.engine.queues import QueueEngine
 from restmq.runtime.local_cluster import LocalCluster
 from restmq.storage.address import RedisAddress
 from restmq.storage.client import RedisClient
+from restmq.storage.cluster_client import ClusterClient, parse_seeds
 from tests.support import (
     Broker,
     Valkey,
@@ -135,6 +137,32 @@ def cluster_factory(tmp_path_factory):
     yield start
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture
+def cluster_engine_factory():
+    """QueueEngines in the cluster layout over a ClusterClient each (each one a broker of
+    its own), as a broker connects them; all are disconnected after the test."""
+    clients: list[ClusterClient] = []
+
+    async def connect(cluster, **kwargs) -> QueueEngine:
+        kwargs.setdefault("poolsize", 2)
+        client = ClusterClient(reactor, parse_seeds(",".join(cluster.seeds)), **kwargs)
+        clients.append(client)
+        client.connect()
+        await client.wait_until_ready()
+        return QueueEngine(client, keys.CLUSTER)
+
+    yield connect
+    for client in clients:
+        pytest_twisted.blockon(client.disconnect())
+
+
+@pytest.fixture
+def cluster_engine(valkey_cluster, cluster_engine_factory):
+    """A QueueEngine in the cluster layout on the session cluster (``valkey_cluster``); the
+    cluster is shared, so a test names its queues uniquely (the ``queue`` fixture)."""
+    return pytest_twisted.blockon(defer.ensureDeferred(cluster_engine_factory(valkey_cluster)))
 
 
 @pytest.fixture(scope="session")

@@ -1323,3 +1323,49 @@ async def until(predicate, timeout: float = 10.0, what: str = "condition") -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await task.deferLater(reactor, 0.01, lambda: None)
+
+
+# -- a Valkey Cluster seen from outside: where keys are, moving a slot ---------------------
+
+
+def cluster_command(node, *args):
+    """One command to one cluster node (a LocalCluster node), with the tests' RESP client."""
+    return redis_command(("127.0.0.1", node.port), *args)
+
+
+def cluster_keys(node, pattern: str) -> list[str]:
+    """The keys matching ``pattern`` that ``node`` holds (SCAN over the whole node)."""
+    found: list[str] = []
+    cursor = "0"
+    while True:
+        cursor, batch = cluster_command(node, "SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+        found += batch
+        if cursor == "0":
+            return found
+
+
+def cluster_owner(cluster, key: str):
+    """The live primary that holds ``key``'s slot: the one that does not redirect."""
+    for node in cluster.primaries:
+        if node.alive and not isinstance(cluster_command(node, "EXISTS", key), str):
+            return node
+    raise AssertionError(f"no live primary serves {key!r}")
+
+
+def start_slot_migration(slot: int, source, target, keys: list[str]) -> None:
+    """Mark ``slot`` as moving from ``source`` to ``target`` and move ``keys`` of it, as an
+    operator does; the slot still belongs to ``source`` (its other keys answer ASK)."""
+    target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+    source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+    if keys:
+        source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+
+def finish_slot_migration(cluster, slot: int, source, target) -> None:
+    """Move what is left of ``slot`` on ``source`` and give the slot to ``target`` on every
+    primary (the target first, as an operator does)."""
+    while left := source.command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+        source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *left)
+    others = [node for node in cluster.primaries if node not in (source, target)]
+    for node in [target, source, *others]:
+        node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)

@@ -46,6 +46,10 @@ MAX_REDIRECTS = 5
 REREAD_INTERVAL = 0.25  # seconds between slot map reads while a slot lacks a live primary
 
 Address = tuple[str, int]
+#: What a node says when a script reaches a key its slot has not here, the slot moving
+#: (a key that is not declared cannot be redirected: the script stops at that call).
+_SLOT_MOVING_IN_SCRIPT = ("non local key in a cluster node script", "during rehashing of the slot")
+
 #: sends one call on a node's client; ``asking``: right behind ASKING
 Send = Callable[[RedisClient, bool], defer.Deferred]
 
@@ -296,6 +300,12 @@ class ClusterClient:
         reason.trap(txredisapi.ResponseError)
         redirect = parse_redirection(str(reason.value))
         if redirect is None:
+            if any(words in str(reason.value) for words in _SLOT_MOVING_IN_SCRIPT):
+                self._reread_soon()
+                raise StorageUnavailable(
+                    "storage unavailable: the slot of these keys is being moved to another "
+                    f"node of the Valkey Cluster, retry ({str(reason.value)[:120]})"
+                )
             return reason
         target = (redirect.host or host, redirect.port)
         if hops >= MAX_REDIRECTS:

@@ -10,9 +10,11 @@ local out, settled = {}, {ARGV[5]}
 for i = 6, #ARGV, 2 do
   local key = ARGV[i]
   if holds(k, key, ARGV[i + 1], now) then
+    -- the body first: while a cluster slot migrates Valkey may refuse this DEL (a key it
+    -- lacks), stopping the script; the lease must not be gone then, the body left behind
+    redis.call('DEL', key, key .. ':refcount')
     redis.call('ZREM', k.leased, key)
     redis.call('HDEL', k.deliveries, key)
-    redis.call('DEL', key, key .. ':refcount')
     settled[#settled + 1] = key .. '@' .. ARGV[i + 1]
     out[#out + 1] = 1
   else

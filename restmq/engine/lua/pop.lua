@@ -24,19 +24,16 @@ local taken, bytes = 0, 0
 local counted = redis.call('EXISTS', deliveries) == 1
 while taken < wanted and (taken == 0 or bytes < budget) do
   local n = math.min(wanted - taken, CHUNK)
-  local keys
-  if n == 1 then
-    local key = redis.call('RPOP', list)
-    keys = key and {key} or {}
-  else
-    keys = redis.call('LRANGE', list, -n, -1) -- newest first: the oldest is last
-    redis.call('LTRIM', list, 0, -n - 1)
-  end
+  local keys = redis.call('LRANGE', list, -n, -1) -- newest first: the oldest is last
   if #keys == 0 then break end
   local refcounts = {}
   for i, key in ipairs(keys) do refcounts[i] = key .. ':refcount' end
   local bodies = redis.call('MGET', unpack(keys))
   local peeks = redis.call('MGET', unpack(refcounts))
+  -- Read first, then take the keys off the list: while a cluster slot migrates, Valkey
+  -- refuses a script's read of keys it lacks (the refcounts), and the script stops there;
+  -- what it wrote before that would stay, messages taken off the list and lost.
+  redis.call('LTRIM', list, 0, -n - 1)
   local gone = {}
   local i = #keys
   while i >= 1 and taken < wanted and (taken == 0 or bytes < budget) do
