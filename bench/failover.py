@@ -79,7 +79,8 @@ class Producer:
     value: str
     answers: list[Answer] = field(default_factory=list)
     killed_at: float | None = None
-    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a first 200
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)  # a 200 sent after the kill
 
     async def run(self, stop: asyncio.Event) -> None:
         raw = encode_request(
@@ -96,8 +97,10 @@ class Producer:
                 except (OSError, asyncio.IncompleteReadError, HttpError, TimeoutError):
                     status = None
                 self.answers.append(Answer(sent, time.monotonic(), status))
-                if status == 200 and self.killed_at is not None and sent >= self.killed_at:
-                    self.resumed.set()
+                if status == 200:
+                    self.answered.set()
+                    if self.killed_at is not None and sent >= self.killed_at:
+                        self.resumed.set()
                 if status != 200:
                     await asyncio.sleep(RETRY_PAUSE)
         finally:
@@ -132,9 +135,9 @@ def measure_failover(
     settle: float,
     limit: float,
 ) -> Failover:
-    """POST to a queue on one primary and to one on another, SIGKILL the first primary
-    after ``settle`` seconds, and watch until its queue takes writes again (at most
-    ``limit`` seconds)."""
+    """POST to a queue on one primary and to one on another; once both are answered 200,
+    wait ``settle`` seconds, SIGKILL the first primary and watch until its queue takes
+    writes again (at most ``limit`` seconds)."""
     victim_queue = f"{queue_prefix}-victim"
     victim = queue_owner(cluster, victim_queue)
     other_queue = next(
@@ -173,10 +176,15 @@ async def _watch(
     settle: float,
     limit: float,
 ) -> float:
-    """Run both producers, kill after ``settle`` s; return the monotonic time of the kill."""
+    """Run both producers, kill once both are answered and ``settle`` s more have passed;
+    return the monotonic time of the kill."""
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(p.run(stop)) for p in (on_victim, on_other)]
     try:
+        with contextlib.suppress(TimeoutError):  # checked by the caller: 200 before the kill
+            await asyncio.wait_for(
+                asyncio.gather(on_victim.answered.wait(), on_other.answered.wait()), limit
+            )
         await asyncio.sleep(settle)  # a steady stream of answers before the kill
         killed = on_victim.killed_at = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(None, kill)
