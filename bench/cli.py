@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from bench.bodies import BodiesScenario
+from bench.cluster import ClusterScenario
 from bench.consumers import RouteMissing
 from bench.leased import LeasedScenario
 from bench.leases import LeasesScenario
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "leased": LeasedScenario,
     "leases": LeasesScenario,
     "workers": WorkersScenario,
+    "cluster": ClusterScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -74,11 +76,19 @@ scenarios (--only):
   workers  produce and pop req/s of a broker run with --workers 1 and with
            --workers N (default: one per core, at least 2), CPU% of every
            process (target >= 1.5x, judged only on machines with >= 4 cores)
+  cluster  RestMQ on a local Valkey Cluster of 3 primaries with a replica each:
+           produce and pop req/s of one broker on it vs on one standalone
+           valkey-server, spread over 10 queues (target >= 0.85x standalone);
+           each primary's CPU seconds per 10,000 messages under load on
+           --cluster-queues queues from a broker with --cluster-workers
+           processes (target: each within 35% of the mean); seconds from a
+           SIGKILL of a queue's primary to its next POST answered 200 (target
+           <= 10 s), and whether a queue on another shard kept answering 200
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 6 minutes (shutdown: about 70 s,
-workers: about 50 s, leased: about 20 s).
+With the defaults the whole run takes about 7.5 minutes (shutdown: about 70 s,
+cluster: about 90 s, workers: about 50 s, leased: about 20 s).
 """
 
 
@@ -137,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "shutdown, leased, leases, workers, streaming, all); default: all")  # fmt: skip
+             "shutdown, leased, leases, workers, cluster, streaming, all); "
+             "default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
     add("--warmup", type=_positive(float), default=1.0, metavar="S",
@@ -186,6 +197,11 @@ def parser() -> argparse.ArgumentParser:
     add("--workers", type=_positive(int), default=max(2, cpu_count()), metavar="N",
         help="broker processes of the workers scenario, compared with 1 (default: one per "
              "core, at least 2)")  # fmt: skip
+    add("--cluster-queues", type=_positive(int), default=100, metavar="N",
+        help="cluster: queues the load is spread over to compare the shards "
+             "(default 100)")  # fmt: skip
+    add("--cluster-workers", type=_positive(int), default=2, metavar="N",
+        help="cluster: broker processes (--workers) loading the shards (default 2)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

@@ -3,6 +3,8 @@ the previous answer is in, for a warm-up and then a measured window.
 
 A run is bounded both in time (warm-up + duration) and in request count
 (``max_requests``, e.g. the number of messages waiting when measuring pops).
+With ``paths`` the requests go to those paths in turn (each connection starting at
+its own), e.g. to spread the load over several queues.
 With ``processes > 1`` the connections are spread over that many load-generator
 processes (spawned, loopback only) that share one measured window.
 """
@@ -34,6 +36,7 @@ class LoadSpec:
     warmup: float = 1.0
     duration: float = 8.0
     max_requests: int = 10_000_000
+    paths: tuple[str, ...] = ()  # when given, requests cycle over these instead of ``path``
 
 
 @dataclass
@@ -88,9 +91,14 @@ class _State:
     last_done_ns: int = 0
 
 
-async def _client_loop(conn: HttpConnection, raw: bytes, method: str, state: _State) -> None:
+async def _client_loop(
+    conn: HttpConnection, raws: list[bytes], first: int, method: str, state: _State
+) -> None:
     result = state.result
+    turn = first
     while True:
+        raw = raws[turn % len(raws)]
+        turn += 1
         sent = time.monotonic_ns()
         if sent >= state.end_ns or state.remaining <= 0:
             return
@@ -119,15 +127,20 @@ async def _drive(
     spec: LoadSpec, conns: list[HttpConnection], start: float, end: float, budget: int
 ) -> LoadResult:
     """Run the connections until ``end`` (monotonic seconds) or until the budget is spent."""
-    raw = encode_request(
-        spec.method, spec.path, port=spec.port, body=spec.body, content_type=spec.content_type
-    )
+    raws = [
+        encode_request(
+            spec.method, path, port=spec.port, body=spec.body, content_type=spec.content_type
+        )
+        for path in spec.paths or (spec.path,)
+    ]
     state = _State(remaining=budget, start_ns=int(start * 1e9), end_ns=int(end * 1e9))
     loop = asyncio.get_running_loop()  # its clock is time.monotonic()
     cpu: dict[str, float] = {}
     loop.call_at(start, lambda: cpu.setdefault("start", time.process_time()))
     try:
-        await asyncio.gather(*(_client_loop(c, raw, spec.method, state) for c in conns))
+        await asyncio.gather(
+            *(_client_loop(c, raws, i, spec.method, state) for i, c in enumerate(conns))
+        )
     finally:
         for conn in conns:
             conn.close()

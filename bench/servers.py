@@ -4,6 +4,8 @@
   fresh data directory in a temporary work dir.
 - ``BaselineServer``: ``python -m bench.baseline``, the bare cyclone handler
   (``stock=True``: on cyclone as shipped, without our connection class).
+- ``ValkeyServer``: a standalone ``valkey-server`` (the embedded package's) on a TCP
+  port, for a broker started with ``--redis-host/--redis-port``.
 
 Both listen on loopback only. Each runs in its own session so that a Ctrl-C meant
 for the benchmark does not hit them half-way: ``stop_all()`` stops them in order.
@@ -121,7 +123,7 @@ class ServerProcess:
             )
         _started.append(self)
         deadline = time.monotonic() + timeout
-        while not _http_ok(self.port, self.ready_path):
+        while not self.ready():
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
             if time.monotonic() > deadline:
@@ -129,6 +131,10 @@ class ServerProcess:
                 raise ServerError(f"{self.name} did not answer within {timeout} s\n{self.tail()}")
             time.sleep(0.05)
         return self
+
+    def ready(self) -> bool:
+        """True once the server answers."""
+        return _http_ok(self.port, self.ready_path)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -229,6 +235,30 @@ class BaselineServer(ServerProcess):
                 del os.environ["PYTHONPATH"]
             else:
                 os.environ["PYTHONPATH"] = path
+
+
+class ValkeyServer(ServerProcess):
+    """A standalone valkey-server on loopback TCP, configured as the embedded one is
+    (append-only file, fsync every second, no snapshots)."""
+
+    name = "valkey"
+
+    def command(self) -> list[str]:
+        from restmq.runtime.embedded_valkey import valkey_binary
+
+        return [
+            valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 def stop_all() -> None:

@@ -32,8 +32,8 @@ CORES_FOR_TARGET = 4
 class WorkersBroker(BrokerServer):
     """A broker run with ``--workers N``; ready once every process answers."""
 
-    def __init__(self, workdir: Path, workers: int) -> None:
-        super().__init__(workdir, ["--workers", str(workers)])
+    def __init__(self, workdir: Path, workers: int, extra_args: list[str] | None = None) -> None:
+        super().__init__(workdir, ["--workers", str(workers), *(extra_args or [])])
         self.workers = workers
 
     def start(self, timeout: float = 60.0) -> WorkersBroker:

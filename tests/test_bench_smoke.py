@@ -43,9 +43,11 @@ def processes_mentioning(text: str) -> list[int]:
 def test_help_explains_the_options():
     result = run_bench("--help", timeout=30)
     assert result.returncode == 0, result.stderr
-    for option in ("--only", "--duration", "--connections", "--client-procs", "--rate"):
+    for option in (
+        "--only", "--duration", "--connections", "--client-procs", "--rate", "--cluster-queues",
+    ):  # fmt: skip
         assert option in result.stdout
-    for scenario in ("rest", "latency", "fanout", "memory", "workers"):
+    for scenario in ("rest", "latency", "fanout", "memory", "workers", "cluster"):
         assert re.search(rf"^\s+{scenario}\s", result.stdout, re.MULTILINE), scenario
 
 
@@ -134,6 +136,55 @@ def test_workers_scenario_compares_one_process_with_two_and_cleans_up():
     workdir = re.search(r"work dir (\S+)", out)[1]
     assert not Path(workdir).exists()
     assert processes_mentioning(workdir) == []
+
+
+def test_cluster_scenario_compares_with_standalone_spreads_over_shards_fails_over_and_cleans_up():
+    result = run_bench(
+        "--only", "cluster", "--duration", "1", "--warmup", "0.2", "--connections", "4",
+        "--cluster-queues", "12", timeout=240,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Traceback" not in out + result.stderr
+
+    # 1. the same load on a standalone valkey-server and on the cluster
+    rows = re.findall(r"^\s+(standalone|cluster)\s+(POST|GET)\s+/q/<q>\s+([\d,]+)\s", out, re.M)
+    assert {(store, method) for store, method, _ in rows} == {
+        ("standalone", "POST"), ("standalone", "GET"), ("cluster", "POST"), ("cluster", "GET"),
+    }, out  # fmt: skip
+    assert all(int(rate.replace(",", "")) > 0 for _, _, rate in rows), out
+    assert re.search(r"ratio cluster / standalone:\s+produce [\d.]+x\s+pop [\d.]+x", out), out
+    # the pops were spread over pre-filled queues; none found its queue empty
+    assert "pops that found a queue empty (204): standalone 0, cluster 0" in out, out
+    assert re.search(r"cluster POST store CPU%: primary \d+/\d+/\d+, replica \d+/\d+/\d+", out)
+
+    # 2. one row per primary; together they hold every queue
+    shards = re.findall(r"^\s+primary (\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[+-]\d+%$", out, re.M)
+    assert len(shards) == 3, out
+    assert sum(int(queues) for _, queues in shards) == 12, out
+    assert re.search(r"messages moved: [\d,]+ \([\d,]+ adds \+ [\d,]+ pops", out), out
+    assert "total throughput cannot grow with the shards here" in out
+
+    # 3. a primary was killed, and the time until its queue took writes again is shown
+    killed = re.search(r"killed \(SIGKILL\)\s+primary (\d+), holding (\S+)", out)
+    assert killed and killed[1] in {port for port, _ in shards}, out
+    resumed = re.search(rf"first POST /q/{killed[2]} answered 200\s+(none|[\d.]+ s after)", out)
+    assert resumed, out
+    assert re.search(r"\(another shard\) 200 throughout\s+(yes|no) \(", out), out
+
+    summary = out.split("=== summary", 1)[1]
+    verdicts = re.findall(r"^\s+cluster\s+.+\s(PASS|MISSED)$", summary, re.MULTILINE)
+    assert len(verdicts) == 4, summary
+
+    # every process it started is gone (brokers, standalone and cluster nodes), and its
+    # work dir too
+    workdir = re.search(r"work dir (\S+)", out)[1]
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
+    pids = re.findall(r"\(pid (\d+)\)", out) + re.findall(r"valkey-server pid (\d+)", out)
+    assert len(pids) == 7, out
+    for pid in map(int, pids):
+        assert not still_running(pid, (b"valkey-server",)), pid
 
 
 def still_running(pid: int, marks: tuple[bytes, ...]) -> bool:
