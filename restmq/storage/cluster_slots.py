@@ -50,20 +50,20 @@ def hashed_part(key: bytes) -> bytes:
     return key
 
 
-#: slots of hash tags met lately: a broker sends every call of a queue with its tag, and
-#: CRC16 in Python costs more than a dictionary lookup
-_SLOT_OF: dict[bytes, int] = {}
+#: slots of keys met lately: a broker names the same few keys of a queue in each of its
+#: calls, and CRC16 in Python costs far more than a dictionary lookup
+_SLOT_OF: dict[str | bytes, int] = {}
 _SLOTS_KEPT = 65536
 
 
 def key_slot(key: str | bytes) -> int:
     """The slot of ``key`` (text is hashed as UTF-8, as it is sent)."""
-    part = hashed_part(key.encode("utf-8") if isinstance(key, str) else key)
-    slot = _SLOT_OF.get(part)
+    slot = _SLOT_OF.get(key)
     if slot is None:
         if len(_SLOT_OF) >= _SLOTS_KEPT:
             _SLOT_OF.clear()
-        slot = _SLOT_OF[part] = crc16(part) % SLOT_COUNT
+        part = hashed_part(key.encode("utf-8") if isinstance(key, str) else key)
+        slot = _SLOT_OF[key] = crc16(part) % SLOT_COUNT
     return slot
 
 
