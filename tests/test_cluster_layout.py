@@ -55,7 +55,9 @@ def _stats_of(stats, name):
 # -- where the keys are -----------------------------------------------------------------
 
 #: the same names every run: the same spread over the primaries (36, 35 and 29 of them)
+#: (``ns:jobs`` is of the family ``ns``: its keys carry the tag ``{ns}``)
 ROUTED = [f"jobs-{i}" for i in range(96)] + ["jobs.eu", "mail@home", "ns:jobs", "a.b@c:d"]
+ROUTED_BY_FAMILY = {keys.family_of(name): name for name in ROUTED}
 
 
 @pytest_twisted.ensureDeferred
@@ -64,19 +66,20 @@ async def test_each_queue_keeps_every_key_in_one_slot_and_the_queues_spread(
 ):
     engine = cluster_engine
     for name in ROUTED:
-        assert await engine.add_many(name, ["a", "b"]) == [f"{{{name}}}:1", f"{{{name}}}:2"]
-        assert await engine.add(name, "c", ttl=600) == f"{{{name}}}:3"
-        assert (await engine.peek(name)).key == f"{{{name}}}:1"  # a refcount key too
+        stem = keys.CLUSTER.stem(name)
+        assert await engine.add_many(name, ["a", "b"]) == [f"{stem}:1", f"{stem}:2"]
+        assert await engine.add(name, "c", ttl=600) == f"{stem}:3"
+        assert (await engine.peek(name)).key == f"{stem}:1"  # a refcount key too
 
     held: dict[str, list[tuple[str, object]]] = defaultdict(list)
     for node in valkey_cluster.primaries:
         for key in cluster_keys(node, "*"):
             tags = TAG.findall(key)
-            if tags and tags[0] in ROUTED:
-                held[tags[0]].append((key, node))
+            if tags and tags[0] in ROUTED_BY_FAMILY:
+                held[ROUTED_BY_FAMILY[tags[0]]].append((key, node))
     owners = Counter()
     for name in ROUTED:
-        stem = f"{{{name}}}"
+        stem = keys.CLUSTER.stem(name)
         found = sorted(key for key, _ in held[name])
         assert found == sorted(
             [
@@ -84,7 +87,7 @@ async def test_each_queue_keeps_every_key_in_one_slot_and_the_queues_spread(
                 f"{stem}:1:refcount",
                 f"{stem}:UUID",
                 f"{stem}:queue",
-                f"{stem}:queues",
+                keys.CLUSTER.registry(name),
                 f"queuestat::{stem}",
             ]
         )
@@ -99,14 +102,14 @@ async def test_each_queue_keeps_every_key_in_one_slot_and_the_queues_spread(
     for name in ROUTED:
         assert [m.value for m in await engine.pop_many(name, 2)] == ["a", "b"]
         last = await engine.pop(name)
-        assert (last.key, last.value) == (f"{{{name}}}:3", "c")
+        assert (last.key, last.value) == (f"{keys.CLUSTER.stem(name)}:3", "c")
         assert await engine.pop(name) is None
         assert await engine.purge(name) == 0
     for name in ROUTED:  # the session cluster is shared: leave nothing of these names
         for key, node in held[name]:
             cluster_command(node, "DEL", key)
     families = keys.CLUSTER_QUEUES
-    cluster_command(cluster_owner(valkey_cluster, families), "SREM", families, *ROUTED)
+    cluster_command(cluster_owner(valkey_cluster, families), "SREM", families, *ROUTED_BY_FAMILY)
 
 
 # -- every queue operation, on a cluster --------------------------------------------------

@@ -162,11 +162,13 @@ CLUSTER_CONSUMERS_PREFIX = f"restmq:{CLUSTER_GLOBAL_TAG}:consumers:"
 
 
 def family_of(queue: str) -> str:
-    """The queue whose dead letters ``queue`` holds, all the way down: ``q`` for
-    ``q``, ``q:dead`` and ``q:dead:dead``. A queue and its dead letters are one family."""
-    while queue.endswith(DEAD_SUFFIX) and len(queue) > len(DEAD_SUFFIX):
-        queue = queue[: -len(DEAD_SUFFIX)]
-    return queue
+    """The family ``queue`` belongs to on a cluster: its name up to the first ``:`` (that
+    does not begin it). ``q``, its dead letters ``q:dead`` and any queue ``q:<more>``
+    (its subscriptions, say) are one family, kept in one slot, so that moving a message
+    between them stays one script."""
+    start = len(queue) - len(queue.lstrip(":"))
+    colon = queue.find(":", start)
+    return queue if colon < 0 else queue[:colon]
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,15 @@ class KeyLayout:
 @dataclass(frozen=True)
 class ClusterKeyLayout(KeyLayout):
     """The Valkey Cluster layout: every key of queue ``q`` carries the hash tag of
-    ``q``'s family, so a queue and its dead letters live in one slot.
+    ``q``'s family (its name up to the first ``:``), so a queue, its dead letters and
+    the queues named after it live in one slot.
 
     ==============================  ================================================
     queue                           stem
     ==============================  ================================================
     ``jobs``                        ``{jobs}``
     ``jobs:dead``                   ``{jobs}:dead``
+    ``jobs:eu``                     ``{jobs}:eu``
     ==============================  ================================================
 
     so the list of ``jobs`` is ``{jobs}:queue``, its status ``queuestat::{jobs}``, its
@@ -227,13 +231,12 @@ class ClusterKeyLayout(KeyLayout):
         return f"{{{family}}}{queue[len(family) :]}"
 
     def queue_of_stem(self, stem: str) -> str:
-        """The queue a stem belongs to (``{jobs}:dead`` -> ``jobs:dead``)."""
-        dead = ""
-        while stem.endswith(DEAD_SUFFIX) and not stem.endswith("}"):
-            stem, dead = stem[: -len(DEAD_SUFFIX)], dead + DEAD_SUFFIX
-        if stem.startswith("{") and stem.endswith("}"):
-            return stem[1:-1] + dead
-        return stem + dead  # not a stem of this layout: shown as it is
+        """The queue a stem belongs to (``{jobs}:dead`` -> ``jobs:dead``); queue names
+        hold no braces, so the tag's are the only ones."""
+        end = stem.find("}")
+        if not stem.startswith("{") or end < 0:
+            return stem  # not a stem of this layout: shown as it is
+        return stem[1:end] + stem[end + 1 :]
 
     def registry(self, queue: str) -> str:
         return f"{{{family_of(queue)}}}:queues"
