@@ -428,3 +428,108 @@ async def test_a_queue_whose_slot_moves_keeps_working_and_loses_nothing(
     assert sorted(cluster_keys(target, f"*{stem}*")) == sorted(
         [f"{stem}:UUID", f"{stem}:queues", f"queuestat::{stem}"]
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_operation_on_a_half_moved_queue_is_whole_or_refused(
+    cluster_factory, cluster_engine_factory
+):
+    """Half of a queue's keys (bodies, peek counters, its list or lease keys) moved to the
+    importing node: each operation either works or is refused (StorageUnavailable) having
+    changed nothing; once the slot has moved every message is there exactly once."""
+    cluster = cluster_factory(primaries=3, replicas=0)
+    engine = await cluster_engine_factory(cluster)
+    queue, stem = "halfway", "{halfway}"
+    values = [f"h{n}" for n in range(1, 41)]
+    await engine.add_many(queue, values)
+    held = {m.value: m for m in await engine.pop_many(queue, 4)}  # taken, to requeue
+    leases = {m.value: m for m in await engine.lease(queue, 600, 6)}
+    await engine.peek(queue)  # a peek counter to move
+    slot = cluster_command(cluster.primaries[0], "CLUSTER", "KEYSLOT", f"{stem}:queue")
+    source = cluster_owner(cluster, f"{stem}:queue")
+    target = next(node for node in cluster.primaries if node is not source)
+    every = sorted(source.command("CLUSTER", "GETKEYSINSLOT", slot, 1000))
+    start_slot_migration(slot, source, target, every[::2])
+
+    done: dict[str, str] = {}  # value -> how it left the queue for good
+
+    def gone(value: str, how: str) -> None:
+        assert value not in done, f"{value} handed out twice: {done[value]}, {how}"
+        done[value] = how
+
+    async def attempt(call):
+        try:
+            return await call
+        except StorageUnavailable:
+            return None
+
+    refused = []
+    calls = {
+        "pop": lambda: engine.pop(queue),
+        "pop_many": lambda: engine.pop_many(queue, 3),
+        "peek": lambda: engine.peek(queue),
+        "lease": lambda: engine.lease(queue, 600),
+        "lease n": lambda: engine.lease(queue, 600, 3),
+        "take_for_streams": lambda: engine.take_for_streams(
+            queue, roundrobin_batch=2, broadcast_batch=2, origin="b1"
+        ),
+        "lease_for_streams": lambda: engine.lease_for_streams(queue, 600, 2, origin="b1"),
+        "sweep": lambda: engine.sweep_leases(family=queue),
+    }
+    for name, call in calls.items():
+        result = await attempt(call())
+        if result is None:
+            refused.append(name)
+        elif name in ("pop",) and result is not None:
+            gone(result.value, name)
+        elif name == "pop_many":
+            for m in result:
+                gone(m.value, name)
+        elif name in ("lease", "lease n"):
+            leases.update({m.value: m for m in result})
+        elif name == "take_for_streams":
+            for m in result.messages:
+                gone(m.value, name)
+        elif name == "lease_for_streams":
+            leases.update({m.value: m for m in result.messages})
+    first, second, third, *_ = sorted(leases.values(), key=lambda m: m.key)
+    acked = await attempt(engine.ack(queue, [first.receipt]))
+    if acked is None:
+        refused.append("ack")
+    elif acked[0].done:
+        gone(leases.pop(first.value).value, "ack")
+    released = await attempt(engine.release(queue, [second.receipt]))
+    if released is None:
+        refused.append("release")
+    elif released[0].done:
+        leases.pop(second.value)
+    if await attempt(engine.extend(queue, third.receipt, 900)) is None:
+        refused.append("extend")
+    victim = f"{stem}:40"
+    deleted = await attempt(engine.delete(queue, victim))
+    if deleted is None:
+        refused.append("delete")
+    elif deleted:
+        gone("h40", "delete")
+
+    async def requeue() -> bool:
+        await engine.requeue(queue, list(held.values()))
+        return True
+
+    if await attempt(requeue()) is None:
+        refused.append("requeue")
+        for value in held:
+            gone(value, "taken, not requeued")
+    purged = await attempt(engine.purge(queue))
+    assert purged is None, "a purge of a moving queue is refused"
+
+    finish_slot_migration(cluster, slot, source, target)
+    results = await engine.ack(queue, [m.receipt for m in leases.values()])
+    assert all(r.done for r in results), "every lease taken is intact"
+    for m in leases.values():
+        gone(m.value, "leased, acked after")
+    for m in await engine.pop_many(queue, 100):
+        gone(m.value, "popped after")
+    assert sorted(done) == sorted(values), f"none lost, none twice (refused: {refused})"
+    leftovers = sorted(cluster_keys(target, f"*{stem}*"))
+    assert leftovers == sorted([f"{stem}:UUID", f"{stem}:queues", f"queuestat::{stem}"])

@@ -7,19 +7,28 @@
 local k = queue_keys(ARGV[4])
 local now = now_ms()
 local out, settled = {}, {ARGV[5]}
+local acked, gone, done = {}, {}, {}
 for i = 6, #ARGV, 2 do
   local key = ARGV[i]
-  if holds(k, key, ARGV[i + 1], now) then
-    -- the body first: while a cluster slot migrates Valkey may refuse this DEL (a key it
-    -- lacks), stopping the script; the lease must not be gone then, the body left behind
-    redis.call('DEL', key, key .. ':refcount')
-    redis.call('ZREM', k.leased, key)
-    redis.call('HDEL', k.deliveries, key)
+  if not done[key] and holds(k, key, ARGV[i + 1], now) then
+    done[key] = true
+    acked[#acked + 1] = key
+    gone[#gone + 1] = key
+    gone[#gone + 1] = key .. ':refcount'
     settled[#settled + 1] = key .. '@' .. ARGV[i + 1]
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
+end
+-- a lease not found may be on the other node while the slot moves: stop rather than say 0
+if #acked < #out then stop_if_moving(k) end
+if #acked > 0 then
+  -- All bodies in one DEL, before anything else: while a cluster slot moves Valkey may
+  -- refuse it (a key it lacks), stopping the script with nothing written.
+  redis.call('DEL', unpack(gone))
+  redis.call('ZREM', k.leased, unpack(acked))
+  redis.call('HDEL', k.deliveries, unpack(acked))
 end
 index_queue(k)
 if #settled > 1 then

@@ -9,11 +9,17 @@ local CHUNK = 1000
 local queue, ttl, channel, notice = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local first = 5
 local count = #ARGV - first + 1
-local last = redis.call('INCRBY', KEYS[2], count)
+-- The new keys are touched before anything is written: while a cluster slot moves,
+-- Valkey may refuse a script's access to them (keys it lacks), stopping the script.
+local last = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + count
 local keys = {}
 for i = 1, count do
   keys[i] = queue .. ':' .. (last - count + i)
 end
+for from = 1, count, CHUNK do
+  redis.call('EXISTS', unpack(keys, from, math.min(from + CHUNK - 1, count)))
+end
+redis.call('INCRBY', KEYS[2], count)
 for from = 1, count, CHUNK do
   local to = math.min(from + CHUNK - 1, count)
   if ttl > 0 then

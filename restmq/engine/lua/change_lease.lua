@@ -11,9 +11,17 @@ local k = queue_keys(ARGV[4])
 local lease, counted = tonumber(ARGV[5]), ARGV[6] == '1'
 local now = now_ms()
 local out, released, settled = {}, {}, {ARGV[7]}
+local held = {}
+for i = 8, #ARGV, 2 do
+  held[#held + 1] = holds(k, ARGV[i], ARGV[i + 1], now)
+end
+-- a lease not found may be on the other node while the slot moves: stop rather than say 0
+for _, yes in ipairs(held) do
+  if not yes then stop_if_moving(k) break end
+end
 for i = 8, #ARGV, 2 do
   local key = ARGV[i]
-  if holds(k, key, ARGV[i + 1], now) then
+  if held[(i - 6) / 2] then
     if lease > 0 then
       redis.call('ZADD', k.leased, 'XX', now + lease, key)
     else

@@ -1,7 +1,7 @@
 -- Take up to N of the oldest live messages of a queue under a lease. First the queue's
 -- overdue leases end (back to the head, or to the dead letters), so that a lease runs
 -- out even when no broker is sweeping. A leased message keeps its body until acked.
--- Keys whose body expired are dropped on the way (lease_next); the batch stops once
+-- Keys whose body expired are dropped on the way (lease_oldest); the batch stops once
 -- its bodies reach the byte budget (one message at least).
 -- ARGV: 4 queue, 5 lease in ms, 6 N, 7 byte budget, 8 most overdue leases to end first
 -- Returns a flat list: deadline (ms), how many overdue leases went back and how many
@@ -12,17 +12,12 @@ local now = now_ms()
 local back, dead = return_overdue(k, now, tonumber(ARGV[8]))
 local deadline = now + lease
 local out = {deadline, back, dead}
-local taken, bytes = 0, 0
-while taken < wanted and (taken == 0 or bytes < budget) do
-  local key, body, deliveries = lease_next(k, deadline)
-  if not key then break end
-  out[#out + 1] = key
-  out[#out + 1] = body
-  out[#out + 1] = redis.call('GET', key .. ':refcount') or '0'
-  out[#out + 1] = redis.call('PTTL', key)
-  out[#out + 1] = deliveries
-  taken = taken + 1
-  bytes = bytes + #body
+for _, message in ipairs(lease_oldest(k, deadline, wanted, budget)) do
+  out[#out + 1] = message[1]
+  out[#out + 1] = message[2]
+  out[#out + 1] = message[3]
+  out[#out + 1] = message[4]
+  out[#out + 1] = message[5]
 end
 index_queue(k)
 return out

@@ -23,26 +23,24 @@ return_overdue(k, now, tonumber(ARGV[last - 5]))
 local deadline = now + lease
 local out = {1, policy, 0, 0, deadline}
 local published = {}
-local taken, bytes = 0, 0
-while taken < wanted and (taken == 0 or bytes < budget) do
-  local key, body, deliveries = lease_next(k, deadline)
-  if not key then break end
-  out[#out + 1] = key
-  out[#out + 1] = body
-  out[#out + 1] = redis.call('PTTL', key)
-  out[#out + 1] = deliveries
-  published[#published + 1] = key
-  published[#published + 1] = body
-  taken = taken + 1
-  bytes = bytes + #body
+-- read before the leases are written: the list may go with its last key
+local length = redis.call('LLEN', k.list)
+local taken, consumed = lease_oldest(k, deadline, wanted, budget)
+for _, message in ipairs(taken) do
+  out[#out + 1] = message[1]
+  out[#out + 1] = message[2]
+  out[#out + 1] = message[4]
+  out[#out + 1] = message[5]
+  published[#published + 1] = message[1]
+  published[#published + 1] = message[2]
 end
 index_queue(k)
-if policy == '1' and taken > 0 then
+if policy == '1' and #taken > 0 then
   local batch = {}
   batch[ARGV[last - 2]] = tonumber(ARGV[last - 3])
   batch[ARGV[last - 1]] = ARGV[last - 4]
   batch[ARGV[last]] = published
   out[3] = redis.call(PUBLISH, k.channel, cjson.encode(batch))
 end
-out[4] = redis.call('LLEN', k.list)
+out[4] = length - consumed
 return out

@@ -26,9 +26,24 @@ local function queue_keys(q)
   }
 end
 
+-- While a Valkey Cluster slot moves to another node its keys go over one by one, and a
+-- node refuses a script's access to a key of that slot it lacks: the script stops where
+-- it is and what it wrote stays. So the scripts read (or touch) every key they did not
+-- declare before their first write. The importing node answers a lone read of a key it
+-- lacks as if there were none, though the key may still wait on the other node: where a
+-- script would act on such an absence, it calls stop_if_moving first.
+
+-- Two keys that never exist, read together: refused on either node while q's slot moves
+-- (the script stops, having written nothing); elsewhere one EXISTS that answers 0.
+local function stop_if_moving(k)
+  redis.call('EXISTS', k.name .. ':moving?1', k.name .. ':moving?2')
+end
+
 -- Keep q's place in the leasing index: its earliest deadline, or no place without leases.
+-- A refused read means <q>:leased is not on this node: every caller read it before its
+-- writes, so the script's own writes emptied it (the key went with its last member).
 local function index_queue(k)
-  local first = redis.call('ZRANGE', k.leased, 0, 0, 'WITHSCORES')
+  local first = redis.pcall('ZRANGE', k.leased, 0, 0, 'WITHSCORES')
   if first[1] then
     redis.call('ZADD', KEYS[2], first[2], k.name)
   else
@@ -50,43 +65,75 @@ end
 -- head of the queue, keys[1] next to be taken. With `counted` false the delivery never
 -- reached anyone: it is taken back from the count and cannot make the message dead.
 -- A message whose body expired meanwhile is simply forgotten.
+-- Everything is read first, then written (see stop_if_moving).
 -- Returns how many went back and how many went to the dead letters.
 local function end_leases(k, keys, counted)
-  local max = tonumber(redis.call('GET', k.max) or '0') or 0
+  local max = redis.call('GET', k.max)
+  local unsure = counted and not max
+  max = tonumber(max or '0') or 0
+  local read, field = {}, {} -- delivery counts as read, and as they end up (false: none)
   local back, dead = {}, {}
   for _, key in ipairs(keys) do
-    redis.call('ZREM', k.leased, key)
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('HDEL', k.deliveries, key)
+    if read[key] == nil then
+      local body = redis.call('EXISTS', key) == 1
+      read[key] = redis.call('HGET', k.deliveries, key)
+      field[key] = read[key]
+      if not body then field[key] = 'gone' end
+      unsure = unsure or not body or (counted and max > 0 and not read[key])
+    end
+    if field[key] == 'gone' then
+      -- expired: forgotten (its delivery count too)
     else
-      local times = tonumber(redis.call('HGET', k.deliveries, key) or '0') or 0
+      local times = tonumber(field[key] or '0') or 0
       if not counted then
         times = times - 1
-        if times > 0 then
-          redis.call('HSET', k.deliveries, key, times)
-        else
-          redis.call('HDEL', k.deliveries, key)
-        end
+        field[key] = times > 0 and tostring(times) or false
       end
       if counted and max > 0 and times >= max then
-        redis.call('HDEL', k.deliveries, key)
+        field[key] = false
         dead[#dead + 1] = key
       else
         back[#back + 1] = key
       end
     end
   end
-  for i = #back, 1, -1 do
-    redis.call('RPUSH', k.list, back[i])
+  local register = false
+  if #back > 0 and redis.call('EXISTS', k.list) == 0 then unsure = true end
+  if #dead > 0 then
+    if redis.call('EXISTS', k.dead_list) == 0 then unsure = true end
+    register = redis.call('SISMEMBER', KEYS[1], k.dead) == 0
+    if register and redis.call('EXISTS', k.dead_status) == 0 then unsure = true end
   end
+  if unsure then stop_if_moving(k) end
+  -- the writes: the queues first, so that no key the script writes to again is emptied
+  if #back > 0 then
+    local reversed = {}
+    for i = #back, 1, -1 do reversed[#reversed + 1] = back[i] end
+    redis.call('RPUSH', k.list, unpack(reversed))
+  end
+  local dropped, done = {}, {}
+  for _, key in ipairs(keys) do
+    if not done[key] then
+      done[key] = true
+      local was, now = read[key], field[key]
+      if now == 'gone' then now = false end
+      if now and now ~= was then
+        redis.call('HSET', k.deliveries, key, now)
+      elseif was and not now then
+        dropped[#dropped + 1] = key
+      end
+    end
+  end
+  -- one HDEL: the hash may go with its last field, and a later HDEL would meet no key
+  if #dropped > 0 then redis.call('HDEL', k.deliveries, unpack(dropped)) end
+  redis.call('ZREM', k.leased, unpack(keys))
   if #back > 0 then
     redis.call(PUBLISH, k.channel, ARGV[3])
   end
   if #dead > 0 then
-    for _, key in ipairs(dead) do
-      redis.call('LPUSH', k.dead_list, key)
-    end
-    if redis.call('SADD', KEYS[1], k.dead) == 1 then
+    redis.call('LPUSH', k.dead_list, unpack(dead))
+    if register then
+      redis.call('SADD', KEYS[1], k.dead)
       redis.call('SET', k.dead_status, '1', 'NX')
     end
     redis.call(PUBLISH, k.dead_channel, ARGV[3])
@@ -139,19 +186,63 @@ local function return_overdue(k, now, limit)
   return back, dead, #keys
 end
 
--- Lease the oldest live message of q until `deadline`: its key, body and delivery count
--- (this delivery included), or nil when q has none. Keys whose body expired are dropped
--- on the way, as a pop does.
-local function lease_next(k, deadline)
-  while true do
-    local key = redis.call('RPOP', k.list)
-    if not key then return nil end
-    local body = redis.call('GET', key)
-    if body then
-      redis.call('ZADD', k.leased, deadline, key)
-      return key, body, redis.call('HINCRBY', k.deliveries, key, 1)
+local CHUNK = 1000 -- keys read with one MGET (unpack has a limit)
+
+-- Read, writing nothing, the oldest keys of q's list (CHUNK at a time from the tail) with
+-- their bodies and peek counts, until `wanted` live ones are found, their bodies reach
+-- `budget` (one message at least) or the list ends. Returns the keys looked at, oldest
+-- first, their bodies and their peek counts (false: expired, never peeked).
+local function read_oldest(k, wanted, budget)
+  local seen, bodies, peeks = {}, {}, {}
+  local live, bytes, from = 0, 0, 0
+  while live < wanted and (live == 0 or bytes < budget) do
+    local n = math.min(wanted - live, CHUNK)
+    local keys = redis.call('LRANGE', k.list, -from - n, -from - 1) -- the oldest is last
+    if #keys == 0 then break end
+    local refcounts = {}
+    for i, key in ipairs(keys) do refcounts[i] = key .. ':refcount' end
+    local got = redis.call('MGET', unpack(keys))
+    local counts = redis.call('MGET', unpack(refcounts))
+    local i = #keys
+    while i >= 1 and live < wanted and (live == 0 or bytes < budget) do
+      seen[#seen + 1] = keys[i]
+      bodies[#seen], peeks[#seen] = got[i], counts[i]
+      if got[i] then live, bytes = live + 1, bytes + #got[i] end
+      i = i - 1
     end
-    redis.call('DEL', key .. ':refcount')
-    redis.call('HDEL', k.deliveries, key)
+    from = from + #keys
   end
+  -- no list, or a body gone: either may still be on the other node while the slot moves
+  if live < #seen or #seen == 0 then stop_if_moving(k) end
+  return seen, bodies, peeks
+end
+
+-- Lease the oldest live messages of q until `deadline` (read_oldest says which); keys
+-- whose body expired are dropped on the way, as a pop does. Returns, for each message
+-- leased: key, body, peek count, ms to live (-1 none), deliveries (this one included);
+-- and how many keys it took off the list.
+local function lease_oldest(k, deadline, wanted, budget)
+  local seen, bodies, peeks = read_oldest(k, wanted, budget)
+  if #seen == 0 then return {}, 0 end
+  -- refused while the slot moves unless both keys the leases change are on this node
+  redis.call('EXISTS', k.leased, k.deliveries)
+  local taken, leases, expired, refcounts = {}, {}, {}, {}
+  for i, key in ipairs(seen) do
+    if bodies[i] then
+      taken[#taken + 1] = {key, bodies[i], peeks[i] or '0', redis.call('PTTL', key)}
+      leases[#leases + 1] = deadline
+      leases[#leases + 1] = key
+    else
+      expired[#expired + 1] = key
+      if peeks[i] then refcounts[#refcounts + 1] = key .. ':refcount' end
+    end
+  end
+  redis.call('LTRIM', k.list, 0, -#seen - 1)
+  if #leases > 0 then redis.call('ZADD', k.leased, unpack(leases)) end
+  for _, message in ipairs(taken) do
+    message[5] = redis.call('HINCRBY', k.deliveries, message[1], 1)
+  end
+  if #expired > 0 then redis.call('HDEL', k.deliveries, unpack(expired)) end
+  if #refcounts > 0 then redis.call('DEL', unpack(refcounts)) end
+  return taken, #seen
 end

@@ -5,7 +5,9 @@
 while true do
   local key = redis.call('LINDEX', KEYS[1], -1)
   if not key then return {} end
-  local body = redis.call('GET', key)
+  -- body and peek counter read together: while a cluster slot moves, Valkey refuses the
+  -- read unless both are on this node, before anything is written
+  local body = redis.call('MGET', key, key .. ':refcount')[1]
   if body then
     local peeks = redis.call('INCR', key .. ':refcount')
     return {key, body, peeks}

@@ -30,21 +30,44 @@ local out = {1, policy, 0, 0}
 local published = {}
 local taken, bytes, budget = 0, 0, tonumber(ARGV[5])
 local counted = redis.call('EXISTS', KEYS[4]) == 1
+-- Everything is read before the first write: while a cluster slot moves, Valkey refuses
+-- a script's access to a message key it lacks and the script stops where it is.
+local length = redis.call('LLEN', KEYS[1])
+local seen, gone = {}, {}
 while taken < wanted and (taken == 0 or bytes < budget) do
-  local key = redis.call('RPOP', KEYS[1])
-  if not key then break end
-  local body = redis.call('GET', key)
-  if body then
-    out[#out + 1] = key
-    out[#out + 1] = body
-    out[#out + 1] = redis.call('PTTL', key)
-    published[#published + 1] = key
-    published[#published + 1] = body
-    taken = taken + 1
-    bytes = bytes + #body
+  local n = wanted - taken
+  local keys = redis.call('LRANGE', KEYS[1], -#seen - n, -#seen - 1) -- the oldest is last
+  if #keys == 0 then break end
+  local refcounts = {}
+  for i, key in ipairs(keys) do refcounts[i] = key .. ':refcount' end
+  local bodies = redis.call('MGET', unpack(keys))
+  local peeks = redis.call('MGET', unpack(refcounts))
+  local i = #keys
+  while i >= 1 and taken < wanted and (taken == 0 or bytes < budget) do
+    local key, body = keys[i], bodies[i]
+    if body then
+      out[#out + 1] = key
+      out[#out + 1] = body
+      out[#out + 1] = redis.call('PTTL', key)
+      published[#published + 1] = key
+      published[#published + 1] = body
+      taken = taken + 1
+      bytes = bytes + #body
+    end
+    seen[#seen + 1] = key
+    gone[#gone + 1] = key
+    if peeks[i] then gone[#gone + 1] = refcounts[i] end
+    i = i - 1
   end
-  redis.call('DEL', key, key .. ':refcount')
-  if counted then redis.call('HDEL', KEYS[4], key) end
+end
+if taken < #seen then
+  -- a body gone may still be on the other node while the slot moves: refused there
+  redis.call('EXISTS', KEYS[1] .. ':moving?1', KEYS[1] .. ':moving?2')
+end
+if #seen > 0 then
+  redis.call('LTRIM', KEYS[1], 0, -#seen - 1)
+  redis.call('DEL', unpack(gone))
+  if counted then redis.call('HDEL', KEYS[4], unpack(seen)) end
 end
 if policy == '1' and taken > 0 then
   local batch = {}
@@ -53,5 +76,5 @@ if policy == '1' and taken > 0 then
   batch[ARGV[9]] = published
   out[3] = redis.call(PUBLISH, ARGV[3], cjson.encode(batch))
 end
-out[4] = redis.call('LLEN', KEYS[1])
+out[4] = length - #seen
 return out
