@@ -149,7 +149,7 @@ class Client:
 
         As a context manager the lease gives the message, or None when there was none, and
         acks it when the block ends normally, releases it when the block raises. With
-        ``keep_alive`` the lease is extended every half lease while the block runs.
+        ``keep_alive`` the lease is extended every third of the lease while the block runs.
 
         >>> with client.lease("jobs", 30, wait=20) as message:   # doctest: +SKIP
         ...     if message is not None:
@@ -241,7 +241,7 @@ class Client:
         """Handle the queue's messages one by one, at least once, until ``stop`` is set or
         Ctrl-C; return how many were handled. Each message is taken under a lease of
         ``lease`` seconds (long-polling ``wait`` seconds), acked when ``handler`` returns,
-        released when it raises; the lease is extended every half lease while the handler
+        released when it raises; the lease is extended every third of the lease while the handler
         runs, so a slow handler keeps its message.
 
         >>> stop = threading.Event()                         # doctest: +SKIP

@@ -14,7 +14,7 @@ log = logging.getLogger("restmq.client")
 
 
 class LeaseKeeper:
-    """Extends a message's lease every half lease until stopped, so that work slower than
+    """Extends a message's lease every third of the lease until stopped, so that work slower than
     the lease keeps the message."""
 
     def __init__(self, message: Message, seconds: int) -> None:
@@ -34,8 +34,8 @@ class LeaseKeeper:
         self._thread.join()
 
     def _run(self) -> None:
-        # Half the lease leaves the other half for an extension that must be retried.
-        while not self._done.wait(self._seconds / 2):
+        # A third: two thirds of the lease are left for an extension that is slow or retried.
+        while not self._done.wait(self._seconds / 3):
             try:
                 self._message.extend(self._seconds)
             except LeaseGone:
@@ -50,7 +50,7 @@ class Lease:
     was empty. As a context manager it gives the message (or None) and settles it when
     the block ends: an ack when it ends normally, a release (the message back at the head
     of its queue) when it raises. A message acked or released inside the block is left
-    as it is. With ``keep_alive`` the lease is extended every half lease while the block
+    as it is. With ``keep_alive`` the lease is extended every third of the lease while the block
     runs.
 
     >>> with client.lease("jobs", 30) as message:   # doctest: +SKIP
