@@ -1,5 +1,6 @@
-"""The ``restmq`` command stands apart from the broker: it loads none of its modules, and
-its copies of the protocol's limits are the broker's."""
+"""The ``restmq`` command and the Python client (restmq.client) stand apart from the broker:
+they load none of its modules (nor does the client load the command's), and their copies
+of the protocol's limits are the broker's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from restmq.cli import limits
+from restmq.client import limits as client_limits
 from restmq.operations import validation
 
 
@@ -19,12 +23,32 @@ def test_the_commands_limits_are_the_brokers():
     )
 
 
-def test_the_command_loads_no_broker_module():
-    # A fresh interpreter: this one has loaded the broker already.
-    code = "import json, sys, restmq.cli.main; print(json.dumps(sorted(sys.modules)))"
+def test_the_python_clients_limits_are_the_brokers():
+    assert (
+        client_limits.MAX_BATCH,
+        client_limits.MAX_LEASE,
+        client_limits.MAX_WAIT,
+        client_limits.MAX_PREFETCH,
+    ) == (validation.MAX_BATCH, validation.MAX_LEASE, validation.MAX_WAIT, validation.MAX_PREFETCH)
+
+
+def loaded_by(module: str) -> list[str]:
+    """The restmq modules a fresh interpreter (this one has loaded the broker) loads for
+    ``import module``."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = [name for name in json.loads(run.stdout) if name.split(".")[0] == "restmq"]
-    assert "restmq.cli.main" in loaded
-    own = {"restmq", "restmq.cli"}
-    broker = [name for name in loaded if name not in own and not name.startswith("restmq.cli.")]
-    assert broker == []
+    return [name for name in json.loads(run.stdout) if name.split(".")[0] == "restmq"]
+
+
+@pytest.mark.parametrize(
+    ("module", "package"), [("restmq.cli.main", "restmq.cli"), ("restmq.client", "restmq.client")]
+)
+def test_a_client_loads_no_broker_module(module, package):
+    loaded = loaded_by(module)
+    assert module in loaded
+    foreign = [
+        name
+        for name in loaded
+        if name not in ("restmq", package) and not name.startswith(package + ".")
+    ]
+    assert foreign == []
