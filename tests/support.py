@@ -1350,7 +1350,7 @@ def cluster_seeds(broker: Broker) -> list[tuple[str, int]]:
     return [(host, int(port)) for host, port in (seed.rsplit(":", 1) for seed in seeds)]
 
 
-def stored(broker: Broker, *args):
+def store_command(broker: Broker, *args):
     """A raw command to ``broker``'s storage, past the broker: the embedded Valkey, or on
     a cluster the node that serves the command's key (following MOVED)."""
     if not broker.clustered:
@@ -1378,12 +1378,14 @@ def redis_field(broker: Broker) -> re.Pattern:
 def nothing_kept(broker: Broker, queue: str) -> bool:
     """``nothing_stored`` on either storage: no list, message or counter for ``queue``."""
     s = stem(broker, queue)
-    return all(stored(broker, "EXISTS", key) == 0 for key in (f"{s}:queue", f"{s}:1", f"{s}:UUID"))
+    return all(
+        store_command(broker, "EXISTS", key) == 0 for key in (f"{s}:queue", f"{s}:1", f"{s}:UUID")
+    )
 
 
 def registered(broker: Broker, queue: str) -> bool:
     """True when ``queue`` is in the registry of queues (QUEUESET, or on a cluster the
     registry of its family, which lists stems)."""
     if broker.clustered:
-        return stored(broker, "SISMEMBER", CLUSTER.registry(queue), stem(broker, queue)) == 1
+        return store_command(broker, "SISMEMBER", CLUSTER.registry(queue), stem(broker, queue)) == 1
     return broker.redis("SISMEMBER", "QUEUESET", queue) == 1

@@ -25,7 +25,7 @@ from tests.support import (
     post_value,
     redis_field,
     stem,
-    stored,
+    store_command,
 )
 
 # -- POST / and GET / (the original's all-in-one route) ----------------------
@@ -211,7 +211,7 @@ def test_json_body_with_ttl(shared_broker, queue):
     post_json(b, f"/q/{queue}", {"value": "short", "ttl": 30})
     post_json(b, f"/q/{queue}", {"values": ["x", "y"], "ttl": 60})
     post_json(b, f"/q/{queue}?ttl=45", {"value": "query ttl"})
-    ttls = [stored(b, "TTL", b.key(queue, n)) for n in range(1, 5)]
+    ttls = [store_command(b, "TTL", b.key(queue, n)) for n in range(1, 5)]
     assert 0 < ttls[0] <= 30
     assert 30 < ttls[1] <= 60 and 30 < ttls[2] <= 60
     assert 30 < ttls[3] <= 45
@@ -328,7 +328,7 @@ def test_json_protocol_object_value_is_stored_as_its_json_text(shared_broker, qu
     response = command(b, {"cmd": "add", "queue": queue, "value": value})
     # the answer echoes the value as sent
     assert response.json() == {"queue": queue, "value": value, "key": b.key(queue, 1)}
-    assert stored(b, "GET", b.key(queue, 1)) == json.dumps(value)
+    assert store_command(b, "GET", b.key(queue, 1)) == json.dumps(value)
     command(b, {"cmd": "add", "queue": queue, "value": [1, [2]]})
     command(b, {"cmd": "add", "queue": queue, "value": 42})
     taken = [command(b, {"cmd": "take", "queue": queue}).json()["value"] for _ in range(3)]
@@ -339,7 +339,7 @@ def test_json_protocol_object_value_is_stored_as_its_json_text(shared_broker, qu
 def test_json_protocol_add_with_ttl(shared_broker, queue):
     b = shared_broker
     command(b, {"cmd": "add", "queue": queue, "value": "v", "ttl": 20})
-    assert 0 < stored(b, "TTL", b.key(queue, 1)) <= 20
+    assert 0 < store_command(b, "TTL", b.key(queue, 1)) <= 20
     assert_error(command(b, {"cmd": "add", "queue": queue, "value": "v", "ttl": -5}), 400)
 
 
@@ -366,7 +366,7 @@ def test_json_protocol_errors_are_400(shared_broker, queue, cmd, error):
     if isinstance(cmd, dict) and cmd.get("queue") == "q":
         cmd = dict(cmd, queue=queue)
     assert_error(command(b, cmd), 400, error)
-    assert stored(b, "EXISTS", f"{stem(b, queue)}:UUID") == 0
+    assert store_command(b, "EXISTS", f"{stem(b, queue)}:UUID") == 0
 
 
 def test_json_protocol_malformed_commands_are_400(shared_broker):
@@ -388,9 +388,9 @@ def test_policy_get_and_set(shared_broker, queue):
     response = b.post(f"/p/{queue}", policy="roundrobin")
     assert_answer(response, b"OK\r\n", content_type=TEXT_TYPE)
     assert b.get(f"/p/{queue}").body == line({"queue": queue, "value": "roundrobin"})
-    assert stored(b, "GET", f"{stem(b, queue)}:queuepolicy") == "2"
+    assert store_command(b, "GET", f"{stem(b, queue)}:queuepolicy") == "2"
     assert b.post(f"/p/{queue}", policy="broadcast").text == "OK\r\n"
-    assert stored(b, "GET", f"{stem(b, queue)}:queuepolicy") == "1"
+    assert store_command(b, "GET", f"{stem(b, queue)}:queuepolicy") == "1"
     assert b.get(f"/p/{queue}").json()["value"] == "broadcast"
 
 
@@ -426,7 +426,7 @@ def test_control_get_and_post(shared_broker, queue):
     assert_answer(response, line(expected))
     response = b.post(f"/control/{queue}", status="stop")
     assert_answer(response, line({"stat": {"queue": queue, "status": 0}}))
-    assert stored(b, "GET", f"queuestat::{stem(b, queue)}") == "0"
+    assert store_command(b, "GET", f"queuestat::{stem(b, queue)}") == "0"
     assert b.get(f"/control/{queue}").json()["status"] == {"queue": queue, "status": 0}
     # a stopped queue still takes and gives messages over plain REST
     post_value(b, queue, "y")
@@ -434,7 +434,7 @@ def test_control_get_and_post(shared_broker, queue):
     assert b.post(f"/control/{queue}", status="start").body == line(
         {"stat": {"queue": queue, "status": 1}}
     )
-    assert stored(b, "GET", f"queuestat::{stem(b, queue)}") == "1"
+    assert store_command(b, "GET", f"queuestat::{stem(b, queue)}") == "1"
 
 
 @STORAGE_MODES
@@ -459,7 +459,7 @@ def test_control_invalid_status_is_400(shared_broker, queue):
         b.post(f"/control/{queue}", status="pause"), line({"stat": "invalid status: pause"}), 400
     )
     assert_answer(b.post(f"/control/{queue}"), line({"stat": "invalid status: None"}), 400)
-    assert stored(b, "EXISTS", f"queuestat::{stem(b, queue)}") == 0
+    assert store_command(b, "EXISTS", f"queuestat::{stem(b, queue)}") == 0
 
 
 @STORAGE_MODES

@@ -24,7 +24,7 @@ from tests.support import (
     post_value,
     registered,
     stem,
-    stored,
+    store_command,
 )
 
 VALID_NAMES = ["a", "A_b-c.d:e@f", "0", "x" * 200, "user@example.com", "jobs:high.priority"]
@@ -164,9 +164,9 @@ def test_bad_json_ttl_types_are_400(shared_broker, queue, ttl):
 def test_good_ttl_sets_the_expiry_of_the_message_only(shared_broker, queue):
     b = shared_broker
     post_value(b, queue, "v", ttl="100")
-    assert 90 < stored(b, "TTL", b.key(queue, 1)) <= 100
-    assert stored(b, "TTL", f"{stem(b, queue)}:queue") == -1
-    assert stored(b, "TTL", f"{stem(b, queue)}:UUID") == -1
+    assert 90 < store_command(b, "TTL", b.key(queue, 1)) <= 100
+    assert store_command(b, "TTL", f"{stem(b, queue)}:queue") == -1
+    assert store_command(b, "TTL", f"{stem(b, queue)}:UUID") == -1
 
 
 @pytest.mark.parametrize("n", ["0", "-1", "1001", "abc", "1.5", "10000000000000000000000"])
@@ -209,7 +209,7 @@ def test_values_are_stored_and_returned_exactly(shared_broker, queue, value):
     post_json(b, f"/q/{queue}", {"value": value})
     b.post("/queue", body=json.dumps({"cmd": "add", "queue": queue, "value": value}))
     for n in range(1, 5):
-        assert stored(b, "GET", b.key(queue, n)) == value
+        assert store_command(b, "GET", b.key(queue, n)) == value
     popped = b.get(f"/q/{queue}?n=4").json()
     assert [m["value"] for m in popped] == [value] * 4
     assert all(isinstance(m["value"], str) for m in popped)
@@ -227,7 +227,7 @@ def test_one_mebibyte_values(shared_broker, queue):
     assert b.post("/queue", body=json.dumps(cmd)).status == 200
     assert b.get(f"/q/{queue}").json()["value"] == text
     assert b.get(f"/q/{queue}?n=2").json()[1]["value"] == text
-    assert stored(b, "EXISTS", *(b.key(queue, n) for n in (1, 2, 3))) == 0
+    assert store_command(b, "EXISTS", *(b.key(queue, n) for n in (1, 2, 3))) == 0
 
 
 def test_non_utf8_argument_is_400(shared_broker, queue):
