@@ -1369,3 +1369,69 @@ def finish_slot_migration(cluster, slot: int, source, target) -> None:
     others = [node for node in cluster.primaries if node not in (source, target)]
     for node in [target, source, *others]:
         node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+
+
+# -- storage a test runs on: embedded Valkey or a Valkey Cluster ------------------------
+
+
+def storage_args(storage: str, request) -> list[str]:
+    """The broker arguments that put a broker of a test's own on ``storage``: none for
+    the embedded Valkey, ``--redis-cluster`` with the session cluster's seeds otherwise."""
+    if storage != "cluster":
+        return []
+    cluster = request.getfixturevalue("valkey_cluster")
+    return [f"--redis-cluster={','.join(cluster.seeds)}"]
+
+
+def stem(broker: Broker, queue: str) -> str:
+    """What every raw key of ``queue`` is built from on ``broker``'s storage: the name
+    (``q:queue``, ``queuestat::q``), or the name in its family's hash tag on a cluster."""
+    return CLUSTER.stem(queue) if broker.clustered else queue
+
+
+def cluster_seeds(broker: Broker) -> list[tuple[str, int]]:
+    """The cluster nodes ``broker`` was started with (``--redis-cluster``)."""
+    arg = next(arg for arg in broker.args if arg.startswith("--redis-cluster"))
+    seeds = arg.split("=", 1)[1].split(",")
+    return [(host, int(port)) for host, port in (seed.rsplit(":", 1) for seed in seeds)]
+
+
+def store_command(broker: Broker, *args):
+    """A raw command to ``broker``'s storage, past the broker: the embedded Valkey, or on
+    a cluster the node that serves the command's key (following MOVED)."""
+    if not broker.clustered:
+        return broker.redis(*args)
+    address = cluster_seeds(broker)[0]
+    for _ in range(5):
+        reply = redis_command(address, *args)
+        if not (isinstance(reply, str) and reply.startswith("MOVED ")):
+            return reply
+        host, port = reply.split()[2].rsplit(":", 1)
+        address = (host, int(port))
+    raise AssertionError(f"{args!r} kept being MOVED")
+
+
+def redis_field(broker: Broker) -> re.Pattern:
+    """The ``redis`` field of /stats and /control of ``broker``, as a pattern."""
+    if broker.clustered:
+        seeds = ",".join(f"{host}:{port}" for host, port in cluster_seeds(broker))
+        return re.compile(
+            re.escape(f"<Redis Connection: {seeds} - ") + r"[1-9]\d* connection\(s\)>"
+        )
+    return REDIS_FIELD
+
+
+def nothing_kept(broker: Broker, queue: str) -> bool:
+    """``nothing_stored`` on either storage: no list, message or counter for ``queue``."""
+    s = stem(broker, queue)
+    return all(
+        store_command(broker, "EXISTS", key) == 0 for key in (f"{s}:queue", f"{s}:1", f"{s}:UUID")
+    )
+
+
+def registered(broker: Broker, queue: str) -> bool:
+    """True when ``queue`` is in the registry of queues (QUEUESET, or on a cluster the
+    registry of its family, which lists stems)."""
+    if broker.clustered:
+        return store_command(broker, "SISMEMBER", CLUSTER.registry(queue), stem(broker, queue)) == 1
+    return broker.redis("SISMEMBER", "QUEUESET", queue) == 1

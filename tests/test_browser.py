@@ -6,7 +6,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import HttpStream, start_chromium
+from tests.support import STORAGE_MODES, HttpStream, start_chromium
 
 # Debian's chromium and chromium-driver; `make test` installs them when run as root.
 pytestmark = pytest.mark.needs("chromium", "chromedriver")
@@ -52,6 +52,7 @@ def test_browser_consumer_receives_messages_as_they_arrive(
     assert browser.find_element(By.ID, "state").text == "stopped"
 
 
+@STORAGE_MODES
 def test_dashboard_lists_queues_with_their_state_and_posts(browser, shared_broker, queue):
     for i in range(3):
         shared_broker.post(f"/q/{queue}", value=f"m{i}")
@@ -95,6 +96,7 @@ def test_dashboard_lists_queues_with_their_state_and_posts(browser, shared_broke
     value.clear()
     value.send_keys("from the dashboard")
     browser.find_element(By.ID, "post-send").click()
-    wait.until(lambda b: b.find_element(By.ID, "post-result").text == f"stored as {queue}:4")
+    stored_as = f"stored as {shared_broker.key(queue, 4)}"
+    wait.until(lambda b: b.find_element(By.ID, "post-result").text == stored_as)
     wait.until(lambda b: cells(b)["len"] == "4")
     consumer.close()

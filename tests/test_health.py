@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from restmq import __version__
-from tests.support import basic, wait_for, wait_healthy
+from tests.support import STORAGE_MODES, basic, wait_for, wait_healthy
 
 
+@STORAGE_MODES
 def test_a_broker_with_storage_is_healthy(shared_broker):
     answer = shared_broker.get("/health")
     assert answer.status == 200

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from tests.support import STORAGE_MODES
+
 JSON_BODY = {"Content-Type": "application/json"}
 
 
@@ -12,6 +14,7 @@ def post_json(broker, path: str, body: dict):
     return broker.request("POST", path, body=json.dumps(body), headers=JSON_BODY)
 
 
+@STORAGE_MODES
 def test_a_whole_number_written_with_a_fraction_is_a_ttl(shared_broker, queue):
     assert post_json(shared_broker, f"/q/{queue}", {"value": "brief", "ttl": 1.0}).status == 200
     command = {"cmd": "add", "queue": queue, "value": "brief too", "ttl": 1.0}

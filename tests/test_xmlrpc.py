@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import (
     ROOT,
+    STORAGE_MODES,
     Broker,
     HttpStream,
     basic,
@@ -20,6 +21,9 @@ from tests.support import (
     nothing_stored,
     request,
     start_broker,
+    stem,
+    storage_args,
+    store_command,
     wait_for,
 )
 
@@ -73,8 +77,13 @@ def proxy(
 
 
 @pytest.fixture(scope="module")
-def rpc_broker(tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("xmlrpc"), ACL.format(hash=make_hash(PASSWORD)))
+def rpc_broker(tmp_path_factory, storage, request):
+    """A broker whose acl.conf guards producing, on the store the test runs on."""
+    broker = start_broker(
+        tmp_path_factory.mktemp("xmlrpc"),
+        ACL.format(hash=make_hash(PASSWORD)),
+        *storage_args(storage, request),
+    )
     try:
         broker.wait_ready()
         yield broker
@@ -99,34 +108,42 @@ def fault_of(call) -> xmlrpc.client.Fault:
 
 
 def stored(broker: Broker, queue: str) -> list:
-    return broker.redis("LRANGE", f"{queue}:queue", "0", "-1")
+    return store_command(broker, "LRANGE", f"{stem(broker, queue)}:queue", "0", "-1")
 
 
 # -- every method ------------------------------------------------------------------------
 
 
+@STORAGE_MODES
 @pytest.mark.parametrize("path", ["/xmlrpc", "/RPC2"])
 def test_the_original_pair_set_and_get(rpc_broker, queue, path):
     server = proxy(rpc_broker, user="writer", path=path)
-    assert server.set(queue, "tuna-boy") == f"{queue}:1"
-    assert server.set(queue, "second") == f"{queue}:2"
+    assert server.set(queue, "tuna-boy") == rpc_broker.key(queue, 1)
+    assert server.set(queue, "second") == rpc_broker.key(queue, 2)
     assert server.get(queue) == "tuna-boy"
     assert server.get(queue) == "second"
-    assert rpc_broker.redis("EXISTS", f"{queue}:1", f"{queue}:2") == 0, "a get deletes the body"
+    bodies = (rpc_broker.key(queue, 1), rpc_broker.key(queue, 2))
+    assert store_command(rpc_broker, "EXISTS", *bodies) == 0, "a get deletes the body"
     fault = fault_of(lambda: server.get(queue))
     assert (fault.faultCode, fault.faultString) == (404, f"queue {queue!r} is empty")
 
 
+@STORAGE_MODES
 def test_add_take_and_ttl(rpc_broker, writer, reader, queue):
-    assert writer.add(queue, "forever") == f"{queue}:1"
-    assert writer.add(queue, "brief", 60) == f"{queue}:2"
-    assert rpc_broker.redis("TTL", f"{queue}:1") == -1
-    assert 0 < rpc_broker.redis("TTL", f"{queue}:2") <= 60
-    assert reader.take(queue) == {"queue": queue, "key": f"{queue}:1", "value": "forever"}
-    assert reader.take(queue) == {"queue": queue, "key": f"{queue}:2", "value": "brief"}
+    assert writer.add(queue, "forever") == rpc_broker.key(queue, 1)
+    assert writer.add(queue, "brief", 60) == rpc_broker.key(queue, 2)
+    assert store_command(rpc_broker, "TTL", rpc_broker.key(queue, 1)) == -1
+    assert 0 < store_command(rpc_broker, "TTL", rpc_broker.key(queue, 2)) <= 60
+    assert reader.take(queue) == {
+        "queue": queue,
+        "key": rpc_broker.key(queue, 1),
+        "value": "forever",
+    }
+    assert reader.take(queue) == {"queue": queue, "key": rpc_broker.key(queue, 2), "value": "brief"}
     assert fault_of(lambda: reader.take(queue)).faultCode == 404
 
 
+@STORAGE_MODES
 def test_xmlrpc_and_rest_share_one_queue(rpc_broker, writer, reader, queue):
     produce = basic("writer", PASSWORD)
     key = request(
@@ -138,6 +155,7 @@ def test_xmlrpc_and_rest_share_one_queue(rpc_broker, writer, reader, queue):
     assert (popped["key"], popped["value"]) == (key, "from xml-rpc")
 
 
+@STORAGE_MODES
 def test_del_and_len(rpc_broker, writer, reader, queue):
     first = writer.add(queue, "one")
     second = writer.add(queue, "two")
@@ -150,6 +168,7 @@ def test_del_and_len(rpc_broker, writer, reader, queue):
     assert reader.len(queue) == 0
 
 
+@STORAGE_MODES
 def test_queues_policy_and_status(rpc_broker, writer, reader, queue):
     writer.add(queue, "x")
     assert queue in reader.queues()
@@ -165,6 +184,7 @@ def test_queues_policy_and_status(rpc_broker, writer, reader, queue):
     assert reader.status(queue) == 1
 
 
+@STORAGE_MODES
 def test_stats_is_the_stats_route(rpc_broker, writer, reader, queue):
     writer.add(queue, "a")
     writer.add(queue, "b")
@@ -189,6 +209,7 @@ def test_introspection(reader):
     assert fault_of(lambda: reader.system.methodHelp("nope")).faultCode == 400
 
 
+@STORAGE_MODES
 def test_multicall_runs_in_order_and_checks_each_call(rpc_broker, writer, reader, queue):
     batch = xmlrpc.client.MultiCall(writer)
     batch.add(queue, "one")
@@ -196,9 +217,9 @@ def test_multicall_runs_in_order_and_checks_each_call(rpc_broker, writer, reader
     batch.take(queue)
     batch.take(queue)
     results = batch()
-    assert results[0] == f"{queue}:1"
+    assert results[0] == rpc_broker.key(queue, 1)
     assert results[1] == 1
-    assert results[2] == {"queue": queue, "key": f"{queue}:1", "value": "one"}
+    assert results[2] == {"queue": queue, "key": rpc_broker.key(queue, 1), "value": "one"}
     with pytest.raises(xmlrpc.client.Fault) as empty:
         results[3]
     assert empty.value.faultCode == 404
@@ -222,6 +243,7 @@ def test_multicall_runs_in_order_and_checks_each_call(rpc_broker, writer, reader
 # -- message values ----------------------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_values_come_back_exactly(rpc_broker, writer, reader, queue):
     produce = basic("writer", PASSWORD)
     for value in ("a\r\nb", "tab\there & <tag>", "ünïcødé ✓", "007"):
@@ -232,6 +254,7 @@ def test_values_come_back_exactly(rpc_broker, writer, reader, queue):
     assert reader.get(queue) == xmlrpc.client.Binary(b"bell\x07")
 
 
+@STORAGE_MODES
 def test_non_text_values_are_stored_as_json(rpc_broker, writer, queue):
     writer.add(queue, 42)
     writer.add(queue, {"job": [1, 2]})
@@ -400,6 +423,7 @@ def test_xmlrpc_deeply_nested_arrays_are_fault_400(shared_broker, queue):
 # -- with the rest of the broker -------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_an_xmlrpc_add_wakes_streaming_consumers_like_a_post(rpc_broker, writer, queue):
     stream = HttpStream(rpc_broker.port, queue).start()
     try:
@@ -422,9 +446,11 @@ def test_an_xmlrpc_add_wakes_streaming_consumers_like_a_post(rpc_broker, writer,
         stream.close()
 
 
+@STORAGE_MODES
 def test_keys_of_another_type_are_fault_409_like_rest(rpc_broker, reader, queue):
+    list_key = f"{stem(rpc_broker, queue)}:queue"
     # something that is not RestMQ wrote a string where the queue's list belongs
-    rpc_broker.redis("SET", f"{queue}:queue", "not a list")
+    store_command(rpc_broker, "SET", list_key, "not a list")
     logged = len(rpc_broker.log())
     try:
         for call in (lambda: reader.take(queue), lambda: reader.get(queue)):
@@ -432,10 +458,10 @@ def test_keys_of_another_type_are_fault_409_like_rest(rpc_broker, reader, queue)
             assert fault.faultCode == 409
             assert "a Redis key of this queue holds another kind of value" in fault.faultString
         assert rpc_broker.get(f"/q/{queue}").status == 409, "the same answer as REST"
-        assert rpc_broker.redis("GET", f"{queue}:queue") == "not a list", "left as it was"
+        assert store_command(rpc_broker, "GET", list_key) == "not a list", "left as it was"
         assert "XML-RPC call failed" not in rpc_broker.log()[logged:], "not an internal error"
     finally:
-        rpc_broker.redis("DEL", f"{queue}:queue")
+        store_command(rpc_broker, "DEL", list_key)
 
 
 def test_storage_outage_is_fault_503(broker_factory, valkey_factory, queue):
@@ -451,6 +477,7 @@ def test_storage_outage_is_fault_503(broker_factory, valkey_factory, queue):
     assert fault_of(lambda: rpc.len(queue)).faultCode == 503
 
 
+@STORAGE_MODES
 def test_the_example_script_runs(shared_broker):
     result = subprocess.run(
         [
