@@ -189,6 +189,19 @@ def shared_broker(tmp_path_factory, storage, request):
 _names = itertools.count()
 
 
+def pytest_generate_tests(metafunc) -> None:
+    """A test that uses ``storage`` without STORAGE_MODES runs on the embedded Valkey, as the
+    ``embedded`` parameter itself: so it shares its module's embedded broker with the tests
+    that run on both stores, rather than start a third one."""
+    if "storage" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "storage" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("storage", ["embedded"], indirect=True, scope="session")
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers",
