@@ -64,14 +64,45 @@ class OutcomeUnknown(StorageUnavailable):
     """
 
 
+class QueueFull(RestMQError):
+    """An add would take a queue past its max_length (HTTP 507); nothing was stored."""
+
+    def __init__(self, queue: str, max_length: int) -> None:
+        super().__init__(f"queue {queue} is full (max_length {max_length})")
+        self.queue = queue
+        self.max_length = max_length
+
+
+class StorageFull(RestMQError):
+    """Valkey refuses writes for lack of memory (``maxmemory``; HTTP 507); nothing was
+    stored. Takes, acks and purges still work, so consumers can drain it."""
+
+    def __init__(self) -> None:
+        super().__init__("storage is full")
+
+
+class IdempotencyConflict(RestMQError):
+    """An idempotency key came again with another payload (HTTP 422); nothing was stored."""
+
+    def __init__(self, queue: str, key: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {key[:80]!r} was used on queue {queue!r} with another payload"
+        )
+        self.queue = queue
+        self.key = key
+
+
 __all__ = [
     "DataConflict",
     "EmptyQueue",
+    "IdempotencyConflict",
     "InvalidArgument",
     "InvalidStatus",
     "LeaseGone",
     "OutcomeUnknown",
+    "QueueFull",
     "RestMQError",
+    "StorageFull",
     "StorageUnavailable",
     "TooManyConsumers",
 ]

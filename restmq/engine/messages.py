@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from restmq.engine.keys import POLICY_NAMES, STARTED
+from restmq.engine.keys import POLICY_NAMES, STARTED, KeyLayout
+from restmq.errors import IdempotencyConflict, QueueFull
 
 
 def text(value: Any) -> str:
@@ -44,6 +47,38 @@ def receipt_parts(receipt: str) -> tuple[str, str]:
     the key is empty when there is no ``@``."""
     key, _, deliveries = receipt.rpartition("@")
     return key, deliveries
+
+
+# -- adding -------------------------------------------------------------------
+
+
+class AddedKeys(list[str]):
+    """The keys an add stored, oldest first; ``replayed``: an idempotent add answered
+    again (nothing stored this time)."""
+
+    def __init__(self, keys: Sequence[str] = (), *, replayed: bool = False) -> None:
+        super().__init__(keys)
+        self.replayed = replayed
+
+
+def payload_digest(values: Sequence[str], ttl: int, delay: int) -> str:
+    """What an idempotent add's payload is compared by: values, ttl and delay."""
+    text_form = json.dumps([list(values), ttl, delay], ensure_ascii=False)
+    return hashlib.sha256(text_form.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def added_keys(
+    queue: str, reply: list, layout: KeyLayout, idempotency_key: str | None
+) -> AddedKeys:
+    """An add script's reply: the keys; or replayed keys, a conflict, a full queue."""
+    head = text(reply[0]) if reply else ""
+    if head == "=replayed":
+        return AddedKeys([text(key) for key in reply[1:]], replayed=True)
+    if head == "!conflict":
+        raise IdempotencyConflict(queue, idempotency_key or "")
+    if head == "!full":
+        raise QueueFull(layout.queue_of_stem(text(reply[1])), number(reply[2]))
+    return AddedKeys([text(key) for key in reply])
 
 
 # -- messages ---------------------------------------------------------------

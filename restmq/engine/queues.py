@@ -22,14 +22,17 @@ from restmq.engine.keys import KeyLayout
 from restmq.engine.leases import LeaseOperations
 from restmq.engine.limits import LEASE_RETURN_LIMIT, POP_BYTES, STREAM_BATCH_BYTES
 from restmq.engine.messages import (
+    AddedKeys,
     Message,
     QueueCounts,
     QueueInfo,
     QueueStats,
     StreamBatch,
     TakenMessage,
+    added_keys,
     dead_length,
     number,
+    payload_digest,
     policy_name,
     popped,
     stream_batch,
@@ -39,6 +42,8 @@ from restmq.storage.client import RedisClient
 
 log = Logger(namespace="restmq.engine")
 
+
+DEFAULT_IDEMPOTENCY_WINDOW = 86400  # seconds an idempotency key is remembered
 
 #: families a process remembers having listed (keys.CLUSTER_QUEUES); past it, it forgets
 #: them all and lists each again once
@@ -79,15 +84,37 @@ class QueueEngine(LeaseOperations):
 
     # -- producing ----------------------------------------------------------
 
-    async def add(self, queue: str, value: str, ttl: int | None = None) -> str:
-        """Store one message; return its key (``<queue>:<n>``)."""
-        return (await self.add_many(queue, [value], ttl))[0]
+    async def add(self, queue: str, value: str, ttl: int | None = None, **options: Any) -> str:
+        """Store one message; return its key (``<queue>:<n>``). ``options``: as for
+        ``add_many``."""
+        return (await self.add_many(queue, [value], ttl, **options))[0]
 
-    async def add_many(self, queue: str, values: list[str], ttl: int | None = None) -> list[str]:
-        """Store several messages in one atomic step; return their keys in order."""
+    async def add_many(
+        self,
+        queue: str,
+        values: list[str],
+        ttl: int | None = None,
+        *,
+        delay: int = 0,
+        idempotency_key: str | None = None,
+        idempotency_window: int = DEFAULT_IDEMPOTENCY_WINDOW,
+    ) -> AddedKeys:
+        """Store several messages in one atomic step; return their keys in order.
+
+        ``delay``: seconds before they can be taken (in ``<q>:delayed`` until then).
+        ``idempotency_key``: an add with a key already used on the queue within
+        ``idempotency_window`` seconds stores nothing and answers the keys the first one
+        got (``replayed``), or raises IdempotencyConflict when its payload (values, ttl,
+        delay) differs. While the queue has subscriptions the messages go to each of
+        them instead. QueueFull when the queue or a subscription would pass its
+        max_length; nothing is stored then.
+        """
         if self.layout.clustered:
             await self._list_family(queue)
         stem = self.layout.stem(queue)
+        digest = ""
+        if idempotency_key is not None:
+            digest = payload_digest(values, ttl or 0, delay)
         added = await self.redis.run_script(
             self.scripts.ADD,
             [
@@ -95,11 +122,23 @@ class QueueEngine(LeaseOperations):
                 keys.counter_key(stem),
                 keys.list_key(stem),
                 keys.status_key(stem),
+                self.layout.leasing(queue),
             ],
-            [stem, ttl or 0, self.channel(queue), notices.ADD, *values],
+            [
+                stem,
+                ttl or 0,
+                self._channel_prefix,
+                notices.ADD,
+                delay * 1000,
+                idempotency_key or "",
+                digest,
+                idempotency_window,
+                keys.STATUS_KEYS,
+                *values,
+            ],
             replicated=True,  # with --redis-wait-replicas: once replicas have them
         )
-        return [text(key) for key in added]
+        return added_keys(queue, added, self.layout, idempotency_key)
 
     async def _list_family(self, queue: str) -> None:
         """Cluster layout: put the queue's family in the families set that /stats/ reads,

@@ -23,7 +23,7 @@ from restmq.engine.messages import (
     ReceiptResult,
     TakenMessage,
 )
-from restmq.engine.queues import QueueEngine
+from restmq.engine.queues import DEFAULT_IDEMPOTENCY_WINDOW, QueueEngine
 from restmq.errors import (
     EmptyQueue,
     InvalidArgument,
@@ -64,8 +64,11 @@ class Operations:
         metrics: Metrics | None = None,
         waiters: WaiterRegistry | None = None,
         storage_state: Callable[[], StorageState] | None = None,
+        idempotency_window: int = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
         self.engine = engine
+        # seconds an Idempotency-Key is remembered (--idempotency-window)
+        self.idempotency_window = idempotency_window
         self.consumers = consumers
         self.describe_storage = describe_storage
         self.storage_state = storage_state
@@ -80,25 +83,60 @@ class Operations:
 
     # -- producing ----------------------------------------------------------
 
-    async def add(self, queue: str, value: str, ttl: object = None) -> Added:
-        """Add one message; ``ttl`` in seconds (text or a number), None for none."""
-        return await self.add_many(queue, [value], ttl)
+    async def add(
+        self,
+        queue: str,
+        value: str,
+        ttl: object = None,
+        *,
+        delay: object = None,
+        idempotency_key: object = None,
+    ) -> Added:
+        """Add one message; ``ttl`` in seconds (text or a number), None for none; as
+        ``add_many`` for the rest."""
+        return await self.add_many(
+            queue, [value], ttl, delay=delay, idempotency_key=idempotency_key
+        )
 
-    async def add_many(self, queue: str, values: Sequence[str], ttl: object = None) -> Added:
-        """Add messages in one atomic step (1 to validation.MAX_BATCH of them)."""
+    async def add_many(
+        self,
+        queue: str,
+        values: Sequence[str],
+        ttl: object = None,
+        *,
+        delay: object = None,
+        idempotency_key: object = None,
+    ) -> Added:
+        """Add messages in one atomic step (1 to validation.MAX_BATCH of them).
+
+        ``delay``: seconds before they can be taken (None: now). ``idempotency_key``: a
+        key already used on the queue with the same payload answers the first add's keys
+        again, ``replayed`` (IdempotencyConflict with another payload). QueueFull past a
+        max_length."""
         queue = validation.queue_name(queue)
         seconds = validation.ttl_seconds(ttl)
+        delay_seconds = validation.delay_seconds(delay)
+        key = validation.idempotency_key(idempotency_key)
         if not values:
             raise InvalidArgument("no message to add")
         if len(values) > validation.MAX_BATCH:
             raise InvalidArgument(f"at most {validation.MAX_BATCH} messages per request")
         if not all(isinstance(value, str) for value in values):
             raise InvalidArgument("a message value must be text")
-        keys = await self.engine.add_many(queue, list(values), seconds)
-        self.metrics.added(queue, len(keys))
-        # Our own waiters need not wait for the add notice to come back from Redis.
-        self.waiters.wake(queue)
-        return Added(queue, keys)
+        keys = await self.engine.add_many(
+            queue,
+            list(values),
+            seconds,
+            delay=delay_seconds,
+            idempotency_key=key,
+            idempotency_window=self.idempotency_window,
+        )
+        if not keys.replayed:
+            self.metrics.added(queue, len(keys))
+            if not delay_seconds:
+                # Our own waiters need not wait for the add notice to come back from Redis.
+                self.waiters.wake(queue)
+        return Added(queue, list(keys), replayed=keys.replayed)
 
     # -- consuming ----------------------------------------------------------
 

@@ -15,6 +15,7 @@ from restmq.engine.messages import QueueStats
 class Added:
     queue: str
     keys: list[str]  # in the order the values were given
+    replayed: bool = False  # an idempotent add answered again: nothing was stored
 
     @property
     def key(self) -> str:

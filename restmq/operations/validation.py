@@ -134,6 +134,33 @@ def max_deliveries(value: object) -> int:
     return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)
 
 
+MAX_DELAY = 604800  # seconds a message may be delayed (a week)
+
+
+def delay_seconds(value: object) -> int:
+    """How long an added message waits before it can be taken: 0 (not at all; also when
+    absent) to MAX_DELAY seconds."""
+    if value is None or value == "":
+        return 0
+    return _whole_number(value, "delay", 0, MAX_DELAY)
+
+
+#: an Idempotency-Key: 1 to 255 visible ASCII characters
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency_key(value: object) -> str | None:
+    """An idempotency key (1-255 visible ASCII characters), or None when none was given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidArgument(
+            "an Idempotency-Key is 1 to 255 visible ASCII characters (no spaces), such as "
+            '"8e03978e-40d5"'
+        )
+    return value
+
+
 MAX_WAIT = 60  # seconds a long-poll request may wait for a message
 
 
