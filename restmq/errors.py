@@ -73,9 +73,10 @@ class QueueFull(RestMQError):
         self.max_length = max_length
 
 
-class StorageFull(RestMQError):
+class StorageFull(StorageUnavailable):
     """Valkey refuses writes for lack of memory (``maxmemory``; HTTP 507); nothing was
-    stored. Takes, acks and purges still work, so consumers can drain it."""
+    stored. Takes, acks and purges still work, so consumers can drain it. A kind of
+    StorageUnavailable, so the broker's own loops wait it out as any outage."""
 
     def __init__(self) -> None:
         super().__init__("storage is full")

@@ -21,6 +21,8 @@ FAMILY = [
     (errors.StorageUnavailable("down"), 503, 503),
     (errors.OutcomeUnknown("lost"), 504, 504),
     (errors.TooManyConsumers("full"), 503, None),
+    (errors.QueueFull("q", 5), 507, 507),
+    (errors.StorageFull(), 507, 507),
     (acl.Refused(403, "access from 10.0.0.1 is not allowed (rest:producer)"), 403, 403),
     (acl.Refused(401, "authentication required (rest:consumer)", acl.CHALLENGE), 401, 401),
 ]

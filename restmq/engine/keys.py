@@ -24,6 +24,8 @@ key                         type     holds
                                      scored by when their counts expire (ms)
 ``restmq:consumers:<id>``   hash     queue -> streaming consumers of broker ``<id>``;
                                      expires unless the broker writes it again
+``<q>:maxlength``           string   messages the queue may hold, pending and delayed
+                                     (absent: no bound, the original's keys only)
 ==========================  =======  =============================================
 
 The leased-stream key exists only while some broker has leased streams of the queue.
@@ -31,7 +33,7 @@ The four before it exist only once leases (or max_deliveries) are used, so a que
 without them keeps exactly the original keys. A leased message keeps its body until it is
 acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
 holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
-key of any queue: a queue's keys end in ``:queue``, ``:UUID``, ``:queuepolicy``,
+key of any queue: a queue's keys end in ``:queue``, ``:maxlength``, ``:UUID``, ``:queuepolicy``,
 ``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
 ``:<n>:refcount``, or start with ``queuestat::``; neither can ``restmq:brokers`` nor
 ``restmq:consumers:<id>``, as a broker id is ``b`` and hex digits.
@@ -99,6 +101,10 @@ def deliveries_key(queue: str) -> str:
 
 def max_deliveries_key(queue: str) -> str:
     return f"{queue}:maxdeliveries"
+
+
+def max_length_key(queue: str) -> str:
+    return f"{queue}:maxlength"
 
 
 def leased_streams_key(queue: str) -> str:

@@ -257,3 +257,18 @@ class LeaseOperations:
         """The queue's max_deliveries; 0 when there is no limit."""
         key = keys.max_deliveries_key(self.layout.stem(queue))
         return messages.number(await self.redis.execute("GET", key, key=key))
+
+    # A queue's bound sits beside its max_deliveries: both are limits set at /p/<q>.
+    async def set_max_length(self, queue: str, n: int) -> int:
+        """Messages (pending and delayed) past which an add is refused; 0: no bound."""
+        key = keys.max_length_key(self.layout.stem(queue))
+        if n:
+            await self.redis.execute("SET", key, n, key=key)
+        else:  # absent means no bound: an unbounded queue keeps the original keys
+            await self.redis.execute("DEL", key, key=key)
+        return n
+
+    async def get_max_length(self, queue: str) -> int:
+        """The queue's max_length; 0 when it has no bound."""
+        key = keys.max_length_key(self.layout.stem(queue))
+        return messages.number(await self.redis.execute("GET", key, key=key))

@@ -318,22 +318,30 @@ class Operations:
     # -- settings -----------------------------------------------------------
 
     async def policy(self, queue: str) -> Policy:
-        """The delivery policy and max_deliveries of ``queue``."""
+        """The delivery policy, max_deliveries and max_length of ``queue``."""
         queue = validation.queue_name(queue)
         policy = await self.engine.get_policy(queue)
-        return Policy(queue, policy, await self.engine.get_max_deliveries(queue))
+        deliveries = await self.engine.get_max_deliveries(queue)
+        return Policy(queue, policy, deliveries, await self.engine.get_max_length(queue))
 
-    async def configure(self, queue: str, policy: object, max_deliveries: object) -> None:
-        """``/p/<queue>``: set the policy, max_deliveries, or both (both checked first).
-        Without max_deliveries the policy is required, as it always was."""
+    async def configure(
+        self, queue: str, policy: object, max_deliveries: object, max_length: object = None
+    ) -> None:
+        """``/p/<queue>``: set the policy, max_deliveries, max_length, or several (all
+        checked first). Without max_deliveries or max_length the policy is required, as
+        it always was."""
         queue = validation.queue_name(queue)
-        if max_deliveries is None:
+        if max_deliveries is None and max_length is None:
             await self.engine.set_policy(queue, validation.policy(policy))
             return
-        deliveries = validation.max_deliveries(max_deliveries)
+        deliveries = None if max_deliveries is None else validation.max_deliveries(max_deliveries)
+        length = None if max_length is None else validation.max_length(max_length)
         if policy is not None:
             await self.engine.set_policy(queue, validation.known_policy(policy))
-        await self.engine.set_max_deliveries(queue, deliveries)
+        if deliveries is not None:
+            await self.engine.set_max_deliveries(queue, deliveries)
+        if length is not None:
+            await self.engine.set_max_length(queue, length)
 
     async def set_max_deliveries(self, queue: str, n: object) -> int:
         """Deliveries (0 to validation.MAX_DELIVERIES, 0: no limit) after which an

@@ -40,6 +40,7 @@ class Policy:
     queue: str
     policy: str  # "broadcast" or "roundrobin"
     max_deliveries: int | None = None  # deliveries before a message is dead; 0 no limit
+    max_length: int = 0  # messages the queue may hold (pending and delayed); 0 no bound
 
 
 @dataclass(frozen=True)

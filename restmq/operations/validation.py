@@ -134,6 +134,14 @@ def max_deliveries(value: object) -> int:
     return _whole_number(value, "max_deliveries", 0, MAX_DELIVERIES)
 
 
+MAX_LENGTH = 10**9  # the highest max_length a queue may have
+
+
+def max_length(value: object) -> int:
+    """A queue's max_length: 0 (no bound) to MAX_LENGTH messages."""
+    return _whole_number(value, "max_length", 0, MAX_LENGTH)
+
+
 MAX_DELAY = 604800  # seconds a message may be delayed (a week)
 
 

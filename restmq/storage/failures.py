@@ -2,8 +2,8 @@
 
 Some failures mean Redis could not be asked (503, nothing happened), some that a
 write was sent but its answer lost (504: it may have happened), some that the server
-refuses to serve now (loading, read-only, out of memory...), each said in words an
-operator can act on.
+refuses to serve now (loading, read-only...), each said in words an operator can act
+on, and some that the server is full (out of memory: StorageFull, 507).
 """
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ import txredisapi
 from twisted.internet import defer, error
 from twisted.python import failure
 
-from restmq.errors import DataConflict, InvalidArgument, OutcomeUnknown, StorageUnavailable
+from restmq.errors import (
+    DataConflict,
+    InvalidArgument,
+    OutcomeUnknown,
+    StorageFull,
+    StorageUnavailable,
+)
 
 # Errors that mean "Redis could not be asked" rather than "Redis said no".
 _UNAVAILABLE = (
@@ -29,7 +35,6 @@ _REFUSALS = {
     "TRYAGAIN": "Redis asks to try again",
     "CLUSTERDOWN": "the Valkey Cluster cannot serve this key now",
     "BUSY ": "Redis is busy running a script",
-    "OOM ": "Redis is out of memory (maxmemory); free memory or raise maxmemory",
     "NOAUTH": "Redis wants a password: start RestMQ with --redis-password",
     "WRONGPASS": "Redis refused the password given with --redis-password",
     "NOPERM": "the Redis user lacks a permission RestMQ needs",
@@ -52,6 +57,10 @@ def translate_failure(reason: failure.Failure, writes: bool, where: str) -> fail
         raise StorageUnavailable(f"storage unavailable: connection to {where} lost")
     if reason.check(txredisapi.ResponseError):
         text = str(reason.value)
+        # maxmemory reached: Valkey refuses a write that could grow memory (in a script,
+        # its first such write, so nothing was written) and still serves deletes
+        if text.startswith("OOM "):
+            raise StorageFull()
         for prefix, meaning in _REFUSALS.items():
             if text.startswith(prefix):
                 raise StorageUnavailable(f"storage unavailable: {meaning} ({text[:120]})")

@@ -77,6 +77,8 @@ def policy(result: Policy) -> dict[str, Any]:
     answer: dict[str, Any] = {"queue": result.queue, "value": result.policy}
     if result.max_deliveries:
         answer["max_deliveries"] = result.max_deliveries
+    if result.max_length:  # likewise only once set
+        answer["max_length"] = result.max_length
     return answer
 
 

@@ -11,8 +11,8 @@ from restmq.web.handlers.base import BaseHandler
 
 
 class PolicyHandler(BaseHandler):
-    """``/p/<queue>``: GET the delivery policy and max_deliveries; POST
-    ``policy=broadcast|roundrobin`` and/or ``max_deliveries=N``."""
+    """``/p/<queue>``: GET the delivery policy, max_deliveries and max_length; POST
+    ``policy=broadcast|roundrobin``, ``max_deliveries=N`` and/or ``max_length=N``."""
 
     access = {"GET": acl.CONSUMER, "POST": acl.PRODUCER}
 
@@ -22,7 +22,9 @@ class PolicyHandler(BaseHandler):
 
     async def post(self, queue: str) -> None:
         callback = self.callback()
-        await self.operations.configure(queue, self.arg("policy"), self.arg("max_deliveries"))
+        await self.operations.configure(
+            queue, self.arg("policy"), self.arg("max_deliveries"), self.arg("max_length")
+        )
         # The original answers a bare OK; under JSONP it is quoted.
         if callback:
             self.answer("OK", callback=callback)

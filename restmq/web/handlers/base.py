@@ -21,7 +21,9 @@ from restmq.errors import (
     InvalidArgument,
     LeaseGone,
     OutcomeUnknown,
+    QueueFull,
     RestMQError,
+    StorageFull,
     StorageUnavailable,
     TooManyConsumers,
 )
@@ -70,6 +72,8 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(404, str(exc))
     if isinstance(exc, DataConflict | LeaseGone):
         return ApiError(409, str(exc))
+    if isinstance(exc, QueueFull | StorageFull):  # nothing stored; room comes as it drains
+        return ApiError(507, str(exc))
     if isinstance(exc, OutcomeUnknown):  # no Retry-After: a blind retry may store twice
         return ApiError(504, str(exc))
     if isinstance(exc, StorageUnavailable):

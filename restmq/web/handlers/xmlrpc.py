@@ -25,7 +25,9 @@ from restmq.errors import (
     EmptyQueue,
     InvalidArgument,
     OutcomeUnknown,
+    QueueFull,
     RestMQError,
+    StorageFull,
     StorageUnavailable,
 )
 from restmq.operations import jsontext
@@ -43,6 +45,7 @@ EMPTY_QUEUE = 404  # the queue is empty (get, take)
 DATA_CONFLICT = 409  # a Redis key of the queue holds another kind of value (not RestMQ's)
 STORAGE_UNAVAILABLE = 503  # Redis is unreachable, nothing was done; try again
 OUTCOME_UNKNOWN = 504  # a write reached Redis but its answer was lost: check before retrying
+FULL = 507  # the queue is at its max_length, or Valkey at its maxmemory: nothing was stored
 PARSE_ERROR = -32700  # the body is not well-formed XML-RPC
 NOT_A_CALL = -32600  # well-formed, but not a <methodCall>
 UNKNOWN_METHOD = -32601  # no such method (system.listMethods lists them)
@@ -284,6 +287,8 @@ def as_fault(exc: RestMQError) -> xmlrpc.client.Fault | None:
         return xmlrpc.client.Fault(EMPTY_QUEUE, str(exc))
     if isinstance(exc, DataConflict):
         return xmlrpc.client.Fault(DATA_CONFLICT, str(exc))
+    if isinstance(exc, QueueFull | StorageFull):
+        return xmlrpc.client.Fault(FULL, str(exc))
     if isinstance(exc, OutcomeUnknown):  # the write may have happened: check before retrying
         return xmlrpc.client.Fault(OUTCOME_UNKNOWN, str(exc))
     if isinstance(exc, StorageUnavailable):
