@@ -197,3 +197,44 @@ def test_the_stats_event_stream_is_as_documented(shared_broker, queue):
     figures = json.loads(event.search(raw).group(1))
     openapi_validator("components", "schemas", "StatsEvent").validate(figures)
     assert figures["queues"][queue]["len"] == 1
+
+
+# -- 507: a full queue, a full store --------------------------------------------------------
+
+
+def test_a_full_queue_and_a_full_store_are_answered_as_documented(
+    broker_factory, valkey_factory, queue
+):
+    server = valkey_factory()
+    broker = broker_factory("--redis-port", str(server.port))
+    assert broker.post(f"/p/{queue}", max_length="1").status == 200
+    policy = broker.get(f"/p/{queue}")
+    assert_as_documented(documented("/p/{queue}", "get", 200), 200, policy.headers, policy.body)
+    assert broker.post(f"/q/{queue}", value="only").status == 200
+    adds = [
+        ("/q/{queue}", lambda: broker.post(f"/q/{queue}", value="more")),
+        ("/", lambda: broker.post("/", queue=queue, value="more")),
+        ("/queue", lambda: broker.request(
+            "POST", "/queue", body=json.dumps({"cmd": "add", "queue": queue, "value": "v"}),
+            headers=JSON_BODY)),
+    ]  # fmt: skip
+    for path, send in adds:
+        answer = send()
+        assert answer.status == 507, (path, answer.status, answer.body)
+        where = documented(path, "post", 507)
+        error = assert_as_documented(where, 507, answer.headers, answer.body)["error"]
+        assert error == f"queue {queue} is full (max_length 1)"
+
+    assert server.command("CONFIG", "SET", "maxmemory", "1") == "OK"  # far below what is used
+    writes = [
+        ("/q/{queue}", lambda: broker.post(f"/q/{queue}-other", value="more")),
+        ("/p/{queue}", lambda: broker.post(f"/p/{queue}", policy="roundrobin")),
+        ("/control/{queue}", lambda: broker.post(f"/control/{queue}", status="stop")),
+    ]
+    for path, send in writes:
+        answer = send()
+        assert answer.status == 507, (path, answer.status, answer.body)
+        where = documented(path, "post", 507)
+        assert assert_as_documented(where, 507, answer.headers, answer.body) == {
+            "error": "storage is full"
+        }
