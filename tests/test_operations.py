@@ -286,3 +286,18 @@ async def test_configure_checks_both_before_setting_either(ops, server):
     assert await ops.policy("q") == Policy("q", "roundrobin", 3)
     await ops.configure("q", "broadcast", "0")
     assert await ops.policy("q") == Policy("q", "broadcast", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_length_is_checked_with_the_other_settings_before_any_is_set(ops, server):
+    for value in (-1, 10**9 + 1, "many", 2.5, True):
+        with pytest.raises(InvalidArgument, match=r"^max_length must be a whole number"):
+            await ops.configure("q", "roundrobin", "3", value)
+    with pytest.raises(InvalidArgument, match=r"^max_deliveries"):
+        await ops.configure("q", None, "1001", "5")
+    assert server.command("DBSIZE") == 0
+    await ops.configure("q", None, None, str(10**9))
+    assert await ops.policy("q") == Policy("q", "broadcast", 0, 10**9)
+    await ops.configure("q", "roundrobin", None, 0)
+    assert await ops.policy("q") == Policy("q", "roundrobin", 0, 0)
+    assert server.command("EXISTS", "q:maxlength") == 0, "0 means no bound: no key"
