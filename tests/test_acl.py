@@ -97,6 +97,7 @@ CONSUMER_ROUTES = [
     "/?queue={q}",
     "/q/{q}",
     "/q/",
+    "/q/{q}/subscriptions",
     "/p/{q}",
     "/control/{q}",
     "/control/",
@@ -153,6 +154,21 @@ def test_every_producer_route_wants_the_password(guarded, queue, method, path, f
     assert guarded.redis("EXISTS", f"{queue}:queuepolicy", f"queuestat::{queue}") == 0
     done = call(guarded.port, method, path, source="127.0.0.2", form=form, headers=PRODUCER)
     assert done.status == 200, done.body
+
+
+def test_creating_and_ending_a_subscription_want_the_producer_password(guarded, queue):
+    path = f"/q/{queue}/subscriptions/billing"
+    for method in ("PUT", "DELETE"):
+        for headers in ({}, basic("producer", "wrong")):
+            refused = call(guarded.port, method, path, source="127.0.0.2", headers=headers)
+            assert refused.status == 401
+            assert "rest:producer" in error_of(refused)
+        if method == "PUT":  # the refused requests changed nothing
+            assert guarded.redis("EXISTS", f"{queue}:subscriptions") == 0
+        done = call(guarded.port, method, path, source="127.0.0.2", headers=PRODUCER)
+        assert done.status == (201 if method == "PUT" else 200), done.body
+    listed = call(guarded.port, "GET", f"/q/{queue}/subscriptions", source="127.0.0.2")
+    assert listed.json() == {"queue": queue, "subscriptions": []}
 
 
 def test_producer_refused_address_gets_403_even_with_the_password(guarded, queue):

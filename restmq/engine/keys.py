@@ -26,6 +26,8 @@ key                         type     holds
                                      expires unless the broker writes it again
 ``<q>:maxlength``           string   messages the queue may hold, pending and delayed
                                      (absent: no bound, the original's keys only)
+``<q>:subscriptions``       set      names of q's durable subscriptions: while it has
+                                     any, an add to q goes to each ``q:<name>`` instead
 ==========================  =======  =============================================
 
 The leased-stream key exists only while some broker has leased streams of the queue.
@@ -118,6 +120,15 @@ def consumers_key(broker_id: str) -> str:
 def dead_queue(queue: str) -> str:
     """The queue that holds the dead letters of ``queue``."""
     return f"{queue}{DEAD_SUFFIX}"
+
+
+def subscriptions_key(queue: str) -> str:
+    return f"{queue}:subscriptions"
+
+
+def subscription_queue(queue: str, name: str) -> str:
+    """The queue subscription ``name`` of ``queue`` delivers to (an ordinary queue)."""
+    return f"{queue}:{name}"
 
 
 def channel_prefix(dbid: int | str) -> str:

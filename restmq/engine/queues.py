@@ -38,6 +38,7 @@ from restmq.engine.messages import (
     stream_batch,
     text,
 )
+from restmq.engine.subscriptions import SubscriptionOperations
 from restmq.storage.client import RedisClient
 
 log = Logger(namespace="restmq.engine")
@@ -55,7 +56,7 @@ def _status(stored: Any) -> int:
     return keys.STOPPED if text(stored) == "0" else keys.STARTED
 
 
-class QueueEngine(LeaseOperations):
+class QueueEngine(LeaseOperations, SubscriptionOperations):
     """Queue operations over a RedisClient."""
 
     def __init__(self, redis: RedisClient, layout: KeyLayout = keys.STANDALONE) -> None:

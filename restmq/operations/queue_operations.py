@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.stream_consumer import StreamConsumer
 from restmq.delivery.waiters import WaiterRegistry
+from restmq.engine.keys import subscription_queue
 from restmq.engine.messages import (
     LeasedMessage,
     Message,
@@ -45,6 +46,7 @@ from restmq.operations.results import (
     QueueFigures,
     Status,
     StorageState,
+    Subscription,
 )
 from restmq.operations.stats_feed import StatsFeed, StatsWatcher
 
@@ -364,6 +366,27 @@ class Operations:
         if word not in STATUS_WORDS:
             raise InvalidStatus(word)
         return Status(queue, await self.engine.set_status(queue, STATUS_WORDS[word]))
+
+    # -- subscriptions ------------------------------------------------------
+
+    async def subscribe(self, queue: str, name: object) -> Subscription:
+        """Create subscription ``name`` of ``queue`` (``changed``: it is new): from now on
+        each message added to ``queue`` goes to the queue ``<queue>:<name>`` instead,
+        and to every other subscription's."""
+        queue, name = validation.subscription(queue, name)
+        created = await self.engine.subscribe(queue, name)
+        return Subscription(queue, name, subscription_queue(queue, name), created)
+
+    async def unsubscribe(self, queue: str, name: object) -> Subscription:
+        """End subscription ``name`` of ``queue`` (``changed``: it was there); its queue
+        keeps its messages, an ordinary queue."""
+        queue, name = validation.subscription(queue, name)
+        ended = await self.engine.unsubscribe(queue, name)
+        return Subscription(queue, name, subscription_queue(queue, name), ended)
+
+    async def subscriptions(self, queue: str) -> list[str]:
+        """The names of ``queue``'s subscriptions, sorted."""
+        return await self.engine.subscriptions(validation.queue_name(queue))
 
     # -- figures ------------------------------------------------------------
 

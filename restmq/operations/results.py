@@ -103,3 +103,13 @@ class OneStats:
     consumers: int  # streaming consumers of the queue on every broker sharing the Redis
     leased: int = 0  # messages handed out under a lease and not yet acked
     dead: int | None = None  # length of <queue>:dead; None when there is no such queue
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable subscription of ``queue``: its messages also go to ``delivers_to``."""
+
+    queue: str
+    name: str
+    delivers_to: str  # the subscription's queue, ``<queue>:<name>``
+    changed: bool  # subscribe: created now (not there before); unsubscribe: ended now

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-from restmq.engine.keys import POLICIES, STATUS_PREFIX, is_count, is_message_key
+from restmq.engine.keys import (
+    DEAD_SUFFIX,
+    POLICIES,
+    STATUS_PREFIX,
+    is_count,
+    is_message_key,
+    subscription_queue,
+)
 from restmq.engine.limits import MAX_BATCH
 from restmq.engine.messages import receipt_parts
 from restmq.errors import InvalidArgument
@@ -236,3 +243,42 @@ def known_policy(word: object) -> str:
     if word not in POLICIES:
         raise InvalidArgument(f"invalid policy {str(word)[:40]!r}: use broadcast or roundrobin")
     return str(word)
+
+
+#: a subscription's name: queue-name characters but ``:`` (its queue is ``<queue>:<name>``)
+_SUBSCRIPTION_NAME = re.compile(r"[A-Za-z0-9_\-.@]+")
+#: names whose queue ``<queue>:<name>`` would be another thing of the queue: its dead
+#: letters, or the prefix of its idempotency keys (``<queue>:idempotency:<key>``)
+RESERVED_SUBSCRIPTIONS = frozenset({DEAD_SUFFIX[1:], "idempotency"})
+
+
+def subscription(queue: object, name: object) -> tuple[str, str]:
+    """``(queue, name)`` if ``queue`` may have a subscription ``name``: a queue name but
+    a dead-letter queue's (dead letters are moved there, never added, so nothing would
+    fan out), and a name of queue-name characters without ``:``, not a reserved one,
+    whose queue ``<queue>:<name>`` is a valid queue name."""
+    queue = queue_name(queue)
+    if queue.endswith(DEAD_SUFFIX):
+        raise InvalidArgument(
+            f"queue {queue[:60]!r} holds dead letters, which are moved there, never added: "
+            "it cannot have subscriptions"
+        )
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("a subscription name is required")
+    if not _SUBSCRIPTION_NAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidArgument(
+            f"invalid subscription name {name[:60]!r}: use letters, digits and _ - . @ "
+            "(no :), not . or .."
+        )
+    if name in RESERVED_SUBSCRIPTIONS:
+        raise InvalidArgument(
+            f"invalid subscription name {name!r}: {', '.join(sorted(RESERVED_SUBSCRIPTIONS))} "
+            "are reserved"
+        )
+    delivers_to = subscription_queue(queue, name)
+    if len(delivers_to) > MAX_QUEUE_NAME:
+        raise InvalidArgument(
+            f"subscription name {name[:60]!r} is too long: its queue {delivers_to[:60]!r}... "
+            f"would pass {MAX_QUEUE_NAME} characters"
+        )
+    return queue, name

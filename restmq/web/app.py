@@ -26,6 +26,7 @@ from restmq.web.handlers import (
     prometheus,
     rest,
     streaming,
+    subscriptions,
     websocket,
     xmlrpc,
 )
@@ -46,6 +47,9 @@ def route(pattern: str, handler: type, **kwargs: Any) -> cyclone.web.URLSpec:
 def routes() -> list:
     return [
         route(r"/", rest.IndexHandler),
+        # before /q/(.*), which would take them for a queue (whose name holds no /)
+        route(subscriptions.SUBSCRIPTIONS, subscriptions.SubscriptionsHandler),
+        route(subscriptions.SUBSCRIPTION, subscriptions.SubscriptionHandler),
         route(r"/q/(.*)", rest.QueueHandler),
         route(r"/queue", jsonproto.JsonProtocolHandler),
         route(r"/queue/(.*)", jsonproto.JsonProtocolHandler),
@@ -69,10 +73,15 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 UNMATCHED = "unmatched"  # the route label of a path no route matches
 
 
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+
+
 def route_label(pattern: str) -> str:
-    """The route as metrics name it: ``/q/(.*)`` is ``/q/{queue}``, never a raw path."""
+    """The route as metrics name it: ``/q/(.*)`` is ``/q/{queue}``, a named group
+    ``(?P<name>...)`` is ``{name}``; never a raw path."""
     placeholder = "{path}" if pattern.startswith("/static/") else "{queue}"
-    return pattern.replace("(.*)", placeholder).replace("\\", "")
+    named = _NAMED_GROUP.sub(r"{\1}", pattern)
+    return named.replace("(.*)", placeholder).replace("\\", "")
 
 
 def route_labels(specs: list) -> dict[object, str]:

@@ -20,6 +20,7 @@ from restmq.operations.results import (
     Policy,
     Purged,
     Status,
+    Subscription,
 )
 
 # -- REST: JSON over HTTP (/, /q, /p, /control, /stats) ------------------------
@@ -154,6 +155,15 @@ def one_stats(result: OneStats) -> dict[str, Any]:
         "consumers": result.consumers,
         **_lease_figures(result.leased, result.dead),
     }
+
+
+def subscription(result: Subscription) -> dict[str, Any]:
+    """``/q/<q>/subscriptions/<name>``: the subscription and the queue it fills."""
+    return {"queue": result.queue, "subscription": result.name, "delivers_to": result.delivers_to}
+
+
+def subscriptions(queue: str, names: list[str]) -> dict[str, Any]:
+    return {"queue": queue, "subscriptions": names}
 
 
 # -- streams: COMET, Server-Sent Events, WebSocket ----------------------------
