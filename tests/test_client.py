@@ -50,6 +50,17 @@ def test_push_many_adds_one_batch_and_pop_many_takes_it(client, shared_broker, q
     assert client.pop_many(queue, 10) == []
 
 
+def test_each_push_carries_its_own_idempotency_key_the_broker_remembers(
+    client, shared_broker, queue
+):
+    client.push(queue, "same")
+    client.push(queue, "same")  # a new push, a new key: not a repeat of the first
+    client.push_many(queue, ["a", "b"])
+    # one remembered key per push: each was sent with a key, a new one each time
+    assert len(shared_broker.redis("KEYS", f"{queue}:idempotency:*")) == 3
+    assert [m.value for m in client.pop_many(queue, 10)] == ["same", "same", "a", "b"]
+
+
 def test_a_pop_waits_for_a_message_that_is_pushed_meanwhile(client, queue):
     def push_later() -> None:
         with Client(client.url) as producer:

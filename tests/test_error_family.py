@@ -25,6 +25,7 @@ FAMILY = [
     (errors.StorageFull(), 507, 507),
     (acl.Refused(403, "access from 10.0.0.1 is not allowed (rest:producer)"), 403, 403),
     (acl.Refused(401, "authentication required (rest:consumer)", acl.CHALLENGE), 401, 401),
+    (errors.IdempotencyConflict("q", "8e03978e-40d5"), 422, None),  # XML-RPC sends no key
 ]
 
 

@@ -21,6 +21,7 @@ from restmq.defaults import (
     DEFAULT_PORT,
     DEFAULT_REDIS_PORT,
 )
+from restmq.engine.queues import DEFAULT_IDEMPOTENCY_WINDOW
 from restmq.storage.cluster_client import parse_seeds
 from restmq.storage.sentinel import parse_sentinels
 
@@ -160,6 +161,15 @@ class Options(usage.Options):
             "answer an add or an ack only once this many replicas have it (Redis WAIT, up to "
             "--redis-timeout; otherwise 504 'not replicated'); 0: do not wait",
             _non_negative_int("redis-wait-replicas"),
+        ],
+        [
+            "idempotency-window",
+            None,
+            DEFAULT_IDEMPOTENCY_WINDOW,
+            "seconds an add's Idempotency-Key is remembered: a repeated add with the key "
+            "within them stores nothing and answers as the first did (422 with another "
+            "payload); after them the key adds anew",
+            _positive_int("idempotency-window"),
         ],
         [
             "data-dir",

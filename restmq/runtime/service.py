@@ -26,7 +26,7 @@ from restmq.delivery.consumers import ConsumerRegistry
 from restmq.delivery.lease_sweeper import LeaseSweeper
 from restmq.delivery.waiters import WaiterRegistry
 from restmq.engine import keys
-from restmq.engine.queues import QueueEngine
+from restmq.engine.queues import DEFAULT_IDEMPOTENCY_WINDOW, QueueEngine
 from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
 from restmq.operations.results import StorageState
@@ -69,6 +69,7 @@ class Broker:
         access: AccessControl | None = None,
         budget: MemoryBudget | None = None,
         waiters: WaiterRegistry | None = None,
+        idempotency_window: int = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
         self.redis = redis
         # request bodies in flight and consumer backlogs, together (--max-buffered)
@@ -76,7 +77,12 @@ class Broker:
         self.consumers = consumers
         self.access = access or AccessControl(None)
         self.operations = Operations(
-            engine, consumers, self.describe_storage, waiters=waiters, storage_state=self.storage
+            engine,
+            consumers,
+            self.describe_storage,
+            waiters=waiters,
+            storage_state=self.storage,
+            idempotency_window=idempotency_window,
         )
 
     def describe_storage(self) -> str:
@@ -191,7 +197,13 @@ class BrokerService(service.Service):
             trusted_proxies=options["trusted-proxies"],
         )
         self.broker = Broker(
-            self.redis, engine, self.consumers, self.access, budget, waiters=self.waiters
+            self.redis,
+            engine,
+            self.consumers,
+            self.access,
+            budget,
+            waiters=self.waiters,
+            idempotency_window=options["idempotency-window"],
         )
         self.lease_sweeper = LeaseSweeper(engine, reactor, metrics=self.metrics)
         # This process's consumer counts, kept in Redis for everyone's /stats/.

@@ -18,6 +18,7 @@ from restmq.access import acl
 from restmq.errors import (
     DataConflict,
     EmptyQueue,
+    IdempotencyConflict,
     InvalidArgument,
     LeaseGone,
     OutcomeUnknown,
@@ -80,6 +81,8 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(503, str(exc), {"Retry-After": "1"})
     if isinstance(exc, TooManyConsumers):  # a stream or WebSocket beyond --max-consumers
         return ApiError(503, str(exc), {"Retry-After": "5"})
+    if isinstance(exc, IdempotencyConflict):  # the key came again with another payload
+        return ApiError(422, str(exc))
     return None
 
 

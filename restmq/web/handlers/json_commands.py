@@ -26,6 +26,8 @@ SECTIONS = {
 }
 #: the original's answer to a command it does not know, byte for byte
 UNKNOWN_COMMAND = "null resultset"
+#: added to an add's answer given again for its "idempotency_key" (nothing stored this time)
+REPLAYED_FIELD = "replayed"
 
 
 def required_section(command: Any) -> str:
@@ -39,7 +41,8 @@ async def dispatch(ops: Operations, command: Any, default_queue: str | None = No
 
     The JSON protocol's one answer of its own to the error family: an empty queue is
     ``{"error": "empty queue"}``. Every other error is answered by as_api_error
-    (restmq.web.handlers.base), as on the other HTTP routes.
+    (restmq.web.handlers.base), as on the other HTTP routes: an add whose
+    ``"idempotency_key"`` came with another payload (IdempotencyConflict) is a 422.
     """
     try:
         return await _run(ops, command, default_queue)
@@ -61,8 +64,13 @@ async def _run(ops: Operations, command: Any, default_queue: str | None) -> dict
             raise InvalidArgument("the add command needs a value")
         value = command["value"]
         text = jsontext.as_text(value, null="the add command needs a value")
-        added = await ops.add(queue, text, command.get("ttl"))
-        return shapes.json_added(added.queue, value, added.key)
+        added = await ops.add(
+            queue, text, command.get("ttl"), idempotency_key=command.get("idempotency_key")
+        )
+        answer = shapes.json_added(added.queue, value, added.key)
+        if added.replayed:  # only then: a first add's answer keeps the original's shape
+            answer[REPLAYED_FIELD] = True
+        return answer
     if cmd == "get":
         message = await ops.peek(queue)
         return shapes.json_peeked(queue, message)

@@ -7,8 +7,9 @@ from typing import Any
 from restmq.access import acl
 from restmq.errors import InvalidArgument
 from restmq.operations import jsontext, validation
+from restmq.web import idempotency
 from restmq.web.handlers.base import BaseHandler
-from restmq.web.handlers.json_commands import dispatch, required_section
+from restmq.web.handlers.json_commands import REPLAYED_FIELD, dispatch, required_section
 
 
 class JsonProtocolHandler(BaseHandler):
@@ -32,7 +33,10 @@ class JsonProtocolHandler(BaseHandler):
         await self.broker.check_access_async(self.request, required_section(command))
         # The path's queue is part of the route: refused when malformed, even unused.
         default_queue = validation.queue_name(queue) if queue else None
-        self.answer(await dispatch(self.operations, command, default_queue))
+        answer = await dispatch(self.operations, command, default_queue)
+        if answer.get(REPLAYED_FIELD) is True:  # an add answered again for its key
+            self.set_header(idempotency.REPLAYED, "true")
+        self.answer(answer)
 
     def _command(self) -> Any:
         if self.is_json_body():

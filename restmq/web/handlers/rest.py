@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from restmq.access import acl
 from restmq.errors import EmptyQueue, InvalidArgument
 from restmq.operations import jsontext
-from restmq.web import shapes
+from restmq.operations.results import Added
+from restmq.web import idempotency, shapes
 from restmq.web.connection import cyclone_fixes
 from restmq.web.handlers.base import BaseHandler
 from restmq.web.handlers.pages import queue_list_page
@@ -86,6 +87,15 @@ class RestHandler(BaseHandler):
                 return value
         raise InvalidArgument(self.rules.missing_value)
 
+    def idempotency_key(self) -> str | None:
+        """The add's Idempotency-Key header (restmq.web.idempotency); None without one."""
+        return idempotency.key_from(self.request.headers.get_list)
+
+    def mark_replayed(self, added: Added) -> None:
+        """A repeated idempotent add answers as the first did, plus this header."""
+        if added.replayed:
+            self.set_header(idempotency.REPLAYED, "true")
+
     def answer_key(self, key: str, callback: str | None) -> None:
         # The original answers the bare key (``test:1``); under JSONP it is quoted.
         if callback:
@@ -128,7 +138,13 @@ class IndexHandler(RestHandler):
 
     async def post(self) -> None:
         callback = self.callback()
-        added = await self.operations.add(self.arg("queue"), self.form_value(), self.arg("ttl"))
+        added = await self.operations.add(
+            self.arg("queue"),
+            self.form_value(),
+            self.arg("ttl"),
+            idempotency_key=self.idempotency_key(),
+        )
+        self.mark_replayed(added)
         self.answer_key(added.key, callback)
 
 
@@ -190,8 +206,12 @@ class QueueHandler(RestHandler):
             )
             self.answer(shapes.lease_changed(changed), callback=callback)
             return
+        key = self.idempotency_key()
         if not self.is_json_body():
-            added = await self.operations.add(queue, self.form_value(), self.arg("ttl"))
+            added = await self.operations.add(
+                queue, self.form_value(), self.arg("ttl"), idempotency_key=key
+            )
+            self.mark_replayed(added)
             self.answer_key(added.key, callback)
             return
         body = self.json_body()
@@ -199,13 +219,17 @@ class QueueHandler(RestHandler):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
         ttl = body.get("ttl", self.arg("ttl"))
         if "values" not in body:  # "value": the bare key, as for a form
-            added = await self.operations.add(queue, jsontext.as_text(body["value"]), ttl)
+            value = jsontext.as_text(body["value"])
+            added = await self.operations.add(queue, value, ttl, idempotency_key=key)
+            self.mark_replayed(added)
             self.answer_key(added.key, callback)
             return
         values = body["values"]
         if not isinstance(values, list) or not values:
             raise InvalidArgument('"values" must be a non-empty list')
-        added = await self.operations.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
+        texts = [jsontext.as_text(v) for v in values]
+        added = await self.operations.add_many(queue, texts, ttl, idempotency_key=key)
+        self.mark_replayed(added)
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
 
     async def delete(self, queue: str) -> None:

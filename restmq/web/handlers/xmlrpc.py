@@ -278,7 +278,8 @@ METHODS: dict[str, Method] = {
 def as_fault(exc: RestMQError) -> xmlrpc.client.Fault | None:
     """The Fault for one of our own errors (restmq.errors.RestMQError, acl refusals
     among them); None for one no method can raise (LeaseGone: ``ack`` answers false;
-    TooManyConsumers: XML-RPC opens no stream), which is then a bug like any other."""
+    TooManyConsumers: XML-RPC opens no stream; IdempotencyConflict: its ``add`` takes no
+    idempotency key), which is then a bug like any other."""
     if isinstance(exc, acl.Refused):  # UNAUTHORIZED or FORBIDDEN
         return xmlrpc.client.Fault(exc.status, exc.message)
     if isinstance(exc, InvalidArgument):
