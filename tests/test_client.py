@@ -57,7 +57,7 @@ def test_each_push_carries_its_own_idempotency_key_the_broker_remembers(
     client.push(queue, "same")  # a new push, a new key: not a repeat of the first
     client.push_many(queue, ["a", "b"])
     # one remembered key per push: each was sent with a key, a new one each time
-    assert len(shared_broker.redis("KEYS", f"{queue}:idempotency:*")) == 3
+    assert len(shared_broker.redis("KEYS", f"{queue}#idempotency:*")) == 3
     assert [m.value for m in client.pop_many(queue, 10)] == ["same", "same", "a", "b"]
 
 

@@ -43,7 +43,7 @@ def push_in_thread(broker, queue: str, values: list[str]) -> tuple[threading.Thr
 
 
 def remembered_keys(broker, queue: str) -> list[str]:
-    return broker.redis("KEYS", f"{queue}:idempotency:*")
+    return broker.redis("KEYS", f"{queue}#idempotency:*")
 
 
 def test_a_push_whose_answers_are_lost_is_stored_once(broker_factory, queue, caplog):
@@ -106,7 +106,7 @@ def test_after_the_window_the_key_adds_again(broker_factory, queue):
     first = add()
     assert first.text == broker.key(queue, 1) + "\r\n"
     # remembered for a second at most (-2 once forgotten), not the default day
-    assert broker.redis("PTTL", f"{queue}:idempotency:window") <= 1000
+    assert broker.redis("PTTL", f"{queue}#idempotency:window") <= 1000
 
     def added_anew():
         answer = add()

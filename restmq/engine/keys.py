@@ -28,6 +28,9 @@ key                         type     holds
                                      (absent: no bound, the original's keys only)
 ``<q>:subscriptions``       set      names of q's durable subscriptions: while it has
                                      any, an add to q goes to each ``q:<name>`` instead
+``<q>#idempotency:<k>``     string   what an add with Idempotency-Key k answered (with
+                                     its payload's digest), for the window; ``#`` is in
+                                     no queue's name, so no queue's key can be one
 ==========================  =======  =============================================
 
 The leased-stream key exists only while some broker has leased streams of the queue.

@@ -247,9 +247,8 @@ def known_policy(word: object) -> str:
 
 #: a subscription's name: queue-name characters but ``:`` (its queue is ``<queue>:<name>``)
 _SUBSCRIPTION_NAME = re.compile(r"[A-Za-z0-9_\-.@]+")
-#: names whose queue ``<queue>:<name>`` would be another thing of the queue: its dead
-#: letters, or the prefix of its idempotency keys (``<queue>:idempotency:<key>``)
-RESERVED_SUBSCRIPTIONS = frozenset({DEAD_SUFFIX[1:], "idempotency"})
+#: names whose queue ``<queue>:<name>`` would be another thing of the queue: its dead letters
+RESERVED_SUBSCRIPTIONS = frozenset({DEAD_SUFFIX[1:]})
 
 
 def subscription(queue: object, name: object) -> tuple[str, str]:

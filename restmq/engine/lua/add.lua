@@ -6,6 +6,7 @@
 --       (restmq.engine.notices.ADD), 5 delay in ms (0: none), 6 idempotency key ('': none),
 --       7 the payload's digest, 8 how long an idempotency key is kept (s), 9 status key
 --       prefix, 10.. message bodies
+-- An idempotency key is remembered as <stem>#idempotency:<key>: no queue's key holds a '#'.
 -- Returns the new message keys, oldest first; or, instead:
 --   {'=replayed', key, ...}  the idempotency key was used with this payload: its keys
 --   {'!conflict'}            the idempotency key was used with another payload
@@ -26,7 +27,7 @@ local count = #ARGV - first + 1
 
 local remembered = nil
 if idempotency ~= '' then
-  remembered = stem .. ':idempotency:' .. idempotency
+  remembered = stem .. '#idempotency:' .. idempotency
   local stored = redis.call('GET', remembered)
   if stored then
     local cut = string.find(stored, '\n', 1, true)
