@@ -1396,21 +1396,6 @@ def cluster_seeds(broker: Broker) -> list[tuple[str, int]]:
     return [(host, int(port)) for host, port in (seed.rsplit(":", 1) for seed in seeds)]
 
 
-def store_command(broker: Broker, *args):
-    """A raw command to ``broker``'s storage, past the broker: the embedded Valkey, or on
-    a cluster the node that serves the command's key (following MOVED)."""
-    if not broker.clustered:
-        return broker.redis(*args)
-    address = cluster_seeds(broker)[0]
-    for _ in range(5):
-        reply = redis_command(address, *args)
-        if not (isinstance(reply, str) and reply.startswith("MOVED ")):
-            return reply
-        host, port = reply.split()[2].rsplit(":", 1)
-        address = (host, int(port))
-    raise AssertionError(f"{args!r} kept being MOVED")
-
-
 def redis_field(broker: Broker) -> re.Pattern:
     """The ``redis`` field of /stats and /control of ``broker``, as a pattern."""
     if broker.clustered:
@@ -1435,3 +1420,51 @@ def registered(broker: Broker, queue: str) -> bool:
     if broker.clustered:
         return store_command(broker, "SISMEMBER", CLUSTER.registry(queue), stem(broker, queue)) == 1
     return broker.redis("SISMEMBER", "QUEUESET", queue) == 1
+
+
+def stem_of(broker: Broker, queue: str) -> str:
+    """What the broker's keys of ``queue`` start with: ``q``, or ``{q}`` on a cluster."""
+    return CLUSTER.stem(queue) if broker.clustered else queue
+
+
+def _slot_owner(seed: tuple[str, int], slot: int) -> tuple[str, int]:
+    for start, end, primary, *_ in redis_command(seed, "CLUSTER", "SLOTS"):
+        if start <= slot <= end:
+            return primary[0], int(primary[1])
+    raise AssertionError(f"no node of the cluster at {seed} serves slot {slot}")
+
+
+def _option(broker: Broker, name: str) -> str | None:
+    for i, arg in enumerate(broker.args):
+        if arg == name and i + 1 < len(broker.args):
+            return broker.args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def store_command(broker: Broker, *args, route: str | None = None):
+    """One raw command to the store the broker runs on, past the broker: its embedded
+    Valkey, the server of its ``--redis-port``, or on a cluster the primary serving the
+    slot of ``route`` (by default the command's first key, ``args[1]``; a command
+    without one goes to any node)."""
+    if not broker.clustered:
+        port = _option(broker, "--redis-port")
+        if port is None:
+            return broker.redis(*args)
+        return redis_command((_option(broker, "--redis-host") or "127.0.0.1", int(port)), *args)
+    from restmq.storage.cluster_slots import key_slot
+
+    seed = cluster_seeds(broker)[0]
+    route = route if route is not None else (str(args[1]) if len(args) > 1 else None)
+    node = seed if route is None else _slot_owner(seed, key_slot(route))
+    return redis_command(node, *args)
+
+
+def notice_listeners(broker: Broker, queue: str) -> int:
+    """How many connections listen to ``queue``'s notice channel on the broker's store
+    (each broker holds one while it has consumers or waiters of the queue)."""
+    if not broker.clustered:
+        return store_command(broker, "PUBSUB", "NUMSUB", f"restmq:notify:0:{queue}")[1]
+    channel = f"restmq:notify:{CLUSTER.stem(queue)}"
+    return store_command(broker, "PUBSUB", "SHARDNUMSUB", channel, route=channel)[1]

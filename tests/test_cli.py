@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import (
     RESTMQ_CLI,
+    STORAGE_MODES,
     Broker,
     basic,
     broker_url,
@@ -54,25 +55,28 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) 
 # -- push -----------------------------------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_push_stores_each_argument_and_prints_its_key(rmq, shared_broker, queue):
     result = rmq("push", queue, "first", "second message")
     assert result.returncode == 0, result.stderr
-    assert lines(result.stdout) == [f"{queue}:1", f"{queue}:2"]
+    assert lines(result.stdout) == [shared_broker.key(queue, 1), shared_broker.key(queue, 2)]
     assert shared_broker.get(f"/q/{queue}").json()["value"] == "first"
     assert shared_broker.get(f"/q/{queue}").json()["value"] == "second message"
 
 
+@STORAGE_MODES
 def test_push_reads_one_message_per_line_and_sends_batches_in_order(rmq, shared_broker, queue):
     text = "".join(f"line {i}\n" for i in range(1, 8)) + "\n\nlast line without newline"
     result = rmq("push", "--batch", "3", queue, input=text)
     assert result.returncode == 0, result.stderr
-    assert lines(result.stdout) == [f"{queue}:{i}" for i in range(1, 9)]
+    assert lines(result.stdout) == [shared_broker.key(queue, i) for i in range(1, 9)]
     popped = shared_broker.get(f"/q/{queue}?n=100").json()
     assert [m["value"] for m in popped] == [f"line {i}" for i in range(1, 8)] + [
         "last line without newline"
     ]
 
 
+@STORAGE_MODES
 def test_push_quiet_prints_nothing_and_ttl_reaches_the_broker(rmq, shared_broker, queue):
     result = rmq("push", "-q", "--ttl", "1", queue, "short-lived")
     assert (result.returncode, result.stdout) == (0, "")
@@ -120,6 +124,7 @@ def test_push_with_nothing_to_send_is_a_usage_error(rmq, queue):
 # -- pop --------------------------------------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_pop_prints_the_oldest_value_and_exits_1_once_the_queue_is_empty(rmq, queue):
     rmq("push", queue, "a", "b")
     first = rmq("pop", queue)
@@ -130,13 +135,14 @@ def test_pop_prints_the_oldest_value_and_exits_1_once_the_queue_is_empty(rmq, qu
     assert_one_error_line(empty, f"queue {queue} is empty")
 
 
-def test_pop_n_takes_a_batch_and_json_shows_whole_messages(rmq, queue):
+@STORAGE_MODES
+def test_pop_n_takes_a_batch_and_json_shows_whole_messages(rmq, shared_broker, queue):
     rmq("push", queue, "1", "2", "3", "4")
     batch = rmq("pop", "-n", "3", queue)
     assert lines(batch.stdout) == ["1", "2", "3"]
     as_json = rmq("pop", "-n", "3", "--json", queue)
     assert [json.loads(line) for line in lines(as_json.stdout)] == [
-        {"key": f"{queue}:4", "value": "4", "count": 0}
+        {"key": shared_broker.key(queue, 4), "value": "4", "count": 0}
     ]
     empty = rmq("pop", "-n", "3", queue)
     assert empty.returncode == 1
@@ -152,6 +158,7 @@ def test_pop_checks_its_options_before_calling_the_broker(rmq, queue):
 # -- tail -------------------------------------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_tail_prints_the_backlog_then_what_arrives(rmq, shared_broker, queue):
     rmq("push", queue, "waiting")
     proc = start_cli(broker_url(shared_broker), "tail", "--count", "2", queue)
@@ -167,16 +174,18 @@ def test_tail_prints_the_backlog_then_what_arrives(rmq, shared_broker, queue):
     assert proc.stderr.read() == ""
 
 
-def test_tail_json_prints_each_message_object(rmq, queue):
+@STORAGE_MODES
+def test_tail_json_prints_each_message_object(rmq, shared_broker, queue):
     rmq("push", queue, "x", "y")
     result = rmq("tail", "--json", "--count", "2", queue)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in lines(result.stdout)] == [
-        {"key": f"{queue}:1", "value": "x"},
-        {"key": f"{queue}:2", "value": "y"},
+        {"key": shared_broker.key(queue, 1), "value": "x"},
+        {"key": shared_broker.key(queue, 2), "value": "y"},
     ]
 
 
+@STORAGE_MODES
 def test_tail_exits_1_when_nothing_arrives_in_time(rmq, queue):
     started = time.monotonic()
     result = rmq("tail", "--timeout", "1", queue)
@@ -185,6 +194,7 @@ def test_tail_exits_1_when_nothing_arrives_in_time(rmq, queue):
     assert_one_error_line(result, "no message arrived before 1 s passed")
 
 
+@STORAGE_MODES
 def test_tail_ends_when_the_queue_is_purged(rmq, shared_broker, queue):
     proc = start_cli(broker_url(shared_broker), "tail", "--count", "5", queue)
     try:
@@ -249,6 +259,7 @@ def test_ctrl_c_ends_tail_without_a_traceback(shared_broker, queue):
 # -- stats, purge, policy, start, stop, health --------------------------------------------
 
 
+@STORAGE_MODES
 def test_stats_shows_every_queue_as_a_table(rmq, queue):
     rmq("push", queue, "1", "2", "3")
     rmq("stop", queue)
@@ -269,6 +280,7 @@ def test_stats_shows_every_queue_as_a_table(rmq, queue):
     assert (raw["queue"], raw["len"]) == (queue, 3)
 
 
+@STORAGE_MODES
 def test_purge_empties_the_queue(rmq, shared_broker, queue):
     rmq("push", queue, "1", "2")
     result = rmq("purge", queue)
@@ -278,6 +290,7 @@ def test_purge_empties_the_queue(rmq, shared_broker, queue):
     assert (again.returncode, again.stdout) == (0, f"purged {queue} (it was empty)\n")
 
 
+@STORAGE_MODES
 def test_policy_prints_and_sets_the_delivery_policy(rmq, shared_broker, queue):
     assert rmq("policy", queue).stdout == "broadcast\n"
     assert rmq("policy", queue, "roundrobin").stdout == "roundrobin\n"
@@ -288,6 +301,7 @@ def test_policy_prints_and_sets_the_delivery_policy(rmq, shared_broker, queue):
     assert "'fifo' is not one of 'broadcast', 'roundrobin'" in wrong.stderr
 
 
+@STORAGE_MODES
 def test_stop_and_start_switch_delivery_to_streams(rmq, shared_broker, queue):
     assert rmq("stop", queue).stdout == f"{queue} stopped\n"
     assert shared_broker.get(f"/control/{queue}").json()["status"]["status"] == 0
@@ -295,6 +309,7 @@ def test_stop_and_start_switch_delivery_to_streams(rmq, shared_broker, queue):
     assert shared_broker.get(f"/control/{queue}").json()["status"]["status"] == 1
 
 
+@STORAGE_MODES
 def test_health_reports_a_broker_that_can_serve(rmq):
     result = rmq("health")
     assert result.returncode == 0

@@ -1,5 +1,6 @@
-"""``restmq copy``: queued messages moved between two brokers on two Valkey servers, as a
-user runs it; nothing lost, duplicates only in the batch in flight at an interruption."""
+"""``restmq copy``: queued messages moved between two brokers on two stores (a standalone
+Valkey, a Valkey Cluster), as a user runs it; nothing lost, duplicates only in the batch
+in flight at an interruption. Keys differ between the stores: bodies are compared."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.support import (
     post_json,
     run_cli,
     start_cli,
+    storage_args,
     take_all,
     wait_for,
     wait_healthy,
@@ -24,10 +26,9 @@ from tests.support import (
 
 
 @pytest.fixture
-def two_brokers(broker_factory, valkey_factory):
-    """A broker on its embedded Valkey, and one on a standalone Valkey server."""
-    server = valkey_factory()
-    return broker_factory(), broker_factory("--redis-port", str(server.port))
+def two_brokers(request, broker_factory):
+    """A broker on its embedded Valkey, and one on the session Valkey Cluster."""
+    return broker_factory(), broker_factory(*storage_args("cluster", request))
 
 
 def push_all(broker, queue: str, values: list[str]) -> None:
@@ -44,12 +45,14 @@ def figures(broker, queue: str) -> dict:
     return broker.get(f"/stats/{queue}").json()
 
 
-def queue_settings(broker) -> dict[str, tuple]:
-    """Every queue's (status, policy, max_deliveries) as ``/stats/`` and ``/p/`` show them."""
+def queue_settings(broker, prefix: str) -> dict[str, tuple]:
+    """Every queue's (status, policy, max_deliveries) as ``/stats/`` and ``/p/`` show them,
+    of the queues whose names start with ``prefix`` (a cluster is shared by other tests)."""
     listed = broker.get("/stats/").json()["queues"]
     return {
         name: (row["status"], row["policy"], broker.get(f"/p/{name}").json().get("max_deliveries"))
         for name, row in listed.items()
+        if name.startswith(prefix)
     }
 
 
@@ -60,49 +63,55 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def test_every_queue_goes_there_and_back_in_order_with_its_settings(two_brokers):
+def test_every_queue_goes_there_and_back_in_order_with_its_settings(two_brokers, queue):
+    """Standalone -> cluster -> standalone: 10,000 messages of three queues."""
     a, b = two_brokers
+    jobs_q, dead_q, mail_q = f"{queue}-jobs", f"{queue}-jobs:dead", f"{queue}-mail"
     # jobs:dead, a dead-letter queue: two messages that used up their one delivery
-    assert a.post("/p/jobs", max_deliveries="1").status == 200
-    push_all(a, "jobs", ["dead 1", "dead 2"])
-    for message in a.get("/q/jobs?n=2&lease=30").json():
-        a.post(f"/q/jobs?receipt={message['receipt']}&lease=0")
-    wait_for(lambda: figures(a, "jobs").get("dead") == 2, what="the dead letters")
-    assert a.post("/p/jobs", max_deliveries="3").status == 200
+    assert a.post(f"/p/{jobs_q}", max_deliveries="1").status == 200
+    push_all(a, jobs_q, ["dead 1", "dead 2"])
+    for message in a.get(f"/q/{jobs_q}?n=2&lease=30").json():
+        a.post(f"/q/{jobs_q}?receipt={message['receipt']}&lease=0")
+    wait_for(lambda: figures(a, jobs_q).get("dead") == 2, what="the dead letters")
+    assert a.post(f"/p/{jobs_q}", max_deliveries="3").status == 200
     jobs = [f"job {i}" for i in range(5000)] + ['{"id": 7}', "héllo ✓", "two\nlines", " x "]
     mail = [f"mail {i}" for i in range(10_000 - len(jobs) - 2)]
-    push_all(a, "jobs", jobs)
-    push_all(a, "mail", mail)
-    assert a.post("/p/mail", policy="roundrobin").status == 200
-    assert a.post("/control/mail", status="stop").status == 200
-    settings = queue_settings(a)
-    assert settings["mail"] == (0, 2, None) and settings["jobs"] == (1, 1, 3)
+    push_all(a, jobs_q, jobs)
+    push_all(a, mail_q, mail)
+    assert a.post(f"/p/{mail_q}", policy="roundrobin").status == 200
+    assert a.post(f"/control/{mail_q}", status="stop").status == 200
+    settings = queue_settings(a, queue)
+    assert settings[mail_q] == (0, 2, None) and settings[jobs_q] == (1, 1, 3)
 
     there = copy(a, b)
     assert there.returncode == 0, there.stderr
     assert there.stdout.splitlines()[:3] == [
-        f"jobs: {len(jobs)} messages moved",
-        "jobs:dead: 2 messages moved",
-        f"mail: {len(mail)} messages moved",
+        f"{jobs_q}: {len(jobs)} messages moved",
+        f"{dead_q}: 2 messages moved",
+        f"{mail_q}: {len(mail)} messages moved",
     ]
     assert there.stdout.splitlines()[3].startswith("copied 3 queues, 10000 messages moved in ")
-    assert queue_settings(b) == settings
-    assert [figures(b, q)["len"] for q in ("jobs", "jobs:dead", "mail")] == [
+    assert queue_settings(b, queue) == settings
+    assert [figures(b, q)["len"] for q in (jobs_q, dead_q, mail_q)] == [
         len(jobs),
         2,
         len(mail),
     ]
-    for name in ("jobs", "jobs:dead", "mail"):  # the source is emptied, nothing left leased
+    for name in (jobs_q, dead_q, mail_q):  # the source is emptied, nothing left leased
         assert (figures(a, name)["len"], figures(a, name)["leased"]) == (0, 0)
 
-    back = copy(b, a, "mail", "jobs", "jobs:dead")  # named: in the order given
+    back = copy(b, a, mail_q, jobs_q, dead_q)  # named: in the order given
     assert back.returncode == 0, back.stderr
-    assert [line.split(":")[0] for line in back.stdout.splitlines()[:3]] == ["mail", "jobs", "jobs"]
-    assert queue_settings(a) == settings
-    assert [m["value"] for m in take_all(a, "jobs")] == jobs
-    assert [m["value"] for m in take_all(a, "jobs:dead")] == ["dead 1", "dead 2"]
-    assert [m["value"] for m in take_all(a, "mail")] == mail
-    assert all(figures(b, name)["len"] == 0 for name in ("jobs", "jobs:dead", "mail"))
+    assert back.stdout.splitlines()[:3] == [
+        f"{mail_q}: {len(mail)} messages moved",
+        f"{jobs_q}: {len(jobs)} messages moved",
+        f"{dead_q}: 2 messages moved",
+    ]
+    assert queue_settings(a, queue) == settings
+    assert [m["value"] for m in take_all(a, jobs_q)] == jobs
+    assert [m["value"] for m in take_all(a, dead_q)] == ["dead 1", "dead 2"]
+    assert [m["value"] for m in take_all(a, mail_q)] == mail
+    assert all(figures(b, name)["len"] == 0 for name in (jobs_q, dead_q, mail_q))
 
 
 def test_an_interrupted_copy_rerun_loses_nothing_and_repeats_at_most_the_batch_in_flight(

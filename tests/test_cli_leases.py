@@ -8,7 +8,7 @@ import json
 import subprocess
 import time
 
-from tests.support import broker_url, run_cli, start_cli, wait_for
+from tests.support import STORAGE_MODES, broker_url, notice_listeners, run_cli, start_cli, wait_for
 
 
 def rmq(broker, *args: str) -> subprocess.CompletedProcess:
@@ -17,8 +17,7 @@ def rmq(broker, *args: str) -> subprocess.CompletedProcess:
 
 def wait_parked(broker, queue: str) -> None:
     """Return once a long poll waits on ``queue``: the broker subscribed to its channel."""
-    channel = f"restmq:notify:0:{queue}"
-    wait_for(lambda: broker.redis("PUBSUB", "NUMSUB", channel)[1] >= 1, 10, what="a parked pop")
+    wait_for(lambda: notice_listeners(broker, queue) >= 1, 10, what="a parked pop")
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -28,6 +27,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@STORAGE_MODES
 def test_pop_under_a_lease_prints_the_receipt_and_ack_deletes_the_message(shared_broker, queue):
     b = shared_broker
     rmq(b, "push", queue, "job")
@@ -41,7 +41,7 @@ def test_pop_under_a_lease_prints_the_receipt_and_ack_deletes_the_message(shared
     assert (stats["len"], stats["leased"]) == (0, 1)
 
     acked = rmq(b, "ack", queue, receipt)
-    assert (acked.returncode, acked.stdout) == (0, f"{queue}:1\n")
+    assert (acked.returncode, acked.stdout) == (0, f"{b.key(queue, 1)}\n")
     assert b.get(f"/stats/{queue}").json()["leased"] == 0
     # a second ack of the same delivery finds no lease: exit 1, nothing deleted
     again = rmq(b, "ack", queue, receipt)
@@ -49,6 +49,7 @@ def test_pop_under_a_lease_prints_the_receipt_and_ack_deletes_the_message(shared
     assert receipt in error_line(again)
 
 
+@STORAGE_MODES
 def test_a_leased_batch_as_json_and_one_ack_for_all_of_it(shared_broker, queue):
     b = shared_broker
     rmq(b, "push", queue, "a", "b", "c")
@@ -58,10 +59,11 @@ def test_a_leased_batch_as_json_and_one_ack_for_all_of_it(shared_broker, queue):
     assert [m["value"] for m in messages] == ["a", "b"]
     assert all(m["lease"] == 30 and m["deliveries"] == 1 and m["receipt"] for m in messages)
     acked = rmq(b, "ack", queue, *(m["receipt"] for m in messages))
-    assert (acked.returncode, acked.stdout.split()) == (0, [f"{queue}:1", f"{queue}:2"])
+    assert (acked.returncode, acked.stdout.split()) == (0, [b.key(queue, 1), b.key(queue, 2)])
     assert b.get(f"/stats/{queue}").json()["len"] == 1
 
 
+@STORAGE_MODES
 def test_an_ack_after_the_lease_ran_out_exits_1_and_the_message_is_back(shared_broker, queue):
     b = shared_broker
     rmq(b, "push", queue, "slow job")
@@ -73,6 +75,7 @@ def test_an_ack_after_the_lease_ran_out_exits_1_and_the_message_is_back(shared_b
     assert rmq(b, "pop", queue).stdout == "slow job\n"
 
 
+@STORAGE_MODES
 def test_acking_several_reports_the_gone_lease_and_acks_the_others(shared_broker, queue):
     b = shared_broker
     rmq(b, "push", queue, "long", "short")
@@ -85,10 +88,11 @@ def test_acking_several_reports_the_gone_lease_and_acks_the_others(shared_broker
     wait_for(lambda: b.get(f"/stats/{queue}").json()["len"] == 1, 10, what="the short lease")
     result = rmq(b, "ack", queue, short, long)
     assert result.returncode == 1
-    assert result.stdout == f"{queue}:1\n"
+    assert result.stdout == f"{b.key(queue, 1)}\n"
     assert short in error_line(result)
 
 
+@STORAGE_MODES
 def test_pop_wait_answers_as_soon_as_a_message_arrives(shared_broker, queue):
     started = time.monotonic()
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", queue)
@@ -104,6 +108,7 @@ def test_pop_wait_answers_as_soon_as_a_message_arrives(shared_broker, queue):
     assert time.monotonic() - started < 8
 
 
+@STORAGE_MODES
 def test_pop_wait_on_a_queue_that_stays_empty_exits_1_after_the_wait(shared_broker, queue):
     started = time.monotonic()
     result = rmq(shared_broker, "pop", "--wait", "1", queue)
@@ -112,6 +117,7 @@ def test_pop_wait_on_a_queue_that_stays_empty_exits_1_after_the_wait(shared_brok
     assert f"queue {queue} is empty" in error_line(result)
 
 
+@STORAGE_MODES
 def test_pop_can_wait_for_a_message_and_lease_it(shared_broker, queue):
     proc = start_cli(broker_url(shared_broker), "pop", "--wait", "10", "--lease", "30", queue)
     try:

@@ -1,4 +1,5 @@
-"""Streaming consumer counts of several brokers in one Redis: QueueEngine on a real Valkey.
+"""Streaming consumer counts of several brokers in one Redis: QueueEngine on a real Valkey,
+then over the wire with brokers on a standalone Valkey and on a Valkey Cluster.
 
 Each broker (each --workers process too) records its counts under its own id for a
 short while; /stats/ adds up those of the others to its own, in the same script call.
@@ -11,6 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from restmq.engine.queues import QueueEngine
+from tests.support import HttpStream, WebSocketStream, storage_args, wait_for
 
 
 @pytest.fixture
@@ -89,3 +91,36 @@ async def test_count_keys_are_apart_from_every_queue_key(engines, server):
 async def _length_and_consumers(engine, queue: str) -> tuple[int, int]:
     counts = await engine.queue_counts(queue)
     return counts.length, counts.consumers_elsewhere
+
+
+# -- over the wire: two brokers on one store, each /stats/ counting every consumer ----------
+
+
+@pytest.mark.parametrize("store", ["standalone", "cluster"])
+def test_stats_of_every_broker_count_the_consumers_of_all(
+    store, request, broker_factory, valkey_factory, queue
+):
+    """On a standalone Valkey and on a Valkey Cluster: the one-queue and the all-queues
+    ``/stats/`` of each broker add the other broker's streaming consumers to its own."""
+    if store == "cluster":
+        args = storage_args("cluster", request)
+    else:
+        args = ("--redis-port", str(valkey_factory().port))
+    a, b = broker_factory(*args), broker_factory(*args)
+    assert a.post(f"/q/{queue}", value="listed").status == 200  # /stats/ lists it from now
+    on_a = [HttpStream(a.port, queue, sse=True).start() for _ in range(2)]
+    on_b = WebSocketStream(b.port, queue).start()
+
+    def everywhere(count: int) -> bool:
+        return all(
+            broker.get(f"/stats/{queue}").json()["consumers"] == count
+            and broker.get("/stats/").json()["queues"][queue]["consumers"] == count
+            for broker in (a, b)
+        )
+
+    wait_for(lambda: everywhere(3), 10, what="three consumers counted on both brokers")
+    for stream in on_a:
+        stream.close()
+    wait_for(lambda: everywhere(1), 10, what="one consumer counted on both brokers")
+    on_b.close()
+    wait_for(lambda: everywhere(0), 10, what="no consumer counted on either broker")

@@ -11,8 +11,12 @@ import time
 import pytest
 
 from tests.support import (
+    STORAGE_MODES,
     HttpStream,
     WebSocketStream,
+    stem_of,
+    storage_args,
+    store_command,
     wait_consumers,
     wait_for,
 )
@@ -28,12 +32,12 @@ def add(broker, queue: str, *values: str) -> list[str]:
 
 
 def leased_count(broker, queue: str) -> int:
-    return int(broker.redis("ZCARD", f"{queue}:leased"))
+    return int(store_command(broker, "ZCARD", f"{stem_of(broker, queue)}:leased"))
 
 
 def queued_keys(broker, queue: str) -> list[str]:
     """The keys waiting in the queue, next to be taken first."""
-    return list(reversed(broker.redis("LRANGE", f"{queue}:queue", 0, -1)))
+    return list(reversed(store_command(broker, "LRANGE", f"{stem_of(broker, queue)}:queue", 0, -1)))
 
 
 def nothing_more(stream, wait: float = 0.5) -> bool:
@@ -47,6 +51,7 @@ def ack_over_http(broker, queue: str, receipt: str):
 # -- WebSocket, acked with frames ---------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_a_leased_websocket_holds_its_window_and_acks_open_it(shared_broker, queue):
     keys = add(shared_broker, queue, *(f"m{i}" for i in range(5)))
     ws = WebSocketStream(shared_broker.port, f"{queue}?lease=60&prefetch=2").start()
@@ -61,13 +66,14 @@ def test_a_leased_websocket_holds_its_window_and_acks_open_it(shared_broker, que
         assert ws.next_message()["key"] == keys[2]
         assert nothing_more(ws)
         # the acked message is gone for good; the others wait or are leased
-        assert shared_broker.redis("EXISTS", keys[0]) == 0
+        assert store_command(shared_broker, "EXISTS", keys[0]) == 0
         assert leased_count(shared_broker, queue) == 2
         assert queued_keys(shared_broker, queue) == keys[3:]
     finally:
         ws.close()
 
 
+@STORAGE_MODES
 def test_a_nack_releases_the_message_to_the_head_of_the_queue(shared_broker, queue):
     keys = add(shared_broker, queue, "a", "b", "c")
     ws = WebSocketStream(shared_broker.port, f"{queue}?lease=60&prefetch=1").start()
@@ -85,6 +91,7 @@ def test_a_nack_releases_the_message_to_the_head_of_the_queue(shared_broker, que
         ws.close()
 
 
+@STORAGE_MODES
 def test_bad_ack_frames_are_answered_with_an_error_frame_and_the_stream_goes_on(
     shared_broker, queue
 ):
@@ -105,6 +112,7 @@ def test_bad_ack_frames_are_answered_with_an_error_frame_and_the_stream_goes_on(
         ws.close()
 
 
+@STORAGE_MODES
 def test_an_unleased_websocket_still_echoes_its_frames(shared_broker, queue):
     ws = WebSocketStream(shared_broker.port, queue).start()
     try:
@@ -114,6 +122,7 @@ def test_an_unleased_websocket_still_echoes_its_frames(shared_broker, queue):
         ws.close()
 
 
+@STORAGE_MODES
 def test_a_consumer_that_leaves_gives_its_unacked_messages_back_at_once(shared_broker, queue):
     keys = add(shared_broker, queue, *(f"m{i}" for i in range(5)))
     ws = WebSocketStream(shared_broker.port, f"{queue}?lease=600&prefetch=3").start()
@@ -127,6 +136,7 @@ def test_a_consumer_that_leaves_gives_its_unacked_messages_back_at_once(shared_b
     assert queued_keys(shared_broker, queue) == keys[1:]
 
 
+@STORAGE_MODES
 def test_a_lease_that_runs_out_frees_the_slot_and_the_message_comes_again(shared_broker, queue):
     keys = add(shared_broker, queue, "slow")
     ws = WebSocketStream(shared_broker.port, f"{queue}?lease=1&prefetch=1").start()
@@ -138,7 +148,7 @@ def test_a_lease_that_runs_out_frees_the_slot_and_the_message_comes_again(shared
         ws.ws.send(json.dumps({"ack": first["receipt"]}))  # late: refused
         assert "gone" in ws.next_message()["error"]
         ws.ws.send(json.dumps({"ack": again["receipt"]}))
-        wait_for(lambda: shared_broker.redis("EXISTS", keys[0]) == 0, 5, what="the ack")
+        wait_for(lambda: store_command(shared_broker, "EXISTS", keys[0]) == 0, 5, what="the ack")
     finally:
         ws.close()
 
@@ -146,6 +156,7 @@ def test_a_lease_that_runs_out_frees_the_slot_and_the_message_comes_again(shared
 # -- SSE and COMET, acked over HTTP -------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_a_leased_sse_stream_is_acked_over_http(shared_broker, queue):
     keys = add(shared_broker, queue, "a", "b", "c")
     sse = HttpStream(shared_broker.port, queue, sse=True, query="?lease=60&prefetch=2").start()
@@ -166,6 +177,7 @@ def test_a_leased_sse_stream_is_acked_over_http(shared_broker, queue):
         sse.close()
 
 
+@STORAGE_MODES
 def test_a_leased_comet_stream_is_acked_over_http(shared_broker, queue):
     keys = add(shared_broker, queue, "a", "b")
     comet = HttpStream(shared_broker.port, queue, query="?lease=60").start()  # prefetch 10
@@ -180,6 +192,7 @@ def test_a_leased_comet_stream_is_acked_over_http(shared_broker, queue):
         comet.close()
 
 
+@STORAGE_MODES
 @pytest.mark.parametrize(
     "query, complaint",
     [
@@ -201,6 +214,7 @@ def test_bad_lease_and_prefetch_are_refused_before_the_stream_opens(
         WebSocketStream(shared_broker.port, f"{queue}{query}")
 
 
+@STORAGE_MODES
 def test_stats_count_leased_stream_consumers(shared_broker, queue):
     ws = WebSocketStream(shared_broker.port, f"{queue}?lease=30").start()
     sse = HttpStream(shared_broker.port, queue, sse=True, query="?lease=30&prefetch=5").start()
@@ -218,6 +232,7 @@ def test_stats_count_leased_stream_consumers(shared_broker, queue):
 # -- policies -----------------------------------------------------------------------------
 
 
+@STORAGE_MODES
 def test_under_broadcast_leased_consumers_compete_and_unleased_ones_get_everything(
     shared_broker, queue
 ):
@@ -250,6 +265,7 @@ def test_under_broadcast_leased_consumers_compete_and_unleased_ones_get_everythi
             stream.close()
 
 
+@STORAGE_MODES
 def test_under_roundrobin_the_window_is_the_leased_consumers_share(shared_broker, queue):
     shared_broker.post(f"/p/{queue}", policy="roundrobin")
     plain = WebSocketStream(shared_broker.port, queue).start()
@@ -266,14 +282,20 @@ def test_under_roundrobin_the_window_is_the_leased_consumers_share(shared_broker
         leased.close()
 
 
-# -- two brokers sharing one Valkey -------------------------------------------------------
+# -- brokers on a store of their own: a standalone Valkey, or the session Valkey Cluster --
 
 
-def test_an_ack_to_a_second_broker_opens_the_window_on_the_first(broker_factory, valkey_factory):
-    server = valkey_factory()
-    first = broker_factory("--redis-port", str(server.port))
-    second = broker_factory("--redis-port", str(server.port))
-    queue = "shared-window"
+@pytest.fixture(params=["standalone", "cluster"])
+def store_args(request, valkey_factory) -> tuple[str, ...]:
+    """The options that put a broker on this test's store (several may share it)."""
+    if request.param == "cluster":
+        return tuple(storage_args("cluster", request))
+    return ("--redis-port", str(valkey_factory().port))
+
+
+def test_an_ack_to_a_second_broker_opens_the_window_on_the_first(broker_factory, store_args, queue):
+    first = broker_factory(*store_args)
+    second = broker_factory(*store_args)
     keys = add(second, queue, "a", "b", "c")
     ws = WebSocketStream(first.port, f"{queue}?lease=60&prefetch=1").start()
     sse = HttpStream(first.port, queue, sse=True, query="?lease=60&prefetch=1").start()
@@ -294,12 +316,10 @@ def test_an_ack_to_a_second_broker_opens_the_window_on_the_first(broker_factory,
 # -- stopping -----------------------------------------------------------------------------
 
 
-def test_sigterm_under_leased_load_loses_nothing(broker_factory, valkey_factory):
+def test_sigterm_under_leased_load_loses_nothing(broker_factory, store_args, queue):
     """Every add answered 200 is acked by a consumer or back in the queue after restart;
     the streams end (WebSocket 1001, SSE ``event: end``) and no lease is left to run out."""
-    server = valkey_factory()
-    broker = broker_factory("--redis-port", str(server.port))
-    queue = "leased-stop"
+    broker = broker_factory(*store_args)
     # read by ack_frames below, not by a reader thread of their own
     consumers = [WebSocketStream(broker.port, f"{queue}?lease=600&prefetch=5") for _ in range(3)]
     sse = HttpStream(broker.port, queue, sse=True, query="?lease=600&prefetch=5").start()
@@ -364,30 +384,29 @@ def test_sigterm_under_leased_load_loses_nothing(broker_factory, valkey_factory)
     for stream in consumers:
         stream.close()
     sse.close()
-    assert int(server.command("ZCARD", f"{queue}:leased")) == 0  # none left to run out
-    waiting = set(server.command("LRANGE", f"{queue}:queue", 0, -1))
+    assert leased_count(broker, queue) == 0  # none left to run out
+    waiting = set(queued_keys(broker, queue))
     assert set(added) - waiting - acked == set(), "acknowledged adds lost"
-    assert all(server.command("EXISTS", key) == 1 for key in waiting)
-    assert all(server.command("EXISTS", key) == 0 for key in acked - waiting)
-    again = broker_factory("--redis-port", str(server.port))
+    assert all(store_command(broker, "EXISTS", key) == 1 for key in waiting)
+    assert all(store_command(broker, "EXISTS", key) == 0 for key in acked - waiting)
+    again = broker_factory(*store_args)
     assert again.get(f"/stats/{queue}").json()["len"] == len(waiting)
 
 
 def test_under_broadcast_a_leased_consumer_on_another_broker_gets_every_message(
-    broker_factory, valkey_factory
+    broker_factory, store_args, queue
 ):
     """Broker B has only an unleased consumer: it takes nothing itself while broker A has
     a leased one, so each message reaches the leased consumer, and B's still gets all."""
-    server = valkey_factory()
-    a = broker_factory("--redis-port", str(server.port))
-    b = broker_factory("--redis-port", str(server.port))
-    queue = "mixed-brokers"
+    a = broker_factory(*store_args)
+    b = broker_factory(*store_args)
+    leased_streams = f"{stem_of(a, queue)}:leasedstreams"
     plain = WebSocketStream(b.port, queue).start()
     leased = WebSocketStream(a.port, f"{queue}?lease=60&prefetch=2").start()
     try:
         wait_consumers(a, queue, 1)
         wait_consumers(b, queue, 1)
-        wait_for(lambda: server.command("EXISTS", f"{queue}:leasedstreams") == 1, 5,
+        wait_for(lambda: store_command(a, "EXISTS", leased_streams) == 1, 5,
                  what="broker A's leased stream seen in Redis")  # fmt: skip
         keys = add(b, queue, *(f"m{i}" for i in range(6)))
         taken: list[str] = []
@@ -404,7 +423,7 @@ def test_under_broadcast_a_leased_consumer_on_another_broker_gets_every_message(
         assert [plain.next_message()["key"] for _ in keys] == keys
         leased.close()
         # A withdraws: B's consumer takes by itself again, at once
-        wait_for(lambda: server.command("EXISTS", f"{queue}:leasedstreams") == 0, 5,
+        wait_for(lambda: store_command(a, "EXISTS", leased_streams) == 0, 5,
                  what="the leased stream withdrawn")  # fmt: skip
         later = add(b, queue, "after")
         assert plain.next_message(timeout=3)["key"] == later[0]

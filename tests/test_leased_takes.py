@@ -1,6 +1,7 @@
 """Leased takes over the wire: GET ?lease=, acks, extend/release, expiry, dead letters.
 
-A real broker on its embedded Valkey; leases that must run out are 1 s long.
+A real broker on its embedded Valkey and on a Valkey Cluster; leases that must run out
+are 1 s long.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import xmlrpc.client
 import pytest
 
 from tests.support import (
+    STORAGE_MODES,
     Broker,
     assert_answer,
     assert_error,
@@ -19,6 +21,8 @@ from tests.support import (
     line,
     post_value,
     request,
+    stem_of,
+    store_command,
     wait_for,
 )
 
@@ -37,11 +41,12 @@ def ack(b: Broker, queue: str, *receipts: str):
 
 def expire(b: Broker, seconds: float = 1.0) -> None:
     """Let a lease of ``seconds`` run out by the Redis clock (which the scripts read)."""
-    start = int(b.redis("TIME")[0])
+    start = int(store_command(b, "TIME")[0])
     time.sleep(seconds)
-    wait_for(lambda: int(b.redis("TIME")[0]) >= start + seconds + 1, 5, what="lease end")
+    wait_for(lambda: int(store_command(b, "TIME")[0]) >= start + seconds + 1, 5, what="lease end")
 
 
+@STORAGE_MODES
 def test_a_leased_take_answers_a_receipt_and_keeps_the_message(shared_broker, queue):
     b = shared_broker
     key = post_value(b, queue, "job")
@@ -50,23 +55,25 @@ def test_a_leased_take_answers_a_receipt_and_keeps_the_message(shared_broker, qu
         "receipt": f"{key}@1", "deliveries": 1, "lease": 30,
     }  # fmt: skip
     assert_answer(b.get(f"/q/{queue}?lease=30"), line(expected))
-    assert b.redis("GET", key) == "job"  # kept until acked
+    assert store_command(b, "GET", key) == "job"  # kept until acked
     assert b.get(f"/q/{queue}?lease=30").status == 204  # handed out: not taken twice
     stats = b.get(f"/stats/{queue}").json()
     assert (stats["len"], stats["leased"]) == (0, 1)
     assert "dead" not in stats
 
 
+@STORAGE_MODES
 def test_an_ack_deletes_the_message_and_a_second_ack_is_409(shared_broker, queue):
     b = shared_broker
     key = post_value(b, queue, "job")
     receipt = lease(b, queue)["receipt"]
     assert_answer(ack(b, queue, receipt), line({"queue": queue, "key": key, "acked": True}))
-    assert b.redis("EXISTS", key) == 0
+    assert store_command(b, "EXISTS", key) == 0
     assert b.get(f"/stats/{queue}").json()["leased"] == 0
     assert_error(ack(b, queue, receipt), 409, "the lease of receipt")
 
 
+@STORAGE_MODES
 def test_a_batch_is_leased_and_acked_in_one_request_each(shared_broker, queue):
     b = shared_broker
     keys = [post_value(b, queue, f"v{i}") for i in range(3)]
@@ -86,7 +93,7 @@ def test_a_batch_is_leased_and_acked_in_one_request_each(shared_broker, queue):
             {"queue": queue, "key": keys[1], "acked": True},
         ]),
     )  # fmt: skip
-    assert b.redis("LLEN", f"{queue}:queue") == 1
+    assert store_command(b, "LLEN", f"{stem_of(b, queue)}:queue") == 1
     assert lease(b, queue, n=5) == [
         {"key": keys[2], "value": "v2", "count": 0, "receipt": f"{keys[2]}@1",
          "deliveries": 1, "lease": 30}
@@ -94,6 +101,7 @@ def test_a_batch_is_leased_and_acked_in_one_request_each(shared_broker, queue):
     assert_answer(b.get(f"/q/{queue}?lease=30&n=5"), line([]))  # empty: a list, as ?n= alone
 
 
+@STORAGE_MODES
 def test_a_receipt_whose_lease_ran_out_is_refused_and_the_message_comes_back_first(
     shared_broker, queue
 ):
@@ -109,6 +117,7 @@ def test_a_receipt_whose_lease_ran_out_is_refused_and_the_message_comes_back_fir
     assert ack(b, queue, again["receipt"]).json()["acked"] is True
 
 
+@STORAGE_MODES
 def test_extend_holds_the_lease_and_release_puts_the_message_at_the_head(shared_broker, queue):
     b = shared_broker
     first = post_value(b, queue, "first")
@@ -117,7 +126,9 @@ def test_extend_holds_the_lease_and_release_puts_the_message_at_the_head(shared_
     response = b.post(f"/q/{queue}?receipt={held['receipt']}&lease=30")
     expected = {"queue": queue, "key": first, "receipt": held["receipt"], "lease": 30}
     assert_answer(response, line(expected))
-    assert b.redis("LLEN", f"{queue}:queue") == 1  # a POST with a receipt adds nothing
+    assert (
+        store_command(b, "LLEN", f"{stem_of(b, queue)}:queue") == 1
+    )  # a POST with a receipt adds nothing
     expire(b)
     assert b.get(f"/stats/{queue}").json()["leased"] == 1  # still held
     response = b.post(f"/q/{queue}?receipt={held['receipt']}&lease=0")
@@ -126,6 +137,7 @@ def test_extend_holds_the_lease_and_release_puts_the_message_at_the_head(shared_
     assert_error(b.post(f"/q/{queue}?receipt={held['receipt']}&lease=10"), 409)
 
 
+@STORAGE_MODES
 def test_max_deliveries_sends_a_message_to_the_dead_letters(shared_broker, queue):
     b = shared_broker
     assert b.post(f"/p/{queue}", max_deliveries="2").text == "OK\r\n"
@@ -147,6 +159,7 @@ def test_max_deliveries_sends_a_message_to_the_dead_letters(shared_broker, queue
     assert_answer(b.get(f"/p/{queue}"), line({"queue": queue, "value": "roundrobin"}))
 
 
+@STORAGE_MODES
 @pytest.mark.parametrize(
     ("path", "error"),
     [
@@ -162,9 +175,10 @@ def test_bad_take_arguments_are_400_and_take_nothing(shared_broker, queue, path,
     b = shared_broker
     post_value(b, queue, "kept")
     assert assert_error(b.get(f"/q/{queue}{path}"), 400) == error
-    assert b.redis("LLEN", f"{queue}:queue") == 1
+    assert store_command(b, "LLEN", f"{stem_of(b, queue)}:queue") == 1
 
 
+@STORAGE_MODES
 def test_bad_receipts_and_settings_are_400_and_change_nothing(shared_broker, queue):
     b = shared_broker
     post_value(b, queue, "kept")
@@ -176,9 +190,10 @@ def test_bad_receipts_and_settings_are_400_and_change_nothing(shared_broker, que
     assert b.get(f"/stats/{queue}").json()["leased"] == 1  # nothing was acked or released
     assert_error(b.post(f"/p/{queue}", max_deliveries="1001"), 400, "max_deliveries must be")
     assert_error(b.post(f"/p/{queue}", max_deliveries="2", policy="fifo"), 400, "invalid policy")
-    assert b.redis("EXISTS", f"{queue}:maxdeliveries") == 0
+    assert store_command(b, "EXISTS", f"{stem_of(b, queue)}:maxdeliveries") == 0
 
 
+@STORAGE_MODES
 def test_delete_without_a_receipt_still_purges_and_drops_the_leases(shared_broker, queue):
     b = shared_broker
     post_value(b, queue, "leased")
@@ -188,6 +203,7 @@ def test_delete_without_a_receipt_still_purges_and_drops_the_leases(shared_broke
     assert b.get(f"/stats/{queue}").json()["leased"] == 0
 
 
+@STORAGE_MODES
 def test_json_protocol_takes_under_a_lease_and_acks(shared_broker, queue):
     b = shared_broker
     key = post_value(b, queue, "job")
@@ -207,6 +223,7 @@ def test_json_protocol_takes_under_a_lease_and_acks(shared_broker, queue):
     assert_error(command(b, {"cmd": "ack", "queue": queue}), 400, 'the ack command needs a "rec')
 
 
+@STORAGE_MODES
 def test_xmlrpc_lease_ack_and_release(shared_broker, queue):
     b = shared_broker
     rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{b.port}/xmlrpc")

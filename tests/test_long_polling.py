@@ -19,7 +19,19 @@ from twisted.internet import defer, reactor, task
 
 from restmq.delivery.consumers import ConsumerRegistry
 from restmq.operations.queue_operations import Operations
-from tests.support import Broker, Response, post_json, post_value, request, wait_for
+from tests.support import (
+    STORAGE_MODES,
+    Broker,
+    Response,
+    notice_listeners,
+    post_json,
+    post_value,
+    request,
+    stem_of,
+    storage_args,
+    store_command,
+    wait_for,
+)
 
 
 def timed_get(b: Broker, path: str, timeout: float = 70) -> tuple[Response, float]:
@@ -30,11 +42,11 @@ def timed_get(b: Broker, path: str, timeout: float = 70) -> tuple[Response, floa
 
 def wait_parked(b: Broker, queue: str, count: int = 1) -> None:
     """Return once ``count`` waiters are parked: the broker subscribed the queue's channel."""
-    channel = f"restmq:notify:0:{queue}"
-    wait_for(lambda: b.redis("PUBSUB", "NUMSUB", channel)[1] >= 1, 5, what="a parked waiter")
+    wait_for(lambda: notice_listeners(b, queue) >= 1, 5, what="a parked waiter")
     time.sleep(0.05 * count)  # their requests reached the broker after the first
 
 
+@STORAGE_MODES
 def test_a_waiting_get_answers_the_moment_a_message_arrives(shared_broker, queue):
     b = shared_broker
     with ThreadPoolExecutor(1) as pool:
@@ -48,6 +60,7 @@ def test_a_waiting_get_answers_the_moment_a_message_arrives(shared_broker, queue
     assert answered - posted < 0.1
 
 
+@STORAGE_MODES
 def test_a_wait_with_nothing_arriving_is_204_on_time(shared_broker, queue):
     b = shared_broker
     start = time.monotonic()
@@ -61,6 +74,7 @@ def test_a_wait_with_nothing_arriving_is_204_on_time(shared_broker, queue):
     assert b.get(f"/q/{queue}?wait=1&n=5").status == 204
 
 
+@STORAGE_MODES
 def test_a_waiting_batch_lease_gets_what_one_add_brought(shared_broker, queue):
     b = shared_broker
     with ThreadPoolExecutor(1) as pool:
@@ -78,6 +92,7 @@ def test_a_waiting_batch_lease_gets_what_one_add_brought(shared_broker, queue):
     assert b.get(f"/stats/{queue}").json()["leased"] == 3
 
 
+@STORAGE_MODES
 def test_waiters_are_served_oldest_first(shared_broker, queue):
     b = shared_broker
     with ThreadPoolExecutor(2) as pool:
@@ -92,6 +107,7 @@ def test_waiters_are_served_oldest_first(shared_broker, queue):
         assert second.result(3)[0].json()["value"] == "two"
 
 
+@STORAGE_MODES
 def test_twenty_waiters_ten_messages_each_message_to_exactly_one(shared_broker, queue):
     b = shared_broker
     with ThreadPoolExecutor(20) as pool:
@@ -109,6 +125,7 @@ def test_twenty_waiters_ten_messages_each_message_to_exactly_one(shared_broker, 
     assert b.get(f"/stats/{queue}").json()["len"] == 0
 
 
+@STORAGE_MODES
 def test_a_waiter_that_disconnects_takes_nothing(shared_broker, queue):
     b = shared_broker
     for query in ("wait=10", "wait=10&lease=30"):
@@ -118,11 +135,12 @@ def test_a_waiter_that_disconnects_takes_nothing(shared_broker, queue):
         time.sleep(0.2)  # the broker saw the connection close
         key = post_value(b, queue, "kept")
         time.sleep(0.2)
-        assert b.redis("LRANGE", f"{queue}:queue", 0, -1) == [key]
+        assert store_command(b, "LRANGE", f"{stem_of(b, queue)}:queue", 0, -1) == [key]
         assert b.get(f"/stats/{queue}").json()["leased"] == 0
         assert b.get(f"/q/{queue}").json()["key"] == key
 
 
+@STORAGE_MODES
 def test_a_stopped_queue_holds_its_waiters(shared_broker, queue):
     b = shared_broker
     b.post(f"/control/{queue}", status="stop")
@@ -136,27 +154,35 @@ def test_a_stopped_queue_holds_its_waiters(shared_broker, queue):
     assert response.status == 200 and response.json()["key"] == key
 
 
-def test_a_waiter_on_another_broker_sharing_the_redis_is_woken_at_once(
-    broker_factory, valkey_factory
+@pytest.mark.parametrize("store", ["standalone", "cluster"])
+def test_a_waiter_on_another_broker_sharing_the_store_is_woken_at_once(
+    store, request, broker_factory, valkey_factory, queue
 ):
-    server = valkey_factory()
-    args = ("--redis-port", str(server.port))
+    """A long poll on one broker is answered within 100 ms of the answer to a POST on
+    another, on a standalone Valkey and on a Valkey Cluster: the median of ten, each
+    measured from the POST's answer. One late answer on a busy machine (two cores shared
+    with other processes) can pass 100 ms for reasons outside the broker, so each one
+    must only stay under half a second: a lost notice would not."""
+    if store == "cluster":
+        args = storage_args("cluster", request)
+    else:
+        args = ("--redis-port", str(valkey_factory().port))
     producer, consumer = broker_factory(*args), broker_factory(*args)
-    channel = "restmq:notify:0:shared"
     latencies = []
     with ThreadPoolExecutor(1) as pool:
-        for i in range(5):
-            waiting = pool.submit(timed_get, consumer, "/q/shared?wait=10&lease=30")
-            wait_for(lambda: server.command("PUBSUB", "NUMSUB", channel)[1] == 1, 5)
-            time.sleep(0.05)
+        for i in range(10):
+            waiting = pool.submit(timed_get, consumer, f"/q/{queue}?wait=10&lease=30")
+            wait_for(lambda: notice_listeners(consumer, queue) == 1, 5, what="a parked waiter")
             assert not waiting.done()
-            key = post_value(producer, "shared", f"m{i}")
+            key = post_value(producer, queue, f"m{i}")
             posted = time.monotonic()
             response, answered = waiting.result(5)
             assert response.status == 200 and response.json()["key"] == key
             latencies.append(answered - posted)
-            wait_for(lambda: server.command("PUBSUB", "NUMSUB", channel)[1] == 0, 5)
-    assert max(latencies) < 0.1, latencies
+            wait_for(lambda: notice_listeners(consumer, queue) == 0, 5, what="the waiter gone")
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.1, latencies
+    assert latencies[-1] < 0.5, latencies
 
 
 def test_sigterm_answers_waiters_204_at_once(broker_factory, queue):

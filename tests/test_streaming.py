@@ -12,7 +12,14 @@ import time
 
 import pytest
 
-from tests.support import HttpStream, WebSocketStream, wait_consumers, wait_for
+from tests.support import (
+    STORAGE_MODES,
+    HttpStream,
+    WebSocketStream,
+    storage_args,
+    wait_consumers,
+    wait_for,
+)
 
 
 def post(broker, queue: str, value: str) -> str:
@@ -42,6 +49,7 @@ def collect(readers, count: int, timeout: float = 20.0, linger: float = 0.3) -> 
     return got
 
 
+@STORAGE_MODES
 @pytest.mark.needs("curl")
 def test_curl_comet_consumer_gets_each_message_as_a_line(shared_broker, queue):
     curl = subprocess.Popen(
@@ -61,6 +69,7 @@ def test_curl_comet_consumer_gets_each_message_as_a_line(shared_broker, queue):
     wait_consumers(shared_broker, queue, 0)
 
 
+@STORAGE_MODES
 def test_comet_jsonp_wraps_each_message(shared_broker, queue):
     stream = HttpStream(shared_broker.port, queue, query="?callback=app.got").start()
     wait_consumers(shared_broker, queue, 1)
@@ -76,6 +85,7 @@ def test_comet_bad_callback_is_refused(shared_broker, queue):
     assert "callback" in response.json()["error"]
 
 
+@STORAGE_MODES
 def test_http10_comet_client_streams_until_the_queue_is_purged(shared_broker, queue):
     with socket.create_connection(("127.0.0.1", shared_broker.port), timeout=10) as sock:
         sock.sendall(f"GET /c/{queue} HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".encode())
@@ -91,6 +101,7 @@ def test_http10_comet_client_streams_until_the_queue_is_purged(shared_broker, qu
     assert body == f'{{"key": "{key}", "value": "old client"}}\r\nnull\r\n'.encode()
 
 
+@STORAGE_MODES
 def test_backlog_waiting_before_the_consumer_binds_is_delivered_in_order(shared_broker, queue):
     keys = [post(shared_broker, queue, f"early {i}") for i in range(5)]
     stream = HttpStream(shared_broker.port, queue).start()
@@ -101,6 +112,7 @@ def test_backlog_waiting_before_the_consumer_binds_is_delivered_in_order(shared_
     stream.close()
 
 
+@STORAGE_MODES
 def test_consumer_binds_to_a_queue_that_does_not_exist_yet(shared_broker, queue):
     stream = HttpStream(shared_broker.port, queue, sse=True).start()
     wait_consumers(shared_broker, queue, 1)
@@ -110,6 +122,7 @@ def test_consumer_binds_to_a_queue_that_does_not_exist_yet(shared_broker, queue)
     stream.close()
 
 
+@STORAGE_MODES
 def test_sse_events_carry_the_key_as_id_and_the_message_as_data(shared_broker, queue):
     stream = HttpStream(shared_broker.port, queue, sse=True).start()
     assert stream.response.getheader("Content-Type").startswith("text/event-stream")
@@ -123,6 +136,7 @@ def test_sse_events_carry_the_key_as_id_and_the_message_as_data(shared_broker, q
     stream.close()
 
 
+@STORAGE_MODES
 def test_abrupt_websocket_drop_leaves_the_registry_and_loses_nothing(shared_broker, queue):
     ws = WebSocketStream(shared_broker.port, queue)
     wait_consumers(shared_broker, queue, 1)
@@ -133,6 +147,7 @@ def test_abrupt_websocket_drop_leaves_the_registry_and_loses_nothing(shared_brok
     assert shared_broker.get(f"/q/{queue}").json()["key"] == key
 
 
+@STORAGE_MODES
 def test_broadcast_sends_every_message_to_every_consumer_of_every_transport(shared_broker, queue):
     comet = HttpStream(shared_broker.port, queue).start()
     sse = HttpStream(shared_broker.port, queue, sse=True).start()
@@ -147,6 +162,7 @@ def test_broadcast_sends_every_message_to_every_consumer_of_every_transport(shar
         reader.close()
 
 
+@STORAGE_MODES
 def test_roundrobin_gives_each_message_to_exactly_one_consumer_in_turn(shared_broker, queue):
     assert shared_broker.post(f"/p/{queue}", policy="roundrobin").status == 200
     readers = [
@@ -166,6 +182,7 @@ def test_roundrobin_gives_each_message_to_exactly_one_consumer_in_turn(shared_br
         reader.close()
 
 
+@STORAGE_MODES
 def test_policy_switch_applies_to_consumers_already_connected(shared_broker, queue):
     a = HttpStream(shared_broker.port, queue).start()
     b = HttpStream(shared_broker.port, queue).start()
@@ -185,6 +202,7 @@ def test_policy_switch_applies_to_consumers_already_connected(shared_broker, que
     b.close()
 
 
+@STORAGE_MODES
 def test_stopped_queue_delivers_nothing_until_started(shared_broker, queue):
     stream = HttpStream(shared_broker.port, queue).start()
     wait_consumers(shared_broker, queue, 1)
@@ -201,6 +219,7 @@ def test_stopped_queue_delivers_nothing_until_started(shared_broker, queue):
 END_EVENT = {"event": "end", "data": "null"}  # how an SSE stream of a purged queue ends
 
 
+@STORAGE_MODES
 def test_delete_purges_and_ends_every_stream(shared_broker, queue):
     comet = HttpStream(shared_broker.port, queue).start()
     jsonp = HttpStream(shared_broker.port, queue, query="?callback=cb").start()
@@ -227,10 +246,13 @@ def test_delete_purges_and_ends_every_stream(shared_broker, queue):
     }
 
 
-@pytest.fixture
-def two_brokers(broker_factory, valkey_factory):
-    server = valkey_factory()
-    args = ("--redis-port", str(server.port))
+@pytest.fixture(params=["standalone", "cluster"])
+def two_brokers(request, broker_factory, valkey_factory):
+    """Two brokers sharing one store: a standalone Valkey, or the session Valkey Cluster."""
+    if request.param == "cluster":
+        args = storage_args("cluster", request)
+    else:
+        args = ("--redis-port", str(valkey_factory().port))
     return broker_factory(*args), broker_factory(*args)
 
 
@@ -299,8 +321,9 @@ def test_two_daemons_roundrobin_delivers_each_message_to_exactly_one_consumer(tw
         HttpStream(b.port, queue).start(),
         WebSocketStream(b.port, queue).start(),
     ]
-    wait_consumers(a, queue, 2)
-    wait_consumers(b, queue, 2)
+    # /stats/ counts the consumers of both brokers: only 4 says all are bound
+    wait_consumers(a, queue, 4)
+    wait_consumers(b, queue, 4)
     keys = [post(a if i % 2 else b, queue, f"task {i}") for i in range(40)]
     got = [key for keys_of_one in collect(readers, len(keys)) for key in keys_of_one]
     assert sorted(got) == sorted(keys)
