@@ -39,6 +39,7 @@ from websockets.sync.client import connect as ws_connect
 
 from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
 from restmq.engine.keys import CLUSTER
+from restmq.storage.cluster_slots import key_slot
 from restmq.web.shapes import stream_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1453,7 +1454,6 @@ def store_command(broker: Broker, *args, route: str | None = None):
         if port is None:
             return broker.redis(*args)
         return redis_command((_option(broker, "--redis-host") or "127.0.0.1", int(port)), *args)
-    from restmq.storage.cluster_slots import key_slot
 
     seed = cluster_seeds(broker)[0]
     route = route if route is not None else (str(args[1]) if len(args) > 1 else None)
