@@ -139,3 +139,21 @@ def test_a_queue_without_a_bound_answers_as_before(shared_broker, queue):
     assert_answer(b.get(f"/p/{queue}"), line({"queue": queue, "value": "roundrobin"}))
     assert_error(b.post(f"/p/{queue}"), 400, "policy is required")
     assert post_value(b, queue, "x") == b.key(queue, 1)
+
+
+def test_a_full_subscription_refuses_the_whole_add(shared_broker, queue):
+    """Fan-out to a subscription at its max_length refuses the add: no subscription gets
+    a copy, and the topic's counter does not move."""
+    b = shared_broker
+    for name in ("billing", "audit"):
+        assert b.request("PUT", f"/q/{queue}/subscriptions/{name}").status == 201
+    bound(b, f"{queue}:audit", 1)
+    post_value(b, queue, "first")
+    assert (length(b, f"{queue}:billing"), length(b, f"{queue}:audit")) == (1, 1)
+
+    assert_answer(b.post(f"/q/{queue}", value="second"), full(f"{queue}:audit", 1), 507)
+    assert (length(b, f"{queue}:billing"), length(b, f"{queue}:audit")) == (1, 1)
+    assert counter(b, queue) == "1"
+    assert b.get(f"/q/{queue}:audit").json()["value"] == "first"  # room again: both get it
+    post_value(b, queue, "second")
+    assert [m["value"] for m in b.get(f"/q/{queue}:billing?n=10").json()] == ["first", "second"]
