@@ -187,9 +187,18 @@ class QueueEngine(LeaseOperations):
         )
 
     async def peek(self, queue: str) -> Message | None:
-        """The oldest live message, left in place; its peek count goes up by one."""
+        """The oldest live message, left in place; its peek count goes up by one. Due
+        delayed messages go to the queue's tail first, as for every take."""
+        stem = self.layout.stem(queue)
         reply = await self.redis.run_script(
-            self.scripts.PEEK, [keys.list_key(self.layout.stem(queue))]
+            self.scripts.PEEK,
+            [
+                keys.list_key(stem),
+                keys.delayed_key(stem),
+                keys.leased_key(stem),
+                self.layout.leasing(queue),
+            ],
+            [self.channel(queue), notices.ADD, stem],
         )
         if not reply:
             return None
@@ -207,13 +216,15 @@ class QueueEngine(LeaseOperations):
         )
 
     async def purge(self, queue: str) -> int:
-        """Delete every pending and leased message of ``queue``; return how many there were."""
+        """Delete every pending, leased and delayed message of ``queue``; return how many
+        there were."""
         stem = self.layout.stem(queue)
         queue_keys = [
             keys.list_key(stem),
             keys.leased_key(stem),
             keys.deliveries_key(stem),
             self.layout.leasing(queue),
+            keys.delayed_key(stem),
         ]
         args = [self.channel(queue), stem, notices.PURGE]
         self._acks.flush(queue)  # acks made earlier reach Redis first
@@ -282,6 +293,7 @@ class QueueEngine(LeaseOperations):
             keys.DEAD_SUFFIX,
             self.layout.consumers_prefix(),
             self.broker_id,
+            keys.DELAYED_SUFFIX,
         ]
 
     async def stats(self) -> list[QueueStats]:
@@ -339,7 +351,13 @@ class QueueEngine(LeaseOperations):
         reply = await self.redis.run_script(
             self.scripts.QUEUE_STATS,
             queue_keys,
-            [self.layout.consumers_prefix(), self.broker_id, queue, dead_stem],
+            [
+                self.layout.consumers_prefix(),
+                self.broker_id,
+                queue,
+                dead_stem,
+                keys.delayed_key(stem),
+            ],
         )
         elsewhere = number(reply[1])
         if totals is not None:
@@ -349,6 +367,7 @@ class QueueEngine(LeaseOperations):
             consumers_elsewhere=elsewhere,
             leased=number(reply[2]),
             dead=dead_length(reply[3]),
+            delayed=number(reply[4]),
         )
 
     # -- consumer counts ----------------------------------------------------
@@ -385,6 +404,7 @@ class QueueEngine(LeaseOperations):
                 keys.leased_key(stem),
                 self.layout.registry(queue),
                 keys.list_key(dead_stem),
+                keys.delayed_key(stem),
             ],
             [newest, dead_stem],
         )
@@ -395,8 +415,9 @@ class QueueEngine(LeaseOperations):
             policy=policy_name(reply[2]),
             leased=number(reply[4]),
             dead=dead_length(reply[5]),
+            delayed=number(reply[6]),
         )
-        return QueueInfo(stats, number(reply[3]), [text(key) for key in reply[6:]])
+        return QueueInfo(stats, number(reply[3]), [text(key) for key in reply[7:]])
 
     # -- streaming consumers ------------------------------------------------
 
@@ -428,6 +449,9 @@ class QueueEngine(LeaseOperations):
                 keys.policy_key(stem),
                 keys.deliveries_key(stem),
                 keys.leased_streams_key(stem),
+                keys.delayed_key(stem),
+                keys.leased_key(stem),
+                self.layout.leasing(queue),
             ],
             [
                 roundrobin_batch,
@@ -439,6 +463,8 @@ class QueueEngine(LeaseOperations):
                 notices.VERSION_FIELD,
                 notices.ORIGIN_FIELD,
                 notices.MESSAGES_FIELD,
+                notices.ADD,
+                stem,
             ],
             on_late=None if on_late is None else lambda late: on_late(stream_batch(late)),
         )
@@ -486,8 +512,9 @@ def _queue_stats(flat: list | None, name_of: Callable[[str], str]) -> list[Queue
             leased=number(flat[i + 4]),
             dead=dead_length(flat[i + 5]),
             other_consumers=number(flat[i + 6]),
+            delayed=number(flat[i + 7]),
         )
-        for i in range(0, len(flat or ()), 7)
+        for i in range(0, len(flat or ()), 8)
     ]
 
 
