@@ -61,7 +61,7 @@ async def _run(ops: Operations, command: Any, default_queue: str | None) -> dict
             raise InvalidArgument("the add command needs a value")
         value = command["value"]
         text = jsontext.as_text(value, null="the add command needs a value")
-        added = await ops.add(queue, text, command.get("ttl"))
+        added = await ops.add(queue, text, command.get("ttl"), delay=command.get("delay"))
         return shapes.json_added(added.queue, value, added.key)
     if cmd == "get":
         message = await ops.peek(queue)

@@ -128,7 +128,9 @@ class IndexHandler(RestHandler):
 
     async def post(self) -> None:
         callback = self.callback()
-        added = await self.operations.add(self.arg("queue"), self.form_value(), self.arg("ttl"))
+        added = await self.operations.add(
+            self.arg("queue"), self.form_value(), self.arg("ttl"), delay=self.arg("delay")
+        )
         self.answer_key(added.key, callback)
 
 
@@ -191,21 +193,28 @@ class QueueHandler(RestHandler):
             self.answer(shapes.lease_changed(changed), callback=callback)
             return
         if not self.is_json_body():
-            added = await self.operations.add(queue, self.form_value(), self.arg("ttl"))
+            added = await self.operations.add(
+                queue, self.form_value(), self.arg("ttl"), delay=self.arg("delay")
+            )
             self.answer_key(added.key, callback)
             return
         body = self.json_body()
         if not isinstance(body, dict) or ("value" in body) == ("values" in body):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
         ttl = body.get("ttl", self.arg("ttl"))
+        delay = body.get("delay", self.arg("delay"))
         if "values" not in body:  # "value": the bare key, as for a form
-            added = await self.operations.add(queue, jsontext.as_text(body["value"]), ttl)
+            added = await self.operations.add(
+                queue, jsontext.as_text(body["value"]), ttl, delay=delay
+            )
             self.answer_key(added.key, callback)
             return
         values = body["values"]
         if not isinstance(values, list) or not values:
             raise InvalidArgument('"values" must be a non-empty list')
-        added = await self.operations.add_many(queue, [jsontext.as_text(v) for v in values], ttl)
+        added = await self.operations.add_many(
+            queue, [jsontext.as_text(v) for v in values], ttl, delay=delay
+        )
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
 
     async def delete(self, queue: str) -> None:
