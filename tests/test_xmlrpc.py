@@ -205,6 +205,7 @@ def test_introspection(reader):
     assert reader.system.methodSignature("add") == [
         ["string", "string", "string"],
         ["string", "string", "string", "int"],
+        ["string", "string", "string", "int", "int"],
     ]
     assert fault_of(lambda: reader.system.methodHelp("nope")).faultCode == 400
 
@@ -269,7 +270,8 @@ BAD_CALLS = [
     ("add", ("bad name", "v"), 400, "invalid queue name"),
     ("add", ("{q}", "v", 0), 400, "ttl"),
     ("add", ("{q}", "v", "soon"), 400, "ttl"),
-    ("add", ("{q}",), 400, "add takes 2 or 3 argument(s), not 1"),
+    ("add", ("{q}",), 400, "add takes 2 or 3 or 4 argument(s), not 1"),
+    ("add", ("{q}", "v", 0, -1), 400, "delay must be a whole number"),
     ("set", ("{q}", "v", 5), 400, "set takes 2 argument(s), not 3"),
     ("policy_set", ("{q}", "fifo"), 400, "invalid policy"),
     ("del", ("{q}", "other:1"), 400, "is not a message key of queue"),

@@ -1,4 +1,6 @@
-"""The lease sweeper: ends leases that ran out, on every broker, about once a second.
+"""The lease sweeper: ends leases that ran out, on every broker, about once a second;
+the same sweep moves due delayed messages to the tail of their queue and announces them,
+so that streams and long polls get them with no take.
 
 A lease must run out even when the broker that granted it is gone, so every broker
 sweeps every queue: the sweeps are script calls on the shared Redis, and leases
@@ -104,6 +106,8 @@ class LeaseSweeper:
         return ended
 
     def _count(self, result: SweepResult) -> int:
+        if result.moved:
+            log.debug("{n} delayed message(s) came due", n=result.moved)
         for queue in result.by_queue:
             self.metrics.leases_ended(queue.queue, queue.requeued, queue.dead)
         return result.requeued + result.dead

@@ -16,8 +16,11 @@ key                         type     holds
                                      lease deadline (ms, Redis ``TIME``)
 ``<q>:deliveries``          hash     message key -> times handed out under a lease
 ``<q>:maxdeliveries``       string   deliveries before a message is dead (absent: no limit)
-``restmq:leasing``          zset     queues that have leases, scored by their earliest
-                                     deadline (what the sweepers read)
+``<q>:delayed``             zset     keys of delayed messages, scored by when they are
+                                     due (ms, Redis ``TIME``); due ones go to the tail
+``restmq:leasing``          zset     queues that have leases or delayed messages, scored
+                                     by their earliest deadline or due time (what the
+                                     sweepers read: the timer index)
 ``<q>:leasedstreams``       zset     brokers with leased streaming consumers of q ->
                                      until when (ms, Redis ``TIME``); expires unrefreshed
 ``restmq:brokers``          zset     ids of the brokers that have streaming consumers,
@@ -34,12 +37,12 @@ key                         type     holds
 ==========================  =======  =============================================
 
 The leased-stream key exists only while some broker has leased streams of the queue.
-The four before it exist only once leases (or max_deliveries) are used, so a queue used
-without them keeps exactly the original keys. A leased message keeps its body until it is
+The five before it exist only once leases (or max_deliveries, or a delay) are used, so a
+queue used without them keeps exactly the original keys. A leased message keeps its body until it is
 acknowledged. The dead letters of ``q`` are the ordinary queue ``q:dead``: its list
 holds the original keys ``q:<n>``, nothing is copied. ``restmq:leasing`` cannot be a
 key of any queue: a queue's keys end in ``:queue``, ``:maxlength``, ``:UUID``, ``:queuepolicy``,
-``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:<n>`` or
+``:leased``, ``:deliveries``, ``:maxdeliveries``, ``:leasedstreams``, ``:delayed``, ``:<n>`` or
 ``:<n>:refcount``, or start with ``queuestat::``; neither can ``restmq:brokers`` nor
 ``restmq:consumers:<id>``, as a broker id is ``b`` and hex digits.
 
@@ -72,6 +75,7 @@ LIST_SUFFIX = ":queue"
 POLICY_SUFFIX = ":queuepolicy"
 LEASED_SUFFIX = ":leased"
 DEAD_SUFFIX = ":dead"  # the dead letters of q are the queue q:dead
+DELAYED_SUFFIX = ":delayed"
 
 #: What ``<q>:queuepolicy`` holds for each policy.
 POLICIES = {"broadcast": "1", "roundrobin": "2"}
@@ -102,6 +106,10 @@ def leased_key(queue: str) -> str:
 
 def deliveries_key(queue: str) -> str:
     return f"{queue}:deliveries"
+
+
+def delayed_key(queue: str) -> str:
+    return f"{queue}{DELAYED_SUFFIX}"
 
 
 def max_deliveries_key(queue: str) -> str:

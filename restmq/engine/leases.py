@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from restmq.engine import keys, messages, notices, scripts
 from restmq.engine.keys import KeyLayout
 from restmq.engine.limits import (
+    DUE_MOVE_LIMIT,
     LEASE_RETURN_LIMIT,
     MAX_BATCH,
     POP_BYTES,
@@ -221,19 +222,30 @@ class LeaseOperations:
         max_leases: int = LEASE_RETURN_LIMIT,
         *,
         family: str = "",
+        max_due: int = DUE_MOVE_LIMIT,
     ) -> SweepResult:
-        """One bounded sweep step: end leases that ran out.
+        """One bounded sweep step: end leases that ran out, move due delayed messages.
 
-        Visits at most ``max_queues`` queues whose earliest lease has run out (read
-        from the leasing index) and ends at most ``max_leases`` leases, in one script
-        call. ``more`` says that overdue leases remain: call again. On a Valkey Cluster
+        Visits at most ``max_queues`` queues whose earliest lease has run out or whose
+        earliest delayed message is due (read from the leasing index), ends at most
+        ``max_leases`` leases and moves about ``max_due`` due messages at most (those an
+        add stored at once move together) to the tail of their queue, announced on its
+        channel, in one script call. ``more`` says that overdue leases or due messages
+        remain: call again. On a Valkey Cluster
         each queue family has its own index (restmq.engine.keys.ClusterKeyLayout): the
         step then sweeps the family of ``family``; on one server, every queue.
         """
         reply = await self.redis.run_script(
             self.scripts.SWEEP_LEASES,
             [self.layout.registry(family), self.layout.leasing(family)],
-            [keys.STATUS_KEYS, self._channel_prefix, notices.ADD, max_queues, max_leases],
+            [
+                keys.STATUS_KEYS,
+                self._channel_prefix,
+                notices.ADD,
+                max_queues,
+                max_leases,
+                max_due,
+            ],
         )
         result = messages.sweep_result(reply)
         if not self.layout.clustered:

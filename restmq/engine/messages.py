@@ -239,6 +239,7 @@ class QueueStats:
     leased: int = 0  # messages handed out under a lease and not yet acked
     dead: int | None = None  # length of the dead-letter queue <q>:dead; None: no such queue
     other_consumers: int = 0  # streaming consumers of the other brokers sharing the Redis
+    delayed: int = 0  # messages waiting in <q>:delayed until they are due
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ class QueueCounts:
     consumers_elsewhere: int  # streaming consumers of the other brokers sharing the Redis
     leased: int
     dead: int | None  # length of <q>:dead; None when there is no such queue
+    delayed: int = 0  # messages waiting in <q>:delayed until they are due
 
 
 @dataclass(frozen=True)
@@ -292,16 +294,21 @@ class SweepResult:
     queues: int  # queues visited
     requeued: int  # messages put back at the head of their queue
     dead: int  # messages moved to their dead-letter queue
-    more: bool = False  # leases that ran out remain: sweep again
+    more: bool = False  # leases that ran out (or due messages) remain: sweep again
     by_queue: tuple[LeasesEnded, ...] = ()  # the same, per queue whose leases ended
+    moved: int = 0  # due delayed messages moved to the tail of their queue
 
 
 def sweep_result(reply: list) -> SweepResult:
-    """A sweep_leases reply: the totals, whether more remain, then each queue's."""
+    """A sweep_leases reply: the totals, whether more remain, the due messages moved,
+    then each queue's."""
     ended = tuple(
         LeasesEnded(text(reply[i]), number(reply[i + 1]), number(reply[i + 2]))
-        for i in range(4, len(reply), 3)
+        for i in range(5, len(reply), 3)
     )
     return SweepResult(
-        *(number(part) for part in reply[:3]), more=bool(number(reply[3])), by_queue=ended
+        *(number(part) for part in reply[:3]),
+        more=bool(number(reply[3])),
+        by_queue=ended,
+        moved=number(reply[4]),
     )

@@ -188,9 +188,18 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
         )
 
     async def peek(self, queue: str) -> Message | None:
-        """The oldest live message, left in place; its peek count goes up by one."""
+        """The oldest live message, left in place; its peek count goes up by one. Due
+        delayed messages go to the queue's tail first, as for every take."""
+        stem = self.layout.stem(queue)
         reply = await self.redis.run_script(
-            self.scripts.PEEK, [keys.list_key(self.layout.stem(queue))]
+            self.scripts.PEEK,
+            [
+                keys.list_key(stem),
+                keys.delayed_key(stem),
+                keys.leased_key(stem),
+                self.layout.leasing(queue),
+            ],
+            [self.channel(queue), notices.ADD, stem],
         )
         if not reply:
             return None
@@ -208,13 +217,15 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
         )
 
     async def purge(self, queue: str) -> int:
-        """Delete every pending and leased message of ``queue``; return how many there were."""
+        """Delete every pending, leased and delayed message of ``queue``; return how many
+        there were."""
         stem = self.layout.stem(queue)
         queue_keys = [
             keys.list_key(stem),
             keys.leased_key(stem),
             keys.deliveries_key(stem),
             self.layout.leasing(queue),
+            keys.delayed_key(stem),
         ]
         args = [self.channel(queue), stem, notices.PURGE]
         self._acks.flush(queue)  # acks made earlier reach Redis first
@@ -283,6 +294,7 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
             keys.DEAD_SUFFIX,
             self.layout.consumers_prefix(),
             self.broker_id,
+            keys.DELAYED_SUFFIX,
         ]
 
     async def stats(self) -> list[QueueStats]:
@@ -340,7 +352,13 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
         reply = await self.redis.run_script(
             self.scripts.QUEUE_STATS,
             queue_keys,
-            [self.layout.consumers_prefix(), self.broker_id, queue, dead_stem],
+            [
+                self.layout.consumers_prefix(),
+                self.broker_id,
+                queue,
+                dead_stem,
+                keys.delayed_key(stem),
+            ],
         )
         elsewhere = number(reply[1])
         if totals is not None:
@@ -350,6 +368,7 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
             consumers_elsewhere=elsewhere,
             leased=number(reply[2]),
             dead=dead_length(reply[3]),
+            delayed=number(reply[4]),
         )
 
     # -- consumer counts ----------------------------------------------------
@@ -386,6 +405,7 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
                 keys.leased_key(stem),
                 self.layout.registry(queue),
                 keys.list_key(dead_stem),
+                keys.delayed_key(stem),
             ],
             [newest, dead_stem],
         )
@@ -396,8 +416,9 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
             policy=policy_name(reply[2]),
             leased=number(reply[4]),
             dead=dead_length(reply[5]),
+            delayed=number(reply[6]),
         )
-        return QueueInfo(stats, number(reply[3]), [text(key) for key in reply[6:]])
+        return QueueInfo(stats, number(reply[3]), [text(key) for key in reply[7:]])
 
     # -- streaming consumers ------------------------------------------------
 
@@ -429,6 +450,9 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
                 keys.policy_key(stem),
                 keys.deliveries_key(stem),
                 keys.leased_streams_key(stem),
+                keys.delayed_key(stem),
+                keys.leased_key(stem),
+                self.layout.leasing(queue),
             ],
             [
                 roundrobin_batch,
@@ -440,6 +464,8 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
                 notices.VERSION_FIELD,
                 notices.ORIGIN_FIELD,
                 notices.MESSAGES_FIELD,
+                notices.ADD,
+                stem,
             ],
             on_late=None if on_late is None else lambda late: on_late(stream_batch(late)),
         )
@@ -487,8 +513,9 @@ def _queue_stats(flat: list | None, name_of: Callable[[str], str]) -> list[Queue
             leased=number(flat[i + 4]),
             dead=dead_length(flat[i + 5]),
             other_consumers=number(flat[i + 6]),
+            delayed=number(flat[i + 7]),
         )
-        for i in range(0, len(flat or ()), 7)
+        for i in range(0, len(flat or ()), 8)
     ]
 
 

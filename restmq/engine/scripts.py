@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from restmq.engine.limits import DUE_MOVE_LIMIT
 from restmq.storage.client import LuaScript
 
 
@@ -24,7 +25,8 @@ class ScriptSet:
     def __init__(self, publish: str) -> None:
         self.publish = publish
         self.ADD = self._script("add")
-        self.PEEK = self._script("peek", writes=False)  # only its peek counter changes
+        # only its peek counter changes (and due messages move, as before every take)
+        self.PEEK = self._taking_script("peek", writes=False)
         self.DELETE = self._script("delete")
         self.PURGE = self._script("purge")
         self.SET_AND_NOTIFY = self._script("set_and_notify")
@@ -33,7 +35,7 @@ class ScriptSet:
         self.CONSUMER_TOTALS = self._script("consumer_totals", writes=False)
         self.REPORT_CONSUMERS = self._script("report_consumers")
         self.QUEUE_INFO = self._script("queue_info", writes=False)
-        self.TAKE_FOR_STREAMS = self._script("take_for_streams")
+        self.TAKE_FOR_STREAMS = self._taking_script("take_for_streams")
         self.REQUEUE = self._script("requeue")
         self.STREAM_LEASERS = self._script("stream_leasers")
         # The lease scripts; ``pop`` is one too, as it ends the queue's overdue leases first.
@@ -51,9 +53,18 @@ class ScriptSet:
     def _script(self, name: str, *, writes: bool = True) -> LuaScript:
         return LuaScript(name, self._prelude() + _lua_source(name), writes=writes)
 
+    def _taking_script(self, name: str, *, writes: bool = True) -> LuaScript:
+        """A script that takes, with the delayed-message functions (lua/due_lib.lua) in
+        front: every take first moves its queue's due messages."""
+        return LuaScript(name, self._due_prelude() + _lua_source(name), writes=writes)
+
+    def _due_prelude(self) -> str:
+        return f"{self._prelude()}local DUE_LIMIT = {DUE_MOVE_LIMIT}\n{_lua_source('due_lib')}\n"
+
     def _lease_script(self, name: str) -> LuaScript:
-        """A lease script with the shared lease functions (lua/lease_lib.lua) in front."""
-        source = self._prelude() + _lua_source("lease_lib") + "\n" + _lua_source(name)
+        """A lease script with the shared lease functions (lua/lease_lib.lua) in front,
+        and the delayed-message ones (lua/due_lib.lua) before those."""
+        source = self._due_prelude() + _lua_source("lease_lib") + "\n" + _lua_source(name)
         return LuaScript(name, source)
 
 

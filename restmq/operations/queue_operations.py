@@ -430,6 +430,7 @@ class Operations:
             counts.consumers_elsewhere + self.consumers.count(queue),
             leased=counts.leased,
             dead=counts.dead,
+            delayed=counts.delayed,
         )
 
     async def info(self, queue: str, newest: int = 10) -> QueueInfo:

@@ -103,6 +103,7 @@ class OneStats:
     consumers: int  # streaming consumers of the queue on every broker sharing the Redis
     leased: int = 0  # messages handed out under a lease and not yet acked
     dead: int | None = None  # length of <queue>:dead; None when there is no such queue
+    delayed: int = 0  # messages waiting until they are due
 
 
 @dataclass(frozen=True)

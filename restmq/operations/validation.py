@@ -157,6 +157,8 @@ def delay_seconds(value: object) -> int:
     absent) to MAX_DELAY seconds."""
     if value is None or value == "":
         return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 60.0 is the whole number 60
     return _whole_number(value, "delay", 0, MAX_DELAY)
 
 

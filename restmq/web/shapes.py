@@ -88,6 +88,12 @@ def _lease_figures(leased: int, dead: int | None) -> dict[str, int]:
     return {"leased": leased} if dead is None else {"leased": leased, "dead": dead}
 
 
+def _delay_figure(delayed: int) -> dict[str, int]:
+    """``"delayed"`` when the queue has delayed messages: a queue that uses no delay keeps
+    its answer."""
+    return {"delayed": delayed} if delayed else {}
+
+
 def status(storage: str, result: Status) -> dict[str, Any]:
     return {
         "redis": storage,
@@ -123,6 +129,7 @@ def all_stats(result: AllStats) -> dict[str, Any]:
             "policy": int(POLICIES[row.stats.policy]),
             "consumers": row.consumers,
             **_lease_figures(row.stats.leased, row.stats.dead),
+            **_delay_figure(row.stats.delayed),
         }
         for row in result.queues
     }
@@ -154,6 +161,7 @@ def one_stats(result: OneStats) -> dict[str, Any]:
         "len": result.length,
         "consumers": result.consumers,
         **_lease_figures(result.leased, result.dead),
+        **_delay_figure(result.delayed),
     }
 
 

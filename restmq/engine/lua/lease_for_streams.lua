@@ -1,6 +1,6 @@
 -- Lease a batch of live messages for one leased streaming consumer (COMET, SSE,
--- WebSocket). Like lease.lua (the queue's overdue leases end first, bodies stay until
--- acked), but nothing is taken from a stopped queue, and under the broadcast policy the
+-- WebSocket). Like lease.lua (the queue's overdue leases end first and its due delayed
+-- messages go to the tail, bodies stay until acked), but nothing is taken from a stopped queue, and under the broadcast policy the
 -- batch is also published, so that the unleased consumers of every broker get it too.
 -- Own ARGV, counted from the end so that they stay put whatever the common arguments
 -- of lease_lib.lua are: queue, lease in ms, N, byte budget, most overdue leases to end
@@ -20,6 +20,7 @@ if redis.call('GET', ARGV[1] .. k.name) == '0' then
 end
 local now = now_ms()
 return_overdue(k, now, tonumber(ARGV[last - 5]))
+move_due_of(k, now)
 local deadline = now + lease
 local out = {1, policy, 0, 0, deadline}
 local published = {}

@@ -1,6 +1,7 @@
 -- Shared by the lease scripts: restmq.engine.scripts puts this text in front of each of them.
 -- Every lease script gets KEYS 1 QUEUESET, 2 the leasing index (a sorted set of the
--- queues that have leases, scored by their earliest lease deadline), and ARGV
+-- queues that have leases or delayed messages, scored by their earliest lease deadline
+-- or due time: the timer index of lua/due_lib.lua, which comes first), and ARGV
 -- 1 status key prefix, 2 channel prefix, 3 the notice word published when messages
 -- come back to a queue (restmq.engine.notices.ADD); its own arguments follow.
 
@@ -23,6 +24,7 @@ local function queue_keys(q)
     dead_list = q .. ':dead:queue',
     dead_status = ARGV[1] .. q .. ':dead',
     dead_channel = ARGV[2] .. q .. ':dead',
+    delayed = q .. ':delayed',
   }
 end
 
@@ -39,16 +41,15 @@ local function stop_if_moving(k)
   redis.call('EXISTS', k.name .. ':moving?1', k.name .. ':moving?2')
 end
 
--- Keep q's place in the leasing index: its earliest deadline, or no place without leases.
--- A refused read means <q>:leased is not on this node: every caller read it before its
--- writes, so the script's own writes emptied it (the key went with its last member).
+-- Keep q's place in the leasing index: its earliest deadline or due time, or no place
+-- without leases and delayed messages (see place_in_index).
 local function index_queue(k)
-  local first = redis.pcall('ZRANGE', k.leased, 0, 0, 'WITHSCORES')
-  if first[1] then
-    redis.call('ZADD', KEYS[2], first[2], k.name)
-  else
-    redis.call('ZREM', KEYS[2], k.name)
-  end
+  place_in_index(KEYS[2], k.name, k.leased, k.delayed)
+end
+
+-- Move q's due messages to the tail of its list (see move_due); how many moved.
+local function move_due_of(k, now)
+  return move_due(k.list, k.delayed, k.channel, ARGV[3], now, DUE_LIMIT)
 end
 
 -- True when `key` is leased, the lease has not run out, and its delivery count is `times`:

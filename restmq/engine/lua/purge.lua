@@ -1,9 +1,9 @@
 -- Empty a queue: delete every pending message (body and peek counter) and the list of keys,
--- and every leased message with its lease and delivery count.
--- KEYS: 1 <q>:queue, 2 <q>:leased, 3 <q>:deliveries, 4 the leasing index
+-- every leased message with its lease and delivery count, and every delayed message.
+-- KEYS: 1 <q>:queue, 2 <q>:leased, 3 <q>:deliveries, 4 the leasing index, 5 <q>:delayed
 -- ARGV: 1 wake-up channel, 2 queue name, 3 notice word (restmq.engine.notices.PURGE)
 -- Returns the number of messages deleted (pending entries of the list, expired ones too,
--- and leased messages).
+-- leased and delayed messages).
 local removed = 0
 local batch = 500
 -- While a cluster slot moves, Valkey refuses a script's access to the message keys it
@@ -26,11 +26,13 @@ while true do
   removed = removed + delete_messages(keys)
   redis.call('LTRIM', KEYS[1], #keys, -1)
 end
-while true do
-  local keys = redis.call('ZRANGE', KEYS[2], 0, batch - 1)
-  if #keys == 0 then break end
-  removed = removed + delete_messages(keys)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, #keys - 1)
+for _, zset in ipairs({KEYS[2], KEYS[5]}) do
+  while true do
+    local keys = redis.call('ZRANGE', zset, 0, batch - 1)
+    if #keys == 0 then break end
+    removed = removed + delete_messages(keys)
+    redis.call('ZREMRANGEBYRANK', zset, 0, #keys - 1)
+  end
 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[2])

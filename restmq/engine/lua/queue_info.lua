@@ -1,10 +1,10 @@
 -- One queue's length, status, policy, message counter, leases, dead letters and newest
 -- pending keys.
 -- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:UUID, 5 <q>:leased,
---       6 QUEUESET, 7 <q>:dead:queue
+--       6 QUEUESET, 7 <q>:dead:queue, 8 <q>:delayed
 -- ARGV: 1 how many of the newest keys, 2 the dead-letter queue's name (<q>:dead)
 -- Returns: length, status ('' unset), policy ('' unset), counter ('' unset), leased,
---          dead ('' when there is no dead-letter queue), key, key, ...
+--          dead ('' when there is no dead-letter queue), delayed, key, key, ...
 local dead = ''
 if redis.call('SISMEMBER', KEYS[6], ARGV[2]) == 1 then
   dead = redis.call('LLEN', KEYS[7])
@@ -16,6 +16,7 @@ local out = {
   redis.call('GET', KEYS[4]) or '',
   redis.call('ZCARD', KEYS[5]),
   dead,
+  redis.call('ZCARD', KEYS[8]),
 }
 local n = tonumber(ARGV[1])
 if n > 0 then

@@ -3,8 +3,9 @@
 -- KEYS: 1 QUEUESET, 2 the brokers index (zset of broker ids; without it, as on a Valkey
 --       Cluster where the census has its own slot, consumers are 0)
 -- ARGV: 1 status key prefix, 2 list key suffix, 3 policy key suffix, 4 leased key suffix,
---       5 dead-letter queue suffix, 6 consumer counts key prefix, 7 the asking broker's id
--- Returns a flat list: name, length, status, policy, leased, dead, consumers, ...
+--       5 dead-letter queue suffix, 6 consumer counts key prefix, 7 the asking broker's id,
+--       8 delayed key suffix
+-- Returns a flat list: name, length, status, policy, leased, dead, consumers, delayed, ...
 -- (status/policy '' when unset; dead is the length of <q>:dead, '' when there is no such
 -- queue; consumers counts those of every broker but the asking one)
 -- A key that holds another type (something else wrote it) reads as empty rather than
@@ -42,5 +43,7 @@ for _, name in ipairs(names) do
   end
   out[#out + 1] = dead
   out[#out + 1] = consumers[name] or 0
+  local delayed = redis.pcall('ZCARD', name .. ARGV[8])
+  out[#out + 1] = type(delayed) == 'number' and delayed or 0
 end
 return out

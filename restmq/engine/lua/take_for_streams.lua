@@ -4,14 +4,17 @@
 -- own consumers; roundrobin batches go to this broker's consumers only.
 -- Under broadcast nothing is taken while some broker has leased streams of the queue
 -- (stream_leasers.lua): theirs are the takes, published for every unleased consumer.
+-- The queue's due delayed messages go to its tail first (lua/due_lib.lua comes first).
 -- KEYS: 1 <q>:queue, 2 queuestat::<q>, 3 <q>:queuepolicy, 4 <q>:deliveries (a taken
---       message's lease count goes with it), 5 <q>:leasedstreams
+--       message's lease count goes with it), 5 <q>:leasedstreams, 6 <q>:delayed,
+--       7 <q>:leased, 8 the timer index (the leasing index)
 -- ARGV: 1 batch size under roundrobin, 2 batch size under broadcast,
 --       3 wake-up channel, 4 id of the taking broker, 5 byte budget (the batch
 --       stops once its bodies reach it; one message at least), 6 batch version,
 --       7-9 the batch's field names for version, origin and messages
 --       (restmq.engine.notices: the published batch is
---       {"v": 1, "o": origin, "m": [key, body, ...]})
+--       {"v": 1, "o": origin, "m": [key, body, ...]}), 10 the notice word for due
+--       messages moved (restmq.engine.notices.ADD), 11 the queue's stem
 -- Returns: started (1/0), policy ('1' broadcast, '2' roundrobin), number of brokers
 --          the batch was published to, keys left in the queue, then key, body,
 --          ms to live (-1 none), ...
@@ -19,6 +22,10 @@ local policy = redis.call('GET', KEYS[3])
 if policy ~= '2' then policy = '1' end
 if redis.call('GET', KEYS[2]) == '0' then
   return {0, policy, 0, 0}
+end
+if redis.call('EXISTS', KEYS[6]) == 1
+    and move_due(KEYS[1], KEYS[6], ARGV[3], ARGV[10], due_clock_ms(), DUE_LIMIT) > 0 then
+  place_in_index(KEYS[8], ARGV[11], KEYS[7], KEYS[6])
 end
 local wanted = tonumber(policy == '2' and ARGV[1] or ARGV[2])
 if policy == '1' and redis.call('EXISTS', KEYS[5]) == 1 then

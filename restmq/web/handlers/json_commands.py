@@ -65,7 +65,11 @@ async def _run(ops: Operations, command: Any, default_queue: str | None) -> dict
         value = command["value"]
         text = jsontext.as_text(value, null="the add command needs a value")
         added = await ops.add(
-            queue, text, command.get("ttl"), idempotency_key=command.get("idempotency_key")
+            queue,
+            text,
+            command.get("ttl"),
+            delay=command.get("delay"),
+            idempotency_key=command.get("idempotency_key"),
         )
         answer = shapes.json_added(added.queue, value, added.key)
         if added.replayed:  # only then: a first add's answer keeps the original's shape

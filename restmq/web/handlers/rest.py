@@ -142,6 +142,7 @@ class IndexHandler(RestHandler):
             self.arg("queue"),
             self.form_value(),
             self.arg("ttl"),
+            delay=self.arg("delay"),
             idempotency_key=self.idempotency_key(),
         )
         self.mark_replayed(added)
@@ -209,7 +210,11 @@ class QueueHandler(RestHandler):
         key = self.idempotency_key()
         if not self.is_json_body():
             added = await self.operations.add(
-                queue, self.form_value(), self.arg("ttl"), idempotency_key=key
+                queue,
+                self.form_value(),
+                self.arg("ttl"),
+                delay=self.arg("delay"),
+                idempotency_key=key,
             )
             self.mark_replayed(added)
             self.answer_key(added.key, callback)
@@ -218,9 +223,10 @@ class QueueHandler(RestHandler):
         if not isinstance(body, dict) or ("value" in body) == ("values" in body):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
         ttl = body.get("ttl", self.arg("ttl"))
+        delay = body.get("delay", self.arg("delay"))
         if "values" not in body:  # "value": the bare key, as for a form
             value = jsontext.as_text(body["value"])
-            added = await self.operations.add(queue, value, ttl, idempotency_key=key)
+            added = await self.operations.add(queue, value, ttl, delay=delay, idempotency_key=key)
             self.mark_replayed(added)
             self.answer_key(added.key, callback)
             return
@@ -228,7 +234,7 @@ class QueueHandler(RestHandler):
         if not isinstance(values, list) or not values:
             raise InvalidArgument('"values" must be a non-empty list')
         texts = [jsontext.as_text(v) for v in values]
-        added = await self.operations.add_many(queue, texts, ttl, idempotency_key=key)
+        added = await self.operations.add_many(queue, texts, ttl, delay=delay, idempotency_key=key)
         self.mark_replayed(added)
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
 

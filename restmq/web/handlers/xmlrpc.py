@@ -107,9 +107,14 @@ class Method:
             )
 
 
-async def _add(handler: XmlRpcHandler, queue: Any, value: Any, ttl: Any = None) -> str:
-    """``add`` and the original's ``set`` (which has no ttl)."""
-    return (await handler.operations.add(queue, _message_text(value), ttl)).key
+async def _add(
+    handler: XmlRpcHandler, queue: Any, value: Any, ttl: Any = None, delay: Any = None
+) -> str:
+    """``add`` and the original's ``set`` (which has no ttl). With a delay, a ttl of 0
+    means none (XML-RPC has no nil without its extension)."""
+    if delay is not None and ttl == 0 and not isinstance(ttl, bool):
+        ttl = None
+    return (await handler.operations.add(queue, _message_text(value), ttl, delay=delay)).key
 
 
 async def _get(handler: XmlRpcHandler, queue: Any) -> str:
@@ -224,8 +229,9 @@ METHODS: dict[str, Method] = {
         Method("get", _get, acl.CONSUMER, ((_S, _S),),
                "get(queue) -> value: take the oldest message and return its value "
                "(the original 2009 method); fault 404 when the queue is empty"),
-        Method("add", _add, acl.PRODUCER, ((_S, _S, _S), (_S, _S, _S, _I)),
-               "add(queue, value[, ttl]) -> key: add a message that expires after ttl seconds"),
+        Method("add", _add, acl.PRODUCER, ((_S, _S, _S), (_S, _S, _S, _I), (_S, _S, _S, _I, _I)),
+               "add(queue, value[, ttl[, delay]]) -> key: add a message that expires after ttl "
+               "seconds (0: never, with a delay) and can be taken delay seconds from now"),
         Method("take", _take, acl.CONSUMER, ((_STRUCT, _S),),
                "take(queue) -> {queue, key, value}: take the oldest message; "
                "fault 404 when the queue is empty"),
