@@ -21,6 +21,7 @@ from bench.leases import LeasesScenario
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
 from bench.rest import RestScenario
 from bench.scenario import Context, Scenario, cpu_count
+from bench.semantics import SemanticsScenario
 from bench.servers import stop_all
 from bench.shutdown import ShutdownScenario
 from bench.streaming import FanoutScenario, IdleMemoryScenario, LatencyScenario
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "leases": LeasesScenario,
     "workers": WorkersScenario,
     "cluster": ClusterScenario,
+    "semantics": SemanticsScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -84,11 +86,17 @@ scenarios (--only):
            processes (target: each within 35% of the mean); seconds from a
            SIGKILL of a queue's primary to its next POST answered 200 (target
            <= 10 s), and whether a queue on another shard kept answering 200
+  semantics req/s of adds with a fresh Idempotency-Key each (target >= 0.85x plain
+           add) and of delayed adds, delay=60 (target >= 0.85x plain add); messages
+           stored/s by adds to a queue with 3 subscriptions over plain add's (no
+           target); the kinds in --semantics-rounds interleaved rounds, one broker;
+           delay precision: --delay-samples messages due over 2-5 s, one SSE
+           consumer, p50/p99/max of delivery - due time (target: p99 <= 1.5 s)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 7.5 minutes (shutdown: about 70 s,
-cluster: about 90 s, workers: about 50 s, leased: about 20 s).
+With the defaults the whole run takes about 8.5 minutes (shutdown: about 70 s,
+cluster: about 90 s, semantics: about 55 s, workers: about 50 s, leased: about 20 s).
 """
 
 
@@ -147,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "shutdown, leased, leases, workers, cluster, streaming, all); "
+             "shutdown, leased, leases, workers, cluster, semantics, streaming, all); "
              "default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
@@ -202,6 +210,13 @@ def parser() -> argparse.ArgumentParser:
              "(default 100)")  # fmt: skip
     add("--cluster-workers", type=_positive(int), default=2, metavar="N",
         help="cluster: broker processes (--workers) loading the shards (default 2)")  # fmt: skip
+    add("--semantics-rounds", type=_positive(int), default=3, metavar="N",
+        help="semantics: rounds of a plain, an idempotent, a delayed and a fan-out add run, "
+             "each run lasting --duration/N; each kind's runs are taken together "
+             "(default 3)")  # fmt: skip
+    add("--delay-samples", type=_positive(int), default=1000, metavar="N",
+        help="semantics: delayed messages whose delivery is timed against their due time "
+             "(default 1000)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (server logs, data dirs), do not remove it")  # fmt: skip
     return p

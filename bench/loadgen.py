@@ -5,6 +5,8 @@ A run is bounded both in time (warm-up + duration) and in request count
 (``max_requests``, e.g. the number of messages waiting when measuring pops).
 With ``paths`` the requests go to those paths in turn (each connection starting at
 its own), e.g. to spread the load over several queues.
+With ``unique_header`` every request carries that header with a value no other
+request of the run had (e.g. an ``Idempotency-Key``).
 With ``processes > 1`` the connections are spread over that many load-generator
 processes (spawned, loopback only) that share one measured window.
 """
@@ -15,6 +17,7 @@ import asyncio
 import math
 import multiprocessing
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ class LoadSpec:
     duration: float = 8.0
     max_requests: int = 10_000_000
     paths: tuple[str, ...] = ()  # when given, requests cycle over these instead of ``path``
+    unique_header: str = ""  # when given, a header whose value differs on every request
 
 
 @dataclass
@@ -91,14 +95,42 @@ class _State:
     last_done_ns: int = 0
 
 
+_MARK = "\x00unique\x00"  # where a unique header value goes in an encoded request
+
+
+class _Requests:
+    """The encoded requests a connection sends in turn; with a unique header, each one
+    is the request's fixed bytes around a value made of its process's token for the run, the
+    connection's number and a counter (cheap: two joins, no re-encoding)."""
+
+    def __init__(self, spec: LoadSpec, connection: int, token: str) -> None:
+        headers = {spec.unique_header: _MARK} if spec.unique_header else None
+        raws = [
+            encode_request(
+                spec.method, path, port=spec.port, body=spec.body,
+                content_type=spec.content_type, headers=headers,
+            )
+            for path in spec.paths or (spec.path,)
+        ]  # fmt: skip
+        self.parts = [raw.split(_MARK.encode("latin-1"), 1) for raw in raws]
+        self.prefix = f'"{token}-{connection}-'.encode("ascii")
+        self.turn = connection
+        self.unique = bool(spec.unique_header)
+
+    def next(self) -> bytes:
+        parts = self.parts[self.turn % len(self.parts)]
+        self.turn += 1
+        if not self.unique:
+            return parts[0]
+        return b"".join((parts[0], self.prefix, str(self.turn).encode("ascii"), b'"', parts[1]))
+
+
 async def _client_loop(
-    conn: HttpConnection, raws: list[bytes], first: int, method: str, state: _State
+    conn: HttpConnection, requests: _Requests, method: str, state: _State
 ) -> None:
     result = state.result
-    turn = first
     while True:
-        raw = raws[turn % len(raws)]
-        turn += 1
+        raw = requests.next()
         sent = time.monotonic_ns()
         if sent >= state.end_ns or state.remaining <= 0:
             return
@@ -127,19 +159,17 @@ async def _drive(
     spec: LoadSpec, conns: list[HttpConnection], start: float, end: float, budget: int
 ) -> LoadResult:
     """Run the connections until ``end`` (monotonic seconds) or until the budget is spent."""
-    raws = [
-        encode_request(
-            spec.method, path, port=spec.port, body=spec.body, content_type=spec.content_type
-        )
-        for path in spec.paths or (spec.path,)
-    ]
+    token = uuid.uuid4().hex[:12]  # per process: values never repeat across processes
     state = _State(remaining=budget, start_ns=int(start * 1e9), end_ns=int(end * 1e9))
     loop = asyncio.get_running_loop()  # its clock is time.monotonic()
     cpu: dict[str, float] = {}
     loop.call_at(start, lambda: cpu.setdefault("start", time.process_time()))
     try:
         await asyncio.gather(
-            *(_client_loop(c, raws, i, spec.method, state) for i, c in enumerate(conns))
+            *(
+                _client_loop(c, _Requests(spec, i, token), spec.method, state)
+                for i, c in enumerate(conns)
+            )
         )
     finally:
         for conn in conns:
