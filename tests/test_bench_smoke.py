@@ -45,9 +45,10 @@ def test_help_explains_the_options():
     assert result.returncode == 0, result.stderr
     for option in (
         "--only", "--duration", "--connections", "--client-procs", "--rate", "--cluster-queues",
+        "--semantics-rounds", "--delay-samples",
     ):  # fmt: skip
         assert option in result.stdout
-    for scenario in ("rest", "latency", "fanout", "memory", "workers", "cluster"):
+    for scenario in ("rest", "latency", "fanout", "memory", "workers", "cluster", "semantics"):
         assert re.search(rf"^\s+{scenario}\s", result.stdout, re.MULTILINE), scenario
 
 
@@ -185,6 +186,74 @@ def test_cluster_scenario_compares_with_standalone_spreads_over_shards_fails_ove
     assert len(pids) == 7, out
     for pid in map(int, pids):
         assert not still_running(pid, (b"valkey-server",)), pid
+
+
+def test_semantics_scenario_compares_each_kind_of_add_with_plain_times_delays_and_cleans_up():
+    result = run_bench(
+        "--only", "semantics", "--duration", "1", "--warmup", "0.2", "--connections", "2",
+        "--semantics-rounds", "2", "--delay-samples", "30",
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Traceback" not in out + result.stderr
+
+    # 1-3. one row per kind of add, each with answers, in rounds taken together
+    rows = re.findall(
+        r"^\s+(plain add|Idempotency-Key|delayed add|fan-out to 3 subs)\s.*?\s([\d,]+)\s+"
+        r"([\d.]+)\s+([\d,]+)\s+([\d.]+)\s",
+        out,
+        re.MULTILINE,
+    )
+    kinds = {kind: (rate, stored) for kind, rate, _, stored, _ in rows}
+    assert set(kinds) == {"plain add", "Idempotency-Key", "delayed add", "fan-out to 3 subs"}, out
+    for kind, (rate, _stored) in kinds.items():
+        assert int(rate.replace(",", "")) > 0, kind
+    # a fanned-out add stores one message per subscription
+    rate, stored = (int(x.replace(",", "")) for x in kinds["fan-out to 3 subs"])
+    assert abs(stored - 3 * rate) <= 3, out
+    assert len(re.findall(r"req/s by round [\d,]+ / [\d,]+$", out, re.MULTILINE)) == 4, out
+    assert re.search(
+        r"ratio to plain add, req/s:\s+Idempotency-Key [\d.]+x\s+delay=60 [\d.]+x", out
+    )
+    assert re.search(
+        r"fan-out to 3 subscriptions, messages stored/s over plain add's: [\d.]+x", out
+    )
+
+    # what the queues hold: every idempotent add stored (a fresh key each: no replay),
+    # delayed adds all still delayed, fanned-out adds in each subscription queue only
+    counts = {
+        kind: re.search(r"^\s+" + kind + r"\s+([\d,]+) -> (.*)$", out, re.M).groups()
+        for kind in ("plain", "idempotent", "delayed", "fanout")
+    }
+    for kind in ("plain", "idempotent"):
+        answered, held = counts[kind]
+        assert held.endswith(f": {answered.replace(',', '')} waiting"), (kind, held)
+    answered, held = counts["delayed"]
+    assert held.endswith(f": 0 waiting, {answered.replace(',', '')} delayed"), held
+    answered, held = counts["fanout"]
+    answered = answered.replace(",", "")
+    assert ": 0 waiting; " in held, held
+    for name in ("billing", "audit", "archive"):
+        assert f":{name}: {answered}" in held, held
+
+    # 4. every delayed message reached the SSE consumer; its lateness is printed
+    precision = re.search(
+        r"^\s+SSE GET /c/<q>\s+(\d+)\s+(\d+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s", out, re.M
+    )
+    assert precision, out
+    assert precision[1] == precision[2] == "30", out
+
+    summary = out.split("=== summary", 1)[1]
+    verdicts = re.findall(r"^\s+semantics\s+.+\s(PASS|MISSED)$", summary, re.MULTILINE)
+    assert len(verdicts) == 3, summary
+
+    workdir = re.search(r"work dir (\S+)", out)[1]
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
+    pids = re.findall(r"\(pid (\d+)\)", out)
+    assert len(pids) == 2, out  # the broker and its valkey-server
+    for pid in map(int, pids):
+        assert not still_running(pid, (workdir.encode(), b"valkey-server")), pid
 
 
 def still_running(pid: int, marks: tuple[bytes, ...]) -> bool:
