@@ -258,29 +258,27 @@ class LeaseOperations:
 
     async def set_max_deliveries(self, queue: str, n: int) -> int:
         """Deliveries after which an unacked message goes to ``<q>:dead``; 0: no limit."""
-        key = keys.max_deliveries_key(self.layout.stem(queue))
-        if n:
-            await self.redis.execute("SET", key, n, key=key)
-        else:  # absent means no limit: an unlimited queue keeps the original keys
-            await self.redis.execute("DEL", key, key=key)
-        return n
+        return await self._set_limit(keys.max_deliveries_key(self.layout.stem(queue)), n)
 
     async def get_max_deliveries(self, queue: str) -> int:
         """The queue's max_deliveries; 0 when there is no limit."""
-        key = keys.max_deliveries_key(self.layout.stem(queue))
-        return messages.number(await self.redis.execute("GET", key, key=key))
+        return await self._get_limit(keys.max_deliveries_key(self.layout.stem(queue)))
 
     # A queue's bound sits beside its max_deliveries: both are limits set at /p/<q>.
     async def set_max_length(self, queue: str, n: int) -> int:
         """Messages (pending and delayed) past which an add is refused; 0: no bound."""
-        key = keys.max_length_key(self.layout.stem(queue))
-        if n:
-            await self.redis.execute("SET", key, n, key=key)
-        else:  # absent means no bound: an unbounded queue keeps the original keys
-            await self.redis.execute("DEL", key, key=key)
-        return n
+        return await self._set_limit(keys.max_length_key(self.layout.stem(queue)), n)
 
     async def get_max_length(self, queue: str) -> int:
         """The queue's max_length; 0 when it has no bound."""
-        key = keys.max_length_key(self.layout.stem(queue))
+        return await self._get_limit(keys.max_length_key(self.layout.stem(queue)))
+
+    async def _set_limit(self, key: str, n: int) -> int:
+        if n:
+            await self.redis.execute("SET", key, n, key=key)
+        else:  # absent means no limit: a queue without one keeps the original keys
+            await self.redis.execute("DEL", key, key=key)
+        return n
+
+    async def _get_limit(self, key: str) -> int:
         return messages.number(await self.redis.execute("GET", key, key=key))
