@@ -17,7 +17,16 @@ from restmq.client import (
     Client,
     NotLeased,
 )
-from tests.support import Broker, broker_url, free_port, wait_for, wait_healthy
+from tests.support import (
+    STORAGE_MODES,
+    Broker,
+    broker_url,
+    free_port,
+    stem_of,
+    store_command,
+    wait_for,
+    wait_healthy,
+)
 
 
 @pytest.fixture
@@ -26,6 +35,7 @@ def client(shared_broker):
         yield client
 
 
+@STORAGE_MODES
 def test_push_answers_the_key_and_pop_takes_the_message(client, shared_broker, queue):
     assert client.push(queue, "hello") == shared_broker.key(queue, 1)
     assert client.push(queue, {"id": 7}, ttl=60) == shared_broker.key(queue, 2)
@@ -41,6 +51,7 @@ def test_push_answers_the_key_and_pop_takes_the_message(client, shared_broker, q
     assert client.pop(queue) is None
 
 
+@STORAGE_MODES
 def test_push_many_adds_one_batch_and_pop_many_takes_it(client, shared_broker, queue):
     keys = client.push_many(queue, ["a", "b", "c"], ttl=60)
     assert keys == [shared_broker.key(queue, n) for n in (1, 2, 3)]
@@ -50,6 +61,7 @@ def test_push_many_adds_one_batch_and_pop_many_takes_it(client, shared_broker, q
     assert client.pop_many(queue, 10) == []
 
 
+@STORAGE_MODES
 def test_each_push_carries_its_own_idempotency_key_the_broker_remembers(
     client, shared_broker, queue
 ):
@@ -57,10 +69,15 @@ def test_each_push_carries_its_own_idempotency_key_the_broker_remembers(
     client.push(queue, "same")  # a new push, a new key: not a repeat of the first
     client.push_many(queue, ["a", "b"])
     # one remembered key per push: each was sent with a key, a new one each time
-    assert len(shared_broker.redis("KEYS", f"{queue}#idempotency:*")) == 3
+    stem = stem_of(shared_broker, queue)
+    remembered = store_command(
+        shared_broker, "KEYS", f"{stem}#idempotency:*", route=f"{stem}:queue"
+    )
+    assert len(remembered) == 3
     assert [m.value for m in client.pop_many(queue, 10)] == ["same", "same", "a", "b"]
 
 
+@STORAGE_MODES
 def test_a_pop_waits_for_a_message_that_is_pushed_meanwhile(client, queue):
     def push_later() -> None:
         with Client(client.url) as producer:
@@ -77,6 +94,7 @@ def test_a_pop_waits_for_a_message_that_is_pushed_meanwhile(client, queue):
     assert time.monotonic() - started < 30  # answered when it came, not after the wait
 
 
+@STORAGE_MODES
 def test_a_popped_message_has_no_lease_to_settle(client, queue):
     client.push(queue, "x")
     message = client.pop(queue)
@@ -85,6 +103,7 @@ def test_a_popped_message_has_no_lease_to_settle(client, queue):
             settle()
 
 
+@STORAGE_MODES
 def test_arguments_beyond_the_protocols_limits_are_refused_before_sending(client, queue):
     with pytest.raises(ValueError, match="delay must be from 1 to 604800"):
         client.push(queue, "x", delay=604801)
@@ -101,6 +120,7 @@ def test_arguments_beyond_the_protocols_limits_are_refused_before_sending(client
     assert client.stats(queue)["len"] == 0  # nothing reached the broker
 
 
+@STORAGE_MODES
 def test_stats_purge_policy_and_start_stop(client, queue):
     client.push_many(queue, ["a", "b"])
     assert client.stats(queue)["len"] == 2
@@ -118,6 +138,7 @@ def test_stats_purge_policy_and_start_stop(client, queue):
     assert client.health()["status"] == "ok"
 
 
+@STORAGE_MODES
 def test_a_bad_queue_name_is_a_bad_request_with_the_brokers_words(client):
     with pytest.raises(BadRequest) as refused:
         client.push("no spaces", "x")

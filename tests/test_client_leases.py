@@ -10,7 +10,7 @@ import time
 import pytest
 
 from restmq.client import Client, LeaseGone, Message
-from tests.support import broker_url, wait_consumers, wait_for
+from tests.support import STORAGE_MODES, broker_url, wait_consumers, wait_for
 
 
 @pytest.fixture
@@ -19,6 +19,7 @@ def client(shared_broker):
         yield client
 
 
+@STORAGE_MODES
 def test_a_leased_message_is_acked_extended_and_released(client, queue):
     client.push_many(queue, ["a", "b"])
     message = client.lease(queue, 30).message
@@ -38,6 +39,7 @@ def test_a_leased_message_is_acked_extended_and_released(client, queue):
     assert [m.value for m in client.lease_many(queue, 30, 10)] == ["b"]
 
 
+@STORAGE_MODES
 def test_the_lease_block_acks_when_it_ends(client, queue):
     client.push(queue, "job")
     with client.lease(queue, 30) as message:
@@ -49,6 +51,7 @@ def test_the_lease_block_acks_when_it_ends(client, queue):
         message.ack()  # it was acked
 
 
+@STORAGE_MODES
 def test_the_lease_block_releases_to_the_head_when_it_raises(client, queue):
     client.push_many(queue, ["first", "second"])
     with pytest.raises(RuntimeError, match="work failed"), client.lease(queue, 30) as message:
@@ -59,6 +62,7 @@ def test_the_lease_block_releases_to_the_head_when_it_raises(client, queue):
     assert (back.key, back.value, back.deliveries) == (message.key, "first", 2)
 
 
+@STORAGE_MODES
 def test_the_lease_block_gives_none_on_an_empty_queue(client, queue):
     lease = client.lease(queue, 30, wait=0)
     assert not lease and lease.message is None
@@ -77,6 +81,7 @@ def run_consumer(client: Client, queue: str, handler, **options):
     return thread, stop, returned
 
 
+@STORAGE_MODES
 def test_consume_extends_the_lease_of_a_handler_slower_than_the_lease(client, queue):
     seen: list[Message] = []
     working = threading.Event()
@@ -102,6 +107,7 @@ def test_consume_extends_the_lease_of_a_handler_slower_than_the_lease(client, qu
     assert client.stats(queue)["len"] == 0
 
 
+@STORAGE_MODES
 def test_consume_releases_what_a_handler_failed_and_handles_it_again(client, queue):
     deliveries: list[int] = []
 
@@ -122,6 +128,7 @@ def test_consume_releases_what_a_handler_failed_and_handles_it_again(client, que
     assert client.stats(queue)["len"] == 0
 
 
+@STORAGE_MODES
 def test_a_stream_yields_messages_pushed_after_it_opened(client, shared_broker, queue):
     client.push(queue, "backlog")
     with client.stream(queue, idle_timeout=30) as messages:
@@ -137,6 +144,7 @@ def test_a_stream_yields_messages_pushed_after_it_opened(client, shared_broker, 
         assert list(messages) == []
 
 
+@STORAGE_MODES
 def test_a_leased_stream_sends_the_next_message_after_an_ack(client, queue):
     client.push_many(queue, ["a", "b"])
     with client.stream(queue, lease=30, prefetch=1, idle_timeout=30) as messages:
@@ -151,6 +159,7 @@ def test_a_leased_stream_sends_the_next_message_after_an_ack(client, queue):
     assert client.stats(queue)["len"] == 0
 
 
+@STORAGE_MODES
 def test_closing_a_leased_stream_gives_its_unacked_messages_back(client, queue):
     client.push(queue, "unfinished")
     with client.stream(queue, lease=30, idle_timeout=30) as messages:

@@ -94,6 +94,26 @@ def test_every_front_end_that_adds_fans_out_to_each_subscription(shared_broker, 
     assert b.get(f"/stats/{queue}").json()["len"] == 0
 
 
+def test_delayed_and_idempotent_adds_fan_out_once_to_each_subscription(shared_broker, queue):
+    """A delayed add reaches every subscription once due, not before; an add repeated with
+    its Idempotency-Key leaves one copy in each."""
+    b = shared_broker
+    subscribed(b, queue, "billing", "audit")
+    once = {"Idempotency-Key": '"pay-1"'}
+    first = b.request("POST", f"/q/{queue}", form={"value": "paid"}, headers=once)
+    again = b.request("POST", f"/q/{queue}", form={"value": "paid"}, headers=once)
+    assert (first.status, again.status, again.text) == (200, 200, first.text)
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert b.post(f"/q/{queue}", value="later", delay="1").status == 200
+    for name in ("billing", "audit"):
+        stats = b.get(f"/stats/{queue}:{name}").json()
+        assert (stats["len"], stats.get("delayed")) == (1, 1)
+    for name in ("billing", "audit"):  # the sweep moves it once due, with no take
+        wait_for(lambda n=name: b.get(f"/stats/{queue}:{n}").json()["len"] == 2, 10)
+        assert values(b, f"{queue}:{name}") == ["paid", "later"]
+    assert values(b, queue) == []
+
+
 def test_a_subscriber_offline_while_messages_came_gets_them_all_when_back(shared_broker, queue):
     b = shared_broker
     subscribed(b, queue, "late", "early")
