@@ -16,10 +16,11 @@ from restmq.operations import validation
 
 
 def test_the_commands_limits_are_the_brokers():
-    assert (limits.MAX_BATCH, limits.MAX_LEASE, limits.MAX_WAIT) == (
+    assert (limits.MAX_BATCH, limits.MAX_LEASE, limits.MAX_WAIT, limits.MAX_DELAY) == (
         validation.MAX_BATCH,
         validation.MAX_LEASE,
         validation.MAX_WAIT,
+        validation.MAX_DELAY,
     )
 
 
@@ -41,14 +42,20 @@ def loaded_by(module: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("module", "package"), [("restmq.cli.main", "restmq.cli"), ("restmq.client", "restmq.client")]
+    ("module", "packages"),
+    [
+        # the command is built on the Python client, which is no broker module either
+        ("restmq.cli.main", ("restmq.cli", "restmq.client")),
+        ("restmq.client", ("restmq.client",)),
+    ],
 )
-def test_a_client_loads_no_broker_module(module, package):
+def test_a_client_loads_no_broker_module(module, packages):
     loaded = loaded_by(module)
     assert module in loaded
     foreign = [
         name
         for name in loaded
-        if name not in ("restmq", package) and not name.startswith(package + ".")
+        if name != "restmq"
+        and not any(name == package or name.startswith(package + ".") for package in packages)
     ]
     assert foreign == []

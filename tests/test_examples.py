@@ -102,3 +102,20 @@ def test_the_xmlrpc_example_reads_restmq_url_and_purges_its_queue(shared_broker,
     assert result.returncode == 0, result.stderr
     assert f"DELETE /q/{queue} (clean up)" in result.stdout
     assert_left_empty(shared_broker, queue)
+
+
+def test_the_client_example_pushes_jobs_and_consumes_each_once(shared_broker):
+    result = run_example(broker_url(shared_broker), "client_jobs.py", "--jobs", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    queue = re.search(r"pushed 4 jobs to (\S+):", result.stdout).group(1)
+    handled = re.findall(r"^handled \S+: (job \d) \(delivery 1\)$", result.stdout, re.MULTILINE)
+    assert handled == ["job 1", "job 2", "job 3", "job 4"]
+    assert "4 jobs handled and acked" in result.stdout
+    assert_left_empty(shared_broker, queue)
+
+
+def test_the_client_example_without_a_broker_says_so_and_exits_2():
+    result = run_example(f"http://127.0.0.1:{free_port()}", "client_jobs.py")
+    assert result.returncode == 2
+    assert "cannot use the broker" in result.stderr
+    assert "Traceback" not in result.stderr

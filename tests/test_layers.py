@@ -24,8 +24,9 @@ BELOW = {
     # Stream transports subclass delivery's StreamConsumer and render engine messages.
     "web": {"operations", "delivery", "engine", "access"},
     "runtime": {"web", "operations", "delivery", "engine", "storage", "access"},
-    # The command line and the Python client talk to a broker over HTTP only.
-    "cli": set(),
+    # The command line and the Python client talk to a broker over HTTP only; the command
+    # is built on the client.
+    "cli": {"client"},
     "client": set(),
 }
 

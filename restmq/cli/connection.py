@@ -1,4 +1,6 @@
-"""HTTP to the broker: one httpx client, and every way a call can fail mapped to an exit status."""
+"""HTTP to the broker for what the Python client (restmq.client) does not express: acks of
+several receipts in one request, and the lease calls of ``restmq copy``. Every way a call
+can fail is mapped to an exit status."""
 
 from __future__ import annotations
 
@@ -11,46 +13,13 @@ from urllib.parse import quote
 import httpx
 
 from restmq import __version__
-from restmq.cli.failures import Exit, Failure
-
-DEFAULT_URL = "http://127.0.0.1:8888"
-
-
-def check_url(url: str) -> str:
-    """The broker's base URL without a trailing slash; ValueError when it is not one."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"{url!r} is not a URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL of a broker")
-    return url.rstrip("/")
-
-
-def error_text(response: httpx.Response) -> str:
-    """What the broker said went wrong: its ``{"error": ...}``, else the status line."""
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return f"{response.status_code} {response.reason_phrase}".strip()
+from restmq.cli.failures import Exit, Failure, refusal
+from restmq.client.errors import error_text
 
 
 def failure_of(response: httpx.Response) -> Failure:
     """The exit status an unexpected answer means, with the broker's own words."""
-    status = response.status_code
-    text = error_text(response)
-    if status in (401, 403):
-        return Failure(f"refused by the broker ({status}): {text}", Exit.REFUSED)
-    if 400 <= status < 500:
-        return Failure(f"the broker refused the request ({status}): {text}", Exit.USAGE)
-    if status >= 500:
-        return Failure(
-            f"the broker could not serve the request ({status}): {text}", Exit.UNREACHABLE
-        )
-    return Failure(f"unexpected answer from {response.url}: {text}", Exit.UNREACHABLE)
+    return refusal(response.status_code, error_text(response), str(response.url))
 
 
 def json_of(response: httpx.Response) -> Any:
@@ -107,19 +76,6 @@ class BrokerConnection:
         content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         return self.call("POST", path, content=content, headers=headers, **kwargs)
-
-    @contextlib.contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """A streamed request (no read timeout): its response once the status is 200."""
-        kwargs.setdefault("timeout", httpx.Timeout(None, connect=min(self.timeout, 10.0)))
-        with (
-            self._unreachable_as_failure(),
-            self._client.stream(method, path, **kwargs) as response,
-        ):
-            if response.status_code != 200:
-                response.read()
-                raise failure_of(response)
-            yield response
 
     @contextlib.contextmanager
     def _unreachable_as_failure(self) -> Iterator[None]:

@@ -1,13 +1,16 @@
 """The ``restmq`` command: push, pop, ack, tail, stats, purge, policy, start and stop a queue;
 copy queues to another broker.
 
-Built on click (options, environment variables, help, progress bar) and httpx (HTTP,
-streaming for Server-Sent Events with httpx-sse). It talks to a broker over HTTP only.
+Built on click (options, environment variables, help, progress bar) and the Python client
+(restmq.client: its timeouts, retries and Idempotency-Keys); what the client does not
+express (acks of several receipts at once, the copy's lease calls) goes over httpx. It
+talks to a broker over HTTP only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -16,18 +19,15 @@ import click
 
 from restmq import __version__
 from restmq.cli import output
-from restmq.cli.connection import (
-    DEFAULT_URL,
-    BrokerConnection,
-    check_url,
-    error_text,
-    json_of,
-)
+from restmq.cli.connection import BrokerConnection, json_of
 from restmq.cli.copy import run_copy
-from restmq.cli.failures import Exit, Failure
-from restmq.cli.limits import MAX_BATCH, MAX_LEASE, MAX_WAIT
+from restmq.cli.failures import Exit, Failure, failure_from
+from restmq.cli.limits import MAX_BATCH, MAX_DELAY, MAX_LEASE, MAX_TTL, MAX_WAIT
 from restmq.cli.push import push, stdin_lines
 from restmq.cli.tail import tail
+from restmq.client import DEFAULT_URL, Client, Message, RestMQError
+from restmq.client.errors import error_text
+from restmq.client.transport import check_url
 
 EPILOG = """\b
 Exit status:
@@ -41,15 +41,30 @@ Exit status:
 
 @dataclass
 class Settings:
-    """The global options; the connection is made when a command first needs it."""
+    """The global options; a connection is made when a command first needs it."""
 
     url: str
     user: str | None
     password: str | None
     timeout: float
+    retries: int
     _connection: BrokerConnection | None = None
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        """The Python client, for every call it expresses."""
+        if self._client is None:
+            self._client = Client(
+                self.url,
+                user=self.user,
+                password=self.password,
+                timeout=self.timeout,
+                retries=self.retries,
+            )
+        return self._client
 
     def connect(self) -> BrokerConnection:
+        """Plain HTTP, for the calls the client does not express."""
         if self._connection is None:
             self._connection = BrokerConnection(
                 self.url, user=self.user, password=self.password, timeout=self.timeout
@@ -57,8 +72,9 @@ class Settings:
         return self._connection
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
+        for connection in (self._connection, self._client):
+            if connection is not None:
+                connection.close()
 
 
 def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -69,11 +85,14 @@ def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 class RestMQGroup(click.Group):
-    """The command group; a closed stdout ends a command quietly."""
+    """The command group: a client error ends a command with its exit status; a closed
+    stdout ends it quietly."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except RestMQError as error:
+            raise failure_from(error, ctx.obj.url) from None
         except BrokenPipeError:
             # The reader went away (``restmq tail q | head -1``): it has what it wanted.
             # Point stdout at /dev/null so that the final flush does not complain.
@@ -108,15 +127,32 @@ queue_argument = click.argument("queue")
     show_default=True,
     help="Seconds to wait for the broker's answer.",
 )
+@click.option(
+    "--retries",
+    envvar="RESTMQ_RETRIES",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="How often a request is tried again while the broker is unavailable (503, no "
+    "connection); pushes and other requests safe to repeat also after a 504 or a lost "
+    "answer (env RESTMQ_RETRIES).",
+)
 @click.version_option(__version__, prog_name="restmq")
 @click.pass_context
-def cli(ctx: click.Context, url: str, user: str | None, password: str | None, timeout: float):
+def cli(
+    ctx: click.Context,
+    url: str,
+    user: str | None,
+    password: str | None,
+    timeout: float,
+    retries: int,
+):
     """Talk to a RestMQ broker: produce, consume and manage its queues over HTTP."""
     if (user is None) != (password is None):
         raise click.UsageError(
             "--user and --password go together (or RESTMQ_USER and RESTMQ_PASSWORD)"
         )
-    ctx.obj = Settings(url, user, password, timeout)
+    ctx.obj = Settings(url, user, password, timeout, retries)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -125,9 +161,15 @@ def cli(ctx: click.Context, url: str, user: str | None, password: str | None, ti
 @click.argument("messages", nargs=-1)
 @click.option(
     "--ttl",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_TTL),
     metavar="S",
     help="Drop the messages if not taken within S seconds.",
+)
+@click.option(
+    "--delay",
+    type=click.IntRange(1, MAX_DELAY),
+    metavar="S",
+    help="Hold the messages back for S seconds: no take sees them before then.",
 )
 @click.option(
     "--batch",
@@ -144,17 +186,21 @@ def push_command(
     queue: str,
     messages: tuple[str, ...],
     ttl: int | None,
+    delay: int | None,
     batch_size: int,
     quiet: bool,
 ) -> None:
     """Add MESSAGES to QUEUE, or one message per line of standard input.
 
     Prints the key of each stored message (QUEUE:N), one per line. Messages go in
-    batches: each batch is stored atomically and in order. Reading standard input
-    with a terminal on stderr shows a progress bar; empty lines are skipped.
+    batches: each batch is stored atomically and in order, and carries an
+    Idempotency-Key, so a batch tried again (--retries) is stored once. Reading
+    standard input with a terminal on stderr shows a progress bar; empty lines are
+    skipped.
 
     \b
       restmq push jobs "resize 1.png" "resize 2.png"
+      restmq push --delay 60 reminders "call back"
       seq 100000 | restmq push -q numbers
     """
     if messages:
@@ -166,11 +212,12 @@ def push_command(
     # a progress bar and keys on the same terminal would garble each other
     print_keys = not quiet and not (progress and sys.stdout.isatty())
     sent = push(
-        settings.connect(),
+        settings.client(),
         queue,
         values,
         batch_size=batch_size,
         ttl=ttl,
+        delay=delay,
         print_keys=print_keys,
         progress=progress,
     )
@@ -211,30 +258,32 @@ def pop(
     Exits with 1 when the queue is empty. Under --lease each line is
     RECEIPT<TAB>VALUE; --json prints {"key", "value", "count", ...} per line.
     """
-    connection = settings.connect()
-    params = {
-        name: value
-        for name, value in (("n", count), ("lease", lease), ("wait", wait))
-        if value is not None
-    }
-    response = connection.call(
-        "GET",
-        connection.path("q", queue),
-        params=params,
-        expect=(200, 204),
-        read_timeout=settings.timeout + (wait or 0),
-    )
-    answer = json_of(response) if response.status_code == 200 else []
-    messages = answer if isinstance(answer, list) else [answer]
+    messages = _take(settings.client(), queue, count, lease, wait)
     if not messages:
         raise Failure(f"queue {queue} is empty", Exit.NOTHING)
-    if lease is not None and any("receipt" not in m for m in messages):
+    if lease is not None and not all(message.leased for message in messages):
         click.echo(
             "Warning: the broker does not support leases: the messages were taken for good",
             err=True,
         )
     for message in messages:
-        click.echo(output.message_line(message, as_json=as_json, with_receipt=lease is not None))
+        line = output.message_line(message.answer, as_json=as_json, with_receipt=lease is not None)
+        click.echo(line)
+
+
+def _take(
+    client: Client, queue: str, count: int | None, lease: int | None, wait: int | None
+) -> list[Message]:
+    """The messages one take gave: one message without ``count``, else up to ``count``."""
+    if lease is None:
+        if count is not None:
+            return client.pop_many(queue, count, wait=wait)
+        taken = client.pop(queue, wait=wait)
+    else:
+        if count is not None:
+            return client.lease_many(queue, lease, count, wait=wait)
+        taken = client.lease(queue, lease, wait=wait).message
+    return [] if taken is None else [taken]
 
 
 @cli.command(epilog=EPILOG, short_help="Acknowledge leased messages.")
@@ -298,7 +347,7 @@ def tail_command(
     had already sent past the Nth are gone with the connection. To take exactly
     N messages, use 'restmq pop -n N'.
     """
-    status = tail(settings.connect(), queue, count=count, as_json=as_json, timeout=duration)
+    status = tail(settings.client(), queue, count=count, as_json=as_json, timeout=duration)
     sys.exit(status)
 
 
@@ -308,9 +357,7 @@ def tail_command(
 @click.pass_obj
 def stats(settings: Settings, queue: str | None, as_json: bool) -> None:
     """Show every queue (length, status, policy, consumers), or only QUEUE."""
-    connection = settings.connect()
-    path = connection.path("stats", queue) if queue else "/stats/"
-    answer = json_of(connection.call("GET", path))
+    answer = settings.client().stats(queue)
     if as_json:
         click.echo(json.dumps(answer))
         return
@@ -323,9 +370,8 @@ def stats(settings: Settings, queue: str | None, as_json: bool) -> None:
 @click.pass_obj
 def purge(settings: Settings, queue: str) -> None:
     """Delete every pending message of QUEUE and end its streams."""
-    connection = settings.connect()
-    answer = json_of(connection.call("DELETE", connection.path("q", queue)))
-    click.echo(f"purged {queue}" if answer.get("status") else f"purged {queue} (it was empty)")
+    purged = settings.client().purge(queue)
+    click.echo(f"purged {queue}" if purged else f"purged {queue} (it was empty)")
 
 
 @cli.command(epilog=EPILOG, short_help="Show or set a queue's delivery policy.")
@@ -338,19 +384,12 @@ def policy(settings: Settings, queue: str, policy: str | None) -> None:
     broadcast: every streaming consumer gets every message. roundrobin: each
     message goes to one consumer, in turn.
     """
-    connection = settings.connect()
-    path = connection.path("p", queue)
+    client = settings.client()
     if policy is None:
-        click.echo(json_of(connection.call("GET", path))["value"])
+        click.echo(client.policy(queue)["value"])
         return
-    connection.call("POST", path, data={"policy": policy})
+    client.set_policy(queue, policy)
     click.echo(policy)
-
-
-def _set_status(settings: Settings, queue: str, word: str) -> None:
-    connection = settings.connect()
-    connection.call("POST", connection.path("control", queue), data={"status": word})
-    click.echo(f"{queue} {'started' if word == 'start' else 'stopped'}")
 
 
 @cli.command(epilog=EPILOG, short_help="Resume delivery to streaming consumers.")
@@ -358,7 +397,8 @@ def _set_status(settings: Settings, queue: str, word: str) -> None:
 @click.pass_obj
 def start(settings: Settings, queue: str) -> None:
     """Start delivering QUEUE's messages to streaming consumers (the backlog first)."""
-    _set_status(settings, queue, "start")
+    settings.client().start(queue)
+    click.echo(f"{queue} started")
 
 
 @cli.command(epilog=EPILOG, short_help="Hold delivery to streaming consumers.")
@@ -369,15 +409,15 @@ def stop(settings: Settings, queue: str) -> None:
 
     Plain pops still work on a stopped queue.
     """
-    _set_status(settings, queue, "stop")
+    settings.client().stop(queue)
+    click.echo(f"{queue} stopped")
 
 
 @cli.command(epilog=EPILOG, short_help="Check that the broker can serve.")
 @click.pass_obj
 def health(settings: Settings) -> None:
     """Ask the broker whether it can serve (GET /health): exit 0 when it can, 3 when not."""
-    connection = settings.connect()
-    answer = json_of(connection.call("GET", "/health"))
+    answer = settings.client().health()
     click.echo(
         f"{answer.get('status')}: storage {answer.get('storage')}, RestMQ {answer.get('version')}"
     )
@@ -470,8 +510,19 @@ def copy_command(
         target.close()
 
 
+def show_retries() -> None:
+    """Print the client's retries as warnings on stderr: a command that waits says why."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("Warning: %(message)s"))
+    log = logging.getLogger("restmq.client")
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+
+
 def main() -> None:
     """Console entry point (``restmq``): one line on stderr for any failure, never a traceback."""
+    show_retries()
     try:
         status = cli.main(prog_name="restmq", standalone_mode=False)
     except click.ClickException as exc:

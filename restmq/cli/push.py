@@ -10,8 +10,8 @@ from typing import IO
 
 import click
 
-from restmq.cli.connection import BrokerConnection, json_of
-from restmq.cli.failures import Exit, Failure
+from restmq.cli.failures import Exit, Failure, failure_from
+from restmq.client import Client, RestMQError
 
 BATCH_BYTES = 1 << 20  # well under the broker's default --max-body (8 MiB)
 
@@ -43,20 +43,22 @@ def batches(values: Iterable[str], size: int, max_bytes: int = BATCH_BYTES) -> I
 
 
 def push(
-    connection: BrokerConnection,
+    client: Client,
     queue: str,
     values: Iterable[str],
     *,
     batch_size: int,
     ttl: int | None,
+    delay: int | None,
     print_keys: bool,
     progress: bool,
 ) -> int:
     """Send ``values`` in order, one atomic batch per request; return how many were stored.
 
+    Each batch carries an Idempotency-Key of its own, and the client tries it again with
+    that key when the broker is unavailable or its answer was lost: it is stored once.
     With ``progress`` a bar on stderr counts the messages as they are read.
     """
-    path = connection.path("q", queue)
     sent = 0
     shown = (
         click.progressbar(
@@ -72,15 +74,13 @@ def push(
     )
     with shown as counted:
         for batch in batches(counted, batch_size):
-            body: dict = {"values": batch}
-            if ttl is not None:
-                body["ttl"] = ttl
             try:
-                keys = json_of(connection.post_json(path, body))
-            except Failure as failure:
+                keys = client.push_many(queue, batch, ttl=ttl, delay=delay)
+            except RestMQError as error:
+                failure = failure_from(error, client.url)
                 if sent:  # say what is already stored, so that a retry can skip it
                     failure.message += f" ({sent} messages before it were stored)"
-                raise
+                raise failure from None
             sent += len(batch)
             if print_keys:
                 click.echo("\n".join(keys))

@@ -22,7 +22,8 @@ class Settler(Protocol):
 class Message:
     """One message: ``queue``, ``key`` (``jobs:5``), ``value`` (always text, as stored),
     ``count`` (how often it was peeked), and for a message taken under a lease its
-    ``receipt`` (``jobs:5@1``), ``deliveries`` and ``lease`` (seconds).
+    ``receipt`` (``jobs:5@1``), ``deliveries`` and ``lease`` (seconds). ``answer`` is the
+    broker's JSON object for it as it came, fields this client does not know included.
 
     >>> with client.lease("jobs", 30) as message:   # doctest: +SKIP
     ...     print(message.value, message.receipt)
@@ -36,6 +37,7 @@ class Message:
     deliveries: int | None = None
     lease: int | None = None
     settled: bool = field(default=False, compare=False)
+    answer: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _client: Settler | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -51,6 +53,7 @@ class Message:
             receipt=answer.get("receipt"),
             deliveries=answer.get("deliveries"),
             lease=answer.get("lease"),
+            answer=answer,
             _client=client if answer.get("receipt") else None,
         )
 

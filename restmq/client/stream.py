@@ -61,7 +61,9 @@ class Stream:
         except httpx.HTTPError as exc:
             self.close()
             reason = str(exc) or type(exc).__name__
-            raise BrokerUnavailable(f"the stream of {self.queue!r} broke: {reason}") from None
+            raise BrokerUnavailable(
+                f"the stream of {self.queue!r} broke: {reason}", error=reason
+            ) from None
         except SSEError as exc:  # the answer is not an event stream
             self.close()
             raise RestMQError(f"{self._url} did not answer with an event stream: {exc}") from None

@@ -18,6 +18,9 @@ from restmq.client.errors import BrokerUnavailable, OutcomeUnknown, RestMQError,
 
 log = logging.getLogger("restmq.client")
 
+#: the ``error`` of an OutcomeUnknown raised because the answer did not come in time
+NO_ANSWER_IN_TIME = "no answer in time"
+
 
 def check_url(url: str) -> str:
     """The broker's base URL without a trailing slash; ValueError when it is not one."""
@@ -145,12 +148,19 @@ class Transport:
             return error_for(failure, lease_call=lease_call)
         where = f"{method} {target} at {self.url}"
         reason = str(failure) or type(failure).__name__
+        # ``error`` is what the network said, for a caller that words the failure itself
         if isinstance(failure, retry.NOT_SENT):
             tries = f" (tried {self.retries + 1} times)" if self.retries else ""
-            return BrokerUnavailable(f"{where}: cannot reach the broker{tries}: {reason}")
+            return BrokerUnavailable(
+                f"{where}: cannot reach the broker{tries}: {reason}", error=reason
+            )
         if isinstance(failure, httpx.TimeoutException):
-            return OutcomeUnknown(f"{where}: no answer in time, it may have been served")
-        return OutcomeUnknown(f"{where}: the answer was lost, it may have been served: {reason}")
+            return OutcomeUnknown(
+                f"{where}: no answer in time, it may have been served", error=NO_ANSWER_IN_TIME
+            )
+        return OutcomeUnknown(
+            f"{where}: the answer was lost, it may have been served: {reason}", error=reason
+        )
 
 
 def _what_happened(failure: httpx.Response | Exception) -> str:
