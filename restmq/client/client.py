@@ -76,7 +76,7 @@ class Client:
 
         A value that is not a str is sent as its JSON text. ``ttl``: the message expires
         that many seconds after the push; ``delay`` (1-604800 s): it is not handed out
-        before then (for brokers that know delays). The push carries an Idempotency-Key
+        before then. The push carries an Idempotency-Key
         and is tried again with the same key after a 503, a 504 or a lost answer, so a
         broker that honours the key stores it once.
 
