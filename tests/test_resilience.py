@@ -35,13 +35,13 @@ def test_a_pop_that_redis_answers_late_puts_its_message_back(external, queue):
     assert broker.get(f"/q/{queue}").json() == {"key": key, "value": "precious", "count": 0}
 
 
-def test_a_full_redis_answers_503_saying_so(external, queue):
+def test_a_full_redis_answers_507_saying_so(external, queue):
     server, broker = external
     assert server.command("CONFIG", "SET", "maxmemory", "1") == "OK"
     try:
         answer = broker.post(f"/q/{queue}", value="no room")
-        assert answer.status == 503
-        assert "out of memory" in answer.json()["error"]
+        assert answer.status == 507
+        assert answer.json() == {"error": "storage is full"}
         assert "Traceback" not in broker.log()
     finally:
         server.command("CONFIG", "SET", "maxmemory", "0")
