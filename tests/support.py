@@ -1468,3 +1468,18 @@ def notice_listeners(broker: Broker, queue: str) -> int:
         return store_command(broker, "PUBSUB", "NUMSUB", f"restmq:notify:0:{queue}")[1]
     channel = f"restmq:notify:{CLUSTER.stem(queue)}"
     return store_command(broker, "PUBSUB", "SHARDNUMSUB", channel, route=channel)[1]
+
+
+def own_storage_args(storage: str, cluster_factory, **cluster) -> list[str]:
+    """As ``storage_args``, but on a cluster one of the test's own (``cluster_factory``,
+    with these options): for a test that pauses, fills or cuts off a node of its store,
+    which the session cluster's other tests must not feel."""
+    if storage != "cluster":
+        return []
+    return [f"--redis-cluster={','.join(cluster_factory(**cluster).seeds)}"]
+
+
+def queue_command(broker: Broker, queue: str, *args):
+    """One raw command to the node that holds ``queue``'s keys: the broker's embedded (or
+    ``--redis-port``) Valkey, or on a cluster the primary serving the queue's slot."""
+    return store_command(broker, *args, route=f"{stem_of(broker, queue)}:queue")

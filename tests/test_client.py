@@ -23,6 +23,7 @@ from tests.support import (
     broker_url,
     free_port,
     stem_of,
+    storage_args,
     store_command,
     wait_for,
     wait_healthy,
@@ -185,8 +186,12 @@ def test_an_acl_refusal_is_access_denied_and_credentials_pass(tmp_path, queue):
         broker.stop()
 
 
-def test_a_push_while_the_broker_restarts_is_stored_once(broker_factory, queue, caplog):
-    broker = broker_factory()
+@STORAGE_MODES
+def test_a_push_while_the_broker_restarts_is_stored_once(
+    broker_factory, storage, request, queue, caplog
+):
+    # on a cluster the broker process restarts; the cluster and what it holds stay
+    broker = broker_factory(*storage_args(storage, request))
     broker.stop()
     caplog.set_level(logging.WARNING, logger="restmq.client")
     outcome: list = []

@@ -29,11 +29,13 @@ from cryptography.x509.oid import NameOID
 
 from restmq.runtime.options import Options
 from tests.support import (
+    STORAGE_MODES,
     Broker,
     HttpStream,
     consumers_of,
     pid_alive,
     post_value,
+    storage_args,
     valkey_pids,
     wait_for,
 )
@@ -130,12 +132,15 @@ def _gone(pids) -> bool:
 
 
 @pytest.fixture
-def workers_broker(broker_factory):
-    broker = broker_factory("--workers", "2")
+def workers_broker(broker_factory, storage, request):
+    """A broker of 2 processes, on the embedded Valkey or (for the tests marked
+    STORAGE_MODES) on the session Valkey Cluster."""
+    broker = broker_factory(*storage_args(storage, request), "--workers", "2")
     _wait_serving(broker, 2)
     return broker
 
 
+@STORAGE_MODES
 def test_two_processes_serve_one_port_and_one_queue(workers_broker, queue):
     broker = workers_broker
     main = broker.proc.pid
@@ -158,12 +163,14 @@ def test_two_processes_serve_one_port_and_one_queue(workers_broker, queue):
         )
         assert conn.getresponse().status == 200
         conn.close()
-        assert stream.next_message()["value"] == "hello"
+        message = stream.next_message()
+        assert (message["key"], message["value"]) == (broker.key(queue, 1), "hello")
         # and the other way round: a pop through the worker takes what the main stored
         post_value(broker, queue + "-pop", "popped")
         conn = _connection_to(broker, worker)
         conn.request("GET", f"/q/{queue}-pop")
-        assert b"popped" in conn.getresponse().read()
+        popped = json.loads(conn.getresponse().read())
+        assert (popped["key"], popped["value"]) == (broker.key(f"{queue}-pop", 1), "popped")
         conn.close()
     finally:
         stream.close()
@@ -199,6 +206,7 @@ def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_br
     assert min(counts.values()) >= 3, counts
 
 
+@STORAGE_MODES
 def test_stats_count_the_consumers_of_every_process(workers_broker, queue):
     broker = workers_broker
     main = broker.proc.pid
