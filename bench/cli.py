@@ -16,6 +16,7 @@ from pathlib import Path
 from bench.bodies import BodiesScenario
 from bench.cluster import ClusterScenario
 from bench.consumers import RouteMissing
+from bench.fsync import FsyncScenario
 from bench.leased import LeasedScenario
 from bench.leases import LeasesScenario
 from bench.report import ERROR, SKIPPED, ScenarioResult, heading, summary
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "workers": WorkersScenario,
     "cluster": ClusterScenario,
     "semantics": SemanticsScenario,
+    "fsync": FsyncScenario,
 }
 ALIASES = {"all": list(SCENARIOS), "streaming": ["latency", "fanout", "memory"]}
 
@@ -92,11 +94,15 @@ scenarios (--only):
            target); the kinds in --semantics-rounds interleaved rounds, one broker;
            delay precision: --delay-samples messages due over 2-5 s, one SSE
            consumer, p50/p99/max of delivery - due time (target: p99 <= 1.5 s)
+  fsync    add (POST /q/<q>) req/s and p50/p99 latency of brokers started with
+           --fsync always, everysec and no, 4 keep-alive connections, 3 interleaved
+           rounds; ratios against everysec (the default); the disk's fsync time (no target)
   streaming = latency,fanout,memory; all (default) = every scenario
 Streaming scenarios are skipped with a note while the broker answers 404 on
 their route (GET /c/<q>, /ws/<q>).
-With the defaults the whole run takes about 8.5 minutes (shutdown: about 70 s,
-cluster: about 90 s, semantics: about 55 s, workers: about 50 s, leased: about 20 s).
+With the defaults the whole run takes about 9.5 minutes (shutdown: about 70 s,
+cluster: about 90 s, semantics: about 55 s, workers: about 50 s, fsync: about 45 s,
+leased: about 20 s).
 """
 
 
@@ -155,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--only", type=_names, action="extend", metavar="NAMES",
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
-             "shutdown, leased, leases, workers, cluster, semantics, streaming, all); "
+             "shutdown, leased, leases, workers, cluster, semantics, fsync, streaming, all); "
              "default: all")  # fmt: skip
     add("--duration", type=_positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip

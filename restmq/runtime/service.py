@@ -122,7 +122,7 @@ class BrokerService(service.Service):
         self.reactor = reactor
         self.valkey: EmbeddedValkey | None = None
         if options.embedded:
-            self.valkey = EmbeddedValkey(options["data-dir"], reactor)
+            self.valkey = EmbeddedValkey(options["data-dir"], reactor, fsync=options["fsync"])
             address = RedisAddress(socket=self.valkey.socket_path, kind=EMBEDDED)
         elif options["redis-cluster"]:
             address = None
@@ -292,7 +292,11 @@ class BrokerService(service.Service):
         # Large request bodies must not stay resident once they are freed (see memory.py).
         memory.keep_large_blocks_on_mmap()
         if self.valkey is not None:
-            log.info("storage: embedded Valkey, data dir {dir}", dir=self.options["data-dir"])
+            log.info(
+                "storage: embedded Valkey, data dir {dir}, appendfsync {fsync}",
+                dir=self.options["data-dir"],
+                fsync=self.valkey.fsync,
+            )
         elif self.options.is_worker:
             log.info("storage: the main process's, {where}", where=self.redis.address.describe())
         elif self.options["redis-cluster"]:
