@@ -241,8 +241,11 @@ class Soak:
         self.run.settled = await self._settle(timeout=max(opts.lease, WS_LEASE) + 30)
         stop.set()
         await asyncio.wait(consumer_tasks, timeout=60)
-        for task in consumer_tasks:
-            task.cancel()
+        for task in consumer_tasks + producer_tasks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is not None:
+                ledger.errors[f"a load task failed: {task.exception()!r}"[:160]] += 1
         self.run.streams_ended = sum(s.ended for s in streams + churned)
         for stream in streams + churned:
             await stream.close()
@@ -270,16 +273,16 @@ class Soak:
         print(ROW_FORMAT.format("time", "in", "out", "depth", "broker RSS", "fds", "valkey mem"))
         print(ROW_FORMAT.format(*["-" * n for n in (6, 8, 8, 6, 10, 9, 12)]), flush=True)
         t0 = time.monotonic()
+        counted = (ledger.messages_in, ledger.messages_out)
         for index in range(math.ceil(duration / interval - 1e-9)):
             end = t0 + min(duration, (index + 1) * interval)
-            counted_in, counted_out = ledger.messages_in, ledger.messages_out
             fds: list[int | None] = []
             while (left := end - time.monotonic()) > 0:
                 fds.append(open_fds(self.broker.pid))
                 await asyncio.sleep(min(1.0, left))
-            row = await self._sample(
-                ledger.messages_in - counted_in, ledger.messages_out - counted_out, t0, fds
-            )
+            # the counts are read at the row's end, before the (slower) samples
+            start, counted = counted, (ledger.messages_in, ledger.messages_out)
+            row = await self._sample(counted[0] - start[0], counted[1] - start[1], t0, fds)
             self.run.rows.append(row)
             print(row_line(row), flush=True)
 
