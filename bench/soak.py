@@ -58,9 +58,9 @@ load, over four queues (--rate msg/s in all, each queue's share sent 1/3 as sing
 `value=` POSTs and 2/3 as JSON batches of {BATCH} `{{"values": [...]}}`):
   pop      {SHARES["pop"]:.0%}: 2 plain consumers (GET /q/<q>), 2 long polls (GET /q/<q>?wait=5,
            one with n=10)
-  lease    {SHARES["lease"]:.0%}: 3 leased consumers (GET /q/<q>?lease=--lease&wait=2, n=1 or 5;
-           ack DELETE /q/<q>?receipt=R) that die now and then holding what they took
-           (no ack, a new connection): those messages come back when the lease ends
+  lease    {SHARES["lease"]:.0%}: 3 leased consumers (GET /q/<q>?lease=S&wait=2, S from --lease,
+           n=1 or 5; ack DELETE /q/<q>?receipt=R) that die now and then holding what
+           they took (no ack, a new connection): those come back when the lease ends
   stream   {SHARES["stream"]:.0%}: roundrobin, 2 SSE consumers (GET /c/<q>, Accept:
            text/event-stream) and 1 WebSocket (/ws/<q>), connected throughout
   wslease  {SHARES["wslease"]:.0%}: roundrobin, 2 leased WebSockets
