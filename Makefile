@@ -9,7 +9,7 @@ STAMP := $(VENV)/.restmq-installed
 ARGS ?=
 CLUSTER_BASE_PORT ?= 7000
 
-.PHONY: install run run-cluster test test-programs lint format docs bench clean
+.PHONY: install run run-cluster test test-programs lint format docs bench soak clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ test: lint test-programs docs
 
 bench: install
 	$(VENV)/bin/python -m bench $(ARGS)
+
+# Ten minutes of mixed load on one broker, watched minute by minute (not part of `make test`).
+soak: install
+	$(VENV)/bin/python -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(BOOTSTRAP) restmq-data docs/_build .pytest_cache .ruff_cache
