@@ -11,7 +11,7 @@ from typing import Any
 
 from restmq.access import acl
 from restmq.errors import EmptyQueue, InvalidArgument
-from restmq.operations import jsontext
+from restmq.operations import jsontext, validation
 from restmq.operations.queue_operations import Operations
 from restmq.web import shapes
 
@@ -75,14 +75,17 @@ async def _run(ops: Operations, command: Any, default_queue: str | None) -> dict
         if added.replayed:  # only then: a first add's answer keeps the original's shape
             answer[REPLAYED_FIELD] = True
         return answer
+    # A lease is checked even where it changes nothing (get): a bad one is refused, not ignored.
+    leased = cmd in ("get", "take") and "lease" in command
+    lease = validation.lease_seconds(command["lease"]) if leased else None
     if cmd == "get":
         message = await ops.peek(queue)
         return shapes.json_peeked(queue, message)
     if cmd == "take":
-        if command.get("lease") is None:
+        if lease is None:
             message = await ops.pop(queue)
             return shapes.json_taken(queue, message)
-        taken = await ops.take(queue, lease=command["lease"])
+        taken = await ops.take(queue, lease=lease)
         if not taken:
             raise EmptyQueue(queue)
         return shapes.json_taken(queue, taken[0])

@@ -129,11 +129,11 @@ class IndexHandler(RestHandler):
 
     async def get(self) -> None:
         self.refuse_unknown_arguments()
+        callback = self.callback()  # checked even for the redirect: a bad one is refused
         queue = self.arg("queue")
         if queue is None:
             self.redirect("/static/index.html")
             return
-        callback = self.callback()
         await self.answer_pop(queue, callback)
 
     async def post(self) -> None:
