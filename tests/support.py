@@ -1078,9 +1078,9 @@ class RawSseStream:
 
     def messages(self) -> list[dict]:
         # Each event is written as one chunk, so a data line is never cut by chunk framing.
-        return [
-            json.loads(line[6:]) for line in self.raw.split(b"\n") if line.startswith(b"data: {")
-        ]
+        # A connection reset may cut the last one short: only whole lines count.
+        lines = self.raw.split(b"\n")[:-1]
+        return [json.loads(line[6:]) for line in lines if line.startswith(b"data: {")]
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
