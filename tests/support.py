@@ -1070,6 +1070,15 @@ class RawSseStream:
         self.sock.close()
         return self.messages()
 
+    def read_at_least(self, count: int, timeout: float = 15.0) -> list[dict]:
+        """Read until ``count`` whole messages came (then read no more)."""
+        self.sock.settimeout(timeout)
+        while len(self.messages()) < count:
+            data = self.sock.recv(1 << 16)
+            assert data, f"the stream ended after {len(self.messages())} message(s)"
+            self.raw += data
+        return self.messages()
+
     def read_in_background(self) -> threading.Thread:
         """Read to the end in a thread (join it, then look at ``messages()``)."""
         thread = threading.Thread(target=self.read_to_end, daemon=True)
