@@ -1039,6 +1039,19 @@ def take_all(broker: Broker, queue: str, batch: int = 500) -> list[dict]:
         taken += got
 
 
+def settled_length(broker: Broker, queue: str) -> int:
+    """The queue's length once it has stopped changing for half a second (the broker
+    took what its paused consumers let it take)."""
+    lengths = [-1]
+
+    def steady() -> bool:
+        lengths.append(broker.get(f"/stats/{queue}").json()["len"])
+        return lengths[-1] == lengths[-2]
+
+    wait_for(steady, 10, interval=0.5, what=f"the length of {queue} to settle")
+    return lengths[-1]
+
+
 class RawSseStream:
     """An SSE consumer on a raw socket that reads only when told to.
 

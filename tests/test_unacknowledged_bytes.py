@@ -13,16 +13,23 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support import RawSseStream, take_all, wait_for
+from tests.support import RawSseStream, settled_length, take_all, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the kernel's send queue is read on Linux only"
 )
 
 VALUES = [f"{i:05d}-" + "x" * 1018 for i in range(2000)]  # 2,000 x 1 KB
+
+
+def more_than_a_send_buffer() -> list[str]:
+    """1 KB messages, half as many again as the largest send buffer Linux grows."""
+    largest = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    return [f"{i:05d}-" + "x" * 1018 for i in range(max(2000, largest * 3 // 2 // 1024))]
 
 
 def publish(broker, queue: str, values: list[str]) -> None:
@@ -61,18 +68,17 @@ def test_a_stop_with_two_paused_broadcast_consumers_loses_nothing_in_their_socke
     broker_factory, queue
 ):
     broker = broker_factory()
-    # Default receive buffers: the broker's kernel takes megabytes for each of them.
-    streams = [RawSseStream(broker.port, queue) for _ in range(2)]
+    # Small receive buffers: the broker's kernel still takes megabytes for each of them.
+    streams = [RawSseStream(broker.port, queue, receive_buffer=4096) for _ in range(2)]
+    values = more_than_a_send_buffer()
     wait_for(lambda: consumers_of(broker, queue) == 2)
-    publish(broker, queue, VALUES)
-    wait_for(lambda: broker.get(f"/stats/{queue}").json()["len"] < len(VALUES))
-    broker.proc.send_signal(signal.SIGTERM)
-    # What each socket holds stays readable after the broker hangs up (reset or not).
+    publish(broker, queue, values)
+    settled_length(broker, queue)  # what their sockets and backlogs hold is taken
+    stop_and_restart(broker)  # the consumers read nothing while the broker stops
+    # What each socket holds stays readable after the broker hung up (reset or not).
     read = set().union(*(values_of(stream.read_to_end()) for stream in streams))
-    broker.proc.wait(30)
-    broker.start()
     back = [message["value"] for message in take_all(broker, queue)]
-    assert set(VALUES) <= read | set(back), account(VALUES, read, back)
+    assert set(values) <= read | set(back), account(values, read, back)
     assert len(back) == len(set(back)), "put back once, not once per consumer"
 
 
@@ -93,14 +99,17 @@ def test_a_consumer_dropped_as_too_slow_loses_nothing_in_its_socket(broker_facto
 
 def test_what_a_consumer_read_does_not_come_back_and_nothing_is_lost(broker_factory, queue):
     broker = broker_factory()
-    reader = RawSseStream(broker.port, queue)
+    # A small receive buffer: the stream must not all fit in the consumer's kernel.
+    reader = RawSseStream(broker.port, queue, receive_buffer=4096)
+    values = more_than_a_send_buffer()  # the broker's kernel cannot take them all
     wait_for(lambda: consumers_of(broker, queue) == 1)
-    publish(broker, queue, VALUES)
+    publish(broker, queue, values)
     early = values_of(reader.read_at_least(300))  # then it reads no more until the stop
+    settled_length(broker, queue)
     stop_and_restart(broker)
     late = values_of(reader.read_to_end()) - early
     back = [message["value"] for message in take_all(broker, queue)]
     read = early | late
-    assert set(VALUES) <= read | set(back), account(VALUES, read, back)
+    assert set(values) <= read | set(back), account(values, read, back)
     assert not early & set(back), "a message the consumer read came back to the queue"
     assert len(back) == len(set(back))
