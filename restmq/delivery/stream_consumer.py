@@ -14,6 +14,7 @@ old rule, written means delivered.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ log = Logger(namespace="restmq.consumers")
 #: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
 CLOSE_NORMAL = 1000  # e.g. the queue was purged
 CLOSE_GOING_AWAY = 1001  # the broker is stopping
+
+NEVER_HANDED = sys.maxsize  # where a write the connection refused ends: never acknowledged
 
 
 @implementer(IPushProducer)
@@ -158,13 +161,19 @@ class StreamConsumer:
     def _write_message(self, message: Message, data: bytes, copies: Copies | None) -> None:
         """Write ``message`` (its ``copies`` held by this consumer) and remember it
         until its peer acknowledges it."""
+        acks = self.acks
+        before = acks.handed if acks is not None else 0
         self.write(data)
-        if self.acks is None:  # the old rule: written means delivered
+        if acks is None:  # the old rule: written means delivered
             if copies is not None:
                 copies.release(written=True)
             return
         item = copies if copies is not None else getattr(message, "receipt", None)
-        if item is not None and self._sent.record(self.acks.handed, item):
+        if item is None:
+            return
+        # Nothing handed (the response had ended): never acknowledged, it goes back.
+        end = acks.handed if acks.handed > before else NEVER_HANDED
+        if self._sent.record(end, item):
             self.settle_sent()
 
     def take_undelivered(self) -> list[TakenMessage]:

@@ -84,8 +84,14 @@ def track(transport) -> SendQueue | None:
     too; None where the system cannot tell what the peer acknowledged."""
     if SIOCOUTQ is None:
         return None
-    tls = transport if isinstance(transport, TLSMemoryBIOProtocol) else None
-    raw = transport.transport if tls is not None else transport
+    if isinstance(transport, TLSMemoryBIOProtocol):  # TLS wrapping the connection (workers)
+        tls, raw = transport, transport.transport
+    elif getattr(transport, "TLS", False):  # TLS started on the TCP transport (listenSSL)
+        tls, raw = getattr(transport, "protocol", None), transport
+        if not isinstance(tls, TLSMemoryBIOProtocol):
+            return None
+    else:
+        tls, raw = None, transport
     sock = getattr(raw, "socket", None)
     if not isinstance(sock, socket.socket) or not hasattr(raw, "dataBuffer"):
         return None
