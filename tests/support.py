@@ -1039,6 +1039,70 @@ def take_all(broker: Broker, queue: str, batch: int = 500) -> list[dict]:
         taken += got
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key_path = directory / "cert.pem", directory / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key_path
+
+
+def https_request(port: int, context, method: str, path: str, body: str = "", headers=None):
+    """One HTTPS request: (status, body)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def settled_length(broker: Broker, queue: str) -> int:
+    """The queue's length once it has stopped changing for half a second (the broker
+    took what its paused consumers let it take)."""
+    lengths = [-1]
+
+    def steady() -> bool:
+        lengths.append(broker.get(f"/stats/{queue}").json()["len"])
+        return lengths[-1] == lengths[-2]
+
+    wait_for(steady, 10, interval=0.5, what=f"the length of {queue} to settle")
+    return lengths[-1]
+
+
 class RawSseStream:
     """An SSE consumer on a raw socket that reads only when told to.
 
@@ -1047,11 +1111,13 @@ class RawSseStream:
     its backlog. ``read_to_end()`` reads everything until the broker closes.
     """
 
-    def __init__(self, port: int, queue: str, receive_buffer: int | None = None) -> None:
+    def __init__(self, port: int, queue: str, receive_buffer: int | None = None, tls=None) -> None:
         self.sock = socket.socket()
         if receive_buffer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.connect(("127.0.0.1", port))
+        if tls is not None:  # an ssl.SSLContext: the stream over HTTPS
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.sock.sendall(
             f"GET /c/{queue} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Accept: text/event-stream\r\n\r\n".encode()
@@ -1070,6 +1136,15 @@ class RawSseStream:
         self.sock.close()
         return self.messages()
 
+    def read_at_least(self, count: int, timeout: float = 15.0) -> list[dict]:
+        """Read until ``count`` whole messages came (then read no more)."""
+        self.sock.settimeout(timeout)
+        while len(self.messages()) < count:
+            data = self.sock.recv(1 << 16)
+            assert data, f"the stream ended after {len(self.messages())} message(s)"
+            self.raw += data
+        return self.messages()
+
     def read_in_background(self) -> threading.Thread:
         """Read to the end in a thread (join it, then look at ``messages()``)."""
         thread = threading.Thread(target=self.read_to_end, daemon=True)
@@ -1078,9 +1153,9 @@ class RawSseStream:
 
     def messages(self) -> list[dict]:
         # Each event is written as one chunk, so a data line is never cut by chunk framing.
-        return [
-            json.loads(line[6:]) for line in self.raw.split(b"\n") if line.startswith(b"data: {")
-        ]
+        # A connection reset may cut the last one short: only whole lines count.
+        lines = self.raw.split(b"\n")[:-1]
+        return [json.loads(line[6:]) for line in lines if line.startswith(b"data: {")]
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

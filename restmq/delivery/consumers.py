@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import uuid
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from restmq.budget import MemoryBudget
@@ -31,6 +31,8 @@ from restmq.lifecycle import Periodic
 from restmq.metrics import Metrics
 
 log = Logger(namespace="restmq.consumers")
+
+ACK_POLL_INTERVAL = 0.05  # seconds between looks at what stopping streams' peers acknowledged
 
 
 class ConsumerRegistry:
@@ -106,28 +108,47 @@ class ConsumerRegistry:
     def stopping(self) -> bool:
         return self._lines.stopping
 
-    def stop(self) -> defer.Deferred:
+    def stop(self, grace: float = 0.0) -> defer.Deferred:
         """Stop taking batches, hand out those already being taken, then end every
-        stream; what no consumer wrote to its socket goes back to its queue.
+        stream: what its peer got stays delivered, what it did not goes back to its
+        queue. A stream is written nothing more; for up to ``grace`` seconds its peer
+        may take (its TCP acknowledge) what it was written already.
 
         Fires once those messages are back (Redis must stay connected until then).
         """
-        return defer.ensureDeferred(self._stop())
+        return defer.ensureDeferred(self._stop(grace))
 
-    async def _stop(self) -> None:
+    async def _stop(self, grace: float) -> None:
         # A batch being taken now is handed out (or put back) first.
         await defer.gatherResults([self._lines.stop(), self._heart.stop()], consumeErrors=True)
         closed = self._lines.close_all()
         self._leased.withdraw([queue for queue, line in closed if line.has_leased()])
-        for queue, line in closed:
-            back = []
-            for consumer in list(line.members):
-                self._leased.leave(consumer)
-                back += consumer.take_backlog()
+        streams = [(queue, consumer) for queue, line in closed for consumer in list(line.members)]
+        for _, consumer in streams:
+            consumer.gone = True  # nothing more is written to it
+        await self._until_acknowledged([consumer for _, consumer in streams], grace)
+        for queue, consumer in streams:
+            got_all = consumer.settle_sent()
+            self._leased.leave(consumer)
+            self._unleased.give_back(queue, consumer.take_undelivered())
+            if got_all:
                 consumer.close("the broker is stopping", code=CLOSE_GOING_AWAY)
-            self._unleased.give_back(queue, back)
+            else:
+                # What its peer did not acknowledge went back: a reset discards it
+                # rather than deliver it too (what the peer's TCP holds stays readable).
+                consumer.abort()
         self._total = 0
         await self._pending.settled()
+
+    async def _until_acknowledged(self, consumers: list[StreamConsumer], grace: float) -> None:
+        """Wait until the peers of ``consumers`` acknowledged what they were written,
+        at most ``grace`` seconds. The kernel tells no event for it: look a few times
+        a second (only while stopping)."""
+        deadline = self.reactor.seconds() + grace
+        waiting = [consumer for consumer in consumers if not consumer.settle_sent()]
+        while waiting and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, ACK_POLL_INTERVAL, lambda: None)
+            waiting = [consumer for consumer in waiting if not consumer.settle_sent()]
 
     # -- membership ---------------------------------------------------------
 
@@ -158,8 +179,8 @@ class ConsumerRegistry:
         self._leased.leave(consumer)
         if consumer.leased and not line.has_leased():
             self._leased.withdraw([queue])
-        # What it held that no consumer wrote goes back to the queue, for the others.
-        self._unleased.give_back(queue, consumer.take_backlog())
+        # What it held that no consumer's peer got goes back to the queue, for the others.
+        self._unleased.give_back(queue, consumer.take_undelivered())
 
     def count(self, queue: str) -> int:
         line = self._lines.get(queue)
@@ -248,7 +269,7 @@ class ConsumerRegistry:
             self._total -= 1
             consumer.gone = True
             self._leased.drop(consumer)  # the purge dropped the leases too
-            consumer.take_backlog()  # the queue is gone, and with it what was buffered
+            consumer.take_undelivered()  # the queue is gone, and with it what was buffered
             consumer.close(reason)
         log.info("ended {n} stream(s) of queue {queue}: {reason}",
                  n=len(line.members), queue=queue, reason=reason)  # fmt: skip

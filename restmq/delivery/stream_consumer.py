@@ -4,10 +4,17 @@ Each transport (restmq.web.handlers.streaming, .websocket) subclasses it with ho
 encodes, writes and closes. The consumer is the push producer of its connection:
 while Twisted pauses it, what it is sent waits in its backlog, whose bytes are held
 in the broker's memory budget.
+
+A message counts as delivered once its peer's TCP acknowledged it, not when it was
+written (restmq.delivery.socket_acks): until then the consumer holds it, and what it
+holds unacknowledged when it goes goes back to the queue like its backlog. A
+transport that cannot tell (``acks`` None: no such count on this system) keeps the
+old rule, written means delivered.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -16,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restmq.delivery.copies import Copies
+from restmq.delivery.socket_acks import Acknowledgements, SentNotAcked
 from restmq.engine.messages import LeasedMessage, Message, TakenMessage
 
 if TYPE_CHECKING:
@@ -26,6 +34,8 @@ log = Logger(namespace="restmq.consumers")
 #: WebSocket close codes (RFC 6455 7.4.1) for why a stream ends; HTTP streams ignore them
 CLOSE_NORMAL = 1000  # e.g. the queue was purged
 CLOSE_GOING_AWAY = 1001  # the broker is stopping
+
+NEVER_HANDED = sys.maxsize  # where a write the connection refused ends: never acknowledged
 
 
 @implementer(IPushProducer)
@@ -50,6 +60,11 @@ class StreamConsumer:
         self._backlog: deque[tuple[Message, bytes, Copies | None]] = deque()
         self._backlog_bytes = 0
         self._reserved = 0  # backlog bytes held in the registry's memory budget
+        # the connection's count of acknowledged bytes; None: written means delivered
+        self.acks: Acknowledgements | None = None
+        # written, not known acknowledged: the Copies of messages that may go back,
+        # the receipts of leased ones
+        self._sent: SentNotAcked[Copies | str] = SentNotAcked()
         self.lease: int | None = None  # seconds each message is leased for; None: unleased
         self.prefetch = 0  # unacknowledged messages a leased consumer may hold
 
@@ -69,8 +84,24 @@ class StreamConsumer:
         return self._backlog_bytes
 
     def unwritten_receipts(self) -> set[str]:
-        """The receipts of the leased messages still waiting in the backlog."""
-        return {m.receipt for m, _, _ in self._backlog if isinstance(m, LeasedMessage)}
+        """The receipts of the leased messages its peer did not get: still waiting in
+        the backlog, or written and not acknowledged by the peer's TCP."""
+        self.settle_sent()
+        waiting = {m.receipt for m, _, _ in self._backlog if isinstance(m, LeasedMessage)}
+        return waiting | {item for item in self._sent if isinstance(item, str)}
+
+    def settle_sent(self) -> bool:
+        """Count what the peer acknowledged as delivered; True when nothing it was
+        written is left unacknowledged (or its connection can no longer tell)."""
+        if self.acks is None or not self._sent:
+            return True
+        done = self._sent.settle(self.acks)
+        if done is None:
+            return True  # waiting will not tell more
+        for item in done:
+            if isinstance(item, Copies):
+                item.release(written=True)
+        return not self._sent
 
     # -- what a transport implements ---------------------------------------
 
@@ -122,19 +153,38 @@ class StreamConsumer:
                 self._too_slow()  # the budget is held by request bodies
             # else: shed to make room; what it held, this message too, went back
             return True
-        self.write(data)
         if copies is not None:
-            copies.wrote()
+            copies.take()  # held until its peer acknowledges it
+        self._write_message(message, data, copies)
         return True
 
-    def take_backlog(self) -> list[TakenMessage]:
-        """Empty the backlog; return the messages that must go back to the queue
-        (no consumer wrote them and no other backlog still holds them)."""
-        back = [
-            copies.message
-            for _, _, copies in self._backlog
-            if copies is not None and copies.release()
-        ]
+    def _write_message(self, message: Message, data: bytes, copies: Copies | None) -> None:
+        """Write ``message`` (its ``copies`` held by this consumer) and remember it
+        until its peer acknowledges it."""
+        acks = self.acks
+        before = acks.handed if acks is not None else 0
+        self.write(data)
+        if acks is None:  # the old rule: written means delivered
+            if copies is not None:
+                copies.release(written=True)
+            return
+        item = copies if copies is not None else getattr(message, "receipt", None)
+        if item is None:
+            return
+        # Nothing handed (the response had ended): never acknowledged, it goes back.
+        end = acks.handed if acks.handed > before else NEVER_HANDED
+        if self._sent.record(end, item):
+            self.settle_sent()
+
+    def take_undelivered(self) -> list[TakenMessage]:
+        """Let go of every message the peer did not get (the backlog, and what it was
+        written without acknowledging it); return those that must go back to the queue
+        (no consumer got them and no other consumer still holds them)."""
+        self.settle_sent()
+        # oldest first: what was written, then what waited behind it
+        held = [item for item in self._sent.take_all() if isinstance(item, Copies)]
+        held += [copies for _, _, copies in self._backlog if copies is not None]
+        back = [copies.message for copies in held if copies.release()]
         self._backlog.clear()
         self._backlog_bytes = 0
         self._give_back(self._reserved)
@@ -171,14 +221,15 @@ class StreamConsumer:
     def resumeProducing(self) -> None:
         self._paused = False
         while self._backlog and not self._paused and not self.gone:
-            _, data, copies = self._backlog.popleft()
+            message, data, copies = self._backlog.popleft()
             self._backlog_bytes -= len(data)
             self._give_back(len(data))
-            self.write(data)
-            if copies is not None:
-                copies.release(written=True)
+            self._write_message(message, data, copies)  # its hold passes to _sent
         if not self._paused and not self.gone and self.registry is not None:
             self.registry.wake(self.queue)
 
     def stopProducing(self) -> None:
+        # Twisted calls this as the connection is lost, before it closes the socket:
+        # the last moment the kernel can say what the peer acknowledged.
         self.gone = True
+        self.settle_sent()

@@ -269,7 +269,7 @@ class BrokerService(service.Service):
             ("stats feed", self.broker.operations.stats_feed.stop),
             ("long-poll waiters", self.waiters.stop),  # answered 204 at once
             # Streams take no new batch, hand out or put back what they hold, and end.
-            ("streaming consumers", self.consumers.stop),
+            ("streaming consumers", lambda: self.consumers.stop(STOP_GRACE)),
             # Out of order: after the streams, so that other brokers count none of ours.
             ("consumer census", self.census.stop),
             # Out of order: the answers and the streams' last bytes go out before

@@ -73,6 +73,12 @@ class OpenConnections:
 class DrainingHTTPConnection(BudgetedHTTPConnection):
     """The broker's HTTP connection, which a stop winds down (see OpenConnections)."""
 
+    bytes_out = 0  # answer bytes handed to the transport: streams count acks by it
+
+    def write(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        super().write(chunk)
+
     def connectionMade(self):
         super().connectionMade()
         serve = self.request_callback

@@ -10,7 +10,7 @@ from restmq.access import acl
 from restmq.delivery.stream_consumer import CLOSE_NORMAL, StreamConsumer
 from restmq.engine.messages import Message
 from restmq.web import shapes
-from restmq.web.connection import held_response
+from restmq.web.connection import held_response, send_queue
 from restmq.web.handlers.base import BaseHandler, encode_json
 
 
@@ -21,6 +21,9 @@ class HttpStreamConsumer(StreamConsumer):
         super().__init__(queue, handler.request.remote_ip)
         self.handler = handler
         self.callback = callback
+        self.connection = handler.request.connection
+        if hasattr(self.connection, "bytes_out"):  # the broker's own HTTP connection
+            self.acks = send_queue.track(self.connection.transport)
 
     @staticmethod
     def payload(message: Message) -> str:
@@ -35,8 +38,11 @@ class HttpStreamConsumer(StreamConsumer):
     def write(self, data: bytes) -> None:
         handler = self.handler
         if held_response.can_write(handler):
+            before = self.connection.bytes_out  # with the chunk's framing
             handler.write(data)
             handler.flush()
+            if self.acks is not None:
+                self.acks.count(self.connection.bytes_out - before)
 
     def _last_words(self) -> bytes:
         # The original wrote null before ending a purged stream.

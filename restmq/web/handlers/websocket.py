@@ -27,7 +27,7 @@ from restmq.engine.messages import Message
 from restmq.errors import InvalidArgument, StorageUnavailable, TooManyConsumers
 from restmq.operations import jsontext, validation
 from restmq.web import shapes
-from restmq.web.connection import cyclone_fixes
+from restmq.web.connection import cyclone_fixes, send_queue
 from restmq.web.connection.frame_guard import FrameSizeGuard
 from restmq.web.handlers.base import ApiError, BaseHandler, encode_json
 
@@ -45,13 +45,20 @@ class WebSocketConsumer(StreamConsumer):
         super().__init__(queue, peer)
         self.transport = transport
         self.ws = ws
+        self.acks = send_queue.track(transport)
 
     def encode(self, message: Message) -> bytes:
         return self.ws.send(TextMessage(data=encode_json(shapes.stream_message(message))))
 
     def write(self, data: bytes) -> None:
         if not self.gone:
-            self.transport.write(data)
+            self.send_frame(data)
+
+    def send_frame(self, data: bytes) -> None:
+        """Every frame goes out here, counted (see restmq.delivery.socket_acks)."""
+        self.transport.write(data)
+        if self.acks is not None:
+            self.acks.count(len(data))
 
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Hang up: a close frame while the protocol still allows one, then the socket.
@@ -60,7 +67,7 @@ class WebSocketConsumer(StreamConsumer):
         """
         self.gone = True
         if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
+            self.send_frame(self.ws.send(CloseConnection(code=code, reason=reason)))
         # A TLS transport only closes once its producer is gone.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -209,9 +216,9 @@ class WebSocketHandler(cyclone_fixes.OwnDispatchMixin, BaseHandler):
                     return
                 # The original echoes what a consumer sends.
                 kind = TextMessage if isinstance(event, TextMessage) else BytesMessage
-                self.consumer.transport.write(self.ws.send(kind(data=whole)))
+                self.consumer.send_frame(self.ws.send(kind(data=whole)))
         elif isinstance(event, Ping):
-            self.consumer.transport.write(self.ws.send(event.response()))
+            self.consumer.send_frame(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             self.operations.close_stream(self.consumer)
             # The answer repeats the client's code and reason (RFC 6455 5.5.1).
@@ -246,7 +253,7 @@ class WebSocketHandler(cyclone_fixes.OwnDispatchMixin, BaseHandler):
 
     def _tell(self, obj: dict) -> None:
         if not self.consumer.gone:
-            self.consumer.transport.write(self.ws.send(TextMessage(data=encode_json(obj))))
+            self.consumer.send_frame(self.ws.send(TextMessage(data=encode_json(obj))))
 
     def _connection_lost(self, result):
         self.operations.close_stream(self.consumer)
