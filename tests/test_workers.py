@@ -1,20 +1,19 @@
 """``--workers N``: one port served by N `twistd restmq` processes sharing one Redis.
 
 Real brokers; which process holds a connection is read from the operating system
-(psutil), and /health names the process that answered. A connection meant for one
-process is made while the others are paused (SIGSTOP): the tests do not depend on
-how the kernel spreads connections, except the one about that spreading itself.
+(psutil), and /health names the process that answered. Each process listens on a
+socket of its own and the kernel picks one for each new connection, at random as
+far as a client can tell: a connection meant for one process is made again until
+that process holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import http.client
 import ipaddress
 import json
-import os
 import re
 import signal
 import socket
@@ -38,6 +37,7 @@ from tests.support import (
     storage_args,
     valkey_pids,
     wait_for,
+    wait_healthy,
 )
 
 
@@ -50,27 +50,6 @@ def _live_pids(broker: Broker) -> set[int]:
     return {broker.proc.pid, *(p.pid for p in _workers(broker))}
 
 
-@contextlib.contextmanager
-def _only_accepting(broker: Broker, pid: int):
-    """While the block runs, process ``pid`` alone takes new connections on the shared
-    port: the others are paused (SIGSTOP), so a connection made meanwhile is its own,
-    whatever the kernel would have chosen."""
-    others = sorted(_live_pids(broker) - {pid})
-    try:
-        for other in others:
-            os.kill(other, signal.SIGSTOP)
-        for other in others:
-            wait_for(
-                lambda o=other: psutil.Process(o).status() == psutil.STATUS_STOPPED,
-                5,
-                what=f"process {other} to pause",
-            )
-        yield
-    finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
-
-
 def _health_pid(broker: Broker) -> int:
     """The pid /health names, over a fresh connection."""
     return broker.get("/health").json()["pid"]
@@ -79,8 +58,8 @@ def _health_pid(broker: Broker) -> int:
 def _wait_serving(
     broker: Broker, count: int, timeout: float = 30.0, answering=_health_pid
 ) -> set[int]:
-    """Wait until ``count`` processes serve the broker's port, each shown to answer on
-    its own (``answering`` names the pid that answered); their pids."""
+    """Wait until ``count`` processes serve the broker's port, each seen to answer
+    (``answering`` names the pid that answered, over a fresh connection); their pids."""
 
     def listening() -> set[int] | None:
         log = broker.log()
@@ -93,9 +72,14 @@ def _wait_serving(
         return pids if len(pids) >= count else None
 
     pids = wait_for(listening, timeout, interval=0.1, what=f"{count} processes listening")
-    for pid in pids:
-        with _only_accepting(broker, pid):
-            assert answering(broker) == pid
+    answered: set[int] = set()
+
+    def all_answered() -> bool:
+        answered.add(answering(broker))
+        return answered >= pids
+
+    wait_for(all_answered, timeout, interval=0, what=f"an answer from each of {sorted(pids)}")
+    assert answered == pids, "only the processes listening answer"
     return pids
 
 
@@ -112,19 +96,46 @@ def _holder(broker: Broker, client: socket.socket) -> int | None:
     return None
 
 
+def _held_by(broker: Broker, pid: int, connect):
+    """``connect()`` again until process ``pid`` holds the connection (the kernel
+    picks the process); the connection's socket is ``connection.sock``."""
+
+    def attempt():
+        connection = connect()
+        holder = wait_for(lambda: _holder(broker, connection.sock), 5, what="a process to accept")
+        if holder == pid:
+            return connection
+        connection.close()
+        return None
+
+    return wait_for(attempt, 30, interval=0, what=f"a connection held by {pid}")
+
+
 def _connection_to(broker: Broker, pid: int) -> http.client.HTTPConnection:
     """A keep-alive connection that process ``pid`` accepted."""
-    with _only_accepting(broker, pid):
+
+    def connect() -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
         conn.connect()
-        wait_for(lambda: _holder(broker, conn.sock) == pid, 5, what=f"{pid} to accept")
-    return conn
+        return conn
+
+    return _held_by(broker, pid, connect)
+
+
+class _HeldStream:
+    """An HttpStream seen as a connection (``sock``, ``close``), for ``_held_by``."""
+
+    def __init__(self, stream: HttpStream) -> None:
+        self.stream = stream
+        self.sock = stream.conn.sock
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def _stream_held_by(broker: Broker, queue: str, pid: int) -> HttpStream:
-    with _only_accepting(broker, pid):
-        stream = HttpStream(broker.port, queue, sse=True)  # its head came from ``pid``
-    return stream.start()
+    held = _held_by(broker, pid, lambda: _HeldStream(HttpStream(broker.port, queue, sse=True)))
+    return held.stream.start()
 
 
 def _gone(pids) -> bool:
@@ -204,6 +215,37 @@ def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_br
     held = asyncio.run(pool_at_once())
     counts = {pid: held.count(pid) for pid in _live_pids(broker)}
     assert min(counts.values()) >= 3, counts
+
+
+def test_connections_opened_at_the_first_answer_spread_over_the_processes(broker_factory):
+    """A load balancer's checks, a client pool reconnecting after a restart: they come
+    as soon as the broker answers, and keep-alive keeps them where they land."""
+    broker = broker_factory("--workers", "2", wait=False)
+    wait_healthy(broker, timeout=30)  # the first answer, from whichever process
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def burst() -> list[int]:
+        pool = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", broker.port) for _ in range(50))
+        )
+
+        async def answering(reader, writer) -> int:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+            return json.loads(await reader.readexactly(length))["pid"]
+
+        try:  # every connection stays open until each has its answer
+            return await asyncio.gather(*(answering(reader, writer) for reader, writer in pool))
+        finally:
+            for _, writer in pool:
+                writer.close()
+
+    answered = asyncio.run(asyncio.wait_for(burst(), 30))
+    counts = {pid: answered.count(pid) for pid in _live_pids(broker)}
+    assert len(counts) == 2 and sum(counts.values()) == 50, counts
+    # fair odds give one process fewer than 15 of 50 once in about 400 runs
+    assert min(counts.values()) >= 15, counts
 
 
 @STORAGE_MODES

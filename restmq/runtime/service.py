@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import os
+import socket
 from collections.abc import Callable
 
 from twisted.application import service
@@ -209,6 +211,7 @@ class BrokerService(service.Service):
         # This process's consumer counts, kept in Redis for everyone's /stats/.
         self.census = ConsumerCensus(engine, self.consumers, reactor)
         self.workers: workers.WorkerPool | None = None
+        self._worker_sockets: list[socket.socket] = []  # made with the port, for the workers
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -324,7 +327,7 @@ class BrokerService(service.Service):
     async def _open_port(self) -> None:
         self.port = await self._listen()
         if self.options.is_worker:
-            log.info("worker {pid} serving the broker's port", pid=os.getpid())
+            log.info("worker {pid} {serving}", pid=os.getpid(), serving=workers.SERVING)
             return
         address = self.port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
@@ -337,18 +340,20 @@ class BrokerService(service.Service):
         )
 
     async def _listen(self):
-        """The HTTP port: opened here, or, in a worker, the main process's adopted."""
+        """The HTTP port: opened here, or, in a worker, the socket the main process made."""
         interface = self.options["listen"]
-        serving = self.application.connections.__len__
         if self.options.is_worker:
             fd = self.options["worker-fd"]
-            return workers.adopt_port(
-                self.reactor, fd, interface, self.application, self.tls, serving
-            )
+            port = workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
+            os.close(fd)  # the port listens on a duplicate of it
+            return port
         if self.options["workers"] > 1:
-            return workers.listen_shared(
-                self.reactor, self.options["port"], interface, self.application, self.tls, serving
+            # Every process's socket exists before the first answer (see workers.py).
+            own, *self._worker_sockets = workers.listening_sockets(
+                self.options["port"], interface, self.options["workers"]
             )
+            with contextlib.closing(own):
+                return self._adopt(own.fileno())
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(
                 self.reactor, self.options["port"], self.tls, interface=interface
@@ -358,15 +363,21 @@ class BrokerService(service.Service):
             endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
         return await endpoint.listen(self.application)
 
+    def _adopt(self, fd: int):
+        """A port of this process on the listening socket ``fd`` (of --workers)."""
+        return workers.adopt_port(
+            self.reactor, fd, self.options["listen"], self.application, self.tls
+        )
+
     def _start_workers(self) -> None:
         storage = self.valkey.socket_path if self.valkey is not None else None
-        fd = self.port.fileno()
+        sockets, self._worker_sockets = self._worker_sockets, []
         self.workers = workers.WorkerPool(
             self.reactor,
-            self.options["workers"] - 1,
-            lambda: workers.worker_command(self.options.arguments, fd, storage),
-            fd,
+            sockets,
+            lambda fd: workers.worker_command(self.options.arguments, fd, storage),
             self.options.directory,
+            self._adopt,
         )
         self.workers.start()
 
