@@ -10,10 +10,12 @@ that process holds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import http.client
 import ipaddress
 import json
+import os
 import re
 import signal
 import socket
@@ -315,6 +317,73 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(workers_broker):
     wait_for(lambda: _gone(everything), 20, what="every process to stop")
     worker_lines = [line for line in broker.log().splitlines() if f"worker {again.pid}:" in line]
     assert any("RestMQ stopped" in line for line in worker_lines), "it did its own stop"
+
+
+def test_connections_waiting_for_a_killed_worker_are_served_by_the_main_process(
+    workers_broker,
+):
+    broker = workers_broker
+    main = broker.proc.pid
+    (worker,) = _workers(broker)
+    os.kill(worker.pid, signal.SIGSTOP)
+    wait_for(lambda: worker.status() == psutil.STATUS_STOPPED, 5, what="the worker to pause")
+    clients = [socket.create_connection(("127.0.0.1", broker.port), timeout=15) for _ in range(20)]
+    for client in clients:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+    def settled() -> bool:
+        # each one accepted by the main process, or queued on the paused worker's socket
+        held = sum(_holder(broker, client) == main for client in clients)
+        return held + _queued(broker.port) == len(clients)
+
+    wait_for(settled, 10, what="the connections to settle")
+    assert _queued(broker.port) > 0, "some wait for the worker"
+    worker.kill()
+    try:
+        assert [_answering_pid(client) for client in clients] == [main] * len(clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert "accepting on worker 1's socket until it is back" in broker.log()
+    # once the worker started again serves, the main process accepts on its own socket
+    # alone: its own, and its copy of the worker's, kept to stand in again
+    (again,) = _wait_serving(broker, 2) - {main}
+    wait_for(lambda: _listening(main, broker.port) == 2, 10, what="the main process to stand down")
+    assert _listening(again, broker.port) == 1
+
+
+def _listening_rows(port: int) -> list[list[str]]:
+    """The kernel's rows (/proc/net/tcp) of the sockets listening on ``port``."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    rows.append(fields)
+    return rows
+
+
+def _queued(port: int) -> int:
+    """Connections waiting in the accept queues of the sockets listening on ``port``."""
+    return sum(int(fields[4].split(":")[1], 16) for fields in _listening_rows(port))
+
+
+def _answering_pid(client: socket.socket) -> int:
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    return json.loads(response.read())["pid"]
+
+
+def _listening(pid: int, port: int) -> int:
+    """How many of process ``pid``'s descriptors are sockets listening on ``port``
+    (two descriptors of one socket count twice)."""
+    sockets = {f"socket:[{fields[9]}]" for fields in _listening_rows(port)}
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            held += os.readlink(f"/proc/{pid}/fd/{fd}") in sockets
+    return held
 
 
 def test_sigkill_of_the_main_process_leaves_nothing_behind(workers_broker):
