@@ -47,6 +47,7 @@ from restmq.web.app import BrokerApplication
 log = Logger(namespace="restmq")
 
 STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+WORKERS_START_TIMEOUT = 30.0  # seconds the main process waits for its workers to serve
 EMBEDDED = "embedded Valkey"  # the kind of storage the dashboard shows
 
 
@@ -211,7 +212,9 @@ class BrokerService(service.Service):
         # This process's consumer counts, kept in Redis for everyone's /stats/.
         self.census = ConsumerCensus(engine, self.consumers, reactor)
         self.workers: workers.WorkerPool | None = None
-        self._worker_sockets: list[socket.socket] = []  # made with the port, for the workers
+        # --workers: the listening sockets, made before any process accepts
+        self._own_socket: socket.socket | None = None
+        self._worker_sockets: list[socket.socket] = []
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -253,8 +256,12 @@ class BrokerService(service.Service):
             ("long-poll waiters", self.waiters.start),
             ("lease sweeper", self.lease_sweeper.start),
             ("consumer census", self.census.start),
+            # --workers: every process's listening socket is made first, and this process
+            # accepts once every worker does, so that the first answer finds them all
+            # serving (see workers.py)
+            ("listening sockets", self._make_sockets if self.workers_wanted else None),
+            ("workers", self._start_workers if self.workers_wanted else None),
             ("HTTP port", self._open_port),
-            ("workers", self._start_workers if self.options["workers"] > 1 else None),
         ]
 
     def stop_order(self) -> list[Step]:
@@ -347,11 +354,8 @@ class BrokerService(service.Service):
             port = workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
             os.close(fd)  # the port listens on a duplicate of it
             return port
-        if self.options["workers"] > 1:
-            # Every process's socket exists before the first answer (see workers.py).
-            own, *self._worker_sockets = workers.listening_sockets(
-                self.options["port"], interface, self.options["workers"]
-            )
+        if self._own_socket is not None:
+            own, self._own_socket = self._own_socket, None
             with contextlib.closing(own):
                 return self._adopt(own.fileno())
         if self.tls is not None:
@@ -369,7 +373,17 @@ class BrokerService(service.Service):
             self.reactor, fd, self.options["listen"], self.application, self.tls
         )
 
-    def _start_workers(self) -> None:
+    @property
+    def workers_wanted(self) -> bool:
+        """True in the main process of a broker run with --workers N>1."""
+        return self.options["workers"] > 1
+
+    def _make_sockets(self) -> None:
+        self._own_socket, *self._worker_sockets = workers.listening_sockets(
+            self.options["port"], self.options["listen"], self.options["workers"]
+        )
+
+    async def _start_workers(self) -> None:
         storage = self.valkey.socket_path if self.valkey is not None else None
         sockets, self._worker_sockets = self._worker_sockets, []
         self.workers = workers.WorkerPool(
@@ -380,6 +394,18 @@ class BrokerService(service.Service):
             self._adopt,
         )
         self.workers.start()
+        # Until then connections wait in the sockets' queues: none is refused, and none
+        # is kept by this process for want of another one accepting.
+        serving = self.workers.every_one_serving()
+        serving.addTimeout(WORKERS_START_TIMEOUT, self.reactor)
+        try:
+            await serving
+        except defer.TimeoutError:
+            # a worker that keeps dying must not keep the broker from serving at all
+            log.warn(
+                "not every worker serves after {n} s; accepting here anyway",
+                n=WORKERS_START_TIMEOUT,
+            )
 
     def _on_notice(self, channel: str, message: str) -> None:
         """A queue's channel speaks: streaming consumers and long-poll waiters listen."""

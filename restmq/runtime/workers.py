@@ -160,6 +160,7 @@ class _Worker(Supervisor):
         self.slot = slot
         self.listening = listening
         self.standing_in: IListeningPort | None = None  # the main process's port on it
+        self.served = False  # said once that it serves
 
     def command(self) -> list[str]:
         return self.pool.command(self.listening.fileno())
@@ -172,7 +173,9 @@ class _Worker(Supervisor):
         if text:
             log.info("worker {pid}: {line}", pid=self.pid, line=text)
         if SERVING in text:
+            self.served = True
             self.stand_down()
+            self.pool.check_serving()
 
     def ended(self, pid: int, how: Exit, restart_in: float | None) -> None:
         if restart_in is not None:
@@ -224,6 +227,21 @@ class WorkerPool:
         self.directory = directory
         self.adopt = adopt
         self.workers = [_Worker(self, slot, listening) for slot, listening in enumerate(sockets, 1)]
+        self._waiting: list[defer.Deferred] = []
+
+    def every_one_serving(self) -> defer.Deferred:
+        """Fires once every worker has said that it serves its socket."""
+        waiting: defer.Deferred = defer.Deferred()
+        self._waiting.append(waiting)
+        self.check_serving()
+        return waiting
+
+    def check_serving(self) -> None:
+        if all(worker.served for worker in self.workers):
+            waiting, self._waiting = self._waiting, []
+            for each in waiting:
+                if not each.called:  # cancelled by a stop meanwhile
+                    each.callback(None)
 
     @property
     def count(self) -> int:
