@@ -8,13 +8,13 @@ its socket (``--worker-fd``) and, with an embedded Valkey, the main process's st
 socket (``--redis-socket``), so a worker never starts a Valkey of its own. All of
 them share the one Redis, which is where queues, leases and consumer counts live.
 
-The kernel hashes each new connection to one of the N sockets, whichever processes
-accept yet: the sockets all exist before the broker first answers, so the
-connections a client opens right after the start spread like later ones. (With
-one shared socket, the processes that accepted first took every connection made
-before the others were up, and kept-alive connections stay where they land.) A
-connection that lands on a worker still starting waits in its socket's queue until
-that worker accepts, a second or two.
+The kernel hashes each new connection to one of the N sockets, however quick each
+process is to accept. The main process accepts on its own socket only once every
+worker says it serves (``SERVING`` in its log), so the broker's first answer means
+all of them accept, and the connections a client opens right after it spread like
+later ones. (With one shared socket, the process up first took every connection
+made before the others were up, and kept-alive connections stay where they land.)
+Connections made before the first answer wait in the sockets' queues.
 
 The main process keeps its copy of every worker's socket: when a worker dies it
 accepts on that socket itself (nothing queued there is lost) until the worker it
