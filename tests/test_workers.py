@@ -248,6 +248,9 @@ def test_connections_opened_at_the_first_answer_spread_over_the_processes(broker
     assert len(counts) == 2 and sum(counts.values()) == 50, counts
     # fair odds give one process fewer than 15 of 50 once in about 400 runs
     assert min(counts.values()) >= 15, counts
+    # the main process took its first connection only once the worker served
+    log = broker.log()
+    assert log.index("serving the broker's port") < log.index("RestMQ listening on")
 
 
 @STORAGE_MODES
