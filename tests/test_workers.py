@@ -132,7 +132,9 @@ class _HeldStream:
         self.sock = stream.conn.sock
 
     def close(self) -> None:
-        self.stream.close()
+        # not started: no reader thread to wait for (HttpStream.close would, 5 s)
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.stream.conn.close()
 
 
 def _stream_held_by(broker: Broker, queue: str, pid: int) -> HttpStream:
