@@ -3,9 +3,13 @@
 The same closed-loop load (POST /q/<q>, then GET /q/<q> on a pre-filled queue) runs
 against a broker started with ``--workers 1`` and then with ``--workers N``, each on
 a fresh embedded Valkey; the CPU use of every broker process and of Valkey is
-sampled over each window. The target (N workers >= 1.5x one process) is judged only
-on machines with at least 4 cores: on fewer, the load generator and Valkey take the
-cores the workers would need, and the figures are reported without a verdict.
+sampled over each window, and so is how many of the load's connections each
+process holds. The produce load starts at the broker's first answer, not once every
+process answers: a load balancer's checks and a client pool reconnecting after a
+restart come that early too, and keep-alive keeps a connection where it lands. The
+target (N workers >= 1.5x one process) is judged only on machines with at least 4
+cores: on fewer, the load generator and Valkey take the cores the workers would
+need, and the figures are reported without a verdict.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import argparse
 import dataclasses
 import http.client
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from bench.loadgen import LoadResult, LoadSpec
 from bench.report import Check, ScenarioResult, Table, noise_warning, per_second
@@ -30,20 +37,24 @@ CORES_FOR_TARGET = 4
 
 
 class WorkersBroker(BrokerServer):
-    """A broker run with ``--workers N``; ready once every process answers."""
+    """A broker run with ``--workers N``."""
 
     def __init__(self, workdir: Path, workers: int, extra_args: list[str] | None = None) -> None:
         super().__init__(workdir, ["--workers", str(workers), *(extra_args or [])])
         self.workers = workers
 
-    def start(self, timeout: float = 60.0) -> WorkersBroker:
+    def start(self, timeout: float = 60.0, every_process: bool = True) -> WorkersBroker:
+        """Started once every process answers or, without ``every_process``, at the
+        first answer (whichever process gives it), every process spawned."""
         super().start(timeout)
         deadline = time.monotonic() + timeout
-        while len(self.worker_pids()) < self.workers - 1 or not self._all_answer():
+        while len(self.worker_pids()) < self.workers - 1 or (
+            every_process and not self._all_answer()
+        ):
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(f"not all {self.workers} processes answered\n{self.tail()}")
-            time.sleep(0.1)
+            time.sleep(0.01)
         return self
 
     def _all_answer(self) -> bool:
@@ -78,13 +89,56 @@ class WorkersBroker(BrokerServer):
         return [*super().children(), *self.worker_pids()]
 
 
+class ConnectionSplit:
+    """How many of the clients' connections to ``port`` each process holds, sampled
+    while a load runs; ``split`` is the sample that found the most of them."""
+
+    def __init__(self, port: int, processes: dict[str, int]) -> None:
+        self.port = port
+        self.processes = processes
+        self.split: dict[str, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="split-sampler", daemon=True)
+
+    def __enter__(self) -> ConnectionSplit:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.25):
+            sample = {name: self._held(pid) for name, pid in self.processes.items()}
+            if sum(sample.values()) >= sum(self.split.values()):
+                self.split = sample
+
+    def _held(self, pid: int) -> int:
+        try:
+            connections = psutil.Process(pid).net_connections("tcp")
+        except psutil.Error:
+            return 0
+        return sum(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port for c in connections
+        )
+
+    def describe(self) -> str:
+        total = sum(self.split.values()) or 1
+        return ", ".join(
+            f"{name} {count} ({100 * count / total:.0f}%)" for name, count in self.split.items()
+        )
+
+
 @dataclass
 class Measured:
     workers: int
     post: LoadResult
     post_cpu: dict
+    post_split: str
     pop: LoadResult
     pop_cpu: dict
+    pop_split: str
 
 
 class WorkersScenario(Scenario):
@@ -112,14 +166,19 @@ class WorkersScenario(Scenario):
 
     @staticmethod
     def _measure(ctx: Context, post: LoadSpec, queue: str, workers: int) -> Measured:
-        broker = WorkersBroker(ctx.workdir(f"workers{workers}"), workers).start()
-        servers = {"main": broker.pid}
+        workdir = ctx.workdir(f"workers{workers}")
+        broker = WorkersBroker(workdir, workers).start(every_process=False)
+        processes = {"main": broker.pid}
         for number, pid in enumerate(broker.worker_pids(), 1):
-            servers[f"worker {number}"] = pid
-        servers["valkey"] = broker.valkey_pid()
+            processes[f"worker {number}"] = pid
+        servers = {**processes, "valkey": broker.valkey_pid()}
         ctx.out(f"  --workers {workers}: port {broker.port}, pids {servers}")
         try:
-            post_load, post_cpu = ctx.measure(dataclasses.replace(post, port=broker.port), servers)
+            # at once: the load's connections are made right after the first answer
+            with ConnectionSplit(broker.port, processes) as post_split:
+                post_load, post_cpu = ctx.measure(
+                    dataclasses.replace(post, port=broker.port), servers
+                )
             wanted = int(2 * post_load.rate * (post.warmup + post.duration) * 1.5) + 1000
             prefilled = _prefill(broker, queue, wanted, "v" * ctx.options.value_size)
             pop = dataclasses.replace(
@@ -130,10 +189,19 @@ class WorkersScenario(Scenario):
                 content_type=None,
                 max_requests=prefilled,
             )
-            pop_load, pop_cpu = ctx.measure(pop, servers)
+            with ConnectionSplit(broker.port, processes) as pop_split:
+                pop_load, pop_cpu = ctx.measure(pop, servers)
         finally:
             broker.stop()
-        return Measured(workers, post_load, post_cpu, pop_load, pop_cpu)
+        return Measured(
+            workers,
+            post_load,
+            post_cpu,
+            post_split.describe(),
+            pop_load,
+            pop_cpu,
+            pop_split.describe(),
+        )
 
     @staticmethod
     def _report(ctx: Context, result: ScenarioResult, runs: list[Measured]) -> None:
@@ -159,6 +227,10 @@ class WorkersScenario(Scenario):
         ctx.out()
         ctx.out(table.render())
         ctx.out(f"  CPU% is of one core ({cpu_count()} cores = {100 * cpu_count()}%)")
+        ctx.out("  connections held per process (the produce load starts at the first answer):")
+        for run in runs:
+            ctx.out(f"    --workers {run.workers}  POST: {run.post_split}")
+            ctx.out(f"    --workers {run.workers}  GET:  {run.pop_split}")
         for run in runs:
             for label, cpu in (("POST", run.post_cpu), ("GET", run.pop_cpu)):
                 warning = noise_warning(f"--workers {run.workers} {label}", cpu.get("others"))

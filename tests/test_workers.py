@@ -1,9 +1,10 @@
 """``--workers N``: one port served by N `twistd restmq` processes sharing one Redis.
 
 Real brokers; which process holds a connection is read from the operating system
-(psutil), and /health names the process that answered. A connection meant for one
-process is made while the others are paused (SIGSTOP): the tests do not depend on
-how the kernel spreads connections, except the one about that spreading itself.
+(psutil), and /health names the process that answered. Each process listens on a
+socket of its own and the kernel picks one for each new connection, at random as
+far as a client can tell: a connection meant for one process is made again until
+that process holds it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tests.support import (
     storage_args,
     valkey_pids,
     wait_for,
+    wait_healthy,
 )
 
 
@@ -50,27 +52,6 @@ def _live_pids(broker: Broker) -> set[int]:
     return {broker.proc.pid, *(p.pid for p in _workers(broker))}
 
 
-@contextlib.contextmanager
-def _only_accepting(broker: Broker, pid: int):
-    """While the block runs, process ``pid`` alone takes new connections on the shared
-    port: the others are paused (SIGSTOP), so a connection made meanwhile is its own,
-    whatever the kernel would have chosen."""
-    others = sorted(_live_pids(broker) - {pid})
-    try:
-        for other in others:
-            os.kill(other, signal.SIGSTOP)
-        for other in others:
-            wait_for(
-                lambda o=other: psutil.Process(o).status() == psutil.STATUS_STOPPED,
-                5,
-                what=f"process {other} to pause",
-            )
-        yield
-    finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
-
-
 def _health_pid(broker: Broker) -> int:
     """The pid /health names, over a fresh connection."""
     return broker.get("/health").json()["pid"]
@@ -79,8 +60,8 @@ def _health_pid(broker: Broker) -> int:
 def _wait_serving(
     broker: Broker, count: int, timeout: float = 30.0, answering=_health_pid
 ) -> set[int]:
-    """Wait until ``count`` processes serve the broker's port, each shown to answer on
-    its own (``answering`` names the pid that answered); their pids."""
+    """Wait until ``count`` processes serve the broker's port, each seen to answer
+    (``answering`` names the pid that answered, over a fresh connection); their pids."""
 
     def listening() -> set[int] | None:
         log = broker.log()
@@ -93,9 +74,14 @@ def _wait_serving(
         return pids if len(pids) >= count else None
 
     pids = wait_for(listening, timeout, interval=0.1, what=f"{count} processes listening")
-    for pid in pids:
-        with _only_accepting(broker, pid):
-            assert answering(broker) == pid
+    answered: set[int] = set()
+
+    def all_answered() -> bool:
+        answered.add(answering(broker))
+        return answered >= pids
+
+    wait_for(all_answered, timeout, interval=0, what=f"an answer from each of {sorted(pids)}")
+    assert answered == pids, "only the processes listening answer"
     return pids
 
 
@@ -112,19 +98,48 @@ def _holder(broker: Broker, client: socket.socket) -> int | None:
     return None
 
 
+def _held_by(broker: Broker, pid: int, connect):
+    """``connect()`` again until process ``pid`` holds the connection (the kernel
+    picks the process); the connection's socket is ``connection.sock``."""
+
+    def attempt():
+        connection = connect()
+        holder = wait_for(lambda: _holder(broker, connection.sock), 5, what="a process to accept")
+        if holder == pid:
+            return connection
+        connection.close()
+        return None
+
+    return wait_for(attempt, 30, interval=0, what=f"a connection held by {pid}")
+
+
 def _connection_to(broker: Broker, pid: int) -> http.client.HTTPConnection:
     """A keep-alive connection that process ``pid`` accepted."""
-    with _only_accepting(broker, pid):
+
+    def connect() -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
         conn.connect()
-        wait_for(lambda: _holder(broker, conn.sock) == pid, 5, what=f"{pid} to accept")
-    return conn
+        return conn
+
+    return _held_by(broker, pid, connect)
+
+
+class _HeldStream:
+    """An HttpStream seen as a connection (``sock``, ``close``), for ``_held_by``."""
+
+    def __init__(self, stream: HttpStream) -> None:
+        self.stream = stream
+        self.sock = stream.conn.sock
+
+    def close(self) -> None:
+        # not started: no reader thread to wait for (HttpStream.close would, 5 s)
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.stream.conn.close()
 
 
 def _stream_held_by(broker: Broker, queue: str, pid: int) -> HttpStream:
-    with _only_accepting(broker, pid):
-        stream = HttpStream(broker.port, queue, sse=True)  # its head came from ``pid``
-    return stream.start()
+    held = _held_by(broker, pid, lambda: _HeldStream(HttpStream(broker.port, queue, sse=True)))
+    return held.stream.start()
 
 
 def _gone(pids) -> bool:
@@ -206,6 +221,40 @@ def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_br
     assert min(counts.values()) >= 3, counts
 
 
+def test_connections_opened_at_the_first_answer_spread_over_the_processes(broker_factory):
+    """A load balancer's checks, a client pool reconnecting after a restart: they come
+    as soon as the broker answers, and keep-alive keeps them where they land."""
+    broker = broker_factory("--workers", "2", wait=False)
+    wait_healthy(broker, timeout=30)  # the first answer, from whichever process
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def burst() -> list[int]:
+        pool = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", broker.port) for _ in range(50))
+        )
+
+        async def answering(reader, writer) -> int:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+            return json.loads(await reader.readexactly(length))["pid"]
+
+        try:  # every connection stays open until each has its answer
+            return await asyncio.gather(*(answering(reader, writer) for reader, writer in pool))
+        finally:
+            for _, writer in pool:
+                writer.close()
+
+    answered = asyncio.run(asyncio.wait_for(burst(), 30))
+    counts = {pid: answered.count(pid) for pid in _live_pids(broker)}
+    assert len(counts) == 2 and sum(counts.values()) == 50, counts
+    # fair odds give one process fewer than 15 of 50 once in about 400 runs
+    assert min(counts.values()) >= 15, counts
+    # the main process took its first connection only once the worker served
+    log = broker.log()
+    assert log.index("serving the broker's port") < log.index("RestMQ listening on")
+
+
 @STORAGE_MODES
 def test_stats_count_the_consumers_of_every_process(workers_broker, queue):
     broker = workers_broker
@@ -273,6 +322,73 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(workers_broker):
     wait_for(lambda: _gone(everything), 20, what="every process to stop")
     worker_lines = [line for line in broker.log().splitlines() if f"worker {again.pid}:" in line]
     assert any("RestMQ stopped" in line for line in worker_lines), "it did its own stop"
+
+
+def test_connections_waiting_for_a_killed_worker_are_served_by_the_main_process(
+    workers_broker,
+):
+    broker = workers_broker
+    main = broker.proc.pid
+    (worker,) = _workers(broker)
+    os.kill(worker.pid, signal.SIGSTOP)
+    wait_for(lambda: worker.status() == psutil.STATUS_STOPPED, 5, what="the worker to pause")
+    clients = [socket.create_connection(("127.0.0.1", broker.port), timeout=15) for _ in range(20)]
+    for client in clients:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+    def settled() -> bool:
+        # each one accepted by the main process, or queued on the paused worker's socket
+        held = sum(_holder(broker, client) == main for client in clients)
+        return held + _queued(broker.port) == len(clients)
+
+    wait_for(settled, 10, what="the connections to settle")
+    assert _queued(broker.port) > 0, "some wait for the worker"
+    worker.kill()
+    try:
+        assert [_answering_pid(client) for client in clients] == [main] * len(clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert "accepting on worker 1's socket until it is back" in broker.log()
+    # once the worker started again serves, the main process accepts on its own socket
+    # alone: its own, and its copy of the worker's, kept to stand in again
+    (again,) = _wait_serving(broker, 2) - {main}
+    wait_for(lambda: _listening(main, broker.port) == 2, 10, what="the main process to stand down")
+    assert _listening(again, broker.port) == 1
+
+
+def _listening_rows(port: int) -> list[list[str]]:
+    """The kernel's rows (/proc/net/tcp) of the sockets listening on ``port``."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    rows.append(fields)
+    return rows
+
+
+def _queued(port: int) -> int:
+    """Connections waiting in the accept queues of the sockets listening on ``port``."""
+    return sum(int(fields[4].split(":")[1], 16) for fields in _listening_rows(port))
+
+
+def _answering_pid(client: socket.socket) -> int:
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    return json.loads(response.read())["pid"]
+
+
+def _listening(pid: int, port: int) -> int:
+    """How many of process ``pid``'s descriptors are sockets listening on ``port``
+    (two descriptors of one socket count twice)."""
+    sockets = {f"socket:[{fields[9]}]" for fields in _listening_rows(port)}
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            held += os.readlink(f"/proc/{pid}/fd/{fd}") in sockets
+    return held
 
 
 def test_sigkill_of_the_main_process_leaves_nothing_behind(workers_broker):

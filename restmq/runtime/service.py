@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import os
+import socket
 from collections.abc import Callable
 
 from twisted.application import service
@@ -45,6 +47,7 @@ from restmq.web.app import BrokerApplication
 log = Logger(namespace="restmq")
 
 STOP_GRACE = 3.0  # seconds a stop gives open answers and streams to go out
+WORKERS_START_TIMEOUT = 30.0  # seconds the main process waits for its workers to serve
 EMBEDDED = "embedded Valkey"  # the kind of storage the dashboard shows
 
 
@@ -209,6 +212,9 @@ class BrokerService(service.Service):
         # This process's consumer counts, kept in Redis for everyone's /stats/.
         self.census = ConsumerCensus(engine, self.consumers, reactor)
         self.workers: workers.WorkerPool | None = None
+        # --workers: the listening sockets, made before any process accepts
+        self._own_socket: socket.socket | None = None
+        self._worker_sockets: list[socket.socket] = []
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -250,8 +256,12 @@ class BrokerService(service.Service):
             ("long-poll waiters", self.waiters.start),
             ("lease sweeper", self.lease_sweeper.start),
             ("consumer census", self.census.start),
+            # --workers: every process's listening socket is made first, and this process
+            # accepts once every worker does, so that the first answer finds them all
+            # serving (see workers.py)
+            ("listening sockets", self._make_sockets if self.workers_wanted else None),
+            ("workers", self._start_workers if self.workers_wanted else None),
             ("HTTP port", self._open_port),
-            ("workers", self._start_workers if self.options["workers"] > 1 else None),
         ]
 
     def stop_order(self) -> list[Step]:
@@ -328,7 +338,7 @@ class BrokerService(service.Service):
     async def _open_port(self) -> None:
         self.port = await self._listen()
         if self.options.is_worker:
-            log.info("worker {pid} serving the broker's port", pid=os.getpid())
+            log.info("worker {pid} {serving}", pid=os.getpid(), serving=workers.SERVING)
             return
         address = self.port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
@@ -341,18 +351,17 @@ class BrokerService(service.Service):
         )
 
     async def _listen(self):
-        """The HTTP port: opened here, or, in a worker, the main process's adopted."""
+        """The HTTP port: opened here, or, in a worker, the socket the main process made."""
         interface = self.options["listen"]
-        serving = self.application.connections.__len__
         if self.options.is_worker:
             fd = self.options["worker-fd"]
-            return workers.adopt_port(
-                self.reactor, fd, interface, self.application, self.tls, serving
-            )
-        if self.options["workers"] > 1:
-            return workers.listen_shared(
-                self.reactor, self.options["port"], interface, self.application, self.tls, serving
-            )
+            port = workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
+            os.close(fd)  # the port listens on a duplicate of it
+            return port
+        if self._own_socket is not None:
+            own, self._own_socket = self._own_socket, None
+            with contextlib.closing(own):
+                return self._adopt(own.fileno())
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(
                 self.reactor, self.options["port"], self.tls, interface=interface
@@ -362,17 +371,45 @@ class BrokerService(service.Service):
             endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
         return await endpoint.listen(self.application)
 
-    def _start_workers(self) -> None:
+    def _adopt(self, fd: int):
+        """A port of this process on the listening socket ``fd`` (of --workers)."""
+        return workers.adopt_port(
+            self.reactor, fd, self.options["listen"], self.application, self.tls
+        )
+
+    @property
+    def workers_wanted(self) -> bool:
+        """True in the main process of a broker run with --workers N>1."""
+        return self.options["workers"] > 1
+
+    def _make_sockets(self) -> None:
+        self._own_socket, *self._worker_sockets = workers.listening_sockets(
+            self.options["port"], self.options["listen"], self.options["workers"]
+        )
+
+    async def _start_workers(self) -> None:
         storage = self.valkey.socket_path if self.valkey is not None else None
-        fd = self.port.fileno()
+        sockets, self._worker_sockets = self._worker_sockets, []
         self.workers = workers.WorkerPool(
             self.reactor,
-            self.options["workers"] - 1,
-            lambda: workers.worker_command(self.options.arguments, fd, storage),
-            fd,
+            sockets,
+            lambda fd: workers.worker_command(self.options.arguments, fd, storage),
             self.options.directory,
+            self._adopt,
         )
         self.workers.start()
+        # Until then connections wait in the sockets' queues: none is refused, and none
+        # is kept by this process for want of another one accepting.
+        serving = self.workers.every_one_serving()
+        serving.addTimeout(WORKERS_START_TIMEOUT, self.reactor)
+        try:
+            await serving
+        except defer.TimeoutError:
+            # a worker that keeps dying must not keep the broker from serving at all
+            log.warn(
+                "not every worker serves after {n} s; accepting here anyway",
+                n=WORKERS_START_TIMEOUT,
+            )
 
     def _on_notice(self, channel: str, message: str) -> None:
         """A queue's channel speaks: streaming consumers and long-poll waiters listen."""
