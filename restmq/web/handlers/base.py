@@ -232,10 +232,14 @@ class BaseHandler(
     def json_body(self) -> Any:
         """The request body parsed as JSON; 400 when it is not (or holds NaN, or nests too deep)."""
         parsed = jsontext.decode(self.request.body or b"", what="JSON body")
-        # What was sent is held as parsed from here on: let the raw body go, so a
-        # large message is not held twice while it is stored.
-        self.request.body = b""
+        self.let_body_go()
         return parsed
+
+    def let_body_go(self) -> None:
+        """The body has been read (parsed JSON, form fields): let the raw bytes go, so
+        that a large message is not held twice while it is stored (a form value with
+        %-escapes is a copy; one without is a view that keeps its bytes alive)."""
+        self.request.body = b""
 
     def callback(self) -> str | None:
         return validation.callback_name(self.arg("callback"))

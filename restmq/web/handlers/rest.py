@@ -84,6 +84,7 @@ class RestHandler(BaseHandler):
         for name in self.rules.value_fields:
             value = self.message_arg(name)
             if value:  # an empty field counts as missing, as it did in the original
+                self.let_body_go()
                 return value
         raise InvalidArgument(self.rules.missing_value)
 
