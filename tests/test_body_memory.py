@@ -10,6 +10,8 @@ import threading
 import time
 from urllib.parse import parse_qs
 
+import pytest
+
 from restmq.defaults import DEFAULT_MAX_BODY
 from restmq.web.connection.form_body import NotUtf8, parse_form
 from tests.support import request
@@ -69,6 +71,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# A large write waits at most 1.5 s to go out to Valkey and is refused with 503 after
+# that: on a busy machine the forty messages take several rounds of retries.
+@pytest.mark.timeout(420)
 def test_forty_large_posts_grow_the_broker_by_at_most_one_and_a_half_budgets(broker_factory, queue):
     broker = broker_factory()  # default --max-buffered (256 MiB) and --max-body (8 MiB)
     pid = broker.proc.pid
