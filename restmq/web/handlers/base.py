@@ -29,6 +29,7 @@ from restmq.errors import (
     TooManyConsumers,
 )
 from restmq.operations import jsontext, validation
+from restmq.web import plain_json
 from restmq.web.connection import cyclone_fixes
 from restmq.web.connection.http_policy import error_body
 
@@ -234,6 +235,15 @@ class BaseHandler(
         parsed = jsontext.decode(self.request.body or b"", what="JSON body")
         self.let_body_go()
         return parsed
+
+    def json_message(self) -> Any:
+        """As ``json_body``; the plain ``{"value": "<text>"}`` is read without decoding,
+        its value a view of the body's UTF-8 bytes (restmq.web.plain_json)."""
+        value = plain_json.plain_value(self.request.body or b"")
+        if value is None:
+            return self.json_body()
+        self.let_body_go()  # the view keeps the bytes it needs
+        return {"value": value}
 
     def let_body_go(self) -> None:
         """The body has been read (parsed JSON, form fields): let the raw bytes go, so

@@ -220,7 +220,7 @@ class QueueHandler(RestHandler):
             self.mark_replayed(added)
             self.answer_key(added.key, callback)
             return
-        body = self.json_body()
+        body = self.json_message()
         if not isinstance(body, dict) or ("value" in body) == ("values" in body):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
         ttl = body.get("ttl", self.arg("ttl"))
