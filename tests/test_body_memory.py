@@ -80,7 +80,7 @@ def digest(data: bytes) -> str:
 
 # A large write waits at most 1.5 s to go out to Valkey and is refused with 503 after
 # that: on a busy machine the forty messages take several rounds of retries.
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_forty_large_posts_grow_the_broker_by_at_most_one_and_a_half_budgets(broker_factory, queue):
     broker = broker_factory()  # default --max-buffered (256 MiB) and --max-body (8 MiB)
     pid = broker.proc.pid
