@@ -14,13 +14,16 @@ import threading
 import time
 import uuid
 
-from bench.report import ScenarioResult, Table, mib
+from bench.report import Check, ScenarioResult, Table, mib
 from bench.scenario import Context, Scenario
 from bench.servers import BrokerServer, rss_bytes
+from restmq.defaults import DEFAULT_MAX_BUFFERED
 
 MiB = 1024 * 1024
 BODY_SIZE = 8 * MiB - 1024  # just under the default --max-body
 SETTLE_SECONDS = (1.0, 3.0, 10.0)  # RSS samples after the burst
+#: the broker's RSS may peak at most this many times --max-buffered above its start
+PEAK_TARGET = 1.5
 
 
 class RssWatcher:
@@ -73,8 +76,14 @@ class BodiesScenario(Scenario):
     name = "bodies"
     title = "bodies: broker RSS under concurrent large POSTs, and after"
 
-    def planned_checks(self, options: argparse.Namespace) -> list:
-        return []
+    def planned_checks(self, options: argparse.Namespace) -> list[Check]:
+        return [
+            Check(
+                "bodies",
+                f"RSS peak growth <= {PEAK_TARGET:g} x --max-buffered "
+                f"({options.big_posts} concurrent POSTs)",
+            )
+        ]
 
     def run(self, ctx: Context, result: ScenarioResult) -> None:
         clients = ctx.options.big_posts
@@ -99,6 +108,8 @@ class BodiesScenario(Scenario):
                 thread.start()
             for thread in threads:
                 thread.join()
+        # VmHWM is the true peak (the watcher samples, and may miss it)
+        peak = max(watcher.peak, peak_rss_bytes(broker.pid) or 0)
         took = time.monotonic() - began
         after = {}
         waited = 0.0
@@ -111,7 +122,7 @@ class BodiesScenario(Scenario):
 
         table = Table(["broker (twistd) RSS", "value", "vs start"])
         table.add("before the burst", mib(start), "-")
-        table.add("peak during it", mib(watcher.peak), _delta(watcher.peak - start))
+        table.add("peak during it (VmHWM)", mib(peak), _delta(peak - start))
         for mark, value in after.items():
             table.add(f"{mark:g} s after it", mib(value), _delta(value - start))
         ctx.out()
@@ -122,6 +133,24 @@ class BodiesScenario(Scenario):
             counts[key] = counts.get(key, 0) + 1
         summary = ", ".join(f"{n} x {key}" for key, n in sorted(counts.items()))
         ctx.out(f"  answers in {took:.1f} s: {summary}; messages stored: {stats['len'] - 1}")
+        ratio = (peak - start) / DEFAULT_MAX_BUFFERED
+        ctx.out(
+            f"  peak growth {_delta(peak - start)} = {ratio:.2f} x --max-buffered "
+            f"({mib(DEFAULT_MAX_BUFFERED)}); target <= {PEAK_TARGET:g} x"
+        )
+        result.checks[0].judge(ratio <= PEAK_TARGET, f"{ratio:.2f} x")
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """VmHWM of a process (its peak RSS), from /proc/<pid>/status."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _delta(nbytes: int) -> str:

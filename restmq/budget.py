@@ -30,6 +30,13 @@ class MemoryBudget:
         self.used += n
         return True
 
+    def reserve_anyway(self, n: int) -> None:
+        """Count ``n`` bytes already held (a copy made of an admitted body), even
+        beyond the limit: later reservations wait until they are released."""
+        if n < 0:
+            raise ValueError("cannot reserve a negative number of bytes")
+        self.used += n
+
     def release(self, n: int) -> None:
         """Give back ``n`` bytes reserved earlier."""
         if n < 0:

@@ -61,9 +61,11 @@ class AddedKeys(list[str]):
         self.replayed = replayed
 
 
-def payload_digest(values: Sequence[str], ttl: int, delay: int) -> str:
-    """What an idempotent add's payload is compared by: values, ttl and delay."""
-    text_form = json.dumps([list(values), ttl, delay], ensure_ascii=False)
+def payload_digest(values: Sequence[str | bytes | memoryview], ttl: int, delay: int) -> str:
+    """What an idempotent add's payload is compared by: values (text, or UTF-8 bytes:
+    the same digest either way), ttl and delay."""
+    texts = [v if isinstance(v, str) else str(v, "utf-8") for v in values]
+    text_form = json.dumps([texts, ttl, delay], ensure_ascii=False)
     return hashlib.sha256(text_form.encode("utf-8", "surrogatepass")).hexdigest()
 
 

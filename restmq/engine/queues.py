@@ -93,7 +93,7 @@ class QueueEngine(LeaseOperations, SubscriptionOperations):
     async def add_many(
         self,
         queue: str,
-        values: list[str],
+        values: list[str | bytes | memoryview],  # text, or its UTF-8 bytes
         ttl: int | None = None,
         *,
         delay: int = 0,

@@ -68,3 +68,18 @@ def as_text(
     if value is None:
         raise InvalidArgument(null)
     return encode(value, unsupported)
+
+
+def as_utf8(
+    value: Any, *, null: str = "a message value cannot be null"
+) -> bytes | memoryview | str:
+    """``as_text(value)`` as the UTF-8 bytes Redis is sent: never larger than the
+    JSON it came in, where text may take up to 4 bytes a character. Text that cannot
+    be UTF-8 (a lone surrogate) stays text: storing it is refused, as before."""
+    if isinstance(value, memoryview):  # already UTF-8 (restmq.web.plain_json)
+        return value
+    text = as_text(value, null=null)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text

@@ -50,6 +50,11 @@ from restmq.operations.results import (
 )
 from restmq.operations.stats_feed import StatsFeed, StatsWatcher
 
+#: A message value: text, or its UTF-8 bytes (a form field, a view of the request
+#: body: never decoded, so a large message is held once on its way to Redis).
+MessageValue = str | bytes | memoryview
+MESSAGE_TYPES = (str, bytes, memoryview)
+
 #: The words /control and XML-RPC use to start and stop delivery to streams.
 STATUS_WORDS = {"start": True, "stop": False}
 
@@ -88,7 +93,7 @@ class Operations:
     async def add(
         self,
         queue: str,
-        value: str,
+        value: MessageValue,
         ttl: object = None,
         *,
         delay: object = None,
@@ -103,7 +108,7 @@ class Operations:
     async def add_many(
         self,
         queue: str,
-        values: Sequence[str],
+        values: Sequence[MessageValue],
         ttl: object = None,
         *,
         delay: object = None,
@@ -123,7 +128,7 @@ class Operations:
             raise InvalidArgument("no message to add")
         if len(values) > validation.MAX_BATCH:
             raise InvalidArgument(f"at most {validation.MAX_BATCH} messages per request")
-        if not all(isinstance(value, str) for value in values):
+        if not all(isinstance(value, MESSAGE_TYPES) for value in values):
             raise InvalidArgument("a message value must be text")
         keys = await self.engine.add_many(
             queue,

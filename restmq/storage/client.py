@@ -23,7 +23,12 @@ from twisted.python import failure
 
 from restmq.errors import InvalidArgument, OutcomeUnknown, StorageUnavailable
 from restmq.storage.address import ServerAddress
-from restmq.storage.connection import ObservedFactory, encode_command, monotonic_now
+from restmq.storage.connection import (
+    ObservedFactory,
+    command_size,
+    encode_command,
+    monotonic_now,
+)
 from restmq.storage.failures import translate_failure
 from restmq.storage.replication import ReplicaFence
 
@@ -54,19 +59,21 @@ class LuaScript:
 
 @dataclass(frozen=True)
 class _Call:
-    """One command on its way to Redis, encoded."""
+    """One command on its way to Redis.
 
-    data: bytes
+    A large command waiting at the gate holds its arguments, not their encoding: a
+    message's bytes are then held once (by the request), and copied into a command
+    only when it goes out, a few large commands at a time."""
+
+    command: Sequence[Any]
+    size: int  # in RESP bytes
     on_late: Callable[[Any], object] | None
     writes: bool
     fallback: Sequence[Any] | None
     name: str
     replicated: bool
     asking: bool = False  # sent right behind ASKING (a cluster slot being migrated)
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    data: bytes | None = None  # a small command: encoded at once
 
 
 class _LargeCommandGate:
@@ -278,11 +285,12 @@ class RedisClient:
         ``fallback`` is sent instead when Redis answers NOSCRIPT.
         """
         try:
-            data = encode_command(command)
+            size = command_size(command)
+            data = encode_command(command) if size < self.large_command else None
         except UnicodeEncodeError:
             return defer.fail(InvalidArgument("text that is not valid Unicode (a lone surrogate)"))
-        call = _Call(data, on_late, writes, fallback, name, replicated, asking)
-        if call.size < self.large_command:
+        call = _Call(command, size, on_late, writes, fallback, name, replicated, asking, data)
+        if data is not None:
             return self._send_now(call, held=0)
         if self._connection() is None:
             return self._unavailable()
@@ -303,7 +311,7 @@ class RedisClient:
             reply = connection.send_encoded(data)
             return self._fence.after(connection, reply) if call.replicated else reply
 
-        sent = send(call.data)
+        sent = send(call.data if call.data is not None else encode_command(call.command))
         if call.fallback is not None:
 
             def load_if_missing(failure):

@@ -17,19 +17,42 @@ monotonic_now = time.monotonic  # the clock of stall checks
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
-    """One Redis command in RESP: text as UTF-8, whole numbers in decimal."""
+    """One Redis command in RESP: text as UTF-8, bytes (or a memoryview of bytes) as
+    they are, whole numbers in decimal. A large argument is copied once, into the
+    command: its header and trailer are parts of their own, not a formatted copy."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode("utf-8")
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            data = b"%d" % arg
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        data = _argument_bytes(arg)
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        parts += (b"$%d\r\n" % size, data, b"\r\n")
     return b"".join(parts)
+
+
+def command_size(args: Sequence[Any]) -> int:
+    """The length of ``encode_command(args)``, without building it (text that is not
+    ASCII is encoded to be measured, and let go at once)."""
+    size = len(b"*%d\r\n" % len(args))
+    for arg in args:
+        if isinstance(arg, str):
+            n = len(arg) if arg.isascii() else len(arg.encode("utf-8"))
+        elif isinstance(arg, memoryview):
+            n = arg.nbytes
+        elif isinstance(arg, bytes):
+            n = len(arg)
+        else:
+            n = len(_argument_bytes(arg))
+        size += len(b"$%d\r\n" % n) + n + 2
+    return size
+
+
+def _argument_bytes(arg: Any) -> bytes | memoryview:
+    if isinstance(arg, str):
+        return arg.encode("utf-8")
+    if isinstance(arg, bytes | memoryview):
+        return arg
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return b"%d" % arg
+    raise TypeError(f"cannot send {type(arg).__name__} to Redis")
 
 
 class BrokerProtocol(txredisapi.RedisProtocol):

@@ -65,6 +65,14 @@ class BudgetedHTTPConnection(BrokerHTTPConnection):
             return True
         return False
 
+    def body_copied(self, size: int) -> None:
+        # Copies of the body count too (the request is already admitted: later
+        # requests wait for them to go), so the budget is what is really held.
+        budget = getattr(self._broker, "budget", None)
+        if budget is not None and self._reserved:
+            budget.reserve_anyway(size)
+            self._reserved += size
+
     def _refuse_busy(self, head: RequestHead, budget, size: int) -> None:
         log.info(
             "refused a {size}-byte request body: {used} of {limit} buffered bytes in use",

@@ -171,28 +171,25 @@ def drop_bad_if_modified_since(request) -> None:
 
 def undecodable_argument(request) -> str | None:
     """cyclone decodes %-escapes with errors="replace", so bytes that are not UTF-8
-    silently become U+FFFD. Name the first query or form argument that is not UTF-8."""
-    body = request.body or b""
-    if "%" not in request.query and b"%" not in body:
-        return None  # U+FFFD can only have come from a %-escape; raw bytes were checked
+    silently become U+FFFD. Name the first query or form argument that is not UTF-8
+    (a form body's fields are read as bytes, and checked as they are read: form_body)."""
+    form_field = getattr(request, "undecodable_form_field", None)
+    if "%" not in request.query:
+        return form_field  # U+FFFD can only have come from a %-escape; raw bytes were checked
     if not any(
-        "\ufffd" in (value if isinstance(value, str) else "")
+        "\ufffd" in value
         for values in request.arguments.values()
         for value in values
+        if isinstance(value, str)
     ):
-        return None  # the common case: nothing was replaced
-    sources = [request.query]
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.startswith("application/x-www-form-urlencoded") and request.body:
-        sources.append(request.body.decode("utf-8"))  # raw bytes were checked on arrival
-    for source in sources:
-        for name, value in parse_qsl(source, keep_blank_values=True, encoding="latin-1"):
-            try:
-                name.encode("latin-1").decode("utf-8")
-                value.encode("latin-1").decode("utf-8")
-            except UnicodeDecodeError:
-                return name.encode("latin-1").decode("utf-8", "replace")
-    return None
+        return form_field  # the common case: nothing was replaced
+    for name, value in parse_qsl(request.query, keep_blank_values=True, encoding="latin-1"):
+        try:
+            name.encode("latin-1").decode("utf-8")
+            value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            return name.encode("latin-1").decode("utf-8", "replace")
+    return form_field
 
 
 def stream_without_keep_alive(handler: cyclone.web.RequestHandler) -> None:

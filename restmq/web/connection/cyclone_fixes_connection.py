@@ -19,6 +19,8 @@ import cyclone.httpserver
 import cyclone.httputil
 from twisted.internet import reactor
 
+from restmq.web.connection.form_body import NotUtf8, parse_form
+
 # -- the request head ---------------------------------------------------------------------
 
 
@@ -339,7 +341,25 @@ class FixedHTTPConnection(cyclone.httpserver.HTTPConnection):
 
     def _on_request_body(self, data: bytes) -> None:
         self.body_received()
-        try:
-            super()._on_request_body(data)
-        except UnicodeDecodeError:  # cyclone drops the connection silently
-            self.refuse(400, "Bad Request", "the form body is not valid UTF-8")
+        request = self._request
+        if request.method in ("POST", "PATCH", "PUT") and request.headers.get(
+            "Content-Type", ""
+        ).startswith("application/x-www-form-urlencoded"):
+            # Read as bytes (form_body): cyclone would hold the body three times over.
+            request.body = data
+            try:
+                form = parse_form(data)
+            except NotUtf8 as error:  # cyclone drops the connection silently
+                self.refuse(400, "Bad Request", str(error))
+                return
+            for name, values in form.fields.items():
+                request.arguments.setdefault(name, []).extend(values)
+            request.undecodable_form_field = form.undecodable
+            if form.copied:
+                self.body_copied(form.copied)
+            self.request_callback(request)
+            return
+        super()._on_request_body(data)  # other bodies are kept as they came
+
+    def body_copied(self, size: int) -> None:
+        """The body's fields hold ``size`` bytes besides the body (unquoted values)."""

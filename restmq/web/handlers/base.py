@@ -29,6 +29,7 @@ from restmq.errors import (
     TooManyConsumers,
 )
 from restmq.operations import jsontext, validation
+from restmq.web import plain_json
 from restmq.web.connection import cyclone_fixes
 from restmq.web.connection.http_policy import error_body
 
@@ -99,10 +100,10 @@ def write_json_error(
     handler.finish(error_body(message))
 
 
-def _argument_text(name: str, value: str | bytes) -> str:
-    if isinstance(value, bytes):
+def _argument_text(name: str, value: str | bytes | memoryview) -> str:
+    if not isinstance(value, str):  # a form field: bytes, or a view of the body
         try:
-            return value.decode("utf-8")
+            return str(value, "utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(f"argument {name!r} is not valid UTF-8") from None
     return value
@@ -215,6 +216,12 @@ class BaseHandler(
             return default
         return _argument_text(name, values[-1])
 
+    def message_arg(self, name: str) -> str | bytes | memoryview | None:
+        """A message sent as an argument, as it came: a form field stays bytes (checked
+        UTF-8) all the way to Redis, so a large one is never held as text too."""
+        values = self.request.arguments.get(name)
+        return values[-1] if values else None
+
     def all_args(self, name: str) -> list[str]:
         """Every value of a repeated argument (``receipt=a&receipt=b``), as text."""
         return [_argument_text(name, value) for value in self.request.arguments.get(name, [])]
@@ -225,7 +232,24 @@ class BaseHandler(
 
     def json_body(self) -> Any:
         """The request body parsed as JSON; 400 when it is not (or holds NaN, or nests too deep)."""
-        return jsontext.decode(self.request.body or b"", what="JSON body")
+        parsed = jsontext.decode(self.request.body or b"", what="JSON body")
+        self.let_body_go()
+        return parsed
+
+    def json_message(self) -> Any:
+        """As ``json_body``; the plain ``{"value": "<text>"}`` is read without decoding,
+        its value a view of the body's UTF-8 bytes (restmq.web.plain_json)."""
+        value = plain_json.plain_value(self.request.body or b"")
+        if value is None:
+            return self.json_body()
+        self.let_body_go()  # the view keeps the bytes it needs
+        return {"value": value}
+
+    def let_body_go(self) -> None:
+        """The body has been read (parsed JSON, form fields): let the raw bytes go, so
+        that a large message is not held twice while it is stored (a form value with
+        %-escapes is a copy; one without is a view that keeps its bytes alive)."""
+        self.request.body = b""
 
     def callback(self) -> str | None:
         return validation.callback_name(self.arg("callback"))

@@ -80,10 +80,11 @@ class RestHandler(BaseHandler):
             f"known: {', '.join(known)}"
         )
 
-    def form_value(self) -> str:
+    def form_value(self) -> str | bytes | memoryview:
         for name in self.rules.value_fields:
-            value = self.arg(name)
+            value = self.message_arg(name)
             if value:  # an empty field counts as missing, as it did in the original
+                self.let_body_go()
                 return value
         raise InvalidArgument(self.rules.missing_value)
 
@@ -219,13 +220,14 @@ class QueueHandler(RestHandler):
             self.mark_replayed(added)
             self.answer_key(added.key, callback)
             return
-        body = self.json_body()
+        body = self.json_message()
         if not isinstance(body, dict) or ("value" in body) == ("values" in body):
             raise InvalidArgument('send a JSON object with "value": ... or "values": [...]')
         ttl = body.get("ttl", self.arg("ttl"))
         delay = body.get("delay", self.arg("delay"))
         if "values" not in body:  # "value": the bare key, as for a form
-            value = jsontext.as_text(body["value"])
+            # held as UTF-8 from here on (text may take up to 4 bytes a character)
+            value = jsontext.as_utf8(body.pop("value"))
             added = await self.operations.add(queue, value, ttl, delay=delay, idempotency_key=key)
             self.mark_replayed(added)
             self.answer_key(added.key, callback)
@@ -233,7 +235,8 @@ class QueueHandler(RestHandler):
         values = body["values"]
         if not isinstance(values, list) or not values:
             raise InvalidArgument('"values" must be a non-empty list')
-        texts = [jsontext.as_text(v) for v in values]
+        texts = [jsontext.as_utf8(v) for v in values]
+        values.clear()  # each value is held as UTF-8 only, from here on
         added = await self.operations.add_many(queue, texts, ttl, delay=delay, idempotency_key=key)
         self.mark_replayed(added)
         self.answer(added.keys, callback=callback)  # "values": the keys as a JSON array
