@@ -333,15 +333,16 @@ def test_connections_dealt_to_a_killed_worker_are_served_by_the_main_process(
     clients = [socket.create_connection(("127.0.0.1", broker.port), timeout=15) for _ in range(20)]
     for client in clients:
         client.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    # every one accepted at once: half held by the main process, half dealt to the
-    # paused worker, which has not taken them (no process holds them yet)
-    holders = wait_for(
-        lambda: (h := [_holder(broker, c) for c in clients]).count(main) == 10 and h,
-        10,
-        what="the main process to hold its half",
-    )
+
+    # every one accepted, none left in the listening socket's backlog: half held by
+    # the main process, half dealt to the paused worker, which has not taken them
+    # (no process holds them yet)
+    def dealt() -> list | None:
+        holders = [_holder(broker, client) for client in clients]
+        return holders if holders.count(main) == 10 and _queued(broker.port) == 0 else None
+
+    holders = wait_for(dealt, 10, what="the connections to be dealt")
     assert sorted(holders, key=str) == [main] * 10 + [None] * 10, holders
-    assert _queued(broker.port) == 0, "none waits in the listening socket's backlog"
     worker.kill()
     try:
         assert [_answering_pid(client) for client in clients] == [main] * len(clients)

@@ -14,7 +14,6 @@ the outbox and goes out when the pair can take it again.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -84,9 +83,13 @@ def adopt(reactor, connection: socket.socket, family: socket.AddressFamily, fact
     (the reactor holds a duplicate of it)."""
     with connection:
         connection.setblocking(False)
-        # OSError: the client has gone already (no peer address): nothing to serve
-        with contextlib.suppress(OSError):
+        try:
             reactor.adoptStreamConnection(connection.fileno(), family, factory)
+        except OSError:
+            pass  # the client has gone already (no peer address): nothing to serve
+        except Exception:
+            # one connection's failure must not end the dealing or the inbox
+            log.failure("could not serve a connection")
 
 
 def _received(end: socket.socket) -> list[socket.socket] | None:
