@@ -1,10 +1,9 @@
 """``--workers N``: one port served by N `twistd restmq` processes sharing one Redis.
 
 Real brokers; which process holds a connection is read from the operating system
-(psutil), and /health names the process that answered. Each process listens on a
-socket of its own and the kernel picks one for each new connection, at random as
-far as a client can tell: a connection meant for one process is made again until
-that process holds it.
+(psutil), and /health names the process that answered. The main process deals the
+connections in turn to the processes that serve: a connection meant for one process
+is made again until that process holds it.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from tests.support import (
     consumers_of,
     pid_alive,
     post_value,
+    request,
     storage_args,
     valkey_pids,
     wait_for,
@@ -99,8 +99,8 @@ def _holder(broker: Broker, client: socket.socket) -> int | None:
 
 
 def _held_by(broker: Broker, pid: int, connect):
-    """``connect()`` again until process ``pid`` holds the connection (the kernel
-    picks the process); the connection's socket is ``connection.sock``."""
+    """``connect()`` again until process ``pid`` holds the connection (the main
+    process deals it); the connection's socket is ``connection.sock``."""
 
     def attempt():
         connection = connect()
@@ -218,7 +218,7 @@ def test_a_burst_of_keep_alive_connections_spreads_over_the_processes(workers_br
 
     held = asyncio.run(pool_at_once())
     counts = {pid: held.count(pid) for pid in _live_pids(broker)}
-    assert min(counts.values()) >= 3, counts
+    assert sorted(counts.values()) == [8, 8], counts  # dealt in turn: an exact split
 
 
 def test_connections_opened_at_the_first_answer_spread_over_the_processes(broker_factory):
@@ -247,9 +247,7 @@ def test_connections_opened_at_the_first_answer_spread_over_the_processes(broker
 
     answered = asyncio.run(asyncio.wait_for(burst(), 30))
     counts = {pid: answered.count(pid) for pid in _live_pids(broker)}
-    assert len(counts) == 2 and sum(counts.values()) == 50, counts
-    # fair odds give one process fewer than 15 of 50 once in about 400 runs
-    assert min(counts.values()) >= 15, counts
+    assert sorted(counts.values()) == [25, 25], counts  # dealt in turn: an exact split
     # the main process took its first connection only once the worker served
     log = broker.log()
     assert log.index("serving the broker's port") < log.index("RestMQ listening on")
@@ -324,7 +322,7 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(workers_broker):
     assert any("RestMQ stopped" in line for line in worker_lines), "it did its own stop"
 
 
-def test_connections_waiting_for_a_killed_worker_are_served_by_the_main_process(
+def test_connections_dealt_to_a_killed_worker_are_served_by_the_main_process(
     workers_broker,
 ):
     broker = workers_broker
@@ -336,25 +334,43 @@ def test_connections_waiting_for_a_killed_worker_are_served_by_the_main_process(
     for client in clients:
         client.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 
-    def settled() -> bool:
-        # each one accepted by the main process, or queued on the paused worker's socket
-        held = sum(_holder(broker, client) == main for client in clients)
-        return held + _queued(broker.port) == len(clients)
+    # every one accepted, none left in the listening socket's backlog: half held by
+    # the main process, half dealt to the paused worker, which has not taken them
+    # (no process holds them yet)
+    def dealt() -> list | None:
+        holders = [_holder(broker, client) for client in clients]
+        return holders if holders.count(main) == 10 and _queued(broker.port) == 0 else None
 
-    wait_for(settled, 10, what="the connections to settle")
-    assert _queued(broker.port) > 0, "some wait for the worker"
+    holders = wait_for(dealt, 10, what="the connections to be dealt")
+    assert sorted(holders, key=str) == [main] * 10 + [None] * 10, holders
     worker.kill()
     try:
         assert [_answering_pid(client) for client in clients] == [main] * len(clients)
     finally:
         for client in clients:
             client.close()
-    assert "accepting on worker 1's socket until it is back" in broker.log()
-    # once the worker started again serves, the main process accepts on its own socket
-    # alone: its own, and its copy of the worker's, kept to stand in again
+    assert "dealing worker 1's share to the others until it is back (10 connection" in broker.log()
+    # the worker started again is dealt to again; only the main process listens
     (again,) = _wait_serving(broker, 2) - {main}
-    wait_for(lambda: _listening(main, broker.port) == 2, 10, what="the main process to stand down")
-    assert _listening(again, broker.port) == 1
+    assert _listening(main, broker.port) == 1
+    assert _listening(again, broker.port) == 0
+
+
+def test_a_killed_workers_share_goes_to_the_main_process_and_none_is_refused(workers_broker):
+    broker = workers_broker
+    main = broker.proc.pid
+    (worker,) = _workers(broker)
+    serving_lines = broker.log().count(workers_serving := "serving the broker's port")
+    worker.kill()
+    # the main process deals to the worker started again only once it says it serves
+    # (and relays that line to the log at once): until then, each answer is its own
+    answers = []
+    for _ in range(10):
+        rejoined = broker.log().count(workers_serving) > serving_lines
+        answers.append((_health_pid(broker), rejoined))  # a refusal would raise here
+    assert all(pid == main for pid, rejoined in answers if not rejoined), answers
+    (again,) = _wait_serving(broker, 2) - {main}
+    assert again != worker.pid
 
 
 def _listening_rows(port: int) -> list[list[str]]:
@@ -418,6 +434,27 @@ def test_brokers_sharing_a_redis_add_up_consumers_and_a_dead_one_drops_out(
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_a_port_in_use_fails_the_start_before_any_worker(broker_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = broker_factory("--workers", "2", port=port, wait=False)
+        assert broker.proc.wait(30) != 0
+    log = broker.log()
+    assert "RestMQ could not start" in log and "Address already in use" in log, log
+    assert "started worker" not in log
+
+
+def test_ipv6_is_served_by_every_worker(broker_factory):
+    broker = broker_factory("--workers", "2", "--listen", "::1", wait=False)
+
+    def answering_over_ipv6(broker: Broker) -> int:
+        return request(broker.port, "GET", "/health", host="::1").json()["pid"]
+
+    assert _wait_serving(broker, 2, answering=answering_over_ipv6) == _live_pids(broker)
 
 
 def test_tls_is_served_by_every_worker(broker_factory, tmp_path):

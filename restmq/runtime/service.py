@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import inspect
 import os
 import socket
@@ -32,7 +31,7 @@ from restmq.engine.queues import DEFAULT_IDEMPOTENCY_WINDOW, QueueEngine
 from restmq.metrics import Metrics
 from restmq.operations.queue_operations import Operations
 from restmq.operations.results import StorageState
-from restmq.runtime import workers
+from restmq.runtime import connection_dealer, workers
 from restmq.runtime.embedded_valkey import SOCKET_NAME, DataDirError, EmbeddedValkey
 from restmq.runtime.options import Options
 from restmq.runtime.stop_signals import StopOnce
@@ -212,9 +211,8 @@ class BrokerService(service.Service):
         # This process's consumer counts, kept in Redis for everyone's /stats/.
         self.census = ConsumerCensus(engine, self.consumers, reactor)
         self.workers: workers.WorkerPool | None = None
-        # --workers: the listening sockets, made before any process accepts
-        self._own_socket: socket.socket | None = None
-        self._worker_sockets: list[socket.socket] = []
+        # --workers: the listening socket, made before the workers start
+        self._listening: socket.socket | None = None
         self.application = BrokerApplication(
             self.broker,
             max_body=options["max-body"],
@@ -256,10 +254,10 @@ class BrokerService(service.Service):
             ("long-poll waiters", self.waiters.start),
             ("lease sweeper", self.lease_sweeper.start),
             ("consumer census", self.census.start),
-            # --workers: every process's listening socket is made first, and this process
-            # accepts once every worker does, so that the first answer finds them all
-            # serving (see workers.py)
-            ("listening sockets", self._make_sockets if self.workers_wanted else None),
+            # --workers: the listening socket is made first (a port in use fails the
+            # start), and this process accepts and deals connections once every worker
+            # serves, so that the first answer finds them all serving (see workers.py)
+            ("listening socket", self._make_socket if self.workers_wanted else None),
             ("workers", self._start_workers if self.workers_wanted else None),
             ("HTTP port", self._open_port),
         ]
@@ -351,17 +349,23 @@ class BrokerService(service.Service):
         )
 
     async def _listen(self):
-        """The HTTP port: opened here, or, in a worker, the socket the main process made."""
+        """The HTTP port: opened here; with --workers, the main process's dealer of
+        connections, or a worker's inbox of those dealt to it."""
         interface = self.options["listen"]
         if self.options.is_worker:
-            fd = self.options["worker-fd"]
-            port = workers.adopt_port(self.reactor, fd, interface, self.application, self.tls)
-            os.close(fd)  # the port listens on a duplicate of it
-            return port
-        if self._own_socket is not None:
-            own, self._own_socket = self._own_socket, None
-            with contextlib.closing(own):
-                return self._adopt(own.fileno())
+            inbox = connection_dealer.Inbox(
+                self.reactor, self.options["worker-fd"], interface, self.application, self.tls
+            )
+            inbox.start()
+            return inbox
+        if self._listening is not None:
+            outboxes = self.workers.outboxes if self.workers is not None else []
+            dealer = connection_dealer.Dealer(
+                self.reactor, self._listening, self.application, self.tls, outboxes
+            )
+            self._listening = None  # the dealer's now
+            dealer.start()
+            return dealer
         if self.tls is not None:
             endpoint = SSL4ServerEndpoint(
                 self.reactor, self.options["port"], self.tls, interface=interface
@@ -371,35 +375,27 @@ class BrokerService(service.Service):
             endpoint = endpoint_type(self.reactor, self.options["port"], interface=interface)
         return await endpoint.listen(self.application)
 
-    def _adopt(self, fd: int):
-        """A port of this process on the listening socket ``fd`` (of --workers)."""
-        return workers.adopt_port(
-            self.reactor, fd, self.options["listen"], self.application, self.tls
-        )
-
     @property
     def workers_wanted(self) -> bool:
         """True in the main process of a broker run with --workers N>1."""
         return self.options["workers"] > 1
 
-    def _make_sockets(self) -> None:
-        self._own_socket, *self._worker_sockets = workers.listening_sockets(
-            self.options["port"], self.options["listen"], self.options["workers"]
+    def _make_socket(self) -> None:
+        self._listening = connection_dealer.listening_socket(
+            self.options["port"], self.options["listen"]
         )
 
     async def _start_workers(self) -> None:
         storage = self.valkey.socket_path if self.valkey is not None else None
-        sockets, self._worker_sockets = self._worker_sockets, []
         self.workers = workers.WorkerPool(
             self.reactor,
-            sockets,
+            self.options["workers"] - 1,
             lambda fd: workers.worker_command(self.options.arguments, fd, storage),
             self.options.directory,
-            self._adopt,
         )
         self.workers.start()
-        # Until then connections wait in the sockets' queues: none is refused, and none
-        # is kept by this process for want of another one accepting.
+        # Until then connections wait in the listening socket's backlog: none is
+        # refused, and none is kept by this process for want of another one serving.
         serving = self.workers.every_one_serving()
         serving.addTimeout(WORKERS_START_TIMEOUT, self.reactor)
         try:
@@ -455,12 +451,18 @@ class BrokerService(service.Service):
         log.info("RestMQ stopped")
 
     def _begin_stopping_workers(self) -> None:
+        # Dealing stops first: each worker then takes what was dealt to it, and stops.
+        if self.port is not None:
+            self.port.stopListening()
         self._workers_stopping = self.workers.stop()
 
     def _workers_stopped(self) -> defer.Deferred | None:
         return self._workers_stopping
 
     async def _close_port(self) -> None:
+        if self._listening is not None:  # the start failed before the dealer took it
+            self._listening.close()
+            self._listening = None
         if self.port is None:
             return
         await defer.maybeDeferred(self.port.stopListening)  # None if closed already

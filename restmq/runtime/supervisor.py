@@ -8,7 +8,8 @@ process is (``command``) and what to log (``started``, ``line_received``,
 Twisted has ``twisted.runner.procmon.ProcessMonitor``, which does much the same,
 but it does not fit:
 
-- it spawns without ``childFDs``: a worker must inherit the listening socket;
+- it spawns without ``childFDs``: a worker must inherit its end of the socket pair
+  its connections come over;
 - its stop returns nothing to wait on: the broker must wait until Valkey has
   flushed its append-only file, and each worker has done its loss-free stop,
   before it goes on (releases the data dir, exits);
