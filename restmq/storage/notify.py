@@ -64,6 +64,8 @@ class Notifications:
         self._password = password
         # channel -> how many holders (consumers, waiters) asked for it
         self._channels: Counter[str] = Counter()
+        # channels the server confirmed on the current connection: only those are heard
+        self._confirmed: set[str] = set()
         self._connection: _SubscriberProtocol | None = None
         self._factory: _SubscriberFactory | None = None
         self._ever_connected = False
@@ -75,11 +77,12 @@ class Notifications:
     def stop(self) -> defer.Deferred:
         factory, self._factory = self._factory, None
         self._connection = None
+        self._confirmed.clear()
         return factory.disconnect() if factory is not None else defer.succeed(None)
 
     def is_subscribed(self, channel: str) -> bool:
         """Whether messages published on ``channel`` now reach this broker."""
-        return self._connection is not None and channel in self._channels
+        return self._connection is not None and channel in self._confirmed
 
     def subscribe(self, channel: str) -> defer.Deferred:
         """Listen on ``channel``; fires once the server confirmed (or at once when offline).
@@ -90,13 +93,14 @@ class Notifications:
         self._channels[channel] += 1
         if self._connection is None:
             return defer.succeed(None)  # subscribed on (re)connect
-        return self._connection.subscribe(channel).addErrback(self._failed, "SUBSCRIBE")
+        return self._send_subscribe(self._connection, [channel])
 
     def unsubscribe(self, channel: str) -> None:
         if self._channels[channel] > 1:
             self._channels[channel] -= 1
             return
         del self._channels[channel]
+        self._confirmed.discard(channel)
         if self._connection is not None:
             self._connection.unsubscribe(channel).addErrback(self._failed, "UNSUBSCRIBE")
 
@@ -126,17 +130,32 @@ class Notifications:
 
     def _subscribe(self, connection: _SubscriberProtocol) -> None:
         self._connection = connection
+        self._confirmed.clear()
         if self._channels:
-            connection.subscribe(sorted(self._channels)).addErrback(self._failed, "SUBSCRIBE")
+            self._send_subscribe(connection, sorted(self._channels))
         if self._ever_connected:
             log.info("pub/sub reconnected; {n} channel(s) subscribed again", n=len(self._channels))
             # Notices published while we were away are gone: let the owner catch up.
             self.on_reconnect()
         self._ever_connected = True
 
+    def _send_subscribe(
+        self, connection: _SubscriberProtocol, channels: list[str]
+    ) -> defer.Deferred:
+        # A channel counts as heard once the server confirmed it: a notice published
+        # between the SUBSCRIBE and its confirmation would not reach us.
+        def confirmed(result):
+            if connection is self._connection:
+                self._confirmed.update(c for c in channels if c in self._channels)
+            return result
+
+        subscribed = connection.subscribe(channels)  # one confirmation: all of them are in
+        return subscribed.addCallback(confirmed).addErrback(self._failed, "SUBSCRIBE")
+
     def _disconnected(self, connection: _SubscriberProtocol) -> None:
         if connection is self._connection:
             self._connection = None
+            self._confirmed.clear()
 
     def _received(self, channel, message) -> None:
         if isinstance(channel, bytes):
