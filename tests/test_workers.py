@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -22,10 +20,6 @@ import ssl
 
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from restmq.runtime.options import Options
 from tests.support import (
@@ -36,6 +30,7 @@ from tests.support import (
     pid_alive,
     post_value,
     request,
+    self_signed,
     storage_args,
     valkey_pids,
     wait_for,
@@ -458,7 +453,7 @@ def test_ipv6_is_served_by_every_worker(broker_factory):
 
 
 def test_tls_is_served_by_every_worker(broker_factory, tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     broker = broker_factory("--workers", "2", "--tls-cert", str(cert), "--tls-key", str(key),
                             wait=False)  # fmt: skip
     context = ssl.create_default_context(cafile=str(cert))
@@ -472,36 +467,6 @@ def test_tls_is_served_by_every_worker(broker_factory, tmp_path):
             conn.close()
 
     assert _wait_serving(broker, 2, answering=answering_over_tls) == _live_pids(broker)
-
-
-def _self_signed(directory) -> tuple:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_workers_option():
