@@ -139,7 +139,9 @@ def _transports(text: str) -> list[str]:
     return kinds
 
 
-def _positive(kind):
+def positive(kind):
+    """An argparse type: a number of ``kind`` greater than 0."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -163,64 +165,64 @@ def parser() -> argparse.ArgumentParser:
         help="scenarios to run, comma-separated (rest, latency, fanout, memory, bodies, "
              "shutdown, leased, leases, workers, cluster, semantics, fsync, streaming, all); "
              "default: all")  # fmt: skip
-    add("--duration", type=_positive(float), default=8.0, metavar="S",
+    add("--duration", type=positive(float), default=8.0, metavar="S",
         help="measured seconds of each run (default 8)")  # fmt: skip
-    add("--warmup", type=_positive(float), default=1.0, metavar="S",
+    add("--warmup", type=positive(float), default=1.0, metavar="S",
         help="unmeasured seconds before each run (default 1)")  # fmt: skip
-    add("--connections", type=_positive(int), default=16, metavar="N",
+    add("--connections", type=positive(int), default=16, metavar="N",
         help="keep-alive connections of the rest runs (default 16)")  # fmt: skip
-    add("--client-procs", type=_positive(int), default=1, metavar="N",
+    add("--client-procs", type=positive(int), default=1, metavar="N",
         help="load-generator processes for the rest runs (default 1: on 2 cores the servers "
              "need the other one)")  # fmt: skip
-    add("--repeat", type=_positive(int), default=1, metavar="N",
+    add("--repeat", type=positive(int), default=1, metavar="N",
         help="rest: measure each run N times (one after the other) and keep the fastest; "
              "on a shared machine 2 or 3 make the ratios steadier (default 1)")  # fmt: skip
-    add("--value-size", type=_positive(int), default=100, metavar="BYTES",
+    add("--value-size", type=positive(int), default=100, metavar="BYTES",
         help="size of each message value (default 100)")  # fmt: skip
-    add("--round-trip-sample", type=_positive(int), default=100, metavar="N",
+    add("--round-trip-sample", type=positive(int), default=100, metavar="N",
         help="requests watched with MONITOR to count Redis round trips (default 100)")  # fmt: skip
-    add("--rate", type=_positive(float), default=1000.0, metavar="MSG/S",
+    add("--rate", type=positive(float), default=1000.0, metavar="MSG/S",
         help="publish rate of the latency scenario (default 1000)")  # fmt: skip
-    add("--sse-consumers", type=_positive(int), default=10, metavar="N",
+    add("--sse-consumers", type=positive(int), default=10, metavar="N",
         help="SSE consumers of the latency scenario (default 10)")  # fmt: skip
     add("--fanout", type=_int_list, default=[1, 10, 100], metavar="N,N,..",
         help="consumer counts of the fan-out scenario (default 1,10,100)")  # fmt: skip
     add("--fanout-transports", type=_transports, default=["sse", "ws"], metavar="T,T",
         help="transports of the fan-out scenario: sse, comet, ws (default sse,ws)")  # fmt: skip
-    add("--idle-consumers", type=_positive(int), default=1000, metavar="N",
+    add("--idle-consumers", type=positive(int), default=1000, metavar="N",
         help="idle streaming consumers of the memory scenario (default 1000)")  # fmt: skip
     add("--idle-transports", type=_transports, default=["sse", "comet", "ws"], metavar="T,T",
         help="transports the idle consumers are spread over (default sse,comet,ws)")  # fmt: skip
-    add("--big-posts", type=_positive(int), default=40, metavar="N",
+    add("--big-posts", type=positive(int), default=40, metavar="N",
         help="concurrent 8 MB POSTs of the bodies scenario (default 40)")  # fmt: skip
-    add("--stop-trials", type=_positive(int), default=5, metavar="N",
+    add("--stop-trials", type=positive(int), default=5, metavar="N",
         help="SIGTERM trials of the shutdown scenario, as many SIGKILL (default 5)")  # fmt: skip
-    add("--stop-consumers", type=_positive(int), default=10, metavar="N",
+    add("--stop-consumers", type=positive(int), default=10, metavar="N",
         help="SSE consumers of the shutdown scenario (default 10)")  # fmt: skip
-    add("--leased-consumers", type=_positive(int), default=10, metavar="N",
+    add("--leased-consumers", type=positive(int), default=10, metavar="N",
         help="leased consumers per transport of the leased scenario (default 10)")  # fmt: skip
-    add("--prefetch", type=_positive(int), default=10, metavar="N",
+    add("--prefetch", type=positive(int), default=10, metavar="N",
         help="prefetch window of each leased consumer (default 10)")  # fmt: skip
-    add("--lease-consumers", type=_positive(int), default=50, metavar="N",
+    add("--lease-consumers", type=positive(int), default=50, metavar="N",
         help="concurrent consumers of the leases scenario (default 50)")  # fmt: skip
-    add("--lease-rounds", type=_positive(int), default=4, metavar="N",
+    add("--lease-rounds", type=positive(int), default=4, metavar="N",
         help="leases: rounds of plain, leased and batch runs, one after the other, each run "
              "lasting --duration/N; each kind's runs are taken together (default 4)")  # fmt: skip
-    add("--wake-up-samples", type=_positive(int), default=200, metavar="N",
+    add("--wake-up-samples", type=positive(int), default=200, metavar="N",
         help="long-poll and SSE deliveries timed by the leases scenario (default 200)")  # fmt: skip
-    add("--workers", type=_positive(int), default=max(2, cpu_count()), metavar="N",
+    add("--workers", type=positive(int), default=max(2, cpu_count()), metavar="N",
         help="broker processes of the workers scenario, compared with 1 (default: one per "
              "core, at least 2)")  # fmt: skip
-    add("--cluster-queues", type=_positive(int), default=100, metavar="N",
+    add("--cluster-queues", type=positive(int), default=100, metavar="N",
         help="cluster: queues the load is spread over to compare the shards "
              "(default 100)")  # fmt: skip
-    add("--cluster-workers", type=_positive(int), default=2, metavar="N",
+    add("--cluster-workers", type=positive(int), default=2, metavar="N",
         help="cluster: broker processes (--workers) loading the shards (default 2)")  # fmt: skip
-    add("--semantics-rounds", type=_positive(int), default=3, metavar="N",
+    add("--semantics-rounds", type=positive(int), default=3, metavar="N",
         help="semantics: rounds of a plain, an idempotent, a delayed and a fan-out add run, "
              "each run lasting --duration/N; each kind's runs are taken together "
              "(default 3)")  # fmt: skip
-    add("--delay-samples", type=_positive(int), default=1000, metavar="N",
+    add("--delay-samples", type=positive(int), default=1000, metavar="N",
         help="semantics: delayed messages whose delivery is timed against their due time "
              "(default 1000)")  # fmt: skip
     add("--keep-workdir", action="store_true",

@@ -23,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from bench.cli import positive
 from bench.redisinfo import RespConnection
 from bench.servers import BrokerServer, rss_bytes, stop_all
 from bench.soak_load import (
@@ -87,19 +88,6 @@ It is a report: exit status 0 once it ran, FAIL or not; 1 when it could not run,
 """
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-        return value
-
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.soak",
@@ -107,17 +95,17 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = p.add_argument
-    add("--minutes", type=_positive(float), default=10.0, metavar="M",
+    add("--minutes", type=positive(float), default=10.0, metavar="M",
         help="how long the load runs (default 10)")  # fmt: skip
-    add("--interval", type=_positive(float), default=60.0, metavar="S",
+    add("--interval", type=positive(float), default=60.0, metavar="S",
         help="seconds per table row (default 60)")  # fmt: skip
-    add("--rate", type=_positive(float), default=300.0, metavar="MSG/S",
+    add("--rate", type=positive(float), default=300.0, metavar="MSG/S",
         help="messages per second over all producers (default 300)")  # fmt: skip
-    add("--lease", type=_positive(int), default=5, metavar="S",
+    add("--lease", type=positive(int), default=5, metavar="S",
         help="lease of the leased HTTP consumers, seconds (default 5)")  # fmt: skip
-    add("--churn", type=_positive(float), default=10.0, metavar="S",
+    add("--churn", type=positive(float), default=10.0, metavar="S",
         help="seconds between two reconnections of a leased WebSocket (default 10)")  # fmt: skip
-    add("--value-size", type=_positive(int), default=100, metavar="BYTES",
+    add("--value-size", type=positive(int), default=100, metavar="BYTES",
         help="size of each message value (default 100)")  # fmt: skip
     add("--keep-workdir", action="store_true",
         help="keep the temporary work dir (broker log, data dir)")  # fmt: skip
