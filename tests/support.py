@@ -1558,3 +1558,33 @@ def queue_command(broker: Broker, queue: str, *args):
     """One raw command to the node that holds ``queue``'s keys: the broker's embedded (or
     ``--redis-port``) Valkey, or on a cluster the primary serving the queue's slot."""
     return store_command(broker, *args, route=f"{stem_of(broker, queue)}:queue")
+
+
+def parse_options(*argv: str):
+    """``twistd restmq``'s options parsed from ``argv`` (no broker started)."""
+    from restmq.runtime.options import Options
+
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def option_refusal(*argv: str) -> str:
+    """The message with which ``twistd restmq`` refuses ``argv``."""
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError) as caught:
+        parse_options(*argv)
+    return str(caught.value)
+
+
+def publish_in_batches(broker: Broker, queue: str, values: list[str]) -> None:
+    """Add ``values`` to ``queue``, 100 to a JSON batch, each answered 200."""
+    for i in range(0, len(values), 100):
+        answer = broker.request(
+            "POST",
+            f"/q/{queue}",
+            body=json.dumps({"values": values[i : i + 100]}),
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.status == 200, answer.text

@@ -7,7 +7,6 @@ A message some consumer wrote to its socket counts as delivered and never goes b
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
@@ -18,7 +17,14 @@ from restmq.delivery.consumers import ConsumerRegistry
 from restmq.engine.queues import QueueEngine
 from restmq.storage.address import RedisAddress
 from restmq.storage.client import RedisClient
-from tests.support import MemoryConsumer, RawSseStream, take_all, wait_for
+from tests.support import (
+    MemoryConsumer,
+    RawSseStream,
+    publish_in_batches,
+    settled_length,
+    take_all,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -107,35 +113,12 @@ async def test_a_stop_waits_for_the_batch_being_taken(store):
     assert sorted(reader.values + queued(server, "bf")) == sorted(values)
 
 
-def settled_length(broker, queue: str) -> int:
-    """The queue's length once it has stopped changing for half a second."""
-    lengths = [-1]
-
-    def steady() -> bool:
-        lengths.append(broker.get(f"/stats/{queue}").json()["len"])
-        return lengths[-1] == lengths[-2]
-
-    wait_for(steady, 10, interval=0.5, what=f"the length of {queue} to settle")
-    return lengths[-1]
-
-
-def publish(broker, queue: str, values: list[str]) -> None:
-    for i in range(0, len(values), 100):
-        answer = broker.request(
-            "POST",
-            f"/q/{queue}",
-            body=json.dumps({"values": values[i : i + 100]}),
-            headers={"Content-Type": "application/json"},
-        )
-        assert answer.status == 200, answer.text
-
-
 def test_sigterm_with_two_paused_broadcast_consumers_loses_nothing(broker_factory, queue):
     broker = broker_factory()
     consumers = [RawSseStream(broker.port, queue, receive_buffer=4096) for _ in range(2)]
     wait_for(lambda: broker.get(f"/stats/{queue}").json().get("consumers") == 2, 10)
     values = [f"{i:05d}-" + "x" * 1018 for i in range(2500)]  # 2,500 x 1 KB
-    publish(broker, queue, values)
+    publish_in_batches(broker, queue, values)
     settled_length(broker, queue)  # the consumers are paused, a backlog in the broker
     broker.proc.send_signal(signal.SIGTERM)
     received = [message["value"] for c in consumers for message in c.read_to_end()]
@@ -154,7 +137,7 @@ def test_two_paused_broadcast_consumers_that_drop_put_their_backlog_back(broker_
     consumers = [RawSseStream(broker.port, queue, receive_buffer=4096) for _ in range(2)]
     wait_for(lambda: broker.get(f"/stats/{queue}").json().get("consumers") == 2, 10)
     values = [f"{i:05d}-" + "x" * 1018 for i in range(2500)]
-    publish(broker, queue, values)
+    publish_in_batches(broker, queue, values)
     before = settled_length(broker, queue)  # the consumers are paused, a backlog in the broker
     for consumer in consumers:
         consumer.close()

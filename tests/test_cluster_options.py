@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from twisted.python import usage
 
-from restmq.runtime.options import Options
-
-
-def parse(*argv: str) -> Options:
-    options = Options()
-    options.parseOptions(list(argv))
-    return options
-
-
-def refusal(*argv: str) -> str:
-    with pytest.raises(usage.UsageError) as caught:
-        parse(*argv)
-    return str(caught.value)
+from tests.support import option_refusal, parse_options
 
 
 def test_cluster_seeds_are_read_and_mean_external_storage():
-    options = parse("--redis-cluster", "127.0.0.1:7000, node-b:7001,[::1]:7002")
+    options = parse_options("--redis-cluster", "127.0.0.1:7000, node-b:7001,[::1]:7002")
     assert options["redis-cluster"] == (("127.0.0.1", 7000), ("node-b", 7001), ("::1", 7002))
     assert not options.embedded
     assert options["redis-host"] is None and options["redis-port"] is None
-    assert parse("--redis-cluster", "h:1", "--redis-db", "0")["redis-db"] == 0
+    assert parse_options("--redis-cluster", "h:1", "--redis-db", "0")["redis-db"] == 0
 
 
 @pytest.mark.parametrize(
@@ -38,23 +25,23 @@ def test_cluster_seeds_are_read_and_mean_external_storage():
     ],
 )
 def test_a_cluster_or_another_redis_not_both(other, named):
-    message = refusal("--redis-cluster", "h:7000", *other)
+    message = option_refusal("--redis-cluster", "h:7000", *other)
     assert message.startswith(f"give either --redis-cluster or {named}, not both"), message
     assert "the cluster's nodes tell where each queue is" in message
 
 
 def test_every_conflicting_option_is_named():
-    message = refusal("--redis-cluster", "h:7000", "--redis-host", "h", "--redis-port", "1")
+    message = option_refusal("--redis-cluster", "h:7000", "--redis-host", "h", "--redis-port", "1")
     assert message.startswith("give either --redis-cluster or --redis-host/--redis-port, not")
 
 
 def test_a_service_goes_with_sentinel_not_a_cluster():
-    message = refusal("--redis-cluster", "h:7000", "--redis-service", "jobs")
+    message = option_refusal("--redis-cluster", "h:7000", "--redis-service", "jobs")
     assert message == "--redis-service goes with --redis-sentinel, not --redis-cluster"
 
 
 def test_a_cluster_has_database_zero_only():
-    message = refusal("--redis-cluster", "h:7000", "--redis-db", "3")
+    message = option_refusal("--redis-cluster", "h:7000", "--redis-db", "3")
     assert (
         message == "--redis-db cannot be used with --redis-cluster: a cluster has database 0 only"
     )
@@ -74,6 +61,6 @@ def test_a_cluster_has_database_zero_only():
     ],
 )
 def test_bad_seeds_are_refused_saying_which(seeds, says):
-    message = refusal("--redis-cluster", seeds)
+    message = option_refusal("--redis-cluster", seeds)
     assert message.startswith("--redis-cluster: "), message
     assert says in message

@@ -12,10 +12,9 @@ import signal
 import subprocess
 
 import pytest
-from twisted.python import usage
 
 from restmq.runtime.options import Options
-from tests.support import TWISTD, valkey_pids, wait_for
+from tests.support import TWISTD, option_refusal, parse_options, valkey_pids, wait_for
 
 EXTERNAL_STORES = [
     ("--redis-host", "127.0.0.1"),
@@ -24,18 +23,6 @@ EXTERNAL_STORES = [
     ("--redis-sentinel", "127.0.0.1:26379", "--redis-service", "jobs"),
     ("--redis-cluster", "127.0.0.1:7000"),
 ]
-
-
-def parse(*argv: str) -> Options:
-    options = Options()
-    options.parseOptions(list(argv))
-    return options
-
-
-def refusal(*argv: str) -> str:
-    with pytest.raises(usage.UsageError) as caught:
-        parse(*argv)
-    return str(caught.value)
 
 
 def appendfsync(broker) -> str:
@@ -49,22 +36,24 @@ def appendfsync(broker) -> str:
 
 
 def test_the_default_is_everysec():
-    assert parse()["fsync"] == "everysec"
+    assert parse_options()["fsync"] == "everysec"
 
 
 @pytest.mark.parametrize("given", ["always", "everysec", "no", "ALWAYS", " No "])
 def test_each_policy_is_accepted(given):
-    assert parse("--fsync", given)["fsync"] == given.strip().lower()
+    assert parse_options("--fsync", given)["fsync"] == given.strip().lower()
 
 
 @pytest.mark.parametrize("given", ["sometimes", "", "yes", "1"])
 def test_a_bad_value_is_refused_naming_the_choices(given):
-    assert refusal("--fsync", given) == f"--fsync takes always, everysec or no, not {given!r}"
+    assert (
+        option_refusal("--fsync", given) == f"--fsync takes always, everysec or no, not {given!r}"
+    )
 
 
 @pytest.mark.parametrize("store", EXTERNAL_STORES, ids=lambda args: args[0])
 def test_an_external_store_is_refused_naming_it(store):
-    message = refusal("--fsync", "always", *store)
+    message = option_refusal("--fsync", "always", *store)
     assert message.startswith("--fsync applies to the embedded Valkey only"), message
     assert f"named by {store[0]} keeps its own appendfsync" in message
     assert "that server's configuration" in message
@@ -72,13 +61,13 @@ def test_an_external_store_is_refused_naming_it(store):
 
 @pytest.mark.parametrize("store", EXTERNAL_STORES, ids=lambda args: args[0])
 def test_an_external_store_without_fsync_is_left_as_it_is(store):
-    assert parse(*store)["fsync"] is None
+    assert parse_options(*store)["fsync"] is None
 
 
 def test_a_worker_of_an_embedded_broker_takes_the_option_and_leaves_it_to_the_broker():
     # A worker gets the broker's own arguments plus the embedded Valkey's socket.
     socket = os.path.abspath("restmq-data/valkey.sock")
-    options = parse("--fsync", "always", "--worker-fd", "3", "--redis-socket", socket)
+    options = parse_options("--fsync", "always", "--worker-fd", "3", "--redis-socket", socket)
     assert options.is_worker
     assert options["fsync"] is None  # the main process's Valkey has it already
 

@@ -21,6 +21,7 @@ import pytest
 from tests.support import (
     RawSseStream,
     https_request,
+    publish_in_batches,
     self_signed,
     settled_length,
     take_all,
@@ -38,17 +39,6 @@ def more_than_a_send_buffer() -> list[str]:
     """1 KB messages, half as many again as the largest send buffer Linux grows."""
     largest = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
     return [f"{i:05d}-" + "x" * 1018 for i in range(max(2000, largest * 3 // 2 // 1024))]
-
-
-def publish(broker, queue: str, values: list[str]) -> None:
-    for i in range(0, len(values), 100):
-        answer = broker.request(
-            "POST",
-            f"/q/{queue}",
-            body=json.dumps({"values": values[i : i + 100]}),
-            headers={"Content-Type": "application/json"},
-        )
-        assert answer.status == 200, answer.text
 
 
 def consumers_of(broker, queue: str) -> int:
@@ -80,7 +70,7 @@ def test_a_stop_with_two_paused_broadcast_consumers_loses_nothing_in_their_socke
     streams = [RawSseStream(broker.port, queue, receive_buffer=4096) for _ in range(2)]
     values = more_than_a_send_buffer()
     wait_for(lambda: consumers_of(broker, queue) == 2)
-    publish(broker, queue, values)
+    publish_in_batches(broker, queue, values)
     settled_length(broker, queue)  # what their sockets and backlogs hold is taken
     stop_and_restart(broker)  # the consumers read nothing while the broker stops
     # What each socket holds stays readable after the broker hung up (reset or not).
@@ -96,7 +86,7 @@ def test_a_consumer_dropped_as_too_slow_loses_nothing_in_its_socket(broker_facto
     broker = broker_factory("--consumer-buffer", "1024")
     stalled = RawSseStream(broker.port, queue)
     wait_for(lambda: consumers_of(broker, queue) == 1)
-    publish(broker, queue, VALUES)
+    publish_in_batches(broker, queue, VALUES)
     wait_for(lambda: consumers_of(broker, queue) == 0, what="the slow consumer to be dropped")
     assert "fell" in broker.log() and "behind; disconnecting it" in broker.log()
     read = values_of(stalled.read_to_end())
@@ -111,7 +101,7 @@ def test_what_a_consumer_read_does_not_come_back_and_nothing_is_lost(broker_fact
     reader = RawSseStream(broker.port, queue, receive_buffer=4096)
     values = more_than_a_send_buffer()  # the broker's kernel cannot take them all
     wait_for(lambda: consumers_of(broker, queue) == 1)
-    publish(broker, queue, values)
+    publish_in_batches(broker, queue, values)
     early = values_of(reader.read_at_least(300))  # then it reads no more until the stop
     settled_length(broker, queue)
     stop_and_restart(broker)
