@@ -252,10 +252,13 @@ async def test_leases_ack_extend_release_and_dead_letters(valkey_cluster, cluste
 
 @pytest_twisted.ensureDeferred
 async def test_the_sweeper_ends_leases_that_ran_out_in_every_family(
-    valkey_cluster, cluster_engine_factory, queue
+    cluster_factory, cluster_engine_factory, queue
 ):
-    granting = await cluster_engine_factory(valkey_cluster)  # a broker that then goes away
-    sweeping = await cluster_engine_factory(valkey_cluster)
+    # a cluster of its own: on the session cluster a running broker's sweeper would end
+    # these leases first, and this sweeper would have nothing left to show
+    own = cluster_factory(primaries=3, replicas=0)
+    granting = await cluster_engine_factory(own)  # a broker that then goes away
+    sweeping = await cluster_engine_factory(own)
     names = [f"{queue}-{n}" for n in range(6)]  # families in different slots
     ran_out = []
     for name in names:
@@ -272,11 +275,11 @@ async def test_the_sweeper_ends_leases_that_ran_out_in_every_family(
     ended = 0
     for _ in await sweeping.families():
         ended += await sweeper.sweep()
-    assert ended >= len(names)
-    assert _list(valkey_cluster, f"{{{names[0]}}}") == [f"{{{names[0]}}}:2"]
-    assert _list(valkey_cluster, f"{{{names[0]}}}:dead") == [f"{{{names[0]}}}:1"]
+    assert ended == len(names), "one lease ended in each family, by this sweeper"
+    assert _list(own, f"{{{names[0]}}}") == [f"{{{names[0]}}}:2"]
+    assert _list(own, f"{{{names[0]}}}:dead") == [f"{{{names[0]}}}:1"]
     for name in names[1:]:
-        assert _list(valkey_cluster, f"{{{name}}}") == [f"{{{name}}}:1", f"{{{name}}}:2"]
+        assert _list(own, f"{{{name}}}") == [f"{{{name}}}:1", f"{{{name}}}:2"]
         [again] = await sweeping.lease(name, 30)
         assert again.receipt == f"{{{name}}}:1@2"
     stats = {s.name: s for s in await sweeping.stats()}
@@ -285,15 +288,16 @@ async def test_the_sweeper_ends_leases_that_ran_out_in_every_family(
 
 @pytest_twisted.ensureDeferred
 async def test_a_started_sweeper_returns_a_lease_that_ran_out(
-    valkey_cluster, cluster_engine, queue
+    cluster_factory, cluster_engine_factory, queue
 ):
-    engine = cluster_engine
+    own = cluster_factory(primaries=3, replicas=0)  # no other broker sweeps it
+    engine = await cluster_engine_factory(own)
     await engine.add(queue, "job")
     [message] = await engine.lease(queue, 1)
     sweeper = LeaseSweeper(engine, reactor, interval=0.05)
     sweeper.start()
     try:
-        await until(lambda: _list(valkey_cluster, f"{{{queue}}}") == [message.key], 10,
+        await until(lambda: _list(own, f"{{{queue}}}") == [message.key], 10,
                     what="the sweep")  # fmt: skip
     finally:
         await sweeper.stop()
