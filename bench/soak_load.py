@@ -246,32 +246,33 @@ async def _ack(conn: HttpConnection, target: Target, taken: list[dict], ledger: 
 # -- streams ------------------------------------------------------------------
 
 
-class SoakSse(SseConsumer):
+class _ConsumesEveryMessage:
+    """A stream consumer (mixed in before its transport's class) for which every message
+    received counts as consumed, under ``kind`` in the ledger."""
+
+    kind = ""
+
+    def __init__(self, target: Target, ledger: Ledger) -> None:
+        super().__init__(target.port, target.queue)
+        self.ledger = ledger
+
+    def deliver(self, text: str | bytes) -> None:
+        super().deliver(text)
+        message = json.loads(text)
+        if isinstance(message, dict):
+            self.ledger.consume(message.get("value"), self.kind)
+
+
+class SoakSse(_ConsumesEveryMessage, SseConsumer):
     """``GET /c/<q>``, ``Accept: text/event-stream``: every event is consumed."""
 
-    def __init__(self, target: Target, ledger: Ledger) -> None:
-        super().__init__(target.port, target.queue)
-        self.ledger = ledger
-
-    def deliver(self, text: str | bytes) -> None:
-        super().deliver(text)
-        message = json.loads(text)
-        if isinstance(message, dict):
-            self.ledger.consume(message.get("value"), "SSE")
+    kind = "SSE"
 
 
-class SoakWs(WsConsumer):
+class SoakWs(_ConsumesEveryMessage, WsConsumer):
     """``/ws/<q>``, unleased: every frame is consumed."""
 
-    def __init__(self, target: Target, ledger: Ledger) -> None:
-        super().__init__(target.port, target.queue)
-        self.ledger = ledger
-
-    def deliver(self, text: str | bytes) -> None:
-        super().deliver(text)
-        message = json.loads(text)
-        if isinstance(message, dict):
-            self.ledger.consume(message.get("value"), "WebSocket")
+    kind = "WebSocket"
 
 
 class SoakLeasedWs(WsConsumer):
