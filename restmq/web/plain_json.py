@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from restmq.web.utf8_check import is_utf8
+
 _WS = rb"[ \t\n\r]*"  # JSON's whitespace (re's \s has two more)
 _PLAIN = re.compile(rb"%s\{%s\"value\"%s:%s\"([^\"\\\x00-\x1f]*)\"%s\}%s" % ((_WS,) * 6))
 _NOT_ASCII = re.compile(rb"[\x80-\xff]")
@@ -25,9 +27,6 @@ def plain_value(body: bytes) -> memoryview | None:
         return None
     start, end = match.span(1)
     value = memoryview(body)[start:end]
-    if _NOT_ASCII.search(body, start, end) is not None:
-        try:
-            str(value, "utf-8")  # (a copy, let go at once) json.loads would refuse it
-        except UnicodeDecodeError:
-            return None
+    if _NOT_ASCII.search(body, start, end) is not None and not is_utf8(value):
+        return None  # json.loads refuses it
     return value

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
+from restmq.web.utf8_check import is_utf8
+
 #: a form value: a view of the body, or (escaped) its unquoted bytes
 FormValue = bytes | memoryview
 
@@ -34,13 +36,7 @@ class FormFields:
 
 
 def _is_utf8(data: bytes) -> bool:
-    if data.isascii():
-        return True
-    try:
-        data.decode("utf-8")  # (a copy, let go at once)
-    except UnicodeDecodeError:
-        return False
-    return True
+    return data.isascii() or is_utf8(data)
 
 
 def _unquote(part: memoryview) -> bytes:
@@ -52,11 +48,8 @@ def _unquote(part: memoryview) -> bytes:
 
 def parse_form(body: bytes) -> FormFields:
     """The fields of ``body``; NotUtf8 when the body itself is not UTF-8."""
-    if not body.isascii():
-        try:
-            str(body, "utf-8")  # checked once; the fields are views of ``body``
-        except UnicodeDecodeError:
-            raise NotUtf8("the form body is not valid UTF-8") from None
+    if not _is_utf8(body):  # checked once; the fields are views of ``body``
+        raise NotUtf8("the form body is not valid UTF-8")
     form = FormFields()
     view = memoryview(body)
     start, end = 0, len(body)
