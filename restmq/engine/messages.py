@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,14 +57,6 @@ class AddedKeys(list[str]):
     def __init__(self, keys: Sequence[str] = (), *, replayed: bool = False) -> None:
         super().__init__(keys)
         self.replayed = replayed
-
-
-def payload_digest(values: Sequence[str | bytes | memoryview], ttl: int, delay: int) -> str:
-    """What an idempotent add's payload is compared by: values (text, or UTF-8 bytes:
-    the same digest either way), ttl and delay."""
-    texts = [v if isinstance(v, str) else str(v, "utf-8") for v in values]
-    text_form = json.dumps([texts, ttl, delay], ensure_ascii=False)
-    return hashlib.sha256(text_form.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def added_keys(

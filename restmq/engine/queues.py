@@ -32,12 +32,12 @@ from restmq.engine.messages import (
     added_keys,
     dead_length,
     number,
-    payload_digest,
     policy_name,
     popped,
     stream_batch,
     text,
 )
+from restmq.engine.payload_digest import payload_digest
 from restmq.engine.subscriptions import SubscriptionOperations
 from restmq.storage.client import RedisClient
 
