@@ -9,7 +9,8 @@ than before, for two reasons:
 - Some requests' objects (a failure's traceback, say) form reference cycles, so
   the body and its decoded copies live until Python's cycle collector runs; it
   counts allocations, not bytes, so a few hundred large bodies can wait a long
-  time. ``Reclaimer`` collects soon after large bodies are let go.
+  time. ``Reclaimer`` collects soon after large bodies are let go, and only then
+  gives their bytes back to the memory budget.
 - glibc serves blocks over its mmap threshold with mmap and unmaps them on free,
   but raises the threshold each time such a block is freed (up to 32 MiB), so
   later bodies come from the heap, which keeps freed pages. The threshold is fixed
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from collections.abc import Callable
 
 from twisted.logger import Logger
 
@@ -85,19 +87,51 @@ def trim() -> bool:
 
 
 class Reclaimer:
-    """Collects cycles and trims once, shortly after large blocks were let go
-    (many releases in a burst make one run)."""
+    """Gives the memory of large request bodies back, and says when it is really free.
 
-    delay = 1.0  # seconds: lets the handlers drop their copies; at most one run a second
+    A request that failed leaves its body in a reference cycle (the exception's
+    traceback holds the handler's frames, which hold the body), freed only when the
+    cycle collector runs. Released at once, the body's bytes would be handed to the
+    next request while they are still held. So a large body's reservation is given
+    back only after a collection (``release_after_collection``), which runs soon:
+    once a burst of releases is in, and at most every ``collect_every`` seconds.
+    The heap is trimmed once, ``delay`` after a burst.
+    """
+
+    delay = 1.0  # seconds: lets the handlers drop their copies; at most one trim a second
+    collect_every = 0.05  # seconds between two collections that give reservations back
 
     def __init__(self, clock) -> None:
         self.clock = clock
-        self._pending = None
+        self._pending = None  # the next trim
+        self._collecting = None  # the next collection that gives reservations back
+        self._last_collection = float("-inf")
+        self._after_collection: list[Callable[[], None]] = []
+
+    def release_after_collection(self, release: Callable[[], None]) -> None:
+        """Call ``release`` (which gives a large body's reservation back) once the
+        cycle collector has run, so that what a failure still held is freed first."""
+        self._after_collection.append(release)
+        if self._collecting is None:
+            wait = max(0.0, self._last_collection + self.collect_every - self.clock.seconds())
+            self._collecting = self.clock.callLater(wait, self._collect)
+        self.large_block_freed()
 
     def large_block_freed(self) -> None:
         if self._pending is not None:
             return
         self._pending = self.clock.callLater(self.delay, self._run)
+
+    def _collect(self) -> None:
+        self._collecting = None
+        self._last_collection = self.clock.seconds()
+        gc.collect()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        releases, self._after_collection = self._after_collection, []
+        for release in releases:
+            release()
 
     def _run(self) -> None:
         self._pending = None
@@ -107,6 +141,8 @@ class Reclaimer:
                   n=collected, t=trimmed)  # fmt: skip
 
     def cancel(self) -> None:
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
+        for call in (self._pending, self._collecting):
+            if call is not None and call.active():
+                call.cancel()
+        self._pending = self._collecting = None
+        self._give_back()

@@ -8,12 +8,14 @@ import hashlib
 import json
 import threading
 import time
+import tracemalloc
 from urllib.parse import parse_qs
 
 import pytest
 
 from restmq.defaults import DEFAULT_MAX_BODY
 from restmq.web.connection.form_body import NotUtf8, parse_form
+from restmq.web.utf8_check import SLICE, is_utf8
 from tests.support import request
 
 MiB = 1024 * 1024
@@ -150,3 +152,21 @@ def test_a_plain_form_value_is_a_view_of_the_body_and_an_escaped_one_is_counted(
         pass
     else:
         raise AssertionError("a body that is not UTF-8 was read")
+
+
+def test_a_body_is_checked_as_utf8_a_slice_at_a_time():
+    for cut in range(SLICE - 4, SLICE + 4):  # a character cut by every slice boundary nearby
+        whole = b"a" * cut + "😀".encode() + "é".encode() + b"z"
+        broken = whole[: cut + 2] + b"zz" + whole[cut + 2 :]  # a character cut short
+        assert is_utf8(whole) and is_utf8(memoryview(whole))
+        assert not is_utf8(broken), cut
+        assert not is_utf8(whole[: cut + 3]), "the body ends inside a character"
+    assert is_utf8(b"") and not is_utf8(b"\xff") and not is_utf8(b"a" * SLICE + b"\xc0\xaf")
+    message = ("k" * (8 * MiB - 64) + "\U0001f600").encode()  # its text: 4 bytes a character
+    tracemalloc.start()
+    try:
+        assert is_utf8(message)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MiB, f"checking an 8 MiB body held {peak} bytes at once"

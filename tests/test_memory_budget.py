@@ -3,16 +3,20 @@ backlogs of slow streaming consumers share one limit; memory goes back after a b
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
 import time
+import weakref
 
 import psutil
 import pytest
+from twisted.internet import task
 from twisted.python import usage
 
 from restmq.budget import MemoryBudget
+from restmq.memory import Reclaimer
 from restmq.runtime.options import Options
 from tests import support as wire
 from tests.support import HttpStream, request, wait_for
@@ -57,6 +61,47 @@ def test_a_budget_reserves_what_fits_and_refuses_the_rest():
     assert (budget.used, budget.free, budget.limit) == (4, 6, 10)
     with pytest.raises(ValueError):
         MemoryBudget(0)
+
+
+def test_a_large_bodys_bytes_go_back_to_the_budget_once_a_cycle_holding_it_is_freed():
+    """A failed request can leave its body in a reference cycle (a traceback holding the
+    handler's frames): its reservation is given back only after a collection."""
+    clock = task.Clock()
+    reclaimer = Reclaimer(clock)
+    budget = MemoryBudget(10 * MiB)
+    assert budget.try_reserve(8 * MiB)
+
+    class Frame:  # stands for the frames a failure's traceback keeps alive
+        pass
+
+    held = Frame()
+    held.body = bytearray(8 * MiB)
+    held.itself = held  # the cycle
+    alive = weakref.ref(held)
+    del held
+    freed_before_release = []
+
+    def release():
+        freed_before_release.append(alive() is None)
+        budget.release(8 * MiB)
+
+    gc.disable()  # only the reclaimer's collection may free the cycle
+    try:
+        reclaimer.release_after_collection(release)
+        assert budget.used == 8 * MiB and alive() is not None, "counted until collected"
+        clock.advance(0)  # the collection runs once the releases of this turn are in
+        assert freed_before_release == [True] and budget.used == 0
+        # the next release within collect_every waits for the next collection
+        assert budget.try_reserve(MiB)
+        reclaimer.release_after_collection(lambda: budget.release(MiB))
+        clock.advance(reclaimer.collect_every / 2)
+        assert budget.used == MiB
+        clock.advance(reclaimer.collect_every / 2)
+        assert budget.used == 0
+    finally:
+        gc.enable()
+        reclaimer.cancel()
+    assert not clock.getDelayedCalls()
 
 
 def test_max_buffered_must_hold_at_least_one_largest_body():

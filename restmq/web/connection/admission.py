@@ -96,12 +96,16 @@ class BudgetedHTTPConnection(BrokerHTTPConnection):
         if not size:
             return
         budget = getattr(self._broker, "budget", None)
-        if budget is not None:
-            budget.release(size)
-        if size >= RECLAIM_AFTER:
-            if BudgetedHTTPConnection.reclaimer is None:
-                BudgetedHTTPConnection.reclaimer = Reclaimer(self.clock)
+        if size < RECLAIM_AFTER:
+            if budget is not None:
+                budget.release(size)
+            return
+        if BudgetedHTTPConnection.reclaimer is None:
+            BudgetedHTTPConnection.reclaimer = Reclaimer(self.clock)
+        if budget is None:
             BudgetedHTTPConnection.reclaimer.large_block_freed()
+        else:  # a failed request may still hold the body in a cycle: counted until collected
+            BudgetedHTTPConnection.reclaimer.release_after_collection(lambda: budget.release(size))
 
     # -- pipelining ---------------------------------------------------------
 
