@@ -109,7 +109,7 @@ class BodiesScenario(Scenario):
             for thread in threads:
                 thread.join()
         # VmHWM is the true peak (the watcher samples, and may miss it)
-        peak = max(watcher.peak, peak_rss_bytes(broker.pid) or 0)
+        peak = max(watcher.peak, rss_bytes(broker.pid, "VmHWM") or 0)
         took = time.monotonic() - began
         after = {}
         waited = 0.0
@@ -139,18 +139,6 @@ class BodiesScenario(Scenario):
             f"({mib(DEFAULT_MAX_BUFFERED)}); target <= {PEAK_TARGET:g} x"
         )
         result.checks[0].judge(ratio <= PEAK_TARGET, f"{ratio:.2f} x")
-
-
-def peak_rss_bytes(pid: int) -> int | None:
-    """VmHWM of a process (its peak RSS), from /proc/<pid>/status."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _delta(nbytes: int) -> str:

@@ -65,12 +65,13 @@ def machine_busy_seconds() -> float:
     return busy / _CLOCK_TICKS
 
 
-def rss_bytes(pid: int) -> int | None:
-    """VmRSS of a process, from /proc/<pid>/status."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
+    """A memory figure of a process from /proc/<pid>/status, in bytes: its RSS, or with
+    ``field="VmHWM"`` its peak RSS; None when the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
